@@ -1,0 +1,198 @@
+//! The data kept in the bucket and where each piece lives.
+//!
+//! Every record is one JSON object, so changing what a gateway boots is one object write:
+//! a channel file (`channels/<name>.json`) or a gateway record (`gateways/<fp>/gateway.json`).
+//! Assets are immutable and content-addressed, releases are immutable once written.
+
+use crate::identity::Fingerprint;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Channel a gateway follows when its record names none.
+pub const DEFAULT_CHANNEL: &str = "stable";
+/// Architecture booted when the client does not say (`buildarch` missing).
+pub const DEFAULT_ARCH: &str = "x86_64";
+
+/// Object keys of the bucket layout.
+pub mod layout {
+    use crate::identity::Fingerprint;
+
+    pub fn gateway(fp: &Fingerprint) -> String {
+        format!("gateways/{fp}/gateway.json")
+    }
+    pub fn secrets(fp: &Fingerprint) -> String {
+        format!("gateways/{fp}/secrets")
+    }
+    pub fn release(id: &str) -> String {
+        format!("releases/{id}/manifest.json")
+    }
+    pub fn channel(name: &str) -> String {
+        format!("channels/{name}.json")
+    }
+    pub fn asset(sha256_hex: &str) -> String {
+        format!("assets/sha256/{sha256_hex}")
+    }
+    /// The CA bundle the boot function verifies client certificates against.
+    pub const TRUST_BUNDLE: &str = "pki/truststore.pem";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayState {
+    #[default]
+    Enabled,
+    /// Temporarily refused (maintenance); can be enabled again.
+    Disabled,
+    /// Refused for good: the certificate is considered compromised.
+    Revoked,
+}
+
+/// One enrolled gateway, keyed by its certificate fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRecord {
+    pub name: String,
+    pub fingerprint: Fingerprint,
+    /// Channel followed when no release is pinned; [`DEFAULT_CHANNEL`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A release that overrides the channel (canaries, holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_release: Option<String>,
+    /// Extra template variables for this gateway's boot script.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub state: GatewayState,
+    /// Certificate subject at enrollment, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl GatewayRecord {
+    pub fn channel(&self) -> &str {
+        self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL)
+    }
+}
+
+/// An immutable, content-addressed boot asset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchAssets {
+    pub kernel: Asset,
+    pub initrd: Asset,
+}
+
+/// What a release boots, per architecture. Keys of `arches` are an architecture (`x86_64`,
+/// `arm64`, …) or an architecture and platform (`x86_64-efi`), the more specific one winning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    pub id: String,
+    #[serde(default)]
+    pub cmdline: String,
+    /// Boot script template; [`crate::render::DEFAULT_TEMPLATE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub arches: BTreeMap<String, ArchAssets>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl ReleaseManifest {
+    /// The assets for an architecture, preferring an entry specific to the platform.
+    pub fn assets_for(&self, arch: &str, platform: Option<&str>) -> Option<&ArchAssets> {
+        platform
+            .and_then(|p| self.arches.get(&format!("{arch}-{p}")))
+            .or_else(|| self.arches.get(arch))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEntry {
+    pub release: String,
+    pub at: String,
+}
+
+/// A named pointer to a release, with the releases it pointed to before (newest last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ChannelEntry>,
+}
+
+/// Names of releases, channels and gateways: short, printable, safe in object keys and scripts.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A gateway record for tests and enrollment.
+pub fn new_gateway(name: &str, fingerprint: Fingerprint) -> GatewayRecord {
+    GatewayRecord {
+        name: name.to_string(),
+        fingerprint,
+        channel: None,
+        pinned_release: None,
+        vars: BTreeMap::new(),
+        state: GatewayState::Enabled,
+        subject: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_path_tricks() {
+        for bad in ["", "..", ".hidden", "a/b", "a b", "a\nb", "-x", &"x".repeat(65), "ré"] {
+            assert!(!valid_name(bad), "{bad:?} accepted");
+        }
+        for good in ["r1", "2026-11-26.1", "stable", "demo_gw"] {
+            assert!(valid_name(good), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn platform_specific_assets_win() {
+        let asset = |k: &str| Asset { key: k.into(), sha256: "00".repeat(32), size: 1 };
+        let mut arches = BTreeMap::new();
+        arches.insert("x86_64".into(), ArchAssets { kernel: asset("generic"), initrd: asset("i") });
+        arches.insert("x86_64-efi".into(), ArchAssets { kernel: asset("efi"), initrd: asset("i") });
+        let m = ReleaseManifest { id: "r".into(), cmdline: String::new(), template: None, arches, created_at: None, description: None };
+        assert_eq!(m.assets_for("x86_64", Some("efi")).unwrap().kernel.key, "efi");
+        assert_eq!(m.assets_for("x86_64", Some("pcbios")).unwrap().kernel.key, "generic");
+        assert_eq!(m.assets_for("x86_64", None).unwrap().kernel.key, "generic");
+        assert!(m.assets_for("arm64", None).is_none());
+    }
+
+    #[test]
+    fn gateway_record_rejects_unknown_fields_and_bad_fingerprints() {
+        let ok = format!(r#"{{"name":"gw","fingerprint":"{}"}}"#, "AB".repeat(32));
+        let rec: GatewayRecord = serde_json::from_str(&ok).unwrap();
+        assert_eq!(rec.fingerprint.as_str(), "ab".repeat(32));
+        assert_eq!(rec.channel(), DEFAULT_CHANNEL);
+        assert_eq!(rec.state, GatewayState::Enabled);
+        assert!(serde_json::from_str::<GatewayRecord>(r#"{"name":"gw","fingerprint":"zz"}"#).is_err());
+        let extra = format!(r#"{{"name":"gw","fingerprint":"{}","admin":true}}"#, "ab".repeat(32));
+        assert!(serde_json::from_str::<GatewayRecord>(&extra).is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The local data directory: PKI, keys and (for the embedded store) the objects.
+//!
+//! ```text
+//! DIR/pki/ca.crt, ca.key             deployment CA (key 0600)
+//! DIR/pki/server.crt, server.key     TLS server certificate for serve
+//! DIR/pki/gateways/NAME.crt, .key    enrolled gateways' certificates and keys (0600)
+//! DIR/token-keys                     HMAC keyring of the secrets tokens (0600)
+//! DIR/s3-credentials                 access key of the embedded S3 endpoint (0600)
+//! DIR/s3/ipxe-edge/...               the embedded bucket (same layout as on S3)
+//! DIR/ledger/                        used tokens (embedded ledger)
+//! ```
+//! Every file is written whole or not at all: temporary file, fsync, rename, fsync directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Name of the bucket inside the embedded store.
+pub const EMBEDDED_BUCKET: &str = "ipxe-edge";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} has mode {mode:o}: a private key must not be readable by group or others (chmod 600 {path})")]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0} exists already; refusing to overwrite it")]
+    Exists(PathBuf),
+}
+
+pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) a data directory and checks it is usable.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, DataDirError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(io_error(&root))?;
+        let probe = root.join(".write-probe");
+        File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(io_error(&root))?;
+        Ok(DataDir { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki().join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.pki().join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.pki().join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.pki().join("server.key")
+    }
+    pub fn gateway_cert(&self, name: &str) -> PathBuf {
+        self.pki().join("gateways").join(format!("{name}.crt"))
+    }
+    pub fn gateway_key(&self, name: &str) -> PathBuf {
+        self.pki().join("gateways").join(format!("{name}.key"))
+    }
+    pub fn token_keys(&self) -> PathBuf {
+        self.root.join("token-keys")
+    }
+    pub fn s3_credentials(&self) -> PathBuf {
+        self.root.join("s3-credentials")
+    }
+    pub fn s3_root(&self) -> PathBuf {
+        self.root.join("s3")
+    }
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("ledger")
+    }
+}
+
+/// Writes a file atomically with the given mode.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_error(path))
+}
+
+/// Writes a file only if it does not exist yet.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
+    if path.exists() {
+        return Err(DataDirError::Exists(path.to_path_buf()));
+    }
+    write_atomic(path, bytes, mode)
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>, DataDirError> {
+    fs::read(path).map_err(io_error(path))
+}
+
+/// Reads a private key file, refusing one that others can read.
+pub fn read_private(path: &Path) -> Result<Vec<u8>, DataDirError> {
+    let meta = fs::metadata(path).map_err(io_error(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(DataDirError::KeyPermissions { path: path.to_path_buf(), mode });
+    }
+    read(path)
+}
+
+pub fn read_private_string(path: &Path) -> Result<String, DataDirError> {
+    String::from_utf8(read_private(path)?).map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
+}
+
+pub fn read_string(path: &Path) -> Result<String, DataDirError> {
+    String::from_utf8(read(path)?).map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
+}

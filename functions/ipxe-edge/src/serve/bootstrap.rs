@@ -1,0 +1,193 @@
+//! First start: everything a working local deployment needs, created once and reused after.
+
+use super::s3::S3Credentials;
+use super::ServeError;
+use crate::datadir::{self, write_atomic, DataDir, DataDirError};
+use ipxe_edge_core::identity::Fingerprint;
+use ipxe_edge_core::model::{self, layout, ArchAssets, ReleaseManifest};
+use ipxe_edge_core::pki::{validity_days, CertificateAuthority};
+use ipxe_edge_core::publish;
+use ipxe_edge_core::store::{ObjectStore, WriteCondition};
+use ipxe_edge_core::token::Keyring;
+use rand::RngCore;
+use std::collections::BTreeMap;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub const DEMO_GATEWAY: &str = "demo";
+pub const DEMO_RELEASE: &str = "demo-placeholder";
+pub const DEMO_CMDLINE: &str = "console=ttyS0 ipxe-edge.demo=placeholder-assets b2c.extra_args_url=\"${secrets_url}\"";
+const SERVER_CERT_DAYS: u32 = 365;
+const DEMO_CERT_DAYS: u32 = 365;
+
+/// What this start created, to tell the operator.
+#[derive(Default)]
+pub struct Outcome {
+    pub created: Vec<String>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// The embedded S3 endpoint's credentials, created on first use.
+pub fn s3_credentials(dir: &DataDir) -> Result<S3Credentials, ServeError> {
+    let path = dir.s3_credentials();
+    if !path.exists() {
+        let text = format!("{}:{}\n", format_args!("IPXEEDGE{}", random_hex(6).to_uppercase()), random_hex(20));
+        write_atomic(&path, text.as_bytes(), 0o600)?;
+    }
+    let text = datadir::read_private_string(&path)?;
+    let (access_key, secret_key) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| DataDirError::Corrupt { path: path.clone(), reason: "expected ACCESS_KEY:SECRET_KEY".into() })?;
+    Ok(S3Credentials { access_key: access_key.into(), secret_key: secret_key.into() })
+}
+
+fn corrupt(path: &std::path::Path, reason: impl ToString) -> ServeError {
+    DataDirError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }.into()
+}
+
+/// The deployment CA: loaded, or created when the data directory has none.
+pub fn load_or_create_ca(dir: &DataDir, outcome: &mut Outcome) -> Result<CertificateAuthority, ServeError> {
+    let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
+    match (cert_path.exists(), key_path.exists()) {
+        (false, false) => {
+            let ca = CertificateAuthority::generate("ipxe-edge CA", 3650).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+            write_atomic(&key_path, ca.key_pem().as_bytes(), 0o600)?;
+            write_atomic(&cert_path, ca.cert_pem().as_bytes(), 0o644)?;
+            outcome.created.push(format!("CA certificate {}", cert_path.display()));
+            Ok(ca)
+        }
+        (true, true) => {
+            let cert = datadir::read_string(&cert_path)?;
+            let key = datadir::read_private_string(&key_path)?;
+            CertificateAuthority::from_pem(&cert, &key).map_err(|e| corrupt(&cert_path, e))
+        }
+        (true, false) => Err(corrupt(&key_path, "the CA certificate exists but its key is missing")),
+        (false, true) => Err(corrupt(&cert_path, "the CA key exists but its certificate is missing")),
+    }
+}
+
+/// Whether a server certificate names every host and stays valid for a week.
+fn server_cert_fits(pem: &[u8], hosts: &[String]) -> bool {
+    let Ok(ders) = ipxe_edge_core::identity::pem_certificates(pem) else { return false };
+    let Some(Ok((_, cert))) = ders.first().map(|d| X509Certificate::from_der(d)) else { return false };
+    let week = time::OffsetDateTime::now_utc().unix_timestamp() + 7 * 86_400;
+    if cert.validity().not_after.timestamp() < week {
+        return false;
+    }
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap()).to_string()),
+                    16 => names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap()).to_string()),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    hosts.iter().all(|h| names.iter().any(|n| n.eq_ignore_ascii_case(h)))
+}
+
+pub async fn ensure(dir: &DataDir, store: &dyn ObjectStore, public_host: &str) -> Result<Outcome, ServeError> {
+    let mut outcome = Outcome::default();
+    let ca = load_or_create_ca(dir, &mut outcome)?;
+
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !hosts.iter().any(|h| h == public_host) {
+        hosts.push(public_host.trim_matches(|c| c == '[' || c == ']').to_string());
+    }
+    let fits = dir.server_cert().exists() && dir.server_key().exists() && server_cert_fits(&datadir::read(&dir.server_cert())?, &hosts);
+    if !fits {
+        let server = ca.issue_server(&hosts, SERVER_CERT_DAYS).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+        write_atomic(&dir.server_key(), server.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&dir.server_cert(), server.cert_pem.as_bytes(), 0o644)?;
+        outcome.created.push(format!("server certificate {} for {}", dir.server_cert().display(), hosts.join(", ")));
+    }
+
+    if !dir.token_keys().exists() {
+        write_atomic(&dir.token_keys(), format!("{}\n", Keyring::generate_entry("k1")).as_bytes(), 0o600)?;
+        outcome.created.push(format!("token HMAC key {}", dir.token_keys().display()));
+    }
+
+    let storage = |e: ipxe_edge_core::store::StoreError| ServeError::Bootstrap(e.to_string());
+    let publish_err = |e: publish::PublishError| ServeError::Bootstrap(e.to_string());
+    if !store.exists(layout::TRUST_BUNDLE).await.map_err(storage)? {
+        store.put(layout::TRUST_BUNDLE, ca.cert_pem().into_bytes(), WriteCondition::Always).await.map_err(storage)?;
+        outcome.created.push(format!("trust bundle object {}", layout::TRUST_BUNDLE));
+    }
+
+    if publish::get_channel(store, model::DEFAULT_CHANNEL).await.map_err(publish_err)?.is_none() {
+        let release_key = layout::release(DEMO_RELEASE);
+        if !store.exists(&release_key).await.map_err(storage)? {
+            let kernel = publish::put_asset(store, b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(publish_err)?;
+            let initrd = publish::put_asset(store, b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(publish_err)?;
+            let mut arches = BTreeMap::new();
+            arches.insert(model::DEFAULT_ARCH.to_string(), ArchAssets { kernel, initrd });
+            let manifest = ReleaseManifest {
+                id: DEMO_RELEASE.into(),
+                cmdline: DEMO_CMDLINE.into(),
+                template: None,
+                arches,
+                created_at: Some(now_rfc3339()),
+                description: Some("PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into()),
+            };
+            publish::put_release(store, &manifest).await.map_err(publish_err)?;
+        }
+        publish::promote(store, model::DEFAULT_CHANNEL, DEMO_RELEASE, &now_rfc3339()).await.map_err(publish_err)?;
+        outcome.created.push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
+    }
+
+    let (demo_cert, demo_key) = (dir.gateway_cert(DEMO_GATEWAY), dir.gateway_key(DEMO_GATEWAY));
+    if !demo_cert.exists() {
+        let issued = ca.issue_client(DEMO_GATEWAY, validity_days(DEMO_CERT_DAYS)).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+        write_atomic(&demo_key, issued.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&demo_cert, issued.cert_pem.as_bytes(), 0o644)?;
+        outcome.created.push(format!("gateway {DEMO_GATEWAY}: {} and {}", demo_cert.display(), demo_key.display()));
+    }
+    let demo_pem = datadir::read(&demo_cert)?;
+    let demo_der = ipxe_edge_core::identity::pem_certificates(&demo_pem).map_err(|e| corrupt(&demo_cert, e))?.remove(0);
+    let fp = Fingerprint::of_der(&demo_der);
+    if !store.exists(&layout::gateway(&fp)).await.map_err(storage)? {
+        let mut record = model::new_gateway(DEMO_GATEWAY, fp.clone());
+        record.subject = ipxe_edge_core::identity::describe_der(&demo_der).map(|(s, _)| s);
+        publish::put_gateway(store, &record).await.map_err(publish_err)?;
+        publish::put_secrets(store, &fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec())
+            .await
+            .map_err(publish_err)?;
+        outcome.created.push(format!("enrolled gateway {DEMO_GATEWAY} ({fp}) with demo secrets"));
+    }
+    Ok(outcome)
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Tells the operator what happened and how to try it.
+pub fn announce(dir: &DataDir, outcome: &Outcome, boot_url: &str, public_host: &str) {
+    if outcome.created.is_empty() {
+        println!("ipxe-edge: reusing {}", dir.root().display());
+    } else {
+        println!("ipxe-edge: bootstrapped {}:", dir.root().display());
+        for line in &outcome.created {
+            println!("  - created {line}");
+        }
+    }
+    println!("ipxe-edge: boot URL {boot_url} (public host {public_host})");
+    println!("ipxe-edge: try it:");
+    println!(
+        "  curl --cert {} --key {} --cacert {} '{boot_url}?buildarch=x86_64'",
+        dir.gateway_cert(DEMO_GATEWAY).display(),
+        dir.gateway_key(DEMO_GATEWAY).display(),
+        dir.ca_cert().display()
+    );
+}

@@ -1,0 +1,207 @@
+//! `ipxe-edge serve`: the whole service on one machine. The boot and redeem handlers are the
+//! Lambda functions' own; around them this plays API Gateway (mutual TLS, events), S3 (an
+//! embedded SigV4-checking endpoint) and DynamoDB (a file-backed ledger), unless real services
+//! are named.
+
+mod bootstrap;
+mod front;
+mod s3;
+pub mod tls;
+
+use crate::datadir::{self, DataDir, DataDirError, EMBEDDED_BUCKET};
+use ipxe_edge_core::aws::{load_trust_bundle, InitError};
+use ipxe_edge_core::boot::{BootService, BootSettings};
+use ipxe_edge_core::http::{BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::identity::ChainVerifier;
+use ipxe_edge_core::redeem::RedeemService;
+use ipxe_edge_core::store::dynamodb::DynamoLedger;
+use ipxe_edge_core::store::file_ledger::FileLedger;
+use ipxe_edge_core::store::s3::S3Store;
+use ipxe_edge_core::store::{ObjectStore, TokenLedger};
+use ipxe_edge_core::token::Keyring;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Boot listener (HTTPS, client certificate required).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Secrets listener (HTTPS, no client certificate, like the production split).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub secrets_listen: SocketAddr,
+    /// Embedded S3 endpoint (plain HTTP; every request must carry a valid SigV4 signature).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub s3_listen: SocketAddr,
+    /// Host name or address written into the URLs handed to gateways [default: the listen address].
+    #[arg(long)]
+    pub public_host: Option<String>,
+    /// Use this S3-compatible endpoint instead of the embedded one (needs --bucket).
+    #[arg(long, requires = "bucket")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket on real S3 (or on --s3-endpoint) instead of the embedded store.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Use this DynamoDB-compatible endpoint for the used-token ledger (needs --table).
+    #[arg(long, requires = "table")]
+    pub dynamodb_endpoint: Option<String>,
+    /// DynamoDB table for the used-token ledger instead of the embedded one.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Lifetime of presigned kernel and initrd URLs, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub presign_ttl: u64,
+    /// Lifetime of one-time secrets tokens, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub token_ttl: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Init(#[from] InitError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, what, source })
+}
+
+fn host_for_urls(args: &ServeArgs) -> String {
+    match &args.public_host {
+        Some(h) => h.clone(),
+        None if args.listen.ip().is_unspecified() => "127.0.0.1".into(),
+        None => args.listen.ip().to_string(),
+    }
+}
+
+/// `host:port`, with brackets for IPv6 addresses.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(e) = endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
+fn embedded_s3_client(endpoint: &str, creds: &s3::S3Credentials) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(&creds.access_key, &creds.secret_key, None, None, "ipxe-edge-serve"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
+    let dir = DataDir::open(&data)?;
+    let public_host = host_for_urls(&args);
+
+    let boot_listener = bind(args.listen, "boot").await?;
+    let secrets_listener = bind(args.secrets_listen, "secrets").await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Storage: the embedded S3 endpoint, or a real one.
+    let (store, presigner): (Arc<dyn ObjectStore>, Arc<S3Store>) = match &args.bucket {
+        None => {
+            let s3_listener = bind(args.s3_listen, "S3").await?;
+            let creds = bootstrap::s3_credentials(&dir)?;
+            let bucket_dir = dir.s3_root().join(EMBEDDED_BUCKET);
+            std::fs::create_dir_all(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
+            let service = s3::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
+            tasks.spawn(s3::run(s3_listener, service, shutdown_rx.clone()));
+            let local_ip = if args.s3_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.s3_listen.ip().to_string() };
+            let local = format!("http://{}", authority(&local_ip, args.s3_listen.port()));
+            let public = format!("http://{}", authority(&public_host, args.s3_listen.port()));
+            let store = Arc::new(S3Store::new(embedded_s3_client(&local, &creds), EMBEDDED_BUCKET));
+            let presigner = Arc::new(S3Store::new(embedded_s3_client(&public, &creds), EMBEDDED_BUCKET));
+            (store, presigner)
+        }
+        Some(bucket) => {
+            let config = sdk_config(args.s3_endpoint.as_deref()).await;
+            let store = Arc::new(S3Store::new(ipxe_edge_core::aws::s3_client(&config, args.s3_endpoint.is_some()), bucket.clone()));
+            (store.clone(), store)
+        }
+    };
+    let ledger: Arc<dyn TokenLedger> = match &args.table {
+        None => {
+            let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let _ = ledger.sweep(now);
+            Arc::new(ledger)
+        }
+        Some(table) => {
+            let config = sdk_config(args.dynamodb_endpoint.as_deref()).await;
+            Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table.clone()))
+        }
+    };
+
+    let outcome = bootstrap::ensure(&dir, store.as_ref(), &public_host).await?;
+    let keyring = Arc::new(Keyring::parse(&datadir::read_private_string(&dir.token_keys())?).map_err(InitError::from)?);
+    let bundle = load_trust_bundle(store.as_ref(), ipxe_edge_core::model::layout::TRUST_BUNDLE).await?;
+    let verifier = ChainVerifier::new(bundle, 60);
+
+    let server_chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
+    let server_key = tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?;
+    let boot_tls = tls::server_config(server_chain.clone(), server_key.clone_key(), Some(Arc::new(tls::GatewayCertVerifier::new(verifier.clone()))))?;
+    let secrets_tls = tls::server_config(server_chain, server_key, None)?;
+
+    let secrets_base_url = format!("https://{}", authority(&public_host, args.secrets_listen.port()));
+    let settings = BootSettings {
+        presign_ttl: Duration::from_secs(args.presign_ttl),
+        token_ttl: Duration::from_secs(args.token_ttl),
+        secrets_base_url,
+    };
+    let boot = Arc::new(BootApp {
+        service: BootService::new(store.clone(), presigner, keyring.clone(), settings),
+        verifier,
+        cert_header: CertHeader::Off,
+    });
+    let redeem = Arc::new(RedeemApp { service: RedeemService::new(store.clone(), ledger, keyring) });
+
+    tasks.spawn(front::run(boot_listener, TlsAcceptor::from(boot_tls), front::Route::Boot(boot), shutdown_rx.clone()));
+    tasks.spawn(front::run(secrets_listener, TlsAcceptor::from(secrets_tls), front::Route::Redeem(redeem), shutdown_rx.clone()));
+
+    let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
+    bootstrap::announce(&dir, &outcome, &boot_url, &public_host);
+    tracing::info!(boot = %args.listen, secrets = %args.secrets_listen, s3 = %args.s3_listen, public_host = %public_host, "ipxe-edge serve ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the pinned protocol servers and build tools the test suite drives:
+#   - s3s-fs (S3-compatible server that verifies SigV4 presigned URLs and expiry)
+#   - moto[server] (DynamoDB-compatible server with conditional writes and TTL)
+#   - cargo-lambda + ziglang (Lambda packaging)
+# Everything lands under $IPXE_EDGE_TOOLS (default ~/.cache/ipxe-edge-tools) and is
+# reused on the next run when the pinned version is already there.
+set -euo pipefail
+
+TOOLS="${IPXE_EDGE_TOOLS:-$HOME/.cache/ipxe-edge-tools}"
+S3S_FS_VERSION=0.14.1
+MOTO_VERSION=5.2.5
+CARGO_LAMBDA_VERSION=1.9.2
+ZIGLANG_VERSION=0.13.0.post1
+
+mkdir -p "$TOOLS"
+
+if [ ! -x "$TOOLS/bin/s3s-fs" ] || [ "$(cat "$TOOLS/.s3s-fs-version" 2>/dev/null)" != "$S3S_FS_VERSION" ]; then
+  echo "installing s3s-fs $S3S_FS_VERSION"
+  cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$TOOLS" --quiet
+  echo "$S3S_FS_VERSION" > "$TOOLS/.s3s-fs-version"
+fi
+
+want_py="moto[server]==$MOTO_VERSION cargo-lambda==$CARGO_LAMBDA_VERSION ziglang==$ZIGLANG_VERSION"
+if [ ! -x "$TOOLS/venv/bin/python" ]; then
+  python3 -m venv "$TOOLS/venv"
+fi
+if [ "$(cat "$TOOLS/.venv-spec" 2>/dev/null)" != "$want_py" ]; then
+  echo "installing $want_py"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $want_py
+  echo "$want_py" > "$TOOLS/.venv-spec"
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+fi
+echo "test tools ready in $TOOLS"

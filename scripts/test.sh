@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The full test suite: installs the pinned test servers if needed, starts them on loopback,
+# runs every test of the workspace, and stops the servers whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+state=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-test.XXXXXX")
+trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
+scripts/test-servers.sh start "$state"
+# shellcheck disable=SC1091
+. "$state/env"
+cargo test --workspace --locked "$@"
