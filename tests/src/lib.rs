@@ -151,3 +151,108 @@ pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
+
+/// A running `ipxe-edge serve` process on free loopback ports; killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    pub boot_port: u16,
+    pub secrets_port: u16,
+    pub s3_port: u16,
+    pub stdout: String,
+    stderr_path: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl ServeProcess {
+    /// Starts `binary serve` and waits until it prints its boot URL (or exits).
+    pub fn start(binary: &str, data: &std::path::Path, extra: &[&str]) -> Result<Self, String> {
+        Self::start_on(binary, data, (free_port(), free_port(), free_port()), extra)
+    }
+
+    pub fn start_on(binary: &str, data: &std::path::Path, ports: (u16, u16, u16), extra: &[&str]) -> Result<Self, String> {
+        use std::io::{BufRead, BufReader};
+        let (boot_port, secrets_port, s3_port) = ports;
+        let stderr_path = data.with_extension(format!("stderr-{boot_port}.log"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = std::process::Command::new(binary)
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{boot_port}")])
+            .args(["--secrets-listen", &format!("127.0.0.1:{secrets_port}")])
+            .args(["--s3-listen", &format!("127.0.0.1:{s3_port}")])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut stdout = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.wait();
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                return Err(format!("serve exited before it was ready; stdout: {stdout}; stderr: {err}"));
+            }
+            stdout.push_str(&line);
+            if line.starts_with("  curl ") {
+                break;
+            }
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Ok(ServeProcess { child, data: data.to_path_buf(), boot_port, secrets_port, s3_port, stdout, stderr_path })
+    }
+
+    pub fn boot_url(&self) -> String {
+        format!("https://127.0.0.1:{}/boot.ipxe", self.boot_port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS client trusting `ca_pem`, presenting `identity_pem` (certificate + key) if given.
+pub fn https_client(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(identity) = identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(identity).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// A fresh temporary directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(&format!("ipxe-edge-{name}")));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}

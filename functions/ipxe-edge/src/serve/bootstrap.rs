@@ -16,7 +16,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub const DEMO_GATEWAY: &str = "demo";
 pub const DEMO_RELEASE: &str = "demo-placeholder";
-pub const DEMO_CMDLINE: &str = "console=ttyS0 ipxe-edge.demo=placeholder-assets b2c.extra_args_url=\"${secrets_url}\"";
+/// The default template appends ` b2c.extra_args_url="<one-time URL>"` for gateways with secrets.
+pub const DEMO_CMDLINE: &str = "console=ttyS0 ipxe-edge.demo=placeholder-assets";
 const SERVER_CERT_DAYS: u32 = 365;
 const DEMO_CERT_DAYS: u32 = 365;
 
@@ -36,7 +37,7 @@ fn random_hex(bytes: usize) -> String {
 pub fn s3_credentials(dir: &DataDir) -> Result<S3Credentials, ServeError> {
     let path = dir.s3_credentials();
     if !path.exists() {
-        let text = format!("{}:{}\n", format_args!("IPXEEDGE{}", random_hex(6).to_uppercase()), random_hex(20));
+        let text = format!("IPXEEDGE{}:{}\n", random_hex(6).to_uppercase(), random_hex(20));
         write_atomic(&path, text.as_bytes(), 0o600)?;
     }
     let text = datadir::read_private_string(&path)?;
