@@ -64,6 +64,10 @@ pub struct GatewayRecord {
     pub vars: BTreeMap<String, String>,
     #[serde(default)]
     pub state: GatewayState,
+    /// The gateway's architecture, so that promotions and pins can check a release serves it;
+    /// [`DEFAULT_ARCH`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     /// Certificate subject at enrollment, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -72,6 +76,10 @@ pub struct GatewayRecord {
 impl GatewayRecord {
     pub fn channel(&self) -> &str {
         self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL)
+    }
+
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or(DEFAULT_ARCH)
     }
 }
 
@@ -153,6 +161,7 @@ pub fn new_gateway(name: &str, fingerprint: Fingerprint) -> GatewayRecord {
         pinned_release: None,
         vars: BTreeMap::new(),
         state: GatewayState::Enabled,
+        arch: None,
         subject: None,
     }
 }

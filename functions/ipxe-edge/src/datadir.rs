@@ -27,8 +27,6 @@ pub enum DataDirError {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{0} exists already; refusing to overwrite it")]
-    Exists(PathBuf),
 }
 
 pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -105,14 +103,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirE
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io_error(path))
-}
-
-/// Writes a file only if it does not exist yet.
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-    if path.exists() {
-        return Err(DataDirError::Exists(path.to_path_buf()));
-    }
-    write_atomic(path, bytes, mode)
 }
 
 pub fn read(path: &Path) -> Result<Vec<u8>, DataDirError> {

@@ -4,6 +4,7 @@
 
 pub mod dynamodb;
 pub mod file_ledger;
+pub mod fs;
 pub mod memory;
 pub mod s3;
 

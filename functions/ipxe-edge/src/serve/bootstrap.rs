@@ -54,23 +54,14 @@ fn corrupt(path: &std::path::Path, reason: impl ToString) -> ServeError {
 
 /// The deployment CA: loaded, or created when the data directory has none.
 pub fn load_or_create_ca(dir: &DataDir, outcome: &mut Outcome) -> Result<CertificateAuthority, ServeError> {
-    let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
-    match (cert_path.exists(), key_path.exists()) {
-        (false, false) => {
-            let ca = CertificateAuthority::generate("ipxe-edge CA", 3650).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
-            write_atomic(&key_path, ca.key_pem().as_bytes(), 0o600)?;
-            write_atomic(&cert_path, ca.cert_pem().as_bytes(), 0o644)?;
-            outcome.created.push(format!("CA certificate {}", cert_path.display()));
-            Ok(ca)
-        }
-        (true, true) => {
-            let cert = datadir::read_string(&cert_path)?;
-            let key = datadir::read_private_string(&key_path)?;
-            CertificateAuthority::from_pem(&cert, &key).map_err(|e| corrupt(&cert_path, e))
-        }
-        (true, false) => Err(corrupt(&key_path, "the CA certificate exists but its key is missing")),
-        (false, true) => Err(corrupt(&cert_path, "the CA key exists but its certificate is missing")),
-    }
+    let ca = if !dir.ca_cert().exists() && !dir.ca_key().exists() {
+        let ca = crate::ops::ca::create(dir, crate::ops::ca::CA_DAYS)?;
+        outcome.created.push(format!("CA certificate {}", dir.ca_cert().display()));
+        ca
+    } else {
+        crate::ops::ca::load(dir)?
+    };
+    Ok(ca)
 }
 
 /// Whether a server certificate names every host and stays valid for a week.

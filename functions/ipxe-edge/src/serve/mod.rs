@@ -71,6 +71,8 @@ pub enum ServeError {
     Init(#[from] InitError),
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Cli(#[from] crate::ops::CliError),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }

@@ -1,0 +1,130 @@
+//! `ipxe-edge ca …`: the deployment CA and the trust bundle client certificates must chain to.
+
+use super::context::{file_error, CliError, Context};
+use crate::datadir::{self, write_atomic, DataDir, DataDirError};
+use ipxe_edge_core::identity::{pem_certificates, TrustBundle};
+use ipxe_edge_core::model::layout;
+use ipxe_edge_core::pki::CertificateAuthority;
+use ipxe_edge_core::store::{ObjectStore, StoreError, WriteCondition};
+use std::path::Path;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Default CA lifetime: ten years (gateways are re-imaged rarely).
+pub const CA_DAYS: u32 = 3650;
+
+/// Creates the CA in the data directory; refuses to overwrite an existing one.
+pub fn create(dir: &DataDir, days: u32) -> Result<CertificateAuthority, CliError> {
+    for path in [dir.ca_cert(), dir.ca_key()] {
+        if path.exists() {
+            return Err(CliError::Usage(format!("a CA exists already at {}; refusing to overwrite it", path.display())));
+        }
+    }
+    let ca = CertificateAuthority::generate("ipxe-edge CA", days).map_err(|e| CliError::Pki(e.to_string()))?;
+    write_atomic(&dir.ca_key(), ca.key_pem().as_bytes(), 0o600)?;
+    write_atomic(&dir.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
+    Ok(ca)
+}
+
+/// Loads the CA of the data directory.
+pub fn load(dir: &DataDir) -> Result<CertificateAuthority, CliError> {
+    let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {}
+        (false, false) => return Err(CliError::Usage(format!("no CA in {} (run: ipxe-edge ca init)", dir.pki().display()))),
+        (true, false) => return Err(DataDirError::Corrupt { path: key_path, reason: "the CA certificate exists but its key is missing".into() }.into()),
+        (false, true) => return Err(DataDirError::Corrupt { path: cert_path, reason: "the CA key exists but its certificate is missing".into() }.into()),
+    }
+    let cert = datadir::read_string(&cert_path)?;
+    let key = datadir::read_private_string(&key_path)?;
+    CertificateAuthority::from_pem(&cert, &key).map_err(|e| DataDirError::Corrupt { path: cert_path, reason: e.to_string() }.into())
+}
+
+/// Adds CA certificates to the trust bundle object (deduplicated), with a conditional write so
+/// that concurrent additions are not lost. Returns how many were new.
+pub async fn add_to_bundle(store: &dyn ObjectStore, pem: &[u8]) -> Result<usize, CliError> {
+    let new = pem_certificates(pem)?;
+    for _attempt in 0..5 {
+        let current = store.get(layout::TRUST_BUNDLE).await?;
+        let (mut text, mut ders, condition) = match &current {
+            Some(obj) => (
+                String::from_utf8_lossy(&obj.body).into_owned(),
+                pem_certificates(&obj.body).unwrap_or_default(),
+                obj.etag.clone().map(WriteCondition::Matches).unwrap_or(WriteCondition::Always),
+            ),
+            None => (String::new(), Vec::new(), WriteCondition::Absent),
+        };
+        let mut added = 0;
+        for der in &new {
+            if !ders.contains(der) {
+                text.push_str(&der_to_pem(der));
+                ders.push(der.clone());
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Ok(0);
+        }
+        match store.put(layout::TRUST_BUNDLE, text.into_bytes(), condition).await {
+            Ok(()) => return Ok(added),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict(layout::TRUST_BUNDLE.into()).into())
+}
+
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
+/// The trust bundle as stored.
+pub async fn bundle(store: &dyn ObjectStore) -> Result<TrustBundle, CliError> {
+    let object = store
+        .get(layout::TRUST_BUNDLE)
+        .await?
+        .ok_or_else(|| CliError::Usage("no trust bundle yet (run: ipxe-edge ca init)".into()))?;
+    Ok(TrustBundle::from_pem(&object.body)?)
+}
+
+pub async fn init(ctx: &Context, days: u32) -> Result<(), CliError> {
+    let ca = create(&ctx.dir, days)?;
+    add_to_bundle(ctx.store.as_ref(), ca.cert_pem().as_bytes()).await?;
+    println!("created CA {} (key {}, mode 0600)", ctx.dir.ca_cert().display(), ctx.dir.ca_key().display());
+    println!("trust bundle updated: {}", layout::TRUST_BUNDLE);
+    Ok(())
+}
+
+pub async fn truststore(ctx: &Context, out: Option<&Path>) -> Result<(), CliError> {
+    let object = ctx
+        .store
+        .get(layout::TRUST_BUNDLE)
+        .await?
+        .ok_or_else(|| CliError::Usage("no trust bundle yet (run: ipxe-edge ca init)".into()))?;
+    match out {
+        Some(path) => {
+            write_atomic(path, &object.body, 0o644)?;
+            eprintln!("wrote {} ({} certificates)", path.display(), pem_certificates(&object.body).map(|c| c.len()).unwrap_or(0));
+        }
+        None => print!("{}", String::from_utf8_lossy(&object.body)),
+    }
+    Ok(())
+}
+
+pub async fn trust(ctx: &Context, file: &Path) -> Result<(), CliError> {
+    let pem = std::fs::read(file).map_err(file_error(file))?;
+    let ders = pem_certificates(&pem)?;
+    for der in &ders {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CliError::Usage(format!("{}: not a certificate: {e}", file.display())))?;
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        let self_signed_v1 = cert.version() == x509_parser::x509::X509Version::V1 && cert.subject() == cert.issuer();
+        if !is_ca && !self_signed_v1 {
+            return Err(CliError::Usage(format!("{}: {} is not a CA certificate", file.display(), cert.subject())));
+        }
+    }
+    let added = add_to_bundle(ctx.store.as_ref(), &pem).await?;
+    println!("trusted {added} new CA certificate(s) from {}; upload the bundle as the API Gateway truststore: ipxe-edge ca truststore", file.display());
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The operator commands: certificates, gateways, releases, channels, previews, imports.
+//! Each runs against the embedded store (`--data DIR`) or a real bucket (`--bucket NAME`).
+
+pub mod ca;
+pub mod channel;
+pub mod context;
+pub mod gateway;
+pub mod import;
+pub mod preview;
+pub mod release;
+pub mod upload;
+
+pub use context::{CliError, Context};

@@ -1,0 +1,58 @@
+//! `ipxe-edge preview NAME`: the boot script a gateway would receive now, rendered by the boot
+//! function's own code, with URLs and the token redacted.
+
+use super::context::{CliError, Context};
+use async_trait::async_trait;
+use ipxe_edge_core::boot::{BootService, BootSettings};
+use ipxe_edge_core::identity::ClientIdentity;
+use ipxe_edge_core::query::{BootQuery, KNOWN_ARCHES, KNOWN_PLATFORMS};
+use ipxe_edge_core::store::{Presigner, StoreError};
+use ipxe_edge_core::token::Keyring;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shows which object a URL would open, not a usable URL.
+struct RedactingPresigner;
+
+#[async_trait]
+impl Presigner for RedactingPresigner {
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
+        Ok(format!("<presigned-url:{key}:valid-{}s>", ttl.as_secs()))
+    }
+}
+
+pub async fn preview(ctx: &Context, name: &str, arch: Option<&str>, platform: Option<&str>) -> Result<String, CliError> {
+    let record = ctx.gateway(name).await?;
+    let arch = arch.unwrap_or(record.arch());
+    let query = BootQuery {
+        mac: None,
+        platform: match platform {
+            None => None,
+            Some(p) => Some(KNOWN_PLATFORMS.iter().copied().find(|k| *k == p).ok_or_else(|| CliError::Usage(format!("invalid platform {p:?}")))?),
+        },
+        buildarch: Some(KNOWN_ARCHES.iter().copied().find(|k| *k == arch).ok_or_else(|| CliError::Usage(format!("invalid architecture {arch:?}")))?),
+    };
+    // A throwaway key: the token in a preview must never be redeemable.
+    let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("preview")).expect("generated keyring parses"));
+    let settings = BootSettings { secrets_base_url: "https://secrets-endpoint".into(), ..BootSettings::default() };
+    let service = BootService::new(ctx.store.clone(), Arc::new(RedactingPresigner), keyring, settings);
+    let identity = ClientIdentity { fingerprint: record.fingerprint.clone(), subject: String::new(), issuer: String::new(), not_after: 0 };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let script = service.boot(&identity, &query, now).await.map_err(|e| CliError::Usage(format!("gateway {name} cannot boot: {e}")))?;
+    Ok(redact_tokens(&script.script))
+}
+
+/// Replaces every secrets token with a marker.
+pub fn redact_tokens(script: &str) -> String {
+    let mut out = String::with_capacity(script.len());
+    let mut rest = script;
+    while let Some(i) = rest.find("/secrets/") {
+        out.push_str(&rest[..i + "/secrets/".len()]);
+        rest = &rest[i + "/secrets/".len()..];
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(rest.len());
+        out.push_str("<one-time-token>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
