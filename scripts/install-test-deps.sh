@@ -3,6 +3,7 @@
 #   - s3s-fs (S3-compatible server that verifies SigV4 presigned URLs and expiry)
 #   - moto[server] (DynamoDB-compatible server with conditional writes and TTL)
 #   - cargo-lambda + ziglang (Lambda packaging)
+#   - cfn-lint + checkov (template linters)
 # Everything lands under $IPXE_EDGE_TOOLS (default ~/.cache/ipxe-edge-tools) and is
 # reused on the next run when the pinned version is already there.
 set -euo pipefail
@@ -12,6 +13,8 @@ S3S_FS_VERSION=0.14.1
 MOTO_VERSION=5.2.5
 CARGO_LAMBDA_VERSION=1.9.2
 ZIGLANG_VERSION=0.13.0.post1
+CFN_LINT_VERSION=1.58.0
+CHECKOV_VERSION=3.3.30
 
 mkdir -p "$TOOLS"
 
@@ -29,6 +32,17 @@ if [ "$(cat "$TOOLS/.venv-spec" 2>/dev/null)" != "$want_py" ]; then
   echo "installing $want_py"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $want_py
   echo "$want_py" > "$TOOLS/.venv-spec"
+fi
+
+# Template linters live in their own venv: checkov pins many libraries of its own.
+want_infra="cfn-lint==$CFN_LINT_VERSION checkov==$CHECKOV_VERSION"
+if [ ! -x "$TOOLS/infra-venv/bin/python" ]; then
+  python3 -m venv "$TOOLS/infra-venv"
+fi
+if [ "$(cat "$TOOLS/.infra-venv-spec" 2>/dev/null)" != "$want_infra" ]; then
+  echo "installing $want_infra"
+  "$TOOLS/infra-venv/bin/pip" install --quiet --disable-pip-version-check $want_infra
+  echo "$want_infra" > "$TOOLS/.infra-venv-spec"
 fi
 
 if ! command -v openssl >/dev/null 2>&1; then

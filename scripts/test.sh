@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: installs the pinned test servers if needed, starts them on loopback,
-# runs every test of the workspace, and stops the servers whatever happens.
+# runs every test of the workspace, lints the deployment template and checks the deploy
+# script's dry run, and stops the servers whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +12,5 @@ scripts/test-servers.sh start "$state"
 # shellcheck disable=SC1091
 . "$state/env"
 cargo test --workspace --locked "$@"
+scripts/lint-infra.sh
+scripts/test-deploy.sh

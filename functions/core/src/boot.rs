@@ -125,8 +125,12 @@ impl BootService {
             GatewayState::Revoked => return Err(BootError::Revoked(gateway.name)),
         }
         let secrets_key = layout::secrets(fp);
+        // Listing the gateway's prefix tells whether secrets exist without the right to read
+        // them: the boot function never needs read access to any secret.
+        let gateway_prefix = format!("gateways/{fp}/");
         let (manifest, has_secrets) = tokio::try_join!(self.resolve_release(&gateway), async {
-            self.store.exists(&secrets_key).await.map_err(BootError::from)
+            let keys = self.store.list(&gateway_prefix).await?;
+            Ok::<_, BootError>(keys.iter().any(|k| *k == secrets_key))
         })?;
         let arch = query.arch();
         let assets = manifest
