@@ -249,6 +249,13 @@ async fn revocation_and_pins_reach_a_running_server() {
     t.ok(&["gateway", "pin", "live-gw", "LIVE"]);
     let live_kernel = kernel_key(&t, "LIVE");
     assert!(boot().await.text().await.unwrap().contains(&live_kernel), "pin takes effect at once");
+    // Overwrite a record the server bootstrapped through its S3 endpoint: it must serve the new one.
+    t.ok(&["channel", "promote", "stable", "LIVE"]);
+    let demo = [std::fs::read(t.data.join("pki/gateways/demo.crt")).unwrap(), std::fs::read(t.data.join("pki/gateways/demo.key")).unwrap()].concat();
+    let demo_client = https_client(&std::fs::read(t.data.join("pki/ca.crt")).unwrap(), Some(&demo));
+    let response = demo_client.get(serve.boot_url()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(&live_kernel), "promotion takes effect at once");
     t.ok(&["gateway", "revoke", "live-gw"]);
     assert_eq!(boot().await.status(), 403, "revocation takes effect at once");
     assert!(serve.logs().contains("gateway live-gw is revoked"));

@@ -62,6 +62,44 @@ enum Command {
     /// Import a farm from another deployment.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Gateway boot images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Write a bootable UEFI disk image for gateway NAME: GPT + FAT32 ESP with Debian's
+    /// ipxe.efi as EFI/BOOT/BOOTX64.EFI and an autoexec.ipxe holding the gateway's certificate
+    /// and key that chains to the boot URL, retrying forever.
+    ///
+    /// The image holds the gateway's private key: it is written 0600; treat it as a secret.
+    ///
+    /// Example: ipxe-edge image build gw-berlin-1 --boot-url https://boot.example.org/boot.ipxe --out gw-berlin-1.img
+    Build {
+        name: String,
+        #[arg(long)]
+        boot_url: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The iPXE EFI binary (Debian's ipxe package, 1.21.1 or newer).
+        #[arg(long, default_value = ops::image::DEBIAN_IPXE_EFI)]
+        ipxe_efi: PathBuf,
+        /// Where iPXE fetches cross-signed certificates (default: iPXE's own, ca.ipxe.org).
+        #[arg(long)]
+        crosscert: Option<String>,
+    },
+    /// Print the iPXE script of gateway NAME (certificate, key, chain loop): the autoexec.ipxe of
+    /// `image build`, or the EMBED= script of a custom iPXE build. It holds the private key.
+    ///
+    /// Example: ipxe-edge image script gw-berlin-1 --boot-url https://boot.example.org/boot.ipxe > embed.ipxe
+    Script {
+        name: String,
+        #[arg(long)]
+        boot_url: String,
+        #[arg(long)]
+        crosscert: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -280,6 +318,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Import(ImportCommand::ValveInfra { files, certs, ca, apply }) => ops::import::valve_infra(&ctx, &files, &certs, &ca, apply).await,
+        Command::Image(ImageCommand::Build { name, boot_url, out, ipxe_efi, crosscert }) => {
+            ops::image::build(&ctx, &name, &boot_url, &out, &ipxe_efi, crosscert.as_deref()).await
+        }
+        Command::Image(ImageCommand::Script { name, boot_url, crosscert }) => {
+            print!("{}", ops::image::script(&ctx, &name, &boot_url, crosscert.as_deref()).await?);
+            Ok(())
+        }
     }
 }
 

@@ -16,6 +16,9 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct FsStore {
     root: PathBuf,
+    /// When the directory is a bucket of the embedded S3 endpoint (s3s-fs): its root and the
+    /// bucket name, so that a write can drop the endpoint's cached checksums of the object.
+    s3s: Option<(PathBuf, String)>,
 }
 
 fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -26,7 +29,27 @@ impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
-        Ok(FsStore { root })
+        Ok(FsStore { root, s3s: None })
+    }
+
+    /// Bucket `bucket` of an s3s-fs root: the objects the embedded S3 endpoint serves.
+    pub fn open_s3s_bucket(s3s_root: impl Into<PathBuf>, bucket: &str) -> Result<Self, StoreError> {
+        let s3s_root = s3s_root.into();
+        let mut store = Self::open(s3s_root.join(bucket))?;
+        store.s3s = Some((s3s_root, bucket.to_string()));
+        Ok(store)
+    }
+
+    /// Removes what s3s-fs remembers of an object (checksums, metadata), which would no longer
+    /// match content written here.
+    fn forget_s3s_sidecars(&self, key: &str) {
+        use base64::Engine;
+        if let Some((root, bucket)) = &self.s3s {
+            let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            for suffix in ["internal.json", "metadata.json"] {
+                let _ = fs::remove_file(root.join(format!(".bucket-{}.object-{}.{suffix}", encode(bucket), encode(key))));
+            }
+        }
     }
 
     /// The file of a key; keys that could leave the bucket directory are refused.
@@ -44,6 +67,13 @@ impl FsStore {
 
     fn tag(body: &[u8]) -> String {
         hex::encode(Sha256::digest(body))
+    }
+
+    fn write_object(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
+        self.forget_s3s_sidecars(key);
+        let result = Self::write_file(path, body, key);
+        self.forget_s3s_sidecars(key);
+        result
     }
 
     fn write_file(path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
@@ -66,7 +96,7 @@ impl FsStore {
     fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let path = self.path(key)?;
         if condition == WriteCondition::Always {
-            return Self::write_file(&path, &body, key);
+            return self.write_object(&path, &body, key);
         }
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
         lock.lock().map_err(io(key))?;
@@ -80,7 +110,7 @@ impl FsStore {
             WriteCondition::Absent => current.is_none(),
             WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
         };
-        let result = if allowed { Self::write_file(&path, &body, key) } else { Err(StoreError::Conflict(key.to_string())) };
+        let result = if allowed { self.write_object(&path, &body, key) } else { Err(StoreError::Conflict(key.to_string())) };
         let _ = lock.unlock();
         result
     }
@@ -150,6 +180,7 @@ impl ObjectStore for FsStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
+        self.forget_s3s_sidecars(key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -60,7 +60,7 @@ impl Context {
         let dir = DataDir::open(data)?;
         let (backend, store): (Backend, Arc<dyn ObjectStore>) = match &store.bucket {
             None => {
-                let fs = FsStore::open(dir.s3_root().join(EMBEDDED_BUCKET))?;
+                let fs = FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)?;
                 (Backend::Embedded, Arc::new(fs))
             }
             Some(bucket) => {

@@ -5,6 +5,7 @@ pub mod ca;
 pub mod channel;
 pub mod context;
 pub mod gateway;
+pub mod image;
 pub mod import;
 pub mod preview;
 pub mod release;

@@ -34,8 +34,9 @@ pub enum Route {
     Redeem(Arc<RedeemApp>),
 }
 
-/// Accepts TLS connections until `shutdown` flips, then lets open requests finish.
-pub async fn run(listener: TcpListener, acceptor: TlsAcceptor, route: Route, mut shutdown: watch::Receiver<bool>) {
+/// Accepts connections (TLS when `acceptor` is given) until `shutdown` flips, then lets open
+/// requests finish.
+pub async fn run(listener: TcpListener, acceptor: Option<TlsAcceptor>, route: Route, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let request_ids = Arc::new(AtomicU64::new(1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -68,7 +69,10 @@ pub async fn run(listener: TcpListener, acceptor: TlsAcceptor, route: Route, mut
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, route: Route, ids: Arc<AtomicU64>) {
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, acceptor: Option<TlsAcceptor>, route: Route, ids: Arc<AtomicU64>) {
+    let Some(acceptor) = acceptor else {
+        return serve_http(stream, peer, None, route, ids).await;
+    };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -81,6 +85,13 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, accep
         }
     };
     let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+    serve_http(tls, peer, client_cert, route, ids).await
+}
+
+async fn serve_http<S>(io: S, peer: SocketAddr, client_cert: Option<Vec<u8>>, route: Route, ids: Arc<AtomicU64>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let client_cert = Arc::new(client_cert);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let route = route.clone();
@@ -92,7 +103,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, accep
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .await;
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Secrets listener (HTTPS, no client certificate, like the production split).
     #[arg(long, default_value = "127.0.0.1:8444")]
     pub secrets_listen: SocketAddr,
+    /// Serve the secrets listener over plain HTTP, for booted systems whose TLS client cannot
+    /// talk to it (busybox's built-in TLS); only on a network you trust. Production's secrets
+    /// endpoint is HTTPS.
+    #[arg(long)]
+    pub secrets_http: bool,
     /// Embedded S3 endpoint (plain HTTP; every request must carry a valid SigV4 signature).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub s3_listen: SocketAddr,
@@ -166,12 +171,16 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let bundle = load_trust_bundle(store.as_ref(), ipxe_edge_core::model::layout::TRUST_BUNDLE).await?;
     let verifier = ChainVerifier::new(bundle, 60);
 
-    let server_chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
+    // Send the CA with the leaf: clients that trust the CA by fingerprint only (iPXE's
+    // trust anchors) need the certificate itself to verify the chain.
+    let mut server_chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
+    server_chain.extend(tls::load_certs(&datadir::read(&dir.ca_cert())?, "CA certificate")?);
     let server_key = tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?;
     let boot_tls = tls::server_config(server_chain.clone(), server_key.clone_key(), Some(Arc::new(tls::GatewayCertVerifier::new(verifier.clone()))))?;
     let secrets_tls = tls::server_config(server_chain, server_key, None)?;
 
-    let secrets_base_url = format!("https://{}", authority(&public_host, args.secrets_listen.port()));
+    let secrets_scheme = if args.secrets_http { "http" } else { "https" };
+    let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
     let settings = BootSettings {
         presign_ttl: Duration::from_secs(args.presign_ttl),
         token_ttl: Duration::from_secs(args.token_ttl),
@@ -184,8 +193,9 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     });
     let redeem = Arc::new(RedeemApp { service: RedeemService::new(store.clone(), ledger, keyring) });
 
-    tasks.spawn(front::run(boot_listener, TlsAcceptor::from(boot_tls), front::Route::Boot(boot), shutdown_rx.clone()));
-    tasks.spawn(front::run(secrets_listener, TlsAcceptor::from(secrets_tls), front::Route::Redeem(redeem), shutdown_rx.clone()));
+    tasks.spawn(front::run(boot_listener, Some(TlsAcceptor::from(boot_tls)), front::Route::Boot(boot), shutdown_rx.clone()));
+    let secrets_acceptor = (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls));
+    tasks.spawn(front::run(secrets_listener, secrets_acceptor, front::Route::Redeem(redeem), shutdown_rx.clone()));
 
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Real iPXE clients boot a real Linux kernel through `ipxe-edge serve`, in QEMU (TCG, OVMF):
+#   1. Debian trixie's ipxe-amd64.efi, given the gateway's certificate and key at run time,
+#      chains to the mTLS boot endpoint, downloads kernel and initrd from presigned URLs of the
+#      embedded S3 endpoint, and Linux's /init redeems the one-time secret, then replays it;
+#   2. the same with a revoked gateway must not reach Linux;
+#   3. a disk image from `ipxe-edge image build` boots the same way.
+# The only change to the real iPXE binary is its trust anchor, replaced by the test CA's
+# fingerprint (iPXE cannot take a trust anchor from a script).
+# Usage: tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CACHE="${IPXE_EDGE_QEMU_CACHE:-$HOME/.cache/ipxe-edge-qemu}"
+TARGET="${CARGO_TARGET_DIR:-target}"
+QEMU_TIMEOUT="${QEMU_TIMEOUT:-150}"
+tests/qemu/setup.sh >/dev/null
+cargo build -q -p ipxe-edge
+BIN="$TARGET/debug/ipxe-edge"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-qemu.XXXXXX")
+serve_pid=""
+cleanup() {
+  # shellcheck disable=SC2046
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+passed=0 failed=0
+pass() { passed=$((passed + 1)); echo "ok: $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL: $1"; }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+boot_port=$(free_port); secrets_port=$(free_port); s3_port=$(free_port)
+data="$work/data"
+edge() { "$BIN" --data "$data" "$@"; }
+
+# ---------------------------------------------------------------- server
+"$BIN" serve --data "$data" --listen "127.0.0.1:$boot_port" --secrets-listen "127.0.0.1:$secrets_port" \
+  --s3-listen "127.0.0.1:$s3_port" --public-host 10.0.2.2 --secrets-http >"$work/serve.out" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 1 100); do grep -q "curl --cert" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "curl --cert" "$work/serve.out" || { cat "$work/serve.out" "$work/serve.log"; echo "serve did not start"; exit 1; }
+
+# ---------------------------------------------------------------- initramfs
+root="$work/initramfs"
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules}
+cp /bin/busybox "$root/bin/busybox"
+mods=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
+for m in "${mods[@]}"; do
+  find "$CACHE"/linux/root/lib/modules/*/kernel -name "$m.ko" -exec cp {} "$root/lib/modules/" \;
+done
+cat >"$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "EDGE-LINUX-UP"
+url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
+[ -n "$url" ] || echo "EDGE-NO-SECRETS-URL"
+if wget -q -O /tmp/secret "$url" 2>/tmp/err; then
+  echo "EDGE-SECRET sha256=$(sha256sum /tmp/secret | cut -c1-16)"
+else
+  echo "EDGE-SECRET-FAILED"; cat /tmp/err
+fi
+status=$(wget -S -O /tmp/again "$url" 2>&1 | sed -n 's/.*HTTP\/1.1 \([0-9]*\).*/\1/p' | head -n 1)
+echo "EDGE-REPLAY status=$status"
+sleep 1
+poweroff -f
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+
+# ---------------------------------------------------------------- release and gateways
+printf 'b2c.minio="ci,https://s3.example,AK%s,SK%s"\n' "$RANDOM" "$RANDOM" >"$work/secrets.txt"
+secret_digest=$(sha256sum "$work/secrets.txt" | cut -c1-16)
+edge release create qemu-r1 --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd.img" \
+  --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
+edge channel promote stable qemu-r1 >/dev/null
+for gw in qemu-gw revoked-gw image-gw; do
+  edge gateway enroll "$gw" >/dev/null
+  edge gateway set-secrets "$gw" --file "$work/secrets.txt" >/dev/null
+done
+edge gateway revoke revoked-gw >/dev/null
+fingerprint() { edge gateway show "$1" | sed -n 's/.*"fingerprint": "\([0-9a-f]*\)".*/\1/p'; }
+
+# ---------------------------------------------------------------- iPXE with the test CA as anchor
+ca_fp=$(openssl x509 -in "$data/pki/ca.crt" -outform DER | sha256sum | cut -d' ' -f1)
+python3 - "$CACHE/ipxe/usr/lib/ipxe/ipxe-amd64.efi" "$work/ipxe.efi" "$ca_fp" <<'PY'
+import sys
+src, dst, fp = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+root = bytes.fromhex("9faf717b7f8ca2f93c256c79f8ac5591895d66d1ff3bee6397a70d29c65eed1a")
+data = open(src, "rb").read()
+assert data.count(root) == 1, "iPXE's built-in root fingerprint not found exactly once"
+open(dst, "wb").write(data.replace(root, fp))
+PY
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+
+# A loopback HTTP server hands iPXE its start script (too long for the kernel command line).
+http_port=$(free_port)
+mkdir -p "$work/www"
+python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
+boot_url="https://10.0.2.2:$boot_port/boot.ipxe"
+# crosscert points at the guest's own loopback: nothing leaves the machine.
+for gw in qemu-gw revoked-gw; do
+  edge image script "$gw" --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >"$work/www/$gw.ipxe"
+done
+
+qemu_common=(-machine q35,accel=tcg -m 512 -nographic -no-reboot
+  -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
+  -drive "if=pflash,format=raw,unit=1,file=$work/vars.fd"
+  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
+
+run_kernel_boot() { # gateway, log, timeout
+  timeout "$3" qemu-system-x86_64 "${qemu_common[@]}" -kernel "$work/ipxe.efi" \
+    -append "ipxe.efi set net0/ip 10.0.2.15 && set net0/netmask 255.255.255.0 && set net0/gateway 10.0.2.2 && ifopen net0 && chain http://10.0.2.2:$http_port/$1.ipxe" \
+    </dev/null >"$2" 2>&1 || true
+}
+
+# ---------------------------------------------------------------- 1. boot with the gateway's certificate
+start=$(date +%s.%N)
+run_kernel_boot qemu-gw "$work/serial-1.log" "$QEMU_TIMEOUT"
+marker_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+serial=$(tr -d '\r' <"$work/serial-1.log")
+fp=$(fingerprint qemu-gw)
+check "Linux booted from the served kernel and initrd" 'grep -q "EDGE-LINUX-UP" <<<"$serial"'
+# iPXE prints each download's URL without its query; the endpoint refuses anything unsigned,
+# so a successful download from it was a presigned one.
+asset_path=$(grep -o "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial" | head -n 1 | sed 's/\.\.\. ok//')
+check "iPXE downloaded kernel and initrd from the S3 endpoint" '[ "$(grep -c "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial")" -ge 2 ]'
+check "those URLs only work presigned (unsigned: 403)" '[ "$(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$s3_port/${asset_path#*/}")" = 403 ]'
+check "the secret's digest matches the stored one" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial"'
+check "the replay was refused with 410" 'grep -q "EDGE-REPLAY status=410" <<<"$serial"'
+check "the server identified the gateway by its fingerprint" 'grep "boot script served" "$work/serve.log" | grep -q "\"fingerprint\":\"$fp\".*\"gateway\":\"qemu-gw\""'
+check "the server served the secret once" 'grep "secrets served" "$work/serve.log" | grep -q "$fp"'
+check "the server logged the replay as a security event" 'grep -q "\"security_event\":\"token_replay\"" "$work/serve.log"'
+check "no secret or token in the server log" '! grep -q "AK[0-9]*,SK" "$work/serve.log" && ! grep -q "/secrets/[A-Za-z0-9_-]\{40\}" "$work/serve.log"'
+echo "time from QEMU start to the secret marker: ${marker_time}s"
+
+# ---------------------------------------------------------------- 2. a revoked gateway does not reach Linux
+run_kernel_boot revoked-gw "$work/serial-2.log" 45
+rfp=$(fingerprint revoked-gw)
+check "a revoked gateway does not reach Linux" '! grep -q "EDGE-LINUX-UP" "$work/serial-2.log" && ! grep -q "Linux version" "$work/serial-2.log"'
+check "the server refused the revoked gateway" 'grep "boot refused" "$work/serve.log" | grep -q "$rfp"'
+
+# ---------------------------------------------------------------- 3. a disk image from `ipxe-edge image build`
+edge image build image-gw --boot-url "$boot_url" --out "$work/gateway.img" --ipxe-efi "$work/ipxe.efi" \
+  --crosscert http://127.0.0.1:9/ >/dev/null
+check "the image is written 0600" '[ "$(stat -c %a "$work/gateway.img")" = 600 ]'
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+start=$(date +%s.%N)
+timeout "$QEMU_TIMEOUT" qemu-system-x86_64 "${qemu_common[@]}" \
+  -drive "if=none,id=d0,format=raw,snapshot=on,file=$work/gateway.img" -device virtio-blk-pci,drive=d0,bootindex=0 \
+  </dev/null >"$work/serial-3.log" 2>&1 || true
+image_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+check "the disk image boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-3.log"'
+check "the server identified the image's gateway" 'grep "boot script served" "$work/serve.log" | grep -q "\"gateway\":\"image-gw\""'
+echo "time from QEMU start (disk image) to poweroff: ${image_time}s"
+
+if [ "$failed" -gt 0 ]; then
+  for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done
+  echo "== server log"; tail -n 30 "$work/serve.log"
+fi
+echo "qemu: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
