@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: installs the pinned test servers if needed, starts them on loopback,
 # runs every test of the workspace, lints the deployment template and checks the deploy
-# script's dry run, and stops the servers whatever happens.
+# script's dry run, boots real iPXE clients in QEMU, and stops the servers whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +14,4 @@ scripts/test-servers.sh start "$state"
 cargo test --workspace --locked "$@"
 scripts/lint-infra.sh
 scripts/test-deploy.sh
+tests/qemu/boot-test.sh

@@ -13,6 +13,27 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 
+/// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".ipxe-edge-tmp-{}-{}", std::process::id(), rand::random::<u64>()));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[derive(Clone, Debug)]
 pub struct FsStore {
     root: PathBuf,
@@ -77,20 +98,7 @@ impl FsStore {
     }
 
     fn write_file(path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
-        let dir = path.parent().expect("object paths have a parent");
-        fs::create_dir_all(dir).map_err(io(key))?;
-        let tmp = dir.join(format!(".ipxe-edge-tmp-{}-{}", std::process::id(), rand::random::<u64>()));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(io(key))
+        write_atomic(path, body, 0o644).map_err(io(key))
     }
 
     fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
