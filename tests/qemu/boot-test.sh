@@ -147,7 +147,7 @@ check "no secret or token in the server log" '! grep -q "AK[0-9]*,SK" "$work/ser
 echo "time from QEMU start to the secret marker: ${marker_time}s"
 
 # ---------------------------------------------------------------- 2. a revoked gateway does not reach Linux
-run_kernel_boot revoked-gw "$work/serial-2.log" 45
+run_kernel_boot revoked-gw "$work/serial-2.log" 30
 rfp=$(fingerprint revoked-gw)
 check "a revoked gateway does not reach Linux" '! grep -q "EDGE-LINUX-UP" "$work/serial-2.log" && ! grep -q "Linux version" "$work/serial-2.log"'
 check "the server refused the revoked gateway" 'grep "boot refused" "$work/serve.log" | grep -q "$rfp"'
