@@ -52,6 +52,8 @@ pub async fn run(listener: TcpListener, acceptor: Option<TlsAcceptor>, route: Ro
             },
             _ = shutdown.changed() => break,
         };
+        // Small responses written in parts must not wait for delayed ACKs.
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(peer = %peer, "too many connections, closing a new one");
             continue;

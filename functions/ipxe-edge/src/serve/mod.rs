@@ -16,6 +16,7 @@ use ipxe_edge_core::identity::ChainVerifier;
 use ipxe_edge_core::redeem::RedeemService;
 use ipxe_edge_core::store::dynamodb::DynamoLedger;
 use ipxe_edge_core::store::file_ledger::FileLedger;
+use ipxe_edge_core::store::fs::FsStore;
 use ipxe_edge_core::store::s3::S3Store;
 use ipxe_edge_core::store::{ObjectStore, TokenLedger};
 use ipxe_edge_core::token::Keyring;
@@ -140,10 +141,10 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             std::fs::create_dir_all(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
             let service = s3::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
             tasks.spawn(s3::run(s3_listener, service, shutdown_rx.clone()));
-            let local_ip = if args.s3_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.s3_listen.ip().to_string() };
-            let local = format!("http://{}", authority(&local_ip, args.s3_listen.port()));
             let public = format!("http://{}", authority(&public_host, args.s3_listen.port()));
-            let store = Arc::new(S3Store::new(embedded_s3_client(&local, &creds), EMBEDDED_BUCKET));
+            // Records are read straight from the files the endpoint serves (no loopback HTTP
+            // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
+            let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
             let presigner = Arc::new(S3Store::new(embedded_s3_client(&public, &creds), EMBEDDED_BUCKET));
             (store, presigner)
         }
