@@ -170,5 +170,6 @@ if [ "$failed" -gt 0 ]; then
   for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done
   echo "== server log"; tail -n 30 "$work/serve.log"
 fi
+echo "whole QEMU test: ${SECONDS}s"
 echo "qemu: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
