@@ -80,10 +80,6 @@ impl BootService {
         BootService { store, presigner, keyring, settings }
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// The gateway record for a fingerprint, or `None` when it is not enrolled.
     pub async fn gateway(&self, fp: &Fingerprint) -> Result<Option<GatewayRecord>, BootError> {
         let key = layout::gateway(fp);

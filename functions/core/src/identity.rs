@@ -288,6 +288,14 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, IdentityError> {
     Ok(out)
 }
 
+/// A certificate's DER as PEM text.
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
 /// Decodes a URL-encoded PEM chain as set by a TLS-terminating proxy (ALB's
 /// `X-Amzn-Mtls-Clientcert`, nginx's `$ssl_client_escaped_cert`).
 pub fn decode_escaped_pem(value: &str) -> Result<Vec<u8>, IdentityError> {

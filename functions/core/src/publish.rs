@@ -52,8 +52,7 @@ pub fn check_release(manifest: &ReleaseManifest) -> Result<(), PublishError> {
         return Err(bad("it has no architecture".into()));
     }
     for arch in manifest.arches.keys() {
-        let (base, platform) = arch.split_once('-').map(|(a, p)| (a, Some(p))).unwrap_or((arch.as_str(), None));
-        if !crate::query::KNOWN_ARCHES.contains(&base) || platform.is_some_and(|p| !crate::query::KNOWN_PLATFORMS.contains(&p)) {
+        if !crate::query::valid_arch_key(arch) {
             return Err(bad(format!("unknown architecture {arch:?}")));
         }
     }

@@ -83,6 +83,12 @@ impl BootQuery {
     }
 }
 
+/// A release's architecture key: an architecture, optionally with a platform (`x86_64-efi`).
+pub fn valid_arch_key(key: &str) -> bool {
+    let (arch, platform) = key.split_once('-').map(|(a, p)| (a, Some(p))).unwrap_or((key, None));
+    KNOWN_ARCHES.contains(&arch) && platform.is_none_or(|p| KNOWN_PLATFORMS.contains(&p))
+}
+
 fn decode(s: &str) -> String {
     let plus_as_space = s.replace('+', " ");
     percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy().into_owned()
@@ -134,6 +140,16 @@ mod tests {
         assert_eq!(BootQuery::parse("buildarch=../../x"), Err(QueryError::BadArch));
         assert_eq!(BootQuery::parse("buildarch=x86_64&buildarch=arm64"), Err(QueryError::Repeated("buildarch")));
         assert_eq!(BootQuery::parse(&"a=b&".repeat(600)), Err(QueryError::TooLong));
+    }
+
+    #[test]
+    fn architecture_keys() {
+        for good in ["x86_64", "arm64", "x86_64-efi", "i386-pcbios"] {
+            assert!(valid_arch_key(good), "{good}");
+        }
+        for bad in ["", "sparc", "x86_64-", "x86_64-uboot", "arm64-efi-x", "../x"] {
+            assert!(!valid_arch_key(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::context::{file_error, CliError, Context};
 use crate::datadir::{self, write_atomic, DataDir, DataDirError};
-use ipxe_edge_core::identity::{pem_certificates, TrustBundle};
+use ipxe_edge_core::identity::{der_to_pem, pem_certificates, TrustBundle};
 use ipxe_edge_core::model::layout;
 use ipxe_edge_core::pki::CertificateAuthority;
 use ipxe_edge_core::store::{ObjectStore, StoreError, WriteCondition};
@@ -71,13 +71,6 @@ pub async fn add_to_bundle(store: &dyn ObjectStore, pem: &[u8]) -> Result<usize,
         }
     }
     Err(StoreError::Conflict(layout::TRUST_BUNDLE.into()).into())
-}
-
-pub fn der_to_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
-    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
 }
 
 /// The trust bundle as stored.

@@ -110,7 +110,7 @@ pub async fn import(ctx: &Context, name: &str, cert: &Path, channel: Option<&str
     register(ctx, &record).await?;
     // Keep a copy beside the ones we issue, so `gateway show` and image builds find it.
     let leaf = pem_certificates(&pem)?.remove(0);
-    write_atomic(&ctx.dir.gateway_cert(name), super::ca::der_to_pem(&leaf).as_bytes(), 0o644)?;
+    write_atomic(&ctx.dir.gateway_cert(name), ipxe_edge_core::identity::der_to_pem(&leaf).as_bytes(), 0o644)?;
     println!("imported gateway {name} ({})", identity.fingerprint);
     Ok(identity.fingerprint)
 }

@@ -5,7 +5,7 @@ use super::context::{CliError, Context};
 use async_trait::async_trait;
 use ipxe_edge_core::boot::{BootService, BootSettings};
 use ipxe_edge_core::identity::ClientIdentity;
-use ipxe_edge_core::query::{BootQuery, KNOWN_ARCHES, KNOWN_PLATFORMS};
+use ipxe_edge_core::query::BootQuery;
 use ipxe_edge_core::store::{Presigner, StoreError};
 use ipxe_edge_core::token::Keyring;
 use std::sync::Arc;
@@ -24,14 +24,8 @@ impl Presigner for RedactingPresigner {
 pub async fn preview(ctx: &Context, name: &str, arch: Option<&str>, platform: Option<&str>) -> Result<String, CliError> {
     let record = ctx.gateway(name).await?;
     let arch = arch.unwrap_or(record.arch());
-    let query = BootQuery {
-        mac: None,
-        platform: match platform {
-            None => None,
-            Some(p) => Some(KNOWN_PLATFORMS.iter().copied().find(|k| *k == p).ok_or_else(|| CliError::Usage(format!("invalid platform {p:?}")))?),
-        },
-        buildarch: Some(KNOWN_ARCHES.iter().copied().find(|k| *k == arch).ok_or_else(|| CliError::Usage(format!("invalid architecture {arch:?}")))?),
-    };
+    let pairs = std::iter::once(("buildarch", arch)).chain(platform.map(|p| ("platform", p)));
+    let query = BootQuery::from_pairs(pairs).map_err(|e| CliError::Usage(e.to_string()))?;
     // A throwaway key: the token in a preview must never be redeemable.
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("preview")).expect("generated keyring parses"));
     let settings = BootSettings { secrets_base_url: "https://secrets-endpoint".into(), ..BootSettings::default() };

@@ -19,8 +19,7 @@ pub struct CreateRequest {
 }
 
 fn check_arch_key(arch: &str) -> Result<(), CliError> {
-    let (base, platform) = arch.split_once('-').map(|(a, p)| (a, Some(p))).unwrap_or((arch, None));
-    if KNOWN_ARCHES.contains(&base) && platform.is_none_or(|p| KNOWN_PLATFORMS.contains(&p)) {
+    if ipxe_edge_core::query::valid_arch_key(arch) {
         Ok(())
     } else {
         Err(CliError::Usage(format!(

@@ -157,10 +157,7 @@ fn gateway_date(t: OffsetDateTime) -> String {
 
 fn client_cert_json(der: &[u8]) -> Option<Value> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64_lines(der)
-    );
+    let pem = ipxe_edge_core::identity::der_to_pem(der);
     Some(json!({
         "clientCertPem": pem,
         "subjectDN": cert.subject().to_string(),
@@ -171,12 +168,6 @@ fn client_cert_json(der: &[u8]) -> Option<Value> {
             "notAfter": gateway_date(cert.validity().not_after.to_datetime()),
         }
     }))
-}
-
-fn base64_lines(der: &[u8]) -> String {
-    use base64::Engine;
-    let text = base64::engine::general_purpose::STANDARD.encode(der);
-    text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect::<Vec<_>>().join("\n")
 }
 
 /// The HTTP API payload 2.0 event for a request.
