@@ -1,20 +1,14 @@
-//! ipxe-edge core: gateway identity, the bucket's data model, boot script rendering and
-//! one-time secrets tokens (domain modules, free of HTTP and AWS), plus the storage adapters,
-//! HTTP handlers and AWS wiring that the functions, the local server and the CLI share.
+//! ipxe-edge core: everything the boot and redeem Lambda functions run, in three layers.
+//!
+//! - [`domain`]: gateway identity, the bucket's data model, boot script rendering, one-time
+//!   tokens and the clock; no I/O, no HTTP, no AWS.
+//! - [`service`]: the two use cases (boot, redeem) over the storage ports.
+//! - [`storage`]: the ports (object store, presigner, token ledger), the typed records layer and
+//!   object keys, and the adapters (S3, DynamoDB, in-memory fakes for tests).
+//! - [`lambda`]: the entry wiring: settings, client set-up at init, the HTTP handlers with their
+//!   single error-to-status mapping, and JSON logging.
 
-pub mod boot;
-pub mod identity;
-pub mod model;
-pub mod publish;
-pub mod query;
-pub mod redeem;
-pub mod render;
-pub mod token;
-
-pub mod aws;
-pub mod config;
-pub mod http;
-pub mod logging;
-#[cfg(any(test, feature = "pki"))]
-pub mod pki;
-pub mod store;
+pub mod domain;
+pub mod lambda;
+pub mod service;
+pub mod storage;

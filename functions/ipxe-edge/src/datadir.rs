@@ -87,7 +87,7 @@ impl DataDir {
 
 /// Writes a file atomically with the given mode.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-    ipxe_edge_core::store::fs::write_atomic(path, bytes, mode).map_err(io_error(path))
+    crate::embedded::fs_store::write_atomic(path, bytes, mode).map_err(io_error(path))
 }
 
 pub fn read(path: &Path) -> Result<Vec<u8>, DataDirError> {

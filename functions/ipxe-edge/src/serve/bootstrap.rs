@@ -1,14 +1,16 @@
 //! First start: everything a working local deployment needs, created once and reused after.
 
-use super::s3::S3Credentials;
 use super::ServeError;
 use crate::datadir::{self, write_atomic, DataDir, DataDirError};
-use ipxe_edge_core::identity::Fingerprint;
-use ipxe_edge_core::model::{self, layout, ArchAssets, ReleaseManifest};
-use ipxe_edge_core::pki::{validity_days, CertificateAuthority};
-use ipxe_edge_core::publish;
-use ipxe_edge_core::store::{ObjectStore, WriteCondition};
-use ipxe_edge_core::token::Keyring;
+use crate::embedded::s3_endpoint::S3Credentials;
+use ipxe_edge_core::domain::clock::rfc3339_now;
+use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::model::{self, ArchAssets, ReleaseManifest};
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_core::storage::records::{RecordError, Records};
+use ipxe_edge_core::storage::WriteCondition;
+use ipxe_edge_pki::{validity_days, CertificateAuthority};
 use rand::RngCore;
 use std::collections::BTreeMap;
 use x509_parser::extensions::GeneralName;
@@ -55,18 +57,18 @@ fn corrupt(path: &std::path::Path, reason: impl ToString) -> ServeError {
 /// The deployment CA: loaded, or created when the data directory has none.
 pub fn load_or_create_ca(dir: &DataDir, outcome: &mut Outcome) -> Result<CertificateAuthority, ServeError> {
     let ca = if !dir.ca_cert().exists() && !dir.ca_key().exists() {
-        let ca = crate::ops::ca::create(dir, crate::ops::ca::CA_DAYS)?;
+        let ca = crate::commands::ca::create(dir, crate::commands::ca::CA_DAYS)?;
         outcome.created.push(format!("CA certificate {}", dir.ca_cert().display()));
         ca
     } else {
-        crate::ops::ca::load(dir)?
+        crate::commands::ca::load(dir)?
     };
     Ok(ca)
 }
 
 /// Whether a server certificate names every host and stays valid for a week.
 fn server_cert_fits(pem: &[u8], hosts: &[String]) -> bool {
-    let Ok(ders) = ipxe_edge_core::identity::pem_certificates(pem) else { return false };
+    let Ok(ders) = ipxe_edge_core::domain::identity::pem_certificates(pem) else { return false };
     let Some(Ok((_, cert))) = ders.first().map(|d| X509Certificate::from_der(d)) else { return false };
     let week = time::OffsetDateTime::now_utc().unix_timestamp() + 7 * 86_400;
     if cert.validity().not_after.timestamp() < week {
@@ -89,7 +91,7 @@ fn server_cert_fits(pem: &[u8], hosts: &[String]) -> bool {
     hosts.iter().all(|h| names.iter().any(|n| n.eq_ignore_ascii_case(h)))
 }
 
-pub async fn ensure(dir: &DataDir, store: &dyn ObjectStore, public_host: &str) -> Result<Outcome, ServeError> {
+pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Result<Outcome, ServeError> {
     let mut outcome = Outcome::default();
     let ca = load_or_create_ca(dir, &mut outcome)?;
 
@@ -110,18 +112,18 @@ pub async fn ensure(dir: &DataDir, store: &dyn ObjectStore, public_host: &str) -
         outcome.created.push(format!("token HMAC key {}", dir.token_keys().display()));
     }
 
-    let storage = |e: ipxe_edge_core::store::StoreError| ServeError::Bootstrap(e.to_string());
-    let publish_err = |e: publish::PublishError| ServeError::Bootstrap(e.to_string());
-    if !store.exists(layout::TRUST_BUNDLE).await.map_err(storage)? {
-        store.put(layout::TRUST_BUNDLE, ca.cert_pem().into_bytes(), WriteCondition::Always).await.map_err(storage)?;
-        outcome.created.push(format!("trust bundle object {}", layout::TRUST_BUNDLE));
+    let storage = |e: ipxe_edge_core::storage::StoreError| ServeError::Bootstrap(e.to_string());
+    let record_err = |e: RecordError| ServeError::Bootstrap(e.to_string());
+    let store = records.store();
+    if !store.exists(keys::TRUST_BUNDLE).await.map_err(storage)? {
+        store.put(keys::TRUST_BUNDLE, ca.cert_pem().into_bytes(), WriteCondition::Absent).await.map_err(storage)?;
+        outcome.created.push(format!("trust bundle object {}", keys::TRUST_BUNDLE));
     }
 
-    if publish::get_channel(store, model::DEFAULT_CHANNEL).await.map_err(publish_err)?.is_none() {
-        let release_key = layout::release(DEMO_RELEASE);
-        if !store.exists(&release_key).await.map_err(storage)? {
-            let kernel = publish::put_asset(store, b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(publish_err)?;
-            let initrd = publish::put_asset(store, b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(publish_err)?;
+    if records.channel(model::DEFAULT_CHANNEL).await.map_err(record_err)?.is_none() {
+        if !records.release_exists(DEMO_RELEASE).await.map_err(record_err)? {
+            let kernel = records.put_asset(b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(record_err)?;
+            let initrd = records.put_asset(b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(record_err)?;
             let mut arches = BTreeMap::new();
             arches.insert(model::DEFAULT_ARCH.to_string(), ArchAssets { kernel, initrd });
             let manifest = ReleaseManifest {
@@ -129,12 +131,12 @@ pub async fn ensure(dir: &DataDir, store: &dyn ObjectStore, public_host: &str) -
                 cmdline: DEMO_CMDLINE.into(),
                 template: None,
                 arches,
-                created_at: Some(now_rfc3339()),
+                created_at: Some(rfc3339_now()),
                 description: Some("PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into()),
             };
-            publish::put_release(store, &manifest).await.map_err(publish_err)?;
+            records.put_release(&manifest).await.map_err(record_err)?;
         }
-        publish::promote(store, model::DEFAULT_CHANNEL, DEMO_RELEASE, &now_rfc3339()).await.map_err(publish_err)?;
+        records.promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now()).await.map_err(record_err)?;
         outcome.created.push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
     }
 
@@ -146,22 +148,19 @@ pub async fn ensure(dir: &DataDir, store: &dyn ObjectStore, public_host: &str) -
         outcome.created.push(format!("gateway {DEMO_GATEWAY}: {} and {}", demo_cert.display(), demo_key.display()));
     }
     let demo_pem = datadir::read(&demo_cert)?;
-    let demo_der = ipxe_edge_core::identity::pem_certificates(&demo_pem).map_err(|e| corrupt(&demo_cert, e))?.remove(0);
+    let demo_der = ipxe_edge_core::domain::identity::pem_certificates(&demo_pem).map_err(|e| corrupt(&demo_cert, e))?.remove(0);
     let fp = Fingerprint::of_der(&demo_der);
-    if !store.exists(&layout::gateway(&fp)).await.map_err(storage)? {
+    if records.gateway(&fp).await.map_err(record_err)?.is_none() {
         let mut record = model::new_gateway(DEMO_GATEWAY, fp.clone());
-        record.subject = ipxe_edge_core::identity::describe_der(&demo_der).map(|(s, _)| s);
-        publish::put_gateway(store, &record).await.map_err(publish_err)?;
-        publish::put_secrets(store, &fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec())
+        record.subject = ipxe_edge_core::domain::identity::describe_der(&demo_der).map(|(s, _)| s);
+        records.put_gateway(&record).await.map_err(record_err)?;
+        records
+            .put_secrets(&fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec())
             .await
-            .map_err(publish_err)?;
+            .map_err(record_err)?;
         outcome.created.push(format!("enrolled gateway {DEMO_GATEWAY} ({fp}) with demo secrets"));
     }
     Ok(outcome)
-}
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Tells the operator what happened and how to try it.

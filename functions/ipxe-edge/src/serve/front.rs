@@ -1,21 +1,32 @@
-//! The HTTPS front of `serve`: plays API Gateway. Each request becomes the same HTTP API 2.0
-//! event API Gateway would send the function (client certificate and its validity included)
-//! and goes to the same handler the Lambda function runs.
+//! The HTTPS front of `serve`: plays API Gateway. The client chain is verified once per
+//! connection (in the TLS handshake, then turned into the identity the handler receives), and
+//! each request becomes a typed HTTP API 2.0 request, built from `lambda_http`'s own types, for
+//! the same handler the Lambda function runs. Only the request path and query route a request:
+//! the client's `Host` and `X-Forwarded-*` never reach the event.
 
+use crate::serve::listener::{accept_loop, Limits};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ipxe_edge_core::http::{boot_handler, redeem_handler, BootApp, RedeemApp};
-use serde_json::{json, Map, Value};
+use ipxe_edge_core::domain::clock;
+use ipxe_edge_core::domain::identity::der_to_pem;
+use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, RedeemApp, VerifiedClient};
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayV2httpRequestContext, ApiGatewayV2httpRequestContextAuthentication, ApiGatewayV2httpRequestContextAuthenticationClientCert,
+    ApiGatewayV2httpRequestContextHttpDescription,
+};
+use lambda_http::request::RequestContext;
+use lambda_http::RequestExt;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -24,8 +35,6 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Which handler a listener feeds.
 #[derive(Clone)]
@@ -34,72 +43,83 @@ pub enum Route {
     Redeem(Arc<RedeemApp>),
 }
 
-/// Accepts connections (TLS when `acceptor` is given) until `shutdown` flips, then lets open
-/// requests finish.
-pub async fn run(listener: TcpListener, acceptor: Option<TlsAcceptor>, route: Route, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let request_ids = Arc::new(AtomicU64::new(1));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        // Small responses written in parts must not wait for delayed ACKs.
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "too many connections, closing a new one");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let route = route.clone();
-        let ids = request_ids.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve_connection(stream, peer, acceptor, route, ids)).await;
-        });
-        while tasks.try_join_next().is_some() {}
+impl Route {
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Boot(_) => "boot",
+            Route::Redeem(_) => "secrets",
+        }
     }
-    // Let requests in flight finish, briefly.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, acceptor: Option<TlsAcceptor>, route: Route, ids: Arc<AtomicU64>) {
-    let Some(acceptor) = acceptor else {
-        return serve_http(stream, peer, None, route, ids).await;
+/// What a listener knows about itself, for the events it builds.
+#[derive(Clone)]
+pub struct Front {
+    pub route: Route,
+    pub acceptor: Option<TlsAcceptor>,
+    /// The host name the deployment is reached at (`domainName` of the events).
+    pub public_host: Arc<str>,
+}
+
+/// What one connection established: the peer, and the client identity its handshake proved.
+struct Connection {
+    peer: SocketAddr,
+    client: Option<VerifiedClient>,
+    /// The event's `authentication` block, built once per connection.
+    authentication: Option<ApiGatewayV2httpRequestContextAuthentication>,
+}
+
+/// Accepts connections (TLS when the front has an acceptor) until `shutdown` flips.
+pub async fn run(listener: TcpListener, front: Front, shutdown: watch::Receiver<bool>) {
+    let request_ids = Arc::new(AtomicU64::new(1));
+    let name = front.route.name();
+    accept_loop(listener, name, Limits::default(), shutdown, move |stream, peer| serve_connection(stream, peer, front.clone(), request_ids.clone())).await
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>) {
+    let Some(acceptor) = front.acceptor.clone() else {
+        let conn = Connection { peer, client: None, authentication: None };
+        return serve_http(stream, conn, front, ids).await;
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(peer = %peer, error = %e, outcome = "tls_refused", "TLS handshake failed");
+            tracing::warn!(listener = front.route.name(), peer = %peer, error = %e, outcome = "tls_refused", "TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::warn!(peer = %peer, outcome = "tls_timeout", "TLS handshake timed out");
+            tracing::warn!(listener = front.route.name(), peer = %peer, outcome = "tls_timeout", "TLS handshake timed out");
             return;
         }
     };
-    let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
-    serve_http(tls, peer, client_cert, route, ids).await
+    let chain: Vec<Vec<u8>> = tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect()).unwrap_or_default();
+    let mut conn = Connection { peer, client: None, authentication: None };
+    if let (Route::Boot(app), Some(leaf)) = (&front.route, chain.first()) {
+        // The handshake accepted this chain with the same verifier; this gives its identity.
+        match app.verifier.verify_der_chain(&chain, clock::unix_now() as i64) {
+            Ok(identity) => conn.client = Some(VerifiedClient(identity)),
+            Err(e) => {
+                tracing::warn!(listener = "boot", peer = %peer, error = %e, outcome = "tls_refused", "client chain refused after the handshake");
+                return;
+            }
+        }
+        conn.authentication = authentication(leaf);
+    }
+    serve_http(tls, conn, front, ids).await
 }
 
-async fn serve_http<S>(io: S, peer: SocketAddr, client_cert: Option<Vec<u8>>, route: Route, ids: Arc<AtomicU64>)
+async fn serve_http<S>(io: S, conn: Connection, front: Front, ids: Arc<AtomicU64>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let client_cert = Arc::new(client_cert);
+    let peer = conn.peer;
+    let name = front.route.name();
+    let conn = Arc::new(conn);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let route = route.clone();
-        let client_cert = client_cert.clone();
+        let front = front.clone();
+        let conn = conn.clone();
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, client_cert.as_ref().as_deref(), route, id).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &conn, &front, id).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -108,7 +128,13 @@ where
         .serve_connection(TokioIo::new(io), service)
         .await;
     if let Err(e) = result {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        if e.is_parse() || e.is_parse_too_large() {
+            // hyper has answered 400 (or 431) already; say so in the JSON log.
+            let status = if e.is_parse_too_large() { 431u16 } else { 400u16 };
+            tracing::warn!(listener = name, peer = %peer, outcome = "bad_request", status, error = %e, "malformed request refused");
+        } else {
+            tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with an error");
+        }
     }
 }
 
@@ -121,27 +147,25 @@ fn plain(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
         .expect("static response")
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, client_cert: Option<&[u8]>, route: Route, id: u64) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
     };
-    let event = api_gateway_event(&parts, &body, peer, client_cert, id);
-    let request = match lambda_http::request::from_str(&event.to_string()) {
+    let request = match lambda_request(&parts, body, conn, &front.public_host, id) {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(peer = %peer, error = %e, "request cannot be expressed as an API Gateway event");
+        Err(reason) => {
+            tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "bad_request", status = 400u16, reason, "request refused");
             return plain(StatusCode::BAD_REQUEST, "bad request");
         }
     };
-    let response = match route {
-        Route::Boot(app) => boot_handler(&app, request).await,
-        Route::Redeem(app) => redeem_handler(&app, request).await,
+    let response = match &front.route {
+        Route::Boot(app) => boot_handler(app, request).await,
+        Route::Redeem(app) => redeem_handler(app, request).await,
     };
     let (parts, body) = response.into_parts();
     let bytes = match body {
-        lambda_http::Body::Empty => Bytes::new(),
         lambda_http::Body::Text(t) => Bytes::from(t),
         lambda_http::Body::Binary(b) => Bytes::from(b),
         _ => Bytes::new(),
@@ -155,91 +179,128 @@ fn gateway_date(t: OffsetDateTime) -> String {
     t.format(format).unwrap_or_default()
 }
 
-fn client_cert_json(der: &[u8]) -> Option<Value> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let pem = ipxe_edge_core::identity::der_to_pem(der);
-    Some(json!({
-        "clientCertPem": pem,
-        "subjectDN": cert.subject().to_string(),
-        "issuerDN": cert.issuer().to_string(),
-        "serialNumber": cert.raw_serial_as_string(),
-        "validity": {
-            "notBefore": gateway_date(cert.validity().not_before.to_datetime()),
-            "notAfter": gateway_date(cert.validity().not_after.to_datetime()),
-        }
-    }))
+/// The `authentication.clientCert` block API Gateway puts in events for a client certificate.
+fn authentication(leaf_der: &[u8]) -> Option<ApiGatewayV2httpRequestContextAuthentication> {
+    let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
+    let mut client_cert = ApiGatewayV2httpRequestContextAuthenticationClientCert::default();
+    client_cert.client_cert_pem = Some(der_to_pem(leaf_der));
+    client_cert.subject_dn = Some(cert.subject().to_string());
+    client_cert.issuer_dn = Some(cert.issuer().to_string());
+    client_cert.serial_number = Some(cert.raw_serial_as_string());
+    client_cert.validity.not_before = Some(gateway_date(cert.validity().not_before.to_datetime()));
+    client_cert.validity.not_after = Some(gateway_date(cert.validity().not_after.to_datetime()));
+    let mut authentication = ApiGatewayV2httpRequestContextAuthentication::default();
+    authentication.client_cert = Some(client_cert);
+    Some(authentication)
 }
 
-/// The HTTP API payload 2.0 event for a request.
-pub fn api_gateway_event(parts: &hyper::http::request::Parts, body: &[u8], peer: SocketAddr, client_cert: Option<&[u8]>, id: u64) -> Value {
-    let mut headers = Map::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match headers.get_mut(name.as_str()) {
-            Some(Value::String(existing)) => {
-                existing.push(',');
-                existing.push_str(&value);
-            }
-            _ => {
-                headers.insert(name.as_str().to_string(), Value::String(value));
-            }
-        }
+/// Headers that describe how the client reached us; a client may send them, but only a proxy
+/// the deployment trusts could vouch for them, and `serve` is the edge.
+fn is_hop_header(name: &str) -> bool {
+    name == "host" || name == "forwarded" || name.starts_with("x-forwarded-")
+}
+
+/// The request as the Lambda function receives it from an HTTP API (payload 2.0).
+fn lambda_request(
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    conn: &Connection,
+    public_host: &str,
+    id: u64,
+) -> Result<lambda_http::Request, &'static str> {
+    let path = parts.uri.path();
+    if !path.starts_with('/') {
+        return Err("request target is not a path");
     }
     let raw_query = parts.uri.query().unwrap_or("");
-    let mut query = Map::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-        let (k, v) = (decode(k), decode(v));
-        match query.get_mut(&k) {
-            Some(Value::String(existing)) => {
-                existing.push(',');
-                existing.push_str(&v);
-            }
-            _ => {
-                query.insert(k, Value::String(v));
-            }
+    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
+        query.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    let mut builder = lambda_http::http::Request::builder().method(parts.method.clone()).uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path));
+    for (name, value) in &parts.headers {
+        if !is_hop_header(name.as_str()) {
+            builder = builder.header(name, value);
         }
     }
+    let body = if body.is_empty() { lambda_http::Body::Empty } else { lambda_http::Body::Binary(body.to_vec()) };
+    let mut request = builder.body(body).map_err(|_| "request cannot be expressed as an event")?;
+    if let Some(client) = &conn.client {
+        request.extensions_mut().insert(client.clone());
+    }
+
     let now = OffsetDateTime::now_utc();
-    let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
-    let user_agent = parts.headers.get("user-agent").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let mut context = json!({
-        "accountId": "local",
-        "apiId": "ipxe-edge-serve",
-        "domainName": host,
-        "domainPrefix": host.split('.').next().unwrap_or(""),
-        "http": {
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-            "protocol": "HTTP/1.1",
-            "sourceIp": peer.ip().to_string(),
-            "userAgent": user_agent,
-        },
-        "requestId": format!("local-{:x}-{id}", now.unix_timestamp()),
-        "routeKey": "$default",
-        "stage": "$default",
-        "time": now.format(time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000")).unwrap_or_default(),
-        "timeEpoch": (now.unix_timestamp_nanos() / 1_000_000) as i64,
-    });
-    if let Some(cert) = client_cert.and_then(client_cert_json) {
-        context["authentication"] = json!({ "clientCert": cert });
-    }
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": parts.uri.path(),
-        "rawQueryString": raw_query,
-        "headers": headers,
-        "requestContext": context,
-        "isBase64Encoded": true,
-    });
+    let mut http = ApiGatewayV2httpRequestContextHttpDescription::default();
+    http.method = parts.method.clone();
+    http.path = Some(path.to_string());
+    http.protocol = Some("HTTP/1.1".into());
+    http.source_ip = Some(conn.peer.ip().to_string());
+    http.user_agent = parts.headers.get("user-agent").and_then(|h| h.to_str().ok()).map(str::to_string);
+    let mut context = ApiGatewayV2httpRequestContext::default();
+    context.route_key = Some("$default".into());
+    context.stage = Some("$default".into());
+    context.account_id = Some("local".into());
+    context.apiid = Some("ipxe-edge-serve".into());
+    context.domain_name = Some(public_host.to_string());
+    context.domain_prefix = public_host.split('.').next().map(str::to_string);
+    context.request_id = Some(format!("local-{:x}-{id}", now.unix_timestamp()));
+    context.time_epoch = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    context.http = http;
+    context.authentication = conn.authentication.clone();
+
+    let mut request = request.with_request_context(RequestContext::ApiGatewayV2(context)).with_raw_http_path(path);
     if !query.is_empty() {
-        event["queryStringParameters"] = Value::Object(query);
+        request = request.with_query_string_parameters(query);
     }
-    if !body.is_empty() {
-        use base64::Engine;
-        event["body"] = Value::String(base64::engine::general_purpose::STANDARD.encode(body));
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipxe_edge_core::lambda::http::route_path;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> hyper::http::request::Parts {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
     }
-    event
+
+    fn conn() -> Connection {
+        Connection { peer: "127.0.0.1:5555".parse().unwrap(), client: None, authentication: None }
+    }
+
+    #[test]
+    fn routes_by_path_and_drops_host_and_forwarded_headers() {
+        let p = parts("/definitely-not-boot?mac=52%3A54%3A00%3A12%3A34%3A56&x=1&x=2", &[
+            ("host", "localhost/boot.ipxe#"),
+            ("x-forwarded-proto", "1http"),
+            ("forwarded", "for=1.2.3.4"),
+            ("user-agent", "iPXE/1.21.1"),
+        ]);
+        let req = lambda_request(&p, Bytes::new(), &conn(), "boot.example.org", 1).unwrap();
+        assert_eq!(route_path(&req), "/definitely-not-boot");
+        assert!(req.headers().get("host").is_none());
+        assert!(req.headers().get("x-forwarded-proto").is_none());
+        assert!(req.headers().get("forwarded").is_none());
+        assert_eq!(req.headers().get("user-agent").unwrap(), "iPXE/1.21.1");
+        let q = req.query_string_parameters_ref().unwrap();
+        assert_eq!(q.first("mac"), Some("52:54:00:12:34:56"));
+        assert_eq!(q.all("x").unwrap().len(), 2);
+        match req.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(ctx)) => assert_eq!(ctx.domain_name.as_deref(), Some("boot.example.org")),
+            _ => panic!("not an HTTP API request"),
+        }
+    }
+
+    #[test]
+    fn hostile_host_values_build_a_request() {
+        for host in ["a b", "127.0.0.1:99999", "[::1"] {
+            let p = parts("/boot.ipxe", &[("host", host)]);
+            let req = lambda_request(&p, Bytes::new(), &conn(), "127.0.0.1", 1).unwrap();
+            assert_eq!(route_path(&req), "/boot.ipxe");
+        }
+    }
 }

@@ -5,21 +5,25 @@
 
 mod bootstrap;
 mod front;
-mod s3;
+pub mod listener;
 pub mod tls;
 
 use crate::datadir::{self, DataDir, DataDirError, EMBEDDED_BUCKET};
-use ipxe_edge_core::aws::{load_trust_bundle, InitError};
-use ipxe_edge_core::boot::{BootService, BootSettings};
-use ipxe_edge_core::http::{BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::identity::ChainVerifier;
-use ipxe_edge_core::redeem::RedeemService;
-use ipxe_edge_core::store::dynamodb::DynamoLedger;
-use ipxe_edge_core::store::file_ledger::FileLedger;
-use ipxe_edge_core::store::fs::FsStore;
-use ipxe_edge_core::store::s3::S3Store;
-use ipxe_edge_core::store::{ObjectStore, TokenLedger};
-use ipxe_edge_core::token::Keyring;
+use crate::embedded::file_ledger::FileLedger;
+use crate::embedded::fs_store::FsStore;
+use crate::embedded::s3_endpoint;
+use ipxe_edge_core::domain::clock;
+use ipxe_edge_core::domain::identity::ChainVerifier;
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::lambda::http::{BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError};
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
+use ipxe_edge_core::service::redeem::RedeemService;
+use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
+use ipxe_edge_core::storage::adapters::s3::S3Store;
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_core::storage::records::Records;
+use ipxe_edge_core::storage::{ObjectStore, TokenLedger};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,12 +63,15 @@ pub struct ServeArgs {
     /// DynamoDB table for the used-token ledger instead of the embedded one.
     #[arg(long)]
     pub table: Option<String>,
-    /// Lifetime of presigned kernel and initrd URLs, in seconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    /// Lifetime of presigned kernel and initrd URLs, in seconds (the boot function's PRESIGN_TTL_SECONDS).
+    #[arg(long, default_value_t = BootSettings::DEFAULT_PRESIGN_TTL_SECS, value_parser = clap::value_parser!(u64).range(BootSettings::PRESIGN_TTL_RANGE))]
     pub presign_ttl: u64,
-    /// Lifetime of one-time secrets tokens, in seconds.
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    /// Lifetime of one-time secrets tokens, in seconds (TOKEN_TTL_SECONDS).
+    #[arg(long, default_value_t = BootSettings::DEFAULT_TOKEN_TTL_SECS, value_parser = clap::value_parser!(u64).range(BootSettings::TOKEN_TTL_RANGE))]
     pub token_ttl: u64,
+    /// Tolerance on client certificate validity dates, in seconds (CLOCK_SKEW_SECONDS).
+    #[arg(long, default_value_t = ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), value_parser = clap::value_parser!(u64).range(BootSettings::CLOCK_SKEW_RANGE))]
+    pub clock_skew: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +85,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
     #[error(transparent)]
-    Cli(#[from] crate::ops::CliError),
+    Cli(#[from] crate::commands::CliError),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }
@@ -104,25 +111,6 @@ fn authority(host: &str, port: u16) -> String {
     }
 }
 
-async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    loader.load().await
-}
-
-fn embedded_s3_client(endpoint: &str, creds: &s3::S3Credentials) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(&creds.access_key, &creds.secret_key, None, None, "ipxe-edge-serve"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let dir = DataDir::open(&data)?;
     let public_host = host_for_urls(&args);
@@ -139,26 +127,27 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             let creds = bootstrap::s3_credentials(&dir)?;
             let bucket_dir = dir.s3_root().join(EMBEDDED_BUCKET);
             std::fs::create_dir_all(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
-            let service = s3::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
-            tasks.spawn(s3::run(s3_listener, service, shutdown_rx.clone()));
+            let service = s3_endpoint::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
+            tasks.spawn(s3_endpoint::run(s3_listener, service, shutdown_rx.clone()));
             let public = format!("http://{}", authority(&public_host, args.s3_listen.port()));
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
             let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
-            let presigner = Arc::new(S3Store::new(embedded_s3_client(&public, &creds), EMBEDDED_BUCKET));
+            let presigner =
+                Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key), true), EMBEDDED_BUCKET));
             (store, presigner)
         }
         Some(bucket) => {
             let config = sdk_config(args.s3_endpoint.as_deref()).await;
-            let store = Arc::new(S3Store::new(ipxe_edge_core::aws::s3_client(&config, args.s3_endpoint.is_some()), bucket.clone()));
+            let store = Arc::new(S3Store::new(s3_client(&config, args.s3_endpoint.is_some()), bucket.clone()));
             (store.clone(), store)
         }
     };
+    let records = Records::new(store);
     let ledger: Arc<dyn TokenLedger> = match &args.table {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let _ = ledger.sweep(now);
+            let _ = ledger.sweep(clock::unix_now());
             Arc::new(ledger)
         }
         Some(table) => {
@@ -167,10 +156,11 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         }
     };
 
-    let outcome = bootstrap::ensure(&dir, store.as_ref(), &public_host).await?;
+    let outcome = bootstrap::ensure(&dir, &records, &public_host).await?;
     let keyring = Arc::new(Keyring::parse(&datadir::read_private_string(&dir.token_keys())?).map_err(InitError::from)?);
-    let bundle = load_trust_bundle(store.as_ref(), ipxe_edge_core::model::layout::TRUST_BUNDLE).await?;
-    let verifier = ChainVerifier::new(bundle, 60);
+    let bundle = load_trust_bundle(&records, keys::TRUST_BUNDLE).await?;
+    let clock_skew = Duration::from_secs(args.clock_skew);
+    let verifier = ChainVerifier::new(bundle, clock_skew);
 
     // Send the CA with the leaf: clients that trust the CA by fingerprint only (iPXE's
     // trust anchors) need the certificate itself to verify the chain.
@@ -185,18 +175,25 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let settings = BootSettings {
         presign_ttl: Duration::from_secs(args.presign_ttl),
         token_ttl: Duration::from_secs(args.token_ttl),
+        clock_skew,
         secrets_base_url,
     };
     let boot = Arc::new(BootApp {
-        service: BootService::new(store.clone(), presigner, keyring.clone(), settings),
+        service: BootService::new(records.clone(), presigner, keyring.clone(), settings),
         verifier,
         cert_header: CertHeader::Off,
     });
-    let redeem = Arc::new(RedeemApp { service: RedeemService::new(store.clone(), ledger, keyring) });
+    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring) });
 
-    tasks.spawn(front::run(boot_listener, Some(TlsAcceptor::from(boot_tls)), front::Route::Boot(boot), shutdown_rx.clone()));
-    let secrets_acceptor = (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls));
-    tasks.spawn(front::run(secrets_listener, secrets_acceptor, front::Route::Redeem(redeem), shutdown_rx.clone()));
+    let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
+    let boot_front = front::Front { route: front::Route::Boot(boot), acceptor: Some(TlsAcceptor::from(boot_tls)), public_host: public_host_arc.clone() };
+    tasks.spawn(front::run(boot_listener, boot_front, shutdown_rx.clone()));
+    let secrets_front = front::Front {
+        route: front::Route::Redeem(redeem),
+        acceptor: (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)),
+        public_host: public_host_arc,
+    };
+    tasks.spawn(front::run(secrets_listener, secrets_front, shutdown_rx.clone()));
 
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);

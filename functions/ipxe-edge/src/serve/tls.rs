@@ -7,7 +7,7 @@
 //! reason the handshake signature is checked against the key read from the certificate by
 //! x509-parser, not by WebPKI's certificate parser.
 
-use ipxe_edge_core::identity::{ChainVerifier, IdentityError};
+use ipxe_edge_core::domain::identity::{ChainVerifier, IdentityError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;

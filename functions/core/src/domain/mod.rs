@@ -1,0 +1,8 @@
+//! The domain: pure types and rules, free of I/O, HTTP and AWS.
+
+pub mod clock;
+pub mod identity;
+pub mod model;
+pub mod query;
+pub mod render;
+pub mod token;

@@ -1,0 +1,276 @@
+//! The records kept in the bucket and the rules every one of them must follow.
+//!
+//! Every record is one JSON object, so changing what a gateway boots is one object write (a
+//! channel or a gateway record). Assets are immutable and content-addressed, releases are
+//! immutable once written. Where each record lives is [`crate::storage::keys`]' business.
+//!
+//! Each record type has a `validate` method: the same rules apply to a name an operator types
+//! and to a name read back from the bucket, so a hand-edited record cannot smuggle `../x` into
+//! an object key.
+
+use crate::domain::identity::Fingerprint;
+use crate::domain::{query, render};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Channel a gateway follows when its record names none.
+pub const DEFAULT_CHANNEL: &str = "stable";
+/// Architecture booted when the client does not say (`buildarch` missing).
+pub const DEFAULT_ARCH: &str = "x86_64";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayState {
+    #[default]
+    Enabled,
+    /// Temporarily refused (maintenance); can be enabled again.
+    Disabled,
+    /// Refused for good: the certificate is considered compromised.
+    Revoked,
+}
+
+/// One enrolled gateway, keyed by its certificate fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRecord {
+    pub name: String,
+    pub fingerprint: Fingerprint,
+    /// Channel followed when no release is pinned; [`DEFAULT_CHANNEL`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A release that overrides the channel (canaries, holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_release: Option<String>,
+    /// Extra template variables for this gateway's boot script.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub state: GatewayState,
+    /// The gateway's architecture, so that promotions and pins can check a release serves it;
+    /// [`DEFAULT_ARCH`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Certificate subject at enrollment, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl GatewayRecord {
+    /// Checks every name the record holds; the error says which field is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        if let Some(channel) = &self.channel {
+            check_name("channel", channel)?;
+        }
+        if let Some(release) = &self.pinned_release {
+            check_name("pinned_release", release)?;
+        }
+        if let Some(arch) = &self.arch {
+            if !query::KNOWN_ARCHES.contains(&arch.as_str()) {
+                return Err(format!("arch {arch:?} is not one of {}", query::KNOWN_ARCHES.join(", ")));
+            }
+        }
+        for name in self.vars.keys() {
+            if !render::valid_var_name(name) {
+                return Err(format!("variable name {name:?} is invalid"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn channel(&self) -> &str {
+        self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL)
+    }
+
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or(DEFAULT_ARCH)
+    }
+}
+
+/// An immutable, content-addressed boot asset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchAssets {
+    pub kernel: Asset,
+    pub initrd: Asset,
+}
+
+/// What a release boots, per architecture. Keys of `arches` are an architecture (`x86_64`,
+/// `arm64`, …) or an architecture and platform (`x86_64-efi`), the more specific one winning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    pub id: String,
+    #[serde(default)]
+    pub cmdline: String,
+    /// Boot script template; [`crate::domain::render::DEFAULT_TEMPLATE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub arches: BTreeMap<String, ArchAssets>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl ReleaseManifest {
+    /// Checks a manifest, before it is written and whenever it is read: its id, architectures,
+    /// template, command line and asset keys.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("id", &self.id)?;
+        if self.arches.is_empty() {
+            return Err("it has no architecture".into());
+        }
+        for (arch, assets) in &self.arches {
+            if !query::valid_arch_key(arch) {
+                return Err(format!("unknown architecture {arch:?}"));
+            }
+            for asset in [&assets.kernel, &assets.initrd] {
+                if !valid_sha256_hex(&asset.sha256) || asset.key != format!("{ASSET_PREFIX}{}", asset.sha256) {
+                    return Err(format!("asset {:?} of {arch} is not a content-addressed key", asset.key));
+                }
+            }
+        }
+        if let Some(template) = &self.template {
+            render::check_template(template).map_err(|e| e.to_string())?;
+        }
+        render::check_fragment("cmdline", &self.cmdline).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The assets for an architecture, preferring an entry specific to the platform.
+    pub fn assets_for(&self, arch: &str, platform: Option<&str>) -> Option<&ArchAssets> {
+        platform
+            .and_then(|p| self.arches.get(&format!("{arch}-{p}")))
+            .or_else(|| self.arches.get(arch))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEntry {
+    pub release: String,
+    pub at: String,
+}
+
+/// A named pointer to a release, with the releases it pointed to before (newest last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ChannelEntry>,
+}
+
+impl Channel {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        check_name("release", &self.release)?;
+        for entry in &self.history {
+            check_name("history release", &entry.release)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where content-addressed assets live: `assets/sha256/<hex>`.
+pub const ASSET_PREFIX: &str = "assets/sha256/";
+
+fn valid_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), String> {
+    if valid_name(value) {
+        Ok(())
+    } else {
+        Err(format!("{field} {value:?} is not a valid name (1-64 characters of [A-Za-z0-9._-])"))
+    }
+}
+
+/// Names of releases, channels and gateways: short, printable, safe in object keys and scripts.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A gateway record for tests and enrollment.
+pub fn new_gateway(name: &str, fingerprint: Fingerprint) -> GatewayRecord {
+    GatewayRecord {
+        name: name.to_string(),
+        fingerprint,
+        channel: None,
+        pinned_release: None,
+        vars: BTreeMap::new(),
+        state: GatewayState::Enabled,
+        arch: None,
+        subject: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_path_tricks() {
+        for bad in ["", "..", ".hidden", "a/b", "a b", "a\nb", "-x", &"x".repeat(65), "ré"] {
+            assert!(!valid_name(bad), "{bad:?} accepted");
+        }
+        for good in ["r1", "2026-11-26.1", "stable", "demo_gw"] {
+            assert!(valid_name(good), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn records_naming_path_tricks_are_invalid() {
+        let mut gw = new_gateway("gw", Fingerprint::of_der(b"x"));
+        assert!(gw.validate().is_ok());
+        gw.pinned_release = Some("../x".into());
+        assert!(gw.validate().unwrap_err().contains("pinned_release"));
+        gw.pinned_release = None;
+        gw.channel = Some("../x".into());
+        assert!(gw.validate().unwrap_err().contains("channel"));
+        let ch = Channel { name: "stable".into(), release: "../x".into(), history: vec![] };
+        assert!(ch.validate().unwrap_err().contains("release"));
+        let ch = Channel { name: "stable".into(), release: "r1".into(), history: vec![ChannelEntry { release: "a/b".into(), at: String::new() }] };
+        assert!(ch.validate().is_err());
+    }
+
+    #[test]
+    fn platform_specific_assets_win() {
+        let asset = |k: &str| Asset { key: k.into(), sha256: "00".repeat(32), size: 1 };
+        let mut arches = BTreeMap::new();
+        arches.insert("x86_64".into(), ArchAssets { kernel: asset("generic"), initrd: asset("i") });
+        arches.insert("x86_64-efi".into(), ArchAssets { kernel: asset("efi"), initrd: asset("i") });
+        let m = ReleaseManifest { id: "r".into(), cmdline: String::new(), template: None, arches, created_at: None, description: None };
+        assert_eq!(m.assets_for("x86_64", Some("efi")).unwrap().kernel.key, "efi");
+        assert_eq!(m.assets_for("x86_64", Some("pcbios")).unwrap().kernel.key, "generic");
+        assert_eq!(m.assets_for("x86_64", None).unwrap().kernel.key, "generic");
+        assert!(m.assets_for("arm64", None).is_none());
+    }
+
+    #[test]
+    fn gateway_record_rejects_unknown_fields_and_bad_fingerprints() {
+        let ok = format!(r#"{{"name":"gw","fingerprint":"{}"}}"#, "AB".repeat(32));
+        let rec: GatewayRecord = serde_json::from_str(&ok).unwrap();
+        assert_eq!(rec.fingerprint.as_str(), "ab".repeat(32));
+        assert_eq!(rec.channel(), DEFAULT_CHANNEL);
+        assert_eq!(rec.state, GatewayState::Enabled);
+        assert!(serde_json::from_str::<GatewayRecord>(r#"{"name":"gw","fingerprint":"zz"}"#).is_err());
+        let extra = format!(r#"{{"name":"gw","fingerprint":"{}","admin":true}}"#, "ab".repeat(32));
+        assert!(serde_json::from_str::<GatewayRecord>(&extra).is_err());
+    }
+}

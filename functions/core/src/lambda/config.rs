@@ -1,0 +1,207 @@
+//! Settings of the two functions, read once from the environment at init (documented in the
+//! README). Required values are plain fields: a missing one fails the init, naming the variable.
+//! The tunables fill [`BootSettings`], the same type `ipxe-edge serve` fills from its flags.
+
+use crate::lambda::http::CertHeader;
+use crate::service::boot::BootSettings;
+use crate::storage::keys;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Where the token keyring comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyringSource {
+    /// `TOKEN_KEYS_SSM_PARAMETER`: a SecureString parameter (deployments).
+    Ssm(String),
+    /// `TOKEN_KEYS`: the keyring itself (local runs and tests only).
+    Inline(String),
+}
+
+impl std::fmt::Debug for KeyringSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyringSource::Ssm(name) => write!(f, "Ssm({name:?})"),
+            KeyringSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+        }
+    }
+}
+
+/// The boot function's settings.
+#[derive(Clone, Debug)]
+pub struct BootConfig {
+    /// `BUCKET`: records and assets.
+    pub bucket: String,
+    pub keyring: KeyringSource,
+    /// `SECRETS_BASE_URL`, `PRESIGN_TTL_SECONDS` (300), `TOKEN_TTL_SECONDS` (120),
+    /// `CLOCK_SKEW_SECONDS` (60).
+    pub boot: BootSettings,
+    /// `TRUST_BUNDLE_KEY` (`pki/truststore.pem`): object holding the CA bundle.
+    pub trust_bundle_key: String,
+    /// `CLIENT_CERT_HEADER`: trusted proxy header carrying the client certificate (off when unset).
+    pub cert_header: CertHeader,
+    /// `S3_FORCE_PATH_STYLE` (false): path-style addressing for S3-compatible servers.
+    pub s3_force_path_style: bool,
+}
+
+/// The redeem function's settings.
+#[derive(Clone, Debug)]
+pub struct RedeemConfig {
+    /// `BUCKET`: the gateways' secrets.
+    pub bucket: String,
+    /// `TABLE`: the DynamoDB table of used tokens.
+    pub table: String,
+    pub keyring: KeyringSource,
+    pub s3_force_path_style: bool,
+}
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn required(lookup: Lookup, name: &'static str) -> Result<String, ConfigError> {
+    lookup(name).ok_or(ConfigError::Missing(name))
+}
+
+fn seconds(lookup: Lookup, name: &'static str, default: u64, range: RangeInclusive<u64>) -> Result<Duration, ConfigError> {
+    let Some(raw) = lookup(name) else { return Ok(Duration::from_secs(default)) };
+    let value: u64 = raw.trim().parse().map_err(|_| ConfigError::Invalid { name, reason: format!("{raw:?} is not a number") })?;
+    if range.contains(&value) {
+        Ok(Duration::from_secs(value))
+    } else {
+        Err(ConfigError::Invalid { name, reason: format!("{value} is outside {}..={}", range.start(), range.end()) })
+    }
+}
+
+fn boolean(lookup: Lookup, name: &'static str) -> Result<bool, ConfigError> {
+    match lookup(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("0") | Some("false") | Some("no") => Ok(false),
+        Some("1") | Some("true") | Some("yes") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid { name, reason: format!("{other:?} is not a boolean") }),
+    }
+}
+
+fn keyring(lookup: Lookup) -> Result<KeyringSource, ConfigError> {
+    match (lookup("TOKEN_KEYS_SSM_PARAMETER"), lookup("TOKEN_KEYS")) {
+        (Some(name), _) => Ok(KeyringSource::Ssm(name)),
+        (None, Some(inline)) => Ok(KeyringSource::Inline(inline)),
+        (None, None) => Err(ConfigError::Missing("TOKEN_KEYS_SSM_PARAMETER")),
+    }
+}
+
+impl BootConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&env_lookup)
+    }
+
+    pub fn from_lookup(lookup: Lookup) -> Result<Self, ConfigError> {
+        let secrets_base_url = required(lookup, "SECRETS_BASE_URL")?;
+        if !BootSettings::valid_secrets_base_url(&secrets_base_url) {
+            return Err(ConfigError::Invalid { name: "SECRETS_BASE_URL", reason: "must be an http(s) URL".into() });
+        }
+        let cert_header = match lookup("CLIENT_CERT_HEADER") {
+            None => CertHeader::Off,
+            Some(h) => CertHeader::Trusted(h.parse().map_err(|_| ConfigError::Invalid { name: "CLIENT_CERT_HEADER", reason: "not a header name".into() })?),
+        };
+        Ok(BootConfig {
+            bucket: required(lookup, "BUCKET")?,
+            keyring: keyring(lookup)?,
+            boot: BootSettings {
+                presign_ttl: seconds(lookup, "PRESIGN_TTL_SECONDS", BootSettings::DEFAULT_PRESIGN_TTL_SECS, BootSettings::PRESIGN_TTL_RANGE)?,
+                token_ttl: seconds(lookup, "TOKEN_TTL_SECONDS", BootSettings::DEFAULT_TOKEN_TTL_SECS, BootSettings::TOKEN_TTL_RANGE)?,
+                clock_skew: seconds(
+                    lookup,
+                    "CLOCK_SKEW_SECONDS",
+                    crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(),
+                    BootSettings::CLOCK_SKEW_RANGE,
+                )?,
+                secrets_base_url,
+            },
+            trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),
+            cert_header,
+            s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+        })
+    }
+}
+
+impl RedeemConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&env_lookup)
+    }
+
+    pub fn from_lookup(lookup: Lookup) -> Result<Self, ConfigError> {
+        Ok(RedeemConfig {
+            bucket: required(lookup, "BUCKET")?,
+            table: required(lookup, "TABLE")?,
+            keyring: keyring(lookup)?,
+            s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const BOOT_REQUIRED: &[(&str, &str)] = &[("BUCKET", "b"), ("SECRETS_BASE_URL", "https://s.example"), ("TOKEN_KEYS_SSM_PARAMETER", "/k")];
+
+    fn boot(extra: &[(&str, &str)]) -> Result<BootConfig, ConfigError> {
+        let pairs: Vec<_> = BOOT_REQUIRED.iter().chain(extra).copied().collect();
+        BootConfig::from_lookup(&lookup(&pairs))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = boot(&[]).unwrap();
+        assert_eq!(c.boot.presign_ttl, Duration::from_secs(300));
+        assert_eq!(c.boot.token_ttl, Duration::from_secs(120));
+        assert_eq!(c.boot.clock_skew, Duration::from_secs(60));
+        assert_eq!(c.trust_bundle_key, "pki/truststore.pem");
+        assert!(matches!(c.cert_header, CertHeader::Off));
+        assert_eq!(c.keyring, KeyringSource::Ssm("/k".into()));
+        assert!(!c.s3_force_path_style);
+    }
+
+    #[test]
+    fn missing_values_are_named() {
+        for (i, (name, _)) in BOOT_REQUIRED.iter().enumerate() {
+            let pairs: Vec<_> = BOOT_REQUIRED.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+            let err = BootConfig::from_lookup(&lookup(&pairs)).unwrap_err();
+            assert_eq!(err, ConfigError::Missing(name), "{name}");
+        }
+        let err = RedeemConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("TOKEN_KEYS", "x")])).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("TABLE"));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert!(matches!(boot(&[("PRESIGN_TTL_SECONDS", "abc")]), Err(ConfigError::Invalid { name: "PRESIGN_TTL_SECONDS", .. })));
+        assert!(matches!(boot(&[("TOKEN_TTL_SECONDS", "0")]), Err(ConfigError::Invalid { name: "TOKEN_TTL_SECONDS", .. })));
+        assert!(matches!(boot(&[("CLOCK_SKEW_SECONDS", "99999")]), Err(ConfigError::Invalid { name: "CLOCK_SKEW_SECONDS", .. })));
+        assert!(matches!(boot(&[("CLIENT_CERT_HEADER", "bad header")]), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(boot(&[("S3_FORCE_PATH_STYLE", "maybe")]), Err(ConfigError::Invalid { .. })));
+        let bad_url = BootConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("SECRETS_BASE_URL", "ftp://x"), ("TOKEN_KEYS", "k")]));
+        assert!(matches!(bad_url, Err(ConfigError::Invalid { name: "SECRETS_BASE_URL", .. })));
+    }
+
+    #[test]
+    fn inline_keys_are_never_printed() {
+        let c = RedeemConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("TABLE", "t"), ("TOKEN_KEYS", "k1:c2VjcmV0")])).unwrap();
+        assert!(!format!("{c:?}").contains("c2VjcmV0"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Init of the functions: AWS clients built once, the keyring and trust bundle read once, and
+//! the connections warmed so that the first request after a cold start skips the TLS handshakes.
+
+use crate::domain::identity::{ChainVerifier, TrustBundle};
+use crate::domain::token::{Keyring, KeyringError};
+use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig};
+use crate::lambda::http::{BootApp, RedeemApp};
+use crate::service::boot::BootService;
+use crate::service::redeem::RedeemService;
+use crate::storage::adapters::dynamodb::DynamoLedger;
+use crate::storage::adapters::s3::S3Store;
+use crate::storage::records::{RecordError, Records};
+use aws_config::{BehaviorVersion, SdkConfig};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("token keyring: {0}")]
+    Keyring(#[from] KeyringError),
+    #[error("token keyring: reading SSM parameter {name}: {reason}")]
+    Ssm { name: String, reason: String },
+    #[error("trust bundle {key}: {reason}")]
+    TrustBundle { key: String, reason: String },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// The shared SDK configuration: standard AWS environment (credentials, region,
+/// `AWS_ENDPOINT_URL_*`), optionally with an explicit endpoint for S3-compatible servers.
+pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(url) = endpoint {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// An SDK configuration with fixed credentials and endpoint (the embedded S3 endpoint, tests).
+pub fn static_sdk_config(endpoint: &str, access_key: &str, secret_key: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(aws_sdk_s3::config::Credentials::new(
+            access_key,
+            secret_key,
+            None,
+            None,
+            "ipxe-edge-static",
+        )))
+        .endpoint_url(endpoint)
+        .build()
+}
+
+/// An S3 client; `force_path_style` for S3-compatible servers that do not route by host name.
+pub fn s3_client(config: &SdkConfig, force_path_style: bool) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style).build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// The token keyring, read once; the value is never logged.
+pub async fn load_keyring(source: &KeyringSource, config: &SdkConfig) -> Result<Keyring, InitError> {
+    match source {
+        KeyringSource::Inline(value) => Ok(Keyring::parse(value)?),
+        KeyringSource::Ssm(name) => {
+            let ssm = aws_sdk_ssm::Client::new(config);
+            let output = ssm
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| InitError::Ssm { name: name.clone(), reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() })?;
+            let value = output
+                .parameter()
+                .and_then(|p| p.value())
+                .ok_or_else(|| InitError::Ssm { name: name.clone(), reason: "parameter has no value".into() })?;
+            Keyring::parse(value).map_err(|e| InitError::Ssm { name: name.clone(), reason: e.to_string() })
+        }
+    }
+}
+
+/// Reads the CA bundle client certificates must chain to.
+pub async fn load_trust_bundle(records: &Records, key: &str) -> Result<TrustBundle, InitError> {
+    let bad = |reason: String| InitError::TrustBundle { key: key.to_string(), reason };
+    let pem = records.trust_bundle(key).await.map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad("object not found".into()))?;
+    TrustBundle::from_pem(&pem).map_err(|e| bad(e.to_string()))
+}
+
+/// The boot function's application, from its settings.
+pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
+    let sdk = sdk_config(None).await;
+    let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
+    let records = Records::new(s3.clone());
+    // Reading the bundle also opens the S3 connection the first request will reuse.
+    let (keyring, bundle) = tokio::join!(load_keyring(&config.keyring, &sdk), load_trust_bundle(&records, &config.trust_bundle_key));
+    let keyring = Arc::new(keyring?);
+    let verifier = ChainVerifier::new(bundle?, config.boot.clock_skew);
+    let cert_header = match &config.cert_header {
+        crate::lambda::http::CertHeader::Off => "off".to_string(),
+        crate::lambda::http::CertHeader::Trusted(name) => name.to_string(),
+    };
+    tracing::info!(key_id = keyring.signing_key_id(), trusted_cas = verifier.bundle().len(), cert_header, "boot function initialised");
+    Ok(BootApp { service: BootService::new(records, s3, keyring, config.boot), verifier, cert_header: config.cert_header })
+}
+
+pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
+    boot_app(BootConfig::from_env()?).await
+}
+
+/// The redeem function's application, from its settings.
+pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
+    let sdk = sdk_config(None).await;
+    let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
+    let ledger = Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()));
+    let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
+    let keyring = Arc::new(keyring?);
+    tracing::info!(key_id = keyring.signing_key_id(), "redeem function initialised");
+    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring) })
+}
+
+pub async fn redeem_app_from_env() -> Result<RedeemApp, InitError> {
+    redeem_app(RedeemConfig::from_env()?).await
+}
+
+/// Opens the S3 connection (the answer does not matter: a 403 or 404 warms it just as well).
+async fn warm_s3(store: &S3Store) {
+    use crate::storage::ObjectStore;
+    if let Err(e) = store.exists("gateways/warm-up/secrets").await {
+        tracing::debug!(error = %e, "S3 warm-up call failed");
+    }
+}
+
+async fn warm_dynamodb(ledger: &DynamoLedger) {
+    if let Err(e) = ledger.client().describe_table().table_name(ledger.table()).send().await {
+        tracing::debug!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB warm-up call failed");
+    }
+}

@@ -1,0 +1,124 @@
+//! In-memory stores for unit tests and benchmarks, with switches to simulate outages.
+
+use crate::storage::{LedgerOutcome, ObjectStore, Presigner, StoreError, TokenLedger, Versioned, WriteCondition};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    next_version: AtomicU64,
+    /// While set, every call fails with [`StoreError::Unavailable`].
+    pub fail: AtomicBool,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&self, key: &str, body: impl Into<Vec<u8>>) {
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        self.objects.lock().unwrap().insert(key.to_string(), (body.into(), version));
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("simulated outage".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.check()?;
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(body, v)| Versioned { body: body.clone(), etag: Some(v.to_string()) }))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        Ok(self.objects.lock().unwrap().contains_key(key))
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
+        self.check()?;
+        let mut objects = self.objects.lock().unwrap();
+        let current = objects.get(key).map(|(_, v)| v.to_string());
+        let allowed = match &condition {
+            WriteCondition::Always => true,
+            WriteCondition::Absent => current.is_none(),
+            WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
+        };
+        if !allowed {
+            return Err(StoreError::Conflict(key.to_string()));
+        }
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        objects.insert(key.to_string(), (body, version));
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        Ok(self.objects.lock().unwrap().keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// Presigns `memory://` URLs that carry the key and lifetime, so tests can see what was signed.
+#[derive(Default)]
+pub struct MemoryPresigner {
+    pub fail: AtomicBool,
+}
+
+#[async_trait]
+impl Presigner for MemoryPresigner {
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated presign failure".into()));
+        }
+        Ok(format!("https://objects.invalid/{key}?expires={}&sig=0123", ttl.as_secs()))
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryLedger {
+    used: Mutex<HashMap<String, u64>>,
+    pub fail: AtomicBool,
+}
+
+impl MemoryLedger {
+    pub fn is_used(&self, token_id: &str) -> bool {
+        self.used.lock().unwrap().contains_key(token_id)
+    }
+}
+
+#[async_trait]
+impl TokenLedger for MemoryLedger {
+    async fn record_use(&self, token_id: &str, _fingerprint: &str, _used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated ledger outage".into()));
+        }
+        let mut used = self.used.lock().unwrap();
+        if used.contains_key(token_id) {
+            return Ok(LedgerOutcome::AlreadyUsed);
+        }
+        used.insert(token_id.to_string(), expires_at);
+        Ok(LedgerOutcome::Recorded)
+    }
+}

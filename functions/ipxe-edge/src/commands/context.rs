@@ -1,0 +1,118 @@
+//! What every operator command needs: the data directory, the records (embedded store or a real
+//! bucket), and one error type whose message fits on one line.
+
+use crate::datadir::{DataDir, DataDirError, EMBEDDED_BUCKET};
+use crate::embedded::fs_store::FsStore;
+use ipxe_edge_core::domain::identity::IdentityError;
+use ipxe_edge_core::domain::model::GatewayRecord;
+use ipxe_edge_core::lambda::init::{s3_client, sdk_config};
+use ipxe_edge_core::service::boot::BootError;
+use ipxe_edge_core::storage::adapters::s3::S3Store;
+use ipxe_edge_core::storage::records::{RecordError, Records};
+use ipxe_edge_core::storage::{ObjectStore, StoreError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Why a command failed. [`CliError::Usage`] is a mistake on the command line (exit 2, like
+/// clap's own usage errors); everything else is an operation that could not be carried out
+/// (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is wrong: an invalid name, value or combination of options.
+    #[error("{0}")]
+    Usage(String),
+    /// The request is well formed but cannot be carried out in the current state (an unknown
+    /// gateway, a release that exists already, a channel without history).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("certificate: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Pki(String),
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        CliError::Record(e.into())
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) | CliError::Record(RecordError::BadName(_)) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+pub fn file_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |source| CliError::File { path: path.to_path_buf(), source }
+}
+
+/// Refuses a name that breaks the naming rules, saying what it names.
+pub fn check_name(what: &str, name: &str) -> Result<(), CliError> {
+    if ipxe_edge_core::domain::model::valid_name(name) {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!("invalid {what} {name:?}: use 1-64 characters of [A-Za-z0-9._-]")))
+    }
+}
+
+/// Where objects go.
+pub enum Backend {
+    Embedded,
+    S3(S3Store),
+}
+
+pub struct Context {
+    pub dir: DataDir,
+    pub backend: Backend,
+    pub records: Records,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Use this S3 bucket (standard AWS environment; AWS_ENDPOINT_URL_S3 for S3-compatible servers) instead of the embedded store.
+    #[arg(long, global = true, env = "IPXE_EDGE_BUCKET")]
+    pub bucket: Option<String>,
+}
+
+impl Context {
+    pub async fn open(data: PathBuf, store: &StoreArgs) -> Result<Self, CliError> {
+        let dir = DataDir::open(data)?;
+        let (backend, store): (Backend, Arc<dyn ObjectStore>) = match &store.bucket {
+            None => (Backend::Embedded, Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)?)),
+            Some(bucket) => {
+                let config = sdk_config(None).await;
+                let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+                let path_style = custom_endpoint || matches!(std::env::var("S3_FORCE_PATH_STYLE").as_deref(), Ok("1") | Ok("true"));
+                let s3 = S3Store::new(s3_client(&config, path_style), bucket.clone());
+                (Backend::S3(s3.clone()), Arc::new(s3))
+            }
+        };
+        Ok(Context { dir, backend, records: Records::new(store) })
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        self.records.store()
+    }
+
+    /// The record of the gateway called `name`.
+    pub async fn gateway(&self, name: &str) -> Result<GatewayRecord, CliError> {
+        check_name("gateway name", name)?;
+        self.records
+            .gateway_by_name(name)
+            .await?
+            .ok_or_else(|| CliError::Refused(format!("unknown gateway {name:?} (see: ipxe-edge gateway list)")))
+    }
+}

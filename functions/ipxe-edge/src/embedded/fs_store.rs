@@ -1,0 +1,252 @@
+//! The embedded bucket as plain files (`DIR/s3/<bucket>/<key>`), the layout the embedded S3
+//! endpoint serves. The operator CLI writes through it when no server is running, and a running
+//! server sees each write at once.
+//!
+//! Writes are atomic (temporary file, fsync, rename). Conditional writes hold an exclusive lock
+//! on the bucket's lock file while they compare and write, so concurrent operators on one
+//! machine cannot lose an update. Version tags are the SHA-256 of the content.
+
+use ipxe_edge_core::storage::{ObjectStore, StoreError, Versioned, WriteCondition};
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".ipxe-edge-tmp-{}-{}", std::process::id(), rand::random::<u64>()));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    /// When the directory is a bucket of the embedded S3 endpoint (s3s-fs): its root and the
+    /// bucket name, so that a write can drop the endpoint's cached checksums of the object.
+    s3s: Option<(PathBuf, String)>,
+}
+
+fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("{key}: {e}"))
+}
+
+impl FsStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
+        Ok(FsStore { root, s3s: None })
+    }
+
+    /// Bucket `bucket` of an s3s-fs root: the objects the embedded S3 endpoint serves.
+    pub fn open_s3s_bucket(s3s_root: impl Into<PathBuf>, bucket: &str) -> Result<Self, StoreError> {
+        let s3s_root = s3s_root.into();
+        let mut store = Self::open(s3s_root.join(bucket))?;
+        store.s3s = Some((s3s_root, bucket.to_string()));
+        Ok(store)
+    }
+
+    /// Removes what s3s-fs remembers of an object (checksums, metadata), which would no longer
+    /// match content written here.
+    fn forget_s3s_sidecars(&self, key: &str) {
+        use base64::Engine;
+        if let Some((root, bucket)) = &self.s3s {
+            let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            for suffix in ["internal.json", "metadata.json"] {
+                let _ = fs::remove_file(root.join(format!(".bucket-{}.object-{}.{suffix}", encode(bucket), encode(key))));
+            }
+        }
+    }
+
+    /// The file of a key; keys that could leave the bucket directory are refused.
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let relative = Path::new(key);
+        let safe = !key.is_empty()
+            && !key.contains('\0')
+            && relative.components().all(|c| matches!(c, Component::Normal(_)))
+            && !relative.components().any(|c| c.as_os_str().to_string_lossy().starts_with(".ipxe-edge"));
+        if !safe {
+            return Err(StoreError::InvalidKey(key.to_string()));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn tag(body: &[u8]) -> String {
+        hex::encode(Sha256::digest(body))
+    }
+
+    fn write_object(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
+        self.forget_s3s_sidecars(key);
+        let result = Self::write_file(path, body, key);
+        self.forget_s3s_sidecars(key);
+        result
+    }
+
+    fn write_file(path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
+        write_atomic(path, body, 0o644).map_err(io(key))
+    }
+
+    fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        if condition == WriteCondition::Always {
+            return self.write_object(&path, &body, key);
+        }
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
+        lock.lock().map_err(io(key))?;
+        let current = match fs::read(&path) {
+            Ok(b) => Some(Self::tag(&b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(io(key)(e)),
+        };
+        let allowed = match &condition {
+            WriteCondition::Always => true,
+            WriteCondition::Absent => current.is_none(),
+            WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
+        };
+        let result = if allowed { self.write_object(&path, &body, key) } else { Err(StoreError::Conflict(key.to_string())) };
+        let _ = lock.unlock();
+        result
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(body) => {
+                let etag = Some(Self::tag(&body));
+                Ok(Some(Versioned { body, etag }))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => Ok(None),
+            Err(e) => Err(io(key)(e)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        Ok(tokio::fs::metadata(&path).await.map(|m| m.is_file()).unwrap_or(false))
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || this.put_blocking(&key, body, condition))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("write task: {e}")))?
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        // Walk only the directory the prefix names (`gateways/<fp>/` reads one folder), so a
+        // listing costs what it returns, not the size of the bucket.
+        let start = match prefix.rfind('/') {
+            Some(i) if Path::new(&prefix[..i]).components().all(|c| matches!(c, Component::Normal(_))) => root.join(&prefix[..i]),
+            Some(_) => return Err(StoreError::InvalidKey(prefix)),
+            None => root.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
+                    Err(e) => return Err(StoreError::Unavailable(format!("{}: {e}", dir.display()))),
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(".ipxe-edge") || name.starts_with(".tmp") {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(rel) = path.strip_prefix(&root) {
+                        let key = rel.to_string_lossy().into_owned();
+                        if key.starts_with(&prefix) {
+                            keys.push(key);
+                        }
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("list task: {e}")))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        self.forget_s3s_sidecars(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(key)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> FsStore {
+        let dir = std::env::temp_dir().join(format!("ipxe-edge-fsstore-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        FsStore::open(dir).unwrap()
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_conditions() {
+        let s = store("rt");
+        assert_eq!(s.get("a/b.json").await.unwrap(), None);
+        s.put("a/b.json", b"1".to_vec(), WriteCondition::Absent).await.unwrap();
+        assert!(matches!(s.put("a/b.json", b"2".to_vec(), WriteCondition::Absent).await, Err(StoreError::Conflict(_))));
+        let v = s.get("a/b.json").await.unwrap().unwrap();
+        s.put("a/b.json", b"2".to_vec(), WriteCondition::Matches(v.etag.clone().unwrap())).await.unwrap();
+        assert!(matches!(s.put("a/b.json", b"3".to_vec(), WriteCondition::Matches(v.etag.unwrap())).await, Err(StoreError::Conflict(_))));
+        assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json".to_string()]);
+        s.delete("a/b.json").await.unwrap();
+        assert!(!s.exists("a/b.json").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape() {
+        let s = store("escape");
+        for bad in ["../x", "/etc/passwd", "a/../../x", "", ".ipxe-edge.lock"] {
+            assert!(matches!(s.put(bad, b"x".to_vec(), WriteCondition::Always).await, Err(StoreError::InvalidKey(_))), "{bad}");
+            assert!(matches!(s.get(bad).await, Err(StoreError::InvalidKey(_))), "{bad}");
+        }
+        assert!(matches!(s.list("../").await, Err(StoreError::InvalidKey(_))));
+    }
+
+    #[tokio::test]
+    async fn listing_a_prefix_reads_only_its_folder() {
+        let s = store("prefix");
+        for key in ["gateways/aa/gateway.json", "gateways/aa/secrets", "gateways/ab/gateway.json", "releases/r1/manifest.json"] {
+            s.put(key, b"x".to_vec(), WriteCondition::Always).await.unwrap();
+        }
+        assert_eq!(s.list("gateways/aa/").await.unwrap(), vec!["gateways/aa/gateway.json".to_string(), "gateways/aa/secrets".to_string()]);
+        assert_eq!(s.list("gateways/a").await.unwrap().len(), 3);
+        assert_eq!(s.list("gateways/zz/").await.unwrap(), Vec::<String>::new());
+        assert_eq!(s.list("").await.unwrap().len(), 4);
+    }
+}

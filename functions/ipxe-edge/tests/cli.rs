@@ -1,0 +1,315 @@
+//! The operator CLI as a user runs it, against the embedded store and against an S3-compatible
+//! server (s3s-fs): the canary flow, revocation, interrupted uploads and bad input.
+
+use ipxe_edge_pki::{issue_v1_client_with_openssl, validity_days, CertificateAuthority};
+use ipxe_edge_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
+
+/// How a test reaches its store: the embedded one, or a bucket on s3s-fs.
+struct Target {
+    data: PathBuf,
+    bucket: Option<(String, ServerEnv)>,
+}
+
+impl Target {
+    fn embedded(name: &str) -> Self {
+        Target { data: temp_dir(name), bucket: None }
+    }
+
+    /// A bucket on s3s-fs, or `None` to skip the test.
+    async fn s3(name: &str) -> Option<Self> {
+        let env = s3_env(name)?;
+        let bucket = unique_name("cli");
+        s3_client(&env).await.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+        Some(Target { data: temp_dir(name), bucket: Some((bucket, env)) })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data").arg(&self.data);
+        if let Some((bucket, env)) = &self.bucket {
+            cmd.args(["--bucket", bucket])
+                .env("AWS_ENDPOINT_URL_S3", &env.endpoint)
+                .env("AWS_ACCESS_KEY_ID", &env.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
+                .env("AWS_REGION", "us-east-1");
+        }
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("ipxe-edge runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "ipxe-edge {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with a one-line error; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "ipxe-edge {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error from {args:?}, got: {err}");
+        assert!(lines[0].starts_with("ipxe-edge: "), "{err}");
+        err
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let dir = self.data.with_extension("inputs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The asset key of a release's x86_64 kernel, from `release show`.
+fn kernel_key(t: &Target, release: &str) -> String {
+    let manifest: serde_json::Value = serde_json::from_str(&t.ok(&["release", "show", release])).unwrap();
+    manifest["arches"]["x86_64"]["kernel"]["key"].as_str().unwrap().to_string()
+}
+
+fn canary_flow(t: &Target) {
+    t.ok(&["ca", "init"]);
+    let err = t.fails(&["ca", "init"]);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    let bundle = t.ok(&["ca", "truststore"]);
+    assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----"), "{bundle}");
+
+    let (k1, i1) = (t.file("k1", b"kernel one"), t.file("i1", b"initrd one"));
+    let (k2, i2) = (t.file("k2", b"kernel two"), t.file("i2", b"initrd two"));
+    t.ok(&["release", "create", "R1", "--kernel", s(&k1), "--initrd", s(&i1), "--cmdline", "console=ttyS0"]);
+    t.ok(&["release", "create", "R2", "--kernel", s(&k2), "--initrd", s(&i2), "--cmdline", "console=ttyS0 r2=1"]);
+    let err = t.fails(&["release", "create", "R1", "--kernel", s(&k1), "--initrd", s(&i1)]);
+    assert!(err.contains("exists already"), "{err}");
+    let listed = t.ok(&["release", "list"]);
+    assert!(listed.contains("R1") && listed.contains("R2"), "{listed}");
+    let (r1_kernel, r2_kernel) = (kernel_key(t, "R1"), kernel_key(t, "R2"));
+
+    t.ok(&["channel", "promote", "stable", "R1"]);
+    t.ok(&["gateway", "enroll", "gw1"]);
+    t.ok(&["gateway", "enroll", "gw2", "--channel", "stable", "--days", "30"]);
+    let err = t.fails(&["gateway", "enroll", "gw1"]);
+    assert!(err.contains("enrolled already"), "{err}");
+    t.ok(&["gateway", "pin", "gw2", "R2"]);
+
+    let preview = |name: &str| t.ok(&["preview", name]);
+    let p1 = preview("gw1");
+    assert!(p1.starts_with("#!ipxe\n"), "{p1}");
+    assert!(p1.contains(&r1_kernel), "gw1 boots R1: {p1}");
+    assert!(!p1.contains("X-Amz-Signature"), "preview redacts URLs: {p1}");
+    assert!(preview("gw2").contains(&r2_kernel), "gw2 is pinned to R2");
+
+    t.ok(&["channel", "promote", "stable", "R2"]);
+    assert!(preview("gw1").contains(&r2_kernel), "gw1 follows the channel to R2");
+    t.ok(&["channel", "rollback", "stable"]);
+    assert!(preview("gw1").contains(&r1_kernel), "rollback returns gw1 to R1");
+    assert!(preview("gw2").contains(&r2_kernel), "the pin holds through the rollback");
+    let history = t.ok(&["channel", "history", "stable"]);
+    assert!(history.contains("R1") && history.contains("(current)"), "{history}");
+    let err = t.fails(&["channel", "rollback", "stable"]);
+    assert!(err.contains("no earlier release"), "{err}");
+
+    t.ok(&["gateway", "unpin", "gw2"]);
+    assert!(preview("gw2").contains(&r1_kernel));
+
+    // Secrets are stored, never echoed.
+    let mut child = t.command(&["gateway", "set-secrets", "gw1", "--file", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"b2c.minio=\"s3,https://x,TOPSECRETKEY,TOPSECRETVALUE\"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("TOPSECRET") && !String::from_utf8_lossy(&out.stderr).contains("TOPSECRET"));
+    let p1 = preview("gw1");
+    assert!(p1.contains("b2c.extra_args_url=\"https://secrets-endpoint/secrets/<one-time-token>\""), "{p1}");
+    assert!(!p1.contains("TOPSECRET"));
+
+    let list = t.ok(&["gateway", "list"]);
+    assert!(list.contains("gw1") && list.contains("pin:") == false && list.contains("stable"), "{list}");
+    t.ok(&["gateway", "revoke", "gw1"]);
+    assert!(t.ok(&["gateway", "list"]).contains("revoked"));
+    let err = t.fails(&["preview", "gw1"]);
+    assert!(err.contains("revoked"), "{err}");
+}
+
+fn bad_input(t: &Target) {
+    let (k, i) = (t.file("k", b"k"), t.file("i", b"i"));
+    for (args, expect) in [
+        (vec!["release", "create", "R9", "--kernel", "/nonexistent/kernel", "--initrd", s(&i)], "/nonexistent/kernel"),
+        (vec!["release", "create", "R9", "--arch", "sparc", "--kernel", s(&k), "--initrd", s(&i)], "invalid architecture"),
+        (vec!["release", "create", "../x", "--kernel", s(&k), "--initrd", s(&i)], "invalid release id"),
+        (vec!["gateway", "show", "nobody"], "unknown gateway"),
+        (vec!["gateway", "pin", "gw2", "R404"], "unknown release"),
+        (vec!["channel", "promote", "stable", "R404"], "unknown release"),
+        (vec!["channel", "history", "nochannel"], "unknown channel"),
+        (vec!["gateway", "enroll", "gw3", "--channel", "nochannel"], "unknown channel"),
+        (vec!["gateway", "enroll", "bad name"], "invalid gateway name"),
+        (vec!["gateway", "set-secrets", "gw2", "--file", "/nonexistent/secrets"], "/nonexistent/secrets"),
+    ] {
+        let err = t.fails(&args);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    // A certificate from another CA cannot be imported.
+    let rogue = CertificateAuthority::generate("rogue", 10).unwrap().issue_client("x", validity_days(5)).unwrap();
+    let cert = t.file("rogue.crt", rogue.cert_pem.as_bytes());
+    let err = t.fails(&["gateway", "import", "rogue", "--cert", s(&cert)]);
+    assert!(err.contains("does not chain"), "{err}");
+    // An arm64 gateway cannot be pinned to, or its channel promoted to, an x86_64-only release.
+    let legacy_ca = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(t.data.join("pki/ca.crt")).unwrap(),
+        &std::fs::read_to_string(t.data.join("pki/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let v1 = issue_v1_client_with_openssl(&legacy_ca, "arm-gw", 10).unwrap();
+    let v1_cert = t.file("arm.crt", v1.cert_pem.as_bytes());
+    t.ok(&["gateway", "import", "arm-gw", "--cert", s(&v1_cert), "--arch", "arm64", "--channel", "stable"]);
+    let err = t.fails(&["gateway", "pin", "arm-gw", "R2"]);
+    assert!(err.contains("no assets for architecture arm64"), "{err}");
+    let err = t.fails(&["channel", "promote", "stable", "R2"]);
+    assert!(err.contains("arm-gw"), "{err}");
+    let (ka, ia) = (t.file("ka", b"arm kernel"), t.file("ia", b"arm initrd"));
+    t.ok(&["release", "create", "R3", "--arch", "x86_64", "--kernel", s(&k), "--initrd", s(&i), "--arch", "arm64", "--kernel", s(&ka), "--initrd", s(&ia)]);
+    t.ok(&["channel", "promote", "stable", "R3"]);
+}
+
+fn interrupted_upload_leaves_no_release(t: &Target) {
+    let kernel = t.file("big-kernel", &vec![7u8; 4 * 1024 * 1024]);
+    let fifo = t.data.with_extension("inputs").join("initrd-fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut child = t.command(&["release", "create", "RX", "--kernel", s(&kernel), "--initrd", s(&fifo)]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = t.fails(&["release", "show", "RX"]);
+    assert!(err.contains("unknown release"), "{err}");
+    assert!(!t.ok(&["release", "list"]).contains("RX"));
+}
+
+#[tokio::test]
+async fn embedded_store() {
+    let t = Target::embedded("cli-embedded");
+    canary_flow(&t);
+    bad_input(&t);
+    interrupted_upload_leaves_no_release(&t);
+}
+
+#[tokio::test]
+async fn s3_compatible_bucket() {
+    let Some(t) = Target::s3("cli-s3").await else { return };
+    canary_flow(&t);
+    bad_input(&t);
+    interrupted_upload_leaves_no_release(&t);
+}
+
+#[tokio::test]
+async fn large_assets_upload_in_parts_and_verify() {
+    let Some(t) = Target::s3("cli-multipart").await else { return };
+    t.ok(&["ca", "init"]);
+    let big: Vec<u8> = (0..(70 * 1024 * 1024u32)).map(|i| (i % 251) as u8).collect();
+    let kernel = t.file("big", &big);
+    let initrd = t.file("small", b"small");
+    t.ok(&["release", "create", "BIG", "--kernel", s(&kernel), "--initrd", s(&initrd)]);
+    let key = kernel_key(&t, "BIG");
+    let (bucket, env) = t.bucket.as_ref().unwrap();
+    let object = s3_client(env).await.get_object().bucket(bucket).key(&key).send().await.unwrap();
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    assert_eq!(sha256_hex(&bytes), sha256_hex(&big));
+    // A second release with the same kernel does not upload it again.
+    let out = t.run(&["release", "create", "BIG2", "--kernel", s(&kernel), "--initrd", s(&initrd)]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already stored"));
+}
+
+#[tokio::test]
+async fn revocation_and_pins_reach_a_running_server() {
+    let t = Target::embedded("cli-live");
+    let serve = ServeProcess::start(BIN, &t.data, &[]).expect("serve starts");
+    let (k, i) = (t.file("k", b"live kernel"), t.file("i", b"live initrd"));
+    t.ok(&["release", "create", "LIVE", "--kernel", s(&k), "--initrd", s(&i)]);
+    t.ok(&["gateway", "enroll", "live-gw"]);
+    let identity = [std::fs::read(t.data.join("pki/gateways/live-gw.crt")).unwrap(), std::fs::read(t.data.join("pki/gateways/live-gw.key")).unwrap()].concat();
+    let client = https_client(&std::fs::read(t.data.join("pki/ca.crt")).unwrap(), Some(&identity));
+    let boot = || async { client.get(serve.boot_url()).send().await.unwrap() };
+    let first = boot().await;
+    assert_eq!(first.status(), 200);
+    assert!(first.text().await.unwrap().contains("demo-placeholder") == false);
+    t.ok(&["gateway", "pin", "live-gw", "LIVE"]);
+    let live_kernel = kernel_key(&t, "LIVE");
+    assert!(boot().await.text().await.unwrap().contains(&live_kernel), "pin takes effect at once");
+    // Overwrite a record the server bootstrapped through its S3 endpoint: it must serve the new one.
+    t.ok(&["channel", "promote", "stable", "LIVE"]);
+    let demo = [std::fs::read(t.data.join("pki/gateways/demo.crt")).unwrap(), std::fs::read(t.data.join("pki/gateways/demo.key")).unwrap()].concat();
+    let demo_client = https_client(&std::fs::read(t.data.join("pki/ca.crt")).unwrap(), Some(&demo));
+    let response = demo_client.get(serve.boot_url()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(&live_kernel), "promotion takes effect at once");
+    t.ok(&["gateway", "revoke", "live-gw"]);
+    assert_eq!(boot().await.status(), 403, "revocation takes effect at once");
+    assert!(serve.logs().contains("gateway live-gw is revoked"));
+}
+
+#[tokio::test]
+async fn valve_infra_import() {
+    let t = Target::embedded("cli-valve");
+    t.ok(&["ca", "init"]);
+    // A farm of the reference deployment: its own CA, v1 certificates, SHA-1 folders.
+    let farm = t.data.with_extension("farm");
+    let (files, certs) = (farm.join("files"), farm.join("certs"));
+    std::fs::create_dir_all(&certs).unwrap();
+    let farm_ca = CertificateAuthority::generate("valve farm CA", 30).unwrap();
+    std::fs::write(farm.join("ca.crt"), farm_ca.cert_pem()).unwrap();
+    let gw = issue_v1_client_with_openssl(&farm_ca, "ci-gateway-berlin", 30).unwrap();
+    std::fs::write(certs.join("ci-gateway-berlin.iso.crt"), &gw.cert_pem).unwrap();
+    let orphan = issue_v1_client_with_openssl(&farm_ca, "ci-gateway-orphan", 30).unwrap();
+    std::fs::write(certs.join("ci-gateway-orphan.iso.crt"), &orphan.cert_pem).unwrap();
+    use sha1_check::sha1_hex;
+    let folder = files.join(sha1_hex(&gw.cert_der));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("kernel"), b"valve kernel").unwrap();
+    std::fs::write(folder.join("initrd"), b"valve initrd").unwrap();
+    std::fs::write(folder.join("secrets"), b"b2c.minio=\"valve,https://x,K,S\"").unwrap();
+    std::fs::write(folder.join("boot.ipxe"), "#!ipxe\nkernel https://ipxe.example/files/kernel b2c.extra_args_url=\"${secrets_url}\" mac=${netX/mac} site=$site\ninitrd /files/initrd\nboot\n").unwrap();
+
+    let farm_ca_path = farm.join("ca.crt");
+    let args = ["import", "valve-infra", "--files", s(&farm), "--certs", s(&certs), "--ca", s(&farm_ca_path)];
+    let dry = t.ok(&args);
+    assert!(dry.contains("dry run") && dry.contains("berlin"), "{dry}");
+    assert!(dry.contains("not mapped") && dry.contains("orphan"), "{dry}");
+    assert!(dry.contains("site"), "unknown template variables are reported: {dry}");
+    assert!(t.fails(&["gateway", "show", "berlin"]).contains("unknown gateway"), "dry run writes nothing");
+
+    let mut applied = args.to_vec();
+    applied.push("--apply");
+    t.ok(&applied);
+    let p = t.ok(&["preview", "berlin"]);
+    assert!(p.contains("kernel <presigned-url:assets/sha256/"), "{p}");
+    assert!(p.contains("b2c.extra_args_url=\"https://secrets-endpoint/secrets/<one-time-token>\" mac=${netX/mac} site=$site"), "{p}");
+    assert!(p.contains("initrd <presigned-url:"), "{p}");
+    assert!(t.ok(&["ca", "truststore"]).matches("BEGIN CERTIFICATE").count() == 2, "farm CA trusted");
+}
+
+mod sha1_check {
+    /// SHA-1 of a DER certificate, as the reference deployment names its folders.
+    pub fn sha1_hex(der: &[u8]) -> String {
+        let out = std::process::Command::new("openssl").args(["dgst", "-sha1", "-r"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(der)?;
+            c.wait_with_output()
+        });
+        String::from_utf8(out.unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    }
+}

@@ -1,0 +1,255 @@
+//! `ipxe-edge serve` as a real process on loopback: mutual TLS, presigned downloads from the
+//! embedded S3 endpoint, one-time secrets, restarts and bad input.
+
+use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::model::{new_gateway};
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_pki::{issue_v1_client_with_openssl, validity_days, CertificateAuthority};
+use ipxe_edge_tests::*;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn demo_identity(data: &Path) -> Vec<u8> {
+    let mut pem = read(&data.join("pki/gateways/demo.crt"));
+    pem.extend(read(&data.join("pki/gateways/demo.key")));
+    pem
+}
+
+fn demo_client(data: &Path) -> reqwest::Client {
+    https_client(&read(&data.join("pki/ca.crt")), Some(&demo_identity(data)))
+}
+
+/// The word after `prefix` at the start of a script line.
+fn url_after(script: &str, prefix: &str) -> String {
+    let line = script.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {script}"));
+    line.split(' ').nth(1).unwrap().to_string()
+}
+
+fn secrets_url(script: &str) -> String {
+    let start = script.find("b2c.extra_args_url=\"").expect("secrets URL") + "b2c.extra_args_url=\"".len();
+    script[start..start + script[start..].find('"').unwrap()].to_string()
+}
+
+async fn boot(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = client.get(format!("{url}?buildarch=x86_64&platform=efi")).send().await.expect("boot request");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Downloads a content-addressed asset URL and checks the bytes hash to the key's digest.
+async fn check_asset(url: &str) {
+    let digest = url.split("/assets/sha256/").nth(1).unwrap().split('?').next().unwrap().to_string();
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&bytes), digest);
+    let mut tampered = url.to_string();
+    tampered.push('0');
+    let status = reqwest::get(&tampered).await.unwrap().status().as_u16();
+    assert!(status == 403 || status == 400, "tampered presigned URL answered {status}");
+}
+
+#[tokio::test]
+async fn boots_redeems_once_and_survives_a_restart() {
+    let data = temp_dir("serve");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    assert!(serve.stdout.contains("bootstrapped"), "{}", serve.stdout);
+    assert!(serve.stdout.contains("curl --cert"), "{}", serve.stdout);
+    for private in ["pki/ca.key", "pki/server.key", "pki/gateways/demo.key", "token-keys"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(private)).unwrap().permissions()) & 0o777;
+        assert_eq!(mode, 0o600, "{private}");
+    }
+    let ca_before = read(&data.join("pki/ca.crt"));
+
+    let client = demo_client(&data);
+    let (status, script) = boot(&client, &serve.boot_url()).await;
+    assert_eq!(status, 200, "{script}");
+    assert!(script.starts_with("#!ipxe\n"));
+    let kernel = url_after(&script, "kernel ");
+    assert!(kernel.contains("X-Amz-Signature="));
+    check_asset(&kernel).await;
+    check_asset(&url_after(&script, "initrd ")).await;
+
+    let secrets = secrets_url(&script);
+    let secrets_client = https_client(&ca_before, None);
+    let first = secrets_client.get(&secrets).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.text().await.unwrap().contains("b2c.minio="));
+    assert_eq!(secrets_client.get(&secrets).send().await.unwrap().status(), 410);
+
+    // A HEAD does not consume a fresh token.
+    let (_, script2) = boot(&client, &serve.boot_url()).await;
+    let secrets2 = secrets_url(&script2);
+    assert_eq!(secrets_client.head(&secrets2).send().await.unwrap().status(), 405);
+
+    let logs = serve.logs();
+    assert!(logs.contains("\"security_event\":\"token_replay\""), "{logs}");
+    assert!(!logs.contains(secrets.rsplit('/').next().unwrap()), "a token was logged");
+    assert!(!logs.contains("X-Amz-Signature"), "a presigned URL was logged");
+    assert!(serve.terminate().success(), "clean exit on SIGTERM");
+
+    // Restart: same CA, same gateway, the used token stays used, the unused one still works.
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve restarts");
+    assert!(serve.stdout.contains("reusing"), "{}", serve.stdout);
+    assert_eq!(read(&data.join("pki/ca.crt")), ca_before);
+    // Ports changed, so rewrite the secrets URLs to the new listener.
+    let moved = |url: &str| {
+        let path = &url[url.find("/secrets/").unwrap()..];
+        format!("https://127.0.0.1:{}{path}", serve.secrets_port)
+    };
+    assert_eq!(secrets_client.get(moved(&secrets)).send().await.unwrap().status(), 410);
+    assert_eq!(secrets_client.get(moved(&secrets2)).send().await.unwrap().status(), 200);
+    let (status, _) = boot(&demo_client(&data), &serve.boot_url()).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn refuses_clients_without_or_with_foreign_certificates() {
+    let data = temp_dir("serve-mtls");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let ca = read(&data.join("pki/ca.crt"));
+
+    let anonymous = https_client(&ca, None);
+    match anonymous.get(serve.boot_url()).send().await {
+        Ok(response) => assert_eq!(response.status(), 403),
+        Err(_) => {} // handshake refused
+    }
+
+    let rogue_ca = CertificateAuthority::generate("ipxe-edge CA", 30).unwrap();
+    let rogue = rogue_ca.issue_client("demo", validity_days(5)).unwrap();
+    let identity = format!("{}{}", rogue.cert_pem, rogue.key_pem);
+    let foreign = https_client(&ca, Some(identity.as_bytes()));
+    match foreign.get(serve.boot_url()).send().await {
+        Ok(response) => panic!("foreign certificate got an HTTP answer: {}", response.status()),
+        Err(_) => {}
+    }
+    assert!(serve.logs().contains("tls_refused"));
+
+    // The server still serves the demo gateway.
+    assert_eq!(boot(&demo_client(&data), &serve.boot_url()).await.0, 200);
+    // An unknown path is a 404, not a script.
+    let response = demo_client(&data).get(format!("https://127.0.0.1:{}/nope", serve.boot_port)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn x509_v1_gateway_certificates_pass_mutual_tls() {
+    let data = temp_dir("serve-v1");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let ca = CertificateAuthority::from_pem(
+        &String::from_utf8(read(&data.join("pki/ca.crt"))).unwrap(),
+        &String::from_utf8(read(&data.join("pki/ca.key"))).unwrap(),
+    )
+    .unwrap();
+    let legacy = issue_v1_client_with_openssl(&ca, "ci-gateway-legacy", 30).expect("openssl");
+    let fp = Fingerprint::of_der(&legacy.cert_der);
+
+    // rustls clients refuse to present a v1 certificate; curl (OpenSSL) does, like iPXE.
+    let dir = temp_dir("v1-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gw.crt"), &legacy.cert_pem).unwrap();
+    std::fs::write(dir.join("gw.key"), &legacy.key_pem).unwrap();
+    let curl = |url: &str| -> (u16, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cert"])
+            .arg(dir.join("gw.crt"))
+            .arg("--key")
+            .arg(dir.join("gw.key"))
+            .arg("--cacert")
+            .arg(data.join("pki/ca.crt"))
+            .arg(url)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+
+    // Not enrolled yet: TLS passes, the boot handler refuses and logs the fingerprint.
+    assert_eq!(curl(&serve.boot_url()).0, 403);
+    assert!(serve.logs().contains(fp.as_str()), "unknown fingerprint logged for enrollment");
+
+    // Enroll it by writing its record into the embedded bucket, as the store sees it.
+    let record = new_gateway("legacy", fp.clone());
+    let path = data.join("s3/ipxe-edge").join(keys::gateway(&fp));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let (status, script) = curl(&format!("{}?buildarch=x86_64", serve.boot_url()));
+    assert_eq!(status, 200, "{script}");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(!script.contains("extra_args_url"), "no secrets stored for this gateway: {script}");
+}
+
+#[tokio::test]
+async fn many_concurrent_boots_complete() {
+    let data = temp_dir("serve-load");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let ca = read(&data.join("pki/ca.crt"));
+    let identity = demo_identity(&data);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        // One client per connection: 50 connections, 4 boots each.
+        let client = https_client(&ca, Some(&identity));
+        let url = serve.boot_url();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                statuses.push(boot(&client, &url).await.0);
+            }
+            statuses
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all.len(), 200);
+    assert!(all.iter().all(|s| *s == 200), "{all:?}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
+    let data = temp_dir("serve-bad");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+
+    // Occupied port: a second server on the same ports fails with a clear message.
+    let second = ServeProcess::start_on(BIN, &temp_dir("serve-bad-2"), (serve.boot_port, free_port(), free_port()), &[]);
+    let err = second.err().expect("second server must not start");
+    assert!(err.contains("cannot listen on") && err.contains("boot"), "{err}");
+
+    // A slow client that never sends a request does not block others.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", serve.boot_port)).unwrap();
+    // Oversized headers are refused.
+    let client = demo_client(&data);
+    let response = client.get(serve.boot_url()).header("x-big", "a".repeat(64 * 1024)).send().await;
+    match response {
+        Ok(r) => assert!(r.status().as_u16() == 431 || r.status().as_u16() == 400, "{}", r.status()),
+        Err(_) => {} // connection closed by the server
+    }
+    assert_eq!(boot(&demo_client(&data), &serve.boot_url()).await.0, 200);
+    // The idle connection is eventually closed by the server (handshake timeout).
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 1];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "server closes idle connections");
+    let _ = idle.write_all(b"x");
+    drop(serve);
+
+    // A private key readable by others is refused with a clear message.
+    let key = data.join("pki/ca.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let err = ServeProcess::start(BIN, &data, &[]).err().expect("must refuse a world-readable key");
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    // A corrupt certificate is named.
+    std::fs::write(data.join("pki/ca.crt"), b"garbage").unwrap();
+    let err = ServeProcess::start(BIN, &data, &[]).err().expect("must refuse a corrupt CA");
+    assert!(err.contains("ca.crt"), "{err}");
+}

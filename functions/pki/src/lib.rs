@@ -1,0 +1,158 @@
+//! Certificate issuance for operators and tests: an RSA CA (iPXE speaks RSA only), gateway
+//! client certificates and server certificates.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("invalid subject alternative name {0:?}")]
+    BadName(String),
+}
+
+/// A certificate with its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+pub struct CertificateAuthority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn rsa_key() -> Result<KeyPair, PkiError> {
+    Ok(KeyPair::generate_for(&PKCS_RSA_SHA256)?)
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "ipxe-edge");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// Validity from a little before now (clock skew between machines) for `days` days.
+pub fn validity_days(days: u32) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (now - Duration::minutes(5), now + Duration::days(days as i64))
+}
+
+impl CertificateAuthority {
+    /// A new self-signed RSA-2048 CA.
+    pub fn generate(common_name: &str, days: u32) -> Result<Self, PkiError> {
+        let key = rsa_key()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        (params.not_before, params.not_after) = validity_days(days);
+        let cert = params.self_signed(&key)?;
+        Ok(CertificateAuthority { cert, key })
+    }
+
+    /// A CA read back from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        // Re-signing yields an issuer object with the same name and key; issued certificates
+        // verify against the original certificate.
+        let cert = params.self_signed(&key)?;
+        Ok(CertificateAuthority { cert, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.cert.der().to_vec()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// A gateway client certificate (RSA-2048, clientAuth) valid over `validity`.
+    pub fn issue_client(&self, common_name: &str, validity: (OffsetDateTime, OffsetDateTime)) -> Result<Issued, PkiError> {
+        let key = rsa_key()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (params.not_before, params.not_after) = validity;
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
+    }
+
+    /// A TLS server certificate for host names and IP addresses.
+    pub fn issue_server(&self, names: &[String], days: u32) -> Result<Issued, PkiError> {
+        let key = rsa_key()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(names.first().map(String::as_str).unwrap_or("ipxe-edge"));
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(|_| PkiError::BadName(n.clone())),
+            })
+            .collect::<Result<_, _>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        (params.not_before, params.not_after) = validity_days(days);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn random_serial() -> rcgen::SerialNumber {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// Issues an X.509 v1 client certificate the way older farms did (`openssl x509 -req` without
+/// extensions), using the `openssl` command. Tests use it to prove such certificates work.
+#[doc(hidden)]
+pub fn issue_v1_client_with_openssl(ca: &CertificateAuthority, common_name: &str, days: u32) -> std::io::Result<Issued> {
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("ipxe-edge-v1-{}-{}", std::process::id(), random_serial().to_bytes()[1..5].iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    std::fs::create_dir_all(&dir)?;
+    let path = |n: &str| dir.join(n);
+    std::fs::write(path("ca.crt"), ca.cert_pem())?;
+    std::fs::write(path("ca.key"), ca.key_pem())?;
+    let run = |args: &[&str]| -> std::io::Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(&dir).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr))))
+        }
+    };
+    let subject = format!("/O=legacy-farm/CN={common_name}");
+    run(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "gw.key", "-out", "gw.csr", "-subj", &subject])?;
+    run(&["x509", "-req", "-in", "gw.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "4242", "-out", "gw.crt", "-days", &days.to_string()])?;
+    let cert_pem = std::fs::read_to_string(path("gw.crt"))?;
+    let key_pem = std::fs::read_to_string(path("gw.key"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cert_der = pem.contents;
+    Ok(Issued { cert_pem, cert_der, key_pem })
+}
