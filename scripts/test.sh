@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: installs the pinned test servers if needed, starts them on loopback,
-# runs every test of the workspace, lints the deployment template and checks the deploy
-# script's dry run, boots real iPXE clients in QEMU, and stops the servers whatever happens.
+# runs every test of the workspace (server-backed ones included: here a missing server fails
+# instead of skipping), checks that the Lambda functions link nothing they do not run, lints the
+# deployment template and checks the deploy script's dry run, boots real iPXE clients in QEMU,
+# and stops the servers whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,9 @@ trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
 scripts/test-servers.sh start "$state"
 # shellcheck disable=SC1091
 . "$state/env"
+export IPXE_EDGE_REQUIRE_TEST_SERVERS=1
 cargo test --workspace --locked "$@"
+scripts/check-function-deps.sh
 scripts/lint-infra.sh
 scripts/test-deploy.sh
 tests/qemu/boot-test.sh

@@ -4,8 +4,8 @@
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::model::{ArchAssets, Asset, Channel, GatewayRecord, ReleaseManifest};
 use ipxe_edge_core::storage::keys;
-use ipxe_edge_pki::{validity_days, CertificateAuthority, Issued};
 use ipxe_edge_core::storage::{ObjectStore, WriteCondition};
+use ipxe_edge_pki::{validity_days, CertificateAuthority, Issued};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,18 +54,18 @@ pub struct Seeded {
     pub initrd_key: String,
 }
 
-/// Writes assets, a release `release_id` with x86_64 assets, channel `stable` pointing at it,
-/// and an enrolled gateway (with secrets when given).
-pub async fn seed_gateway(
-    store: &dyn ObjectStore,
-    name: &str,
-    cert_der: &[u8],
-    kernel: &[u8],
-    initrd: &[u8],
-    release_id: &str,
-    cmdline: &str,
-    secrets: Option<&[u8]>,
-) -> Seeded {
+/// The release [`seed_gateway`] writes: x86_64 assets and a command line.
+pub struct SeedRelease<'a> {
+    pub id: &'a str,
+    pub kernel: &'a [u8],
+    pub initrd: &'a [u8],
+    pub cmdline: &'a str,
+}
+
+/// Writes assets, a release with x86_64 assets, channel `stable` pointing at it, and an
+/// enrolled gateway (with secrets when given).
+pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], release: SeedRelease<'_>, secrets: Option<&[u8]>) -> Seeded {
+    let SeedRelease { id: release_id, kernel, initrd, cmdline } = release;
     let fp = Fingerprint::of_der(cert_der);
     let asset = |bytes: &[u8]| Asset { key: keys::asset(&sha256_hex(bytes)), sha256: sha256_hex(bytes), size: bytes.len() as u64 };
     let (k, i) = (asset(kernel), asset(initrd));
@@ -73,14 +73,7 @@ pub async fn seed_gateway(
     store.put(&i.key, initrd.to_vec(), WriteCondition::Always).await.unwrap();
     let mut arches = BTreeMap::new();
     arches.insert("x86_64".to_string(), ArchAssets { kernel: k.clone(), initrd: i.clone() });
-    let manifest = ReleaseManifest {
-        id: release_id.into(),
-        cmdline: cmdline.into(),
-        template: None,
-        arches,
-        created_at: None,
-        description: None,
-    };
+    let manifest = ReleaseManifest { id: release_id.into(), cmdline: cmdline.into(), template: None, arches, created_at: None, description: None };
     put_json(store, &keys::release(release_id), &manifest).await;
     put_json(store, &keys::channel("stable"), &Channel { name: "stable".into(), release: release_id.into(), history: vec![] }).await;
     let mut record = ipxe_edge_core::domain::model::new_gateway(name, fp.clone());

@@ -4,16 +4,16 @@
 //!
 //! Run: cargo bench -p ipxe-edge-tests --bench boot_handler
 
-use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
-use ipxe_edge_core::storage::records::Records;
 use criterion::{criterion_group, Criterion};
-use ipxe_edge_core::service::boot::{BootService, BootSettings};
-use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryStore};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_tests::*;
 use serde_json::json;
 use std::sync::Arc;
@@ -30,7 +30,13 @@ fn setup() -> Bench {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("bench");
-    runtime.block_on(seed_gateway(store.as_ref(), "bench", &gw.cert_der, b"K", b"I", "r1", "console=ttyS0", Some(b"s")));
+    runtime.block_on(seed_gateway(
+        store.as_ref(),
+        "bench",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "console=ttyS0" },
+        Some(b"s"),
+    ));
     let creds = aws_sdk_s3::config::Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("session-token".into()), None, "bench");
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -84,7 +90,13 @@ fn criterion_benches(c: &mut Criterion) {
 fn percentiles(name: &str, samples: &mut [Duration]) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    println!("| {name:<14} | {:>6} | {:>9.1} | {:>9.1} | {:>9.1} |", samples.len(), at(0.5).as_secs_f64() * 1e6, at(0.99).as_secs_f64() * 1e6, at(1.0).as_secs_f64() * 1e6);
+    println!(
+        "| {name:<14} | {:>6} | {:>9.1} | {:>9.1} | {:>9.1} |",
+        samples.len(),
+        at(0.5).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6,
+        at(1.0).as_secs_f64() * 1e6
+    );
 }
 
 fn latency_table() {

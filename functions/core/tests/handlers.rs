@@ -2,17 +2,17 @@
 //! Lambda function URL), with in-memory stores.
 
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
-use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::service::boot::{BootService, BootSettings};
-use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
-use ipxe_edge_core::storage::keys;
-use ipxe_edge_pki::{issue_v1_client_with_openssl, CertificateAuthority};
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::ObjectStore;
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_pki::{issue_v1_client_with_openssl, CertificateAuthority};
 use ipxe_edge_tests::*;
 use lambda_http::{Body, Response};
 use serde_json::{json, Value};
@@ -37,7 +37,14 @@ async fn harness_with(cert_header: CertHeader, secrets: Option<&[u8]>) -> Harnes
     let ledger = Arc::new(MemoryLedger::default());
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let gw = issue_gateway("gw1");
-    let seeded = seed_gateway(store.as_ref(), "gw1", &gw.cert_der, b"KERNEL", b"INITRD", "r1", "console=ttyS0 b2c.container=\"docker://x\"", secrets).await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "gw1",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "console=ttyS0 b2c.container=\"docker://x\"" },
+        secrets,
+    )
+    .await;
     let settings = BootSettings::new("https://secrets.example.org");
     let boot = BootApp {
         service: BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), settings),
@@ -59,12 +66,7 @@ fn v2_boot(cert_pem: &str, raw_query: &str, params: Value) -> lambda_http::Reque
 fn v2_boot_method(cert_pem: &str, raw_query: &str, params: Value, method: &str) -> lambda_http::Request {
     request(
         "apigw-http-v2-boot.json",
-        &[
-            ("__CLIENT_CERT_PEM__", json!(cert_pem)),
-            ("__RAW_QUERY__", json!(raw_query)),
-            ("__QUERY_PARAMETERS__", params),
-            ("__METHOD__", json!(method)),
-        ],
+        &[("__CLIENT_CERT_PEM__", json!(cert_pem)), ("__RAW_QUERY__", json!(raw_query)), ("__QUERY_PARAMETERS__", params), ("__METHOD__", json!(method))],
     )
 }
 
@@ -102,7 +104,12 @@ async fn http_api_event_gets_a_presigned_boot_script() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "#!ipxe");
     let kernel_url = format!("https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"KERNEL")));
-    assert!(lines[1].starts_with(&format!("kernel {kernel_url} console=ttyS0 b2c.container=\"docker://x\" b2c.extra_args_url=\"https://secrets.example.org/secrets/")), "{}", lines[1]);
+    assert!(
+        lines[1]
+            .starts_with(&format!("kernel {kernel_url} console=ttyS0 b2c.container=\"docker://x\" b2c.extra_args_url=\"https://secrets.example.org/secrets/")),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2], format!("initrd https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"INITRD"))));
     assert_eq!(lines[3], "boot");
     assert_eq!(lines.len(), 4);
@@ -112,7 +119,7 @@ async fn http_api_event_gets_a_presigned_boot_script() {
 async fn rest_api_event_with_x509_v1_certificate_boots() {
     let h = harness().await;
     let legacy = issue_v1_client_with_openssl(test_ca(), "ci-gateway-legacy", 30).expect("openssl is installed");
-    seed_gateway(h.store.as_ref(), "legacy", &legacy.cert_der, b"KERNEL", b"INITRD", "r1", "quiet", None).await;
+    seed_gateway(h.store.as_ref(), "legacy", &legacy.cert_der, SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "quiet" }, None).await;
     let req = request("apigw-rest-boot.json", &[("__CLIENT_CERT_PEM__", json!(legacy.cert_pem))]);
     let response = boot_handler(&h.boot, req).await;
     let text = body(&response);
@@ -330,4 +337,31 @@ async fn presign_lifetime_is_configurable() {
     };
     let text = body(&boot_handler(&app, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
     assert_eq!(text.matches("expires=60&").count(), 2, "{text}");
+}
+
+/// A record naming a release or channel like `../x` is a configuration error: `500` "record
+/// invalid", never a `503` with `Retry-After` that would make gateways retry forever.
+#[tokio::test]
+async fn records_naming_path_tricks_are_500_record_invalid() {
+    type Edit = Box<dyn Fn(&Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("pinned_release", Box::new(|h: &Harness| Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.pinned_release = Some("../x".into()))))),
+        ("channel", Box::new(|h: &Harness| Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.channel = Some("../x".into()))))),
+        (
+            "channel release",
+            Box::new(|h: &Harness| {
+                Box::pin(async move {
+                    h.store.insert(&keys::channel("stable"), br#"{"name":"stable","release":"../x"}"#.to_vec());
+                })
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        let h = harness().await;
+        edit(&h).await;
+        let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
+        assert_eq!(response.status(), 500, "{what}");
+        assert!(response.headers().get("retry-after").is_none(), "{what}");
+        assert!(body(&response).contains("record invalid"), "{what}: {}", body(&response));
+    }
 }

@@ -2,13 +2,13 @@
 //! URLs: the URLs in the boot script download exactly the uploaded bytes, and nothing else.
 
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
-use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::service::boot::{BootService, BootSettings};
-use ipxe_edge_core::lambda::http::{boot_handler, BootApp, CertHeader};
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
-use ipxe_edge_core::storage::adapters::s3::S3Store;
-use ipxe_edge_core::storage::{ObjectStore, Presigner};
 use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::lambda::http::{boot_handler, BootApp, CertHeader};
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
+use ipxe_edge_core::storage::adapters::s3::S3Store;
+use ipxe_edge_core::storage::records::Records;
+use ipxe_edge_core::storage::{ObjectStore, Presigner};
 use ipxe_edge_tests::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -64,7 +64,9 @@ async fn presigned_urls_download_exactly_the_uploaded_assets() {
     let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let initrd: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
     let gw = issue_gateway("gw-s3");
-    let seeded = seed_gateway(store.as_ref(), "gw-s3", &gw.cert_der, &kernel, &initrd, "r1", "console=ttyS0", Some(b"s=1")).await;
+    let seeded =
+        seed_gateway(store.as_ref(), "gw-s3", &gw.cert_der, SeedRelease { id: "r1", kernel: &kernel, initrd: &initrd, cmdline: "console=ttyS0" }, Some(b"s=1"))
+            .await;
 
     let response = boot_handler(&app(store.clone(), Duration::from_secs(300)), boot_event(&gw.cert_pem)).await;
     let script = String::from_utf8(response.body().to_vec()).unwrap();
@@ -100,7 +102,7 @@ async fn presigned_urls_download_exactly_the_uploaded_assets() {
 async fn expired_presigned_urls_are_refused() {
     let Some(store) = store("expired_presigned_urls_are_refused").await else { return };
     let gw = issue_gateway("gw-exp");
-    seed_gateway(store.as_ref(), "gw-exp", &gw.cert_der, b"kernel-bytes", b"initrd-bytes", "r1", "", None).await;
+    seed_gateway(store.as_ref(), "gw-exp", &gw.cert_der, SeedRelease { id: "r1", kernel: b"kernel-bytes", initrd: b"initrd-bytes", cmdline: "" }, None).await;
     let response = boot_handler(&app(store.clone(), Duration::from_secs(1)), boot_event(&gw.cert_pem)).await;
     assert_eq!(response.status(), 200);
     let (kernel_url, _) = urls(std::str::from_utf8(response.body()).unwrap());

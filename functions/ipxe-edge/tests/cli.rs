@@ -128,7 +128,8 @@ fn canary_flow(t: &Target) {
     assert!(preview("gw2").contains(&r1_kernel));
 
     // Secrets are stored, never echoed.
-    let mut child = t.command(&["gateway", "set-secrets", "gw1", "--file", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        t.command(&["gateway", "set-secrets", "gw1", "--file", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"b2c.minio=\"s3,https://x,TOPSECRETKEY,TOPSECRETVALUE\"").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -139,7 +140,7 @@ fn canary_flow(t: &Target) {
     assert!(!p1.contains("TOPSECRET"));
 
     let list = t.ok(&["gateway", "list"]);
-    assert!(list.contains("gw1") && list.contains("pin:") == false && list.contains("stable"), "{list}");
+    assert!(list.contains("gw1") && !list.contains("pin:") && list.contains("stable"), "{list}");
     t.ok(&["gateway", "revoke", "gw1"]);
     assert!(t.ok(&["gateway", "list"]).contains("revoked"));
     let err = t.fails(&["preview", "gw1"]);
@@ -190,7 +191,8 @@ fn interrupted_upload_leaves_no_release(t: &Target) {
     let kernel = t.file("big-kernel", &vec![7u8; 4 * 1024 * 1024]);
     let fifo = t.data.with_extension("inputs").join("initrd-fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let mut child = t.command(&["release", "create", "RX", "--kernel", s(&kernel), "--initrd", s(&fifo)]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        t.command(&["release", "create", "RX", "--kernel", s(&kernel), "--initrd", s(&fifo)]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -246,7 +248,7 @@ async fn revocation_and_pins_reach_a_running_server() {
     let boot = || async { client.get(serve.boot_url()).send().await.unwrap() };
     let first = boot().await;
     assert_eq!(first.status(), 200);
-    assert!(first.text().await.unwrap().contains("demo-placeholder") == false);
+    assert!(!first.text().await.unwrap().contains("demo-placeholder"));
     t.ok(&["gateway", "pin", "live-gw", "LIVE"]);
     let live_kernel = kernel_key(&t, "LIVE");
     assert!(boot().await.text().await.unwrap().contains(&live_kernel), "pin takes effect at once");
@@ -282,7 +284,11 @@ async fn valve_infra_import() {
     std::fs::write(folder.join("kernel"), b"valve kernel").unwrap();
     std::fs::write(folder.join("initrd"), b"valve initrd").unwrap();
     std::fs::write(folder.join("secrets"), b"b2c.minio=\"valve,https://x,K,S\"").unwrap();
-    std::fs::write(folder.join("boot.ipxe"), "#!ipxe\nkernel https://ipxe.example/files/kernel b2c.extra_args_url=\"${secrets_url}\" mac=${netX/mac} site=$site\ninitrd /files/initrd\nboot\n").unwrap();
+    std::fs::write(
+        folder.join("boot.ipxe"),
+        "#!ipxe\nkernel https://ipxe.example/files/kernel b2c.extra_args_url=\"${secrets_url}\" mac=${netX/mac} site=$site\ninitrd /files/initrd\nboot\n",
+    )
+    .unwrap();
 
     let farm_ca_path = farm.join("ca.crt");
     let args = ["import", "valve-infra", "--files", s(&farm), "--certs", s(&certs), "--ca", s(&farm_ca_path)];
@@ -305,11 +311,16 @@ async fn valve_infra_import() {
 mod sha1_check {
     /// SHA-1 of a DER certificate, as the reference deployment names its folders.
     pub fn sha1_hex(der: &[u8]) -> String {
-        let out = std::process::Command::new("openssl").args(["dgst", "-sha1", "-r"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(der)?;
-            c.wait_with_output()
-        });
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha1", "-r"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(der)?;
+                c.wait_with_output()
+            });
         String::from_utf8(out.unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string()
     }
 }

@@ -2,7 +2,7 @@
 //! embedded S3 endpoint, one-time secrets, restarts and bad input.
 
 use ipxe_edge_core::domain::identity::Fingerprint;
-use ipxe_edge_core::domain::model::{new_gateway};
+use ipxe_edge_core::domain::model::new_gateway;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_pki::{issue_v1_client_with_openssl, validity_days, CertificateAuthority};
 use ipxe_edge_tests::*;
@@ -116,18 +116,17 @@ async fn refuses_clients_without_or_with_foreign_certificates() {
     let ca = read(&data.join("pki/ca.crt"));
 
     let anonymous = https_client(&ca, None);
-    match anonymous.get(serve.boot_url()).send().await {
-        Ok(response) => assert_eq!(response.status(), 403),
-        Err(_) => {} // handshake refused
+    // Either the handshake is refused or the request is.
+    if let Ok(response) = anonymous.get(serve.boot_url()).send().await {
+        assert_eq!(response.status(), 403)
     }
 
     let rogue_ca = CertificateAuthority::generate("ipxe-edge CA", 30).unwrap();
     let rogue = rogue_ca.issue_client("demo", validity_days(5)).unwrap();
     let identity = format!("{}{}", rogue.cert_pem, rogue.key_pem);
     let foreign = https_client(&ca, Some(identity.as_bytes()));
-    match foreign.get(serve.boot_url()).send().await {
-        Ok(response) => panic!("foreign certificate got an HTTP answer: {}", response.status()),
-        Err(_) => {}
+    if let Ok(response) = foreign.get(serve.boot_url()).send().await {
+        panic!("foreign certificate got an HTTP answer: {}", response.status())
     }
     assert!(serve.logs().contains("tls_refused"));
 
@@ -228,9 +227,9 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     // Oversized headers are refused.
     let client = demo_client(&data);
     let response = client.get(serve.boot_url()).header("x-big", "a".repeat(64 * 1024)).send().await;
-    match response {
-        Ok(r) => assert!(r.status().as_u16() == 431 || r.status().as_u16() == 400, "{}", r.status()),
-        Err(_) => {} // connection closed by the server
+    // Either the server closes the connection or it answers 431/400.
+    if let Ok(r) = response {
+        assert!(r.status().as_u16() == 431 || r.status().as_u16() == 400, "{}", r.status())
     }
     assert_eq!(boot(&demo_client(&data), &serve.boot_url()).await.0, 200);
     // The idle connection is eventually closed by the server (handshake timeout).
@@ -252,4 +251,65 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     std::fs::write(data.join("pki/ca.crt"), b"garbage").unwrap();
     let err = ServeProcess::start(BIN, &data, &[]).err().expect("must refuse a corrupt CA");
     assert!(err.contains("ca.crt"), "{err}");
+}
+
+/// Hostile `Host` and `X-Forwarded-*` values never reach the handlers: they get a normal answer
+/// (no panic, no empty reply), routing follows the path alone, and every log line stays JSON.
+#[tokio::test]
+async fn hostile_host_headers_neither_crash_nor_route() {
+    let data = temp_dir("serve-host");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let secrets_url = format!("https://127.0.0.1:{}/secrets/not-a-token", serve.secrets_port);
+    // The secrets listener needs no client certificate: anyone can send these.
+    let anonymous = https_client(&read(&data.join("pki/ca.crt")), None);
+    for (name, value) in [("host", "a b"), ("host", "127.0.0.1:99999"), ("host", "[::1"), ("x-forwarded-proto", "1http")] {
+        let response = anonymous.get(&secrets_url).header(name, value).send().await.unwrap_or_else(|e| panic!("{name}: {value}: {e}"));
+        assert_eq!(response.status().as_u16(), 400, "{name}: {value}");
+        assert!(response.text().await.unwrap().contains("malformed token"), "{name}: {value}");
+    }
+    // Routing follows the path, whatever the Host says.
+    let gateway = demo_client(&data);
+    let url = format!("https://127.0.0.1:{}/definitely-not-boot", serve.boot_port);
+    let response = gateway.get(&url).header("host", "localhost/boot.ipxe#").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let response = gateway.get(serve.boot_url()).header("host", "[::1").header("x-forwarded-proto", "1http").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "a real boot with odd headers is still served");
+    // A malformed request line is a 400 and a JSON log line.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.secrets_port)).unwrap();
+    drop(raw.write_all(b"\x16\x03\x01garbage that is no TLS hello\r\n\r\n"));
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = raw.read(&mut [0u8; 64]);
+    let logs = serve.logs();
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "log line is not JSON: {line}");
+    }
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+/// Over plain HTTP (`--secrets-http`), a malformed request line gets hyper's 400 and one JSON
+/// log line.
+#[tokio::test]
+async fn malformed_request_lines_get_400_and_a_log_line() {
+    let data = temp_dir("serve-badline");
+    let serve = ServeProcess::start(BIN, &data, &["--secrets-http"]).expect("serve starts");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.secrets_port)).unwrap();
+    raw.write_all(b"GET /secrets/x HTTP/1.1 extra words\r\nHost: a b\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Hostile Host over plain HTTP too.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.secrets_port)).unwrap();
+    raw.write_all(b"GET /secrets/x HTTP/1.1\r\nHost: [::1\r\nX-Forwarded-Proto: 1http\r\nConnection: close\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&reply));
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = serve.logs();
+    assert!(logs.lines().any(|l| l.contains("\"outcome\":\"bad_request\"")), "{logs}");
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "log line is not JSON: {line}");
+    }
 }

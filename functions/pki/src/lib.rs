@@ -2,8 +2,7 @@
 //! client certificates and server certificates.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -133,7 +132,11 @@ fn random_serial() -> rcgen::SerialNumber {
 #[doc(hidden)]
 pub fn issue_v1_client_with_openssl(ca: &CertificateAuthority, common_name: &str, days: u32) -> std::io::Result<Issued> {
     use std::process::Command;
-    let dir = std::env::temp_dir().join(format!("ipxe-edge-v1-{}-{}", std::process::id(), random_serial().to_bytes()[1..5].iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let dir = std::env::temp_dir().join(format!(
+        "ipxe-edge-v1-{}-{}",
+        std::process::id(),
+        random_serial().to_bytes()[1..5].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
     std::fs::create_dir_all(&dir)?;
     let path = |n: &str| dir.join(n);
     std::fs::write(path("ca.crt"), ca.cert_pem())?;

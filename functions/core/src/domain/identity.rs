@@ -119,16 +119,14 @@ impl TrustBundle {
             return Err(IdentityError::BadTrustBundle("no certificate in bundle".into()));
         }
         for der in &ders {
-            X509Certificate::from_der(der)
-                .map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
+            X509Certificate::from_der(der).map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
         }
         Ok(TrustBundle { anchors: ders })
     }
 
     pub fn from_ders(ders: Vec<Vec<u8>>) -> Result<Self, IdentityError> {
         for der in &ders {
-            X509Certificate::from_der(der)
-                .map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
+            X509Certificate::from_der(der).map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
         }
         Ok(TrustBundle { anchors: ders })
     }
@@ -184,20 +182,13 @@ impl ChainVerifier {
         let leaf = parse_der(leaf_der)?;
         check_leaf_usage(&leaf)?;
         let intermediates = chain[1..].iter().map(|d| parse_der(d)).collect::<Result<Vec<_>, _>>()?;
-        let anchors = self
-            .bundle
-            .anchors
-            .iter()
-            .map(|d| parse_der(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| IdentityError::BadTrustBundle(e.to_string()))?;
+        let anchors =
+            self.bundle.anchors.iter().map(|d| parse_der(d)).collect::<Result<Vec<_>, _>>().map_err(|e| IdentityError::BadTrustBundle(e.to_string()))?;
 
         self.check_validity(&leaf, now)?;
         let mut current = &leaf;
         for _depth in 0..=MAX_CHAIN_DEPTH {
-            if anchors.iter().any(|anchor| {
-                signed_by(current, anchor) && self.check_validity(anchor, now).is_ok()
-            }) {
+            if anchors.iter().any(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok()) {
                 return Ok(ClientIdentity {
                     fingerprint: Fingerprint::of_der(leaf_der),
                     subject: leaf.subject().to_string(),
@@ -205,9 +196,7 @@ impl ChainVerifier {
                     not_after: leaf.validity().not_after.timestamp(),
                 });
             }
-            let next = intermediates.iter().find(|candidate| {
-                is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok()
-            });
+            let next = intermediates.iter().find(|candidate| is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok());
             match next {
                 Some(intermediate) if !std::ptr::eq(intermediate, current) => current = intermediate,
                 _ => return Err(IdentityError::Untrusted),
@@ -230,8 +219,7 @@ impl ChainVerifier {
 }
 
 fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| IdentityError::Malformed(format!("not an X.509 certificate: {e}")))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Malformed(format!("not an X.509 certificate: {e}")))?;
     if !rest.is_empty() {
         return Err(IdentityError::Malformed("trailing bytes after certificate".into()));
     }
@@ -260,15 +248,11 @@ fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), IdentityError> {
     }
     for ext in leaf.extensions() {
         match ext.parsed_extension() {
-            ParsedExtension::ExtendedKeyUsage(eku) => {
-                if !(eku.client_auth || eku.any) {
-                    return Err(IdentityError::WrongUsage("extended key usage lacks clientAuth"));
-                }
+            ParsedExtension::ExtendedKeyUsage(eku) if !(eku.client_auth || eku.any) => {
+                return Err(IdentityError::WrongUsage("extended key usage lacks clientAuth"));
             }
-            ParsedExtension::KeyUsage(ku) => {
-                if !ku.digital_signature() && !ku.key_agreement() {
-                    return Err(IdentityError::WrongUsage("key usage lacks digitalSignature"));
-                }
+            ParsedExtension::KeyUsage(ku) if !ku.digital_signature() && !ku.key_agreement() => {
+                return Err(IdentityError::WrongUsage("key usage lacks digitalSignature"));
             }
             _ => {}
         }

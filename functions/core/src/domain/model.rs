@@ -148,9 +148,7 @@ impl ReleaseManifest {
 
     /// The assets for an architecture, preferring an entry specific to the platform.
     pub fn assets_for(&self, arch: &str, platform: Option<&str>) -> Option<&ArchAssets> {
-        platform
-            .and_then(|p| self.arches.get(&format!("{arch}-{p}")))
-            .or_else(|| self.arches.get(arch))
+        platform.and_then(|p| self.arches.get(&format!("{arch}-{p}"))).or_else(|| self.arches.get(arch))
     }
 }
 

@@ -171,17 +171,7 @@ mod tests {
     #[test]
     fn values_cannot_inject_lines_or_commands() {
         let mut v = Vars::new();
-        for bad in [
-            "x\nshell",
-            "x\r\nshell",
-            "x\tshell",
-            "a || shell",
-            "a && chain http://evil/",
-            "a #comment",
-            "${netX/mac}",
-            "x\u{0}y",
-            "x\u{85}y",
-        ] {
+        for bad in ["x\nshell", "x\r\nshell", "x\tshell", "a || shell", "a && chain http://evil/", "a #comment", "${netX/mac}", "x\u{0}y", "x\u{85}y"] {
             assert!(matches!(v.set("cmdline", bad), Err(RenderError::UnsafeValue { .. })), "{bad:?} accepted");
         }
         assert!(v.get("cmdline").is_none());

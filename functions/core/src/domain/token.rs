@@ -109,9 +109,7 @@ impl Keyring {
             if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
                 return Err(KeyringError::BadId(id.to_string()));
             }
-            let secret = URL_SAFE_NO_PAD
-                .decode(b64.trim_end_matches('='))
-                .map_err(|_| KeyringError::BadEntry(index))?;
+            let secret = URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|_| KeyringError::BadEntry(index))?;
             if secret.len() < MIN_KEY_BYTES {
                 return Err(KeyringError::TooShort(id.to_string()));
             }

@@ -118,12 +118,7 @@ impl BootConfig {
             boot: BootSettings {
                 presign_ttl: seconds(lookup, "PRESIGN_TTL_SECONDS", BootSettings::DEFAULT_PRESIGN_TTL_SECS, BootSettings::PRESIGN_TTL_RANGE)?,
                 token_ttl: seconds(lookup, "TOKEN_TTL_SECONDS", BootSettings::DEFAULT_TOKEN_TTL_SECS, BootSettings::TOKEN_TTL_RANGE)?,
-                clock_skew: seconds(
-                    lookup,
-                    "CLOCK_SKEW_SECONDS",
-                    crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(),
-                    BootSettings::CLOCK_SKEW_RANGE,
-                )?,
+                clock_skew: seconds(lookup, "CLOCK_SKEW_SECONDS", crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), BootSettings::CLOCK_SKEW_RANGE)?,
                 secrets_base_url,
             },
             trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),

@@ -61,10 +61,7 @@ impl Failure {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(CACHE_CONTROL, "no-store");
+        let mut builder = Response::builder().status(self.status).header(CONTENT_TYPE, "text/plain; charset=utf-8").header(CACHE_CONTROL, "no-store");
         if self.retry_after {
             builder = builder.header(RETRY_AFTER, RETRY_AFTER_SECS.to_string());
         }
@@ -134,7 +131,9 @@ impl From<BootError> for Failure {
             BootError::Revoked(_) | BootError::Disabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not allowed to boot"),
             BootError::NoAssetsForArch { .. } => Failure::new(StatusCode::NOT_FOUND, e.to_string()),
             BootError::Record(r) => r.into(),
-            BootError::ChannelMissing { .. } | BootError::ReleaseMissing(_) | BootError::SecretsMissing(_) | BootError::Render(_) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "boot configuration error; see server logs"),
+            BootError::ChannelMissing { .. } | BootError::ReleaseMissing(_) | BootError::SecretsMissing(_) | BootError::Render(_) => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "boot configuration error; see server logs")
+            }
         }
     }
 }
@@ -173,11 +172,9 @@ pub fn route_path(req: &Request) -> &str {
         _ => None,
     };
     match stage {
-        Some(stage) if stage != "$default" && !stage.is_empty() => path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(stage))
-            .filter(|rest| rest.starts_with('/'))
-            .unwrap_or(path),
+        Some(stage) if stage != "$default" && !stage.is_empty() => {
+            path.strip_prefix('/').and_then(|p| p.strip_prefix(stage)).filter(|rest| rest.starts_with('/')).unwrap_or(path)
+        }
         _ => path,
     }
 }
@@ -196,18 +193,10 @@ fn text_response(body: impl Into<Body>) -> Response<Body> {
 /// header when, and only when, the deployment enables it.
 pub fn client_cert_pem(req: &Request, header: &CertHeader) -> Result<Vec<u8>, IdentityError> {
     let from_event = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx
-            .authentication
-            .as_ref()
-            .and_then(|a| a.client_cert.as_ref())
-            .and_then(|c| c.client_cert_pem.clone()),
-        Some(RequestContext::ApiGatewayV1(ctx)) => ctx
-            .identity
-            .other
-            .get("clientCert")
-            .and_then(|c| c.get("clientCertPem"))
-            .and_then(|p| p.as_str())
-            .map(str::to_string),
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authentication.as_ref().and_then(|a| a.client_cert.as_ref()).and_then(|c| c.client_cert_pem.clone()),
+        Some(RequestContext::ApiGatewayV1(ctx)) => {
+            ctx.identity.other.get("clientCert").and_then(|c| c.get("clientCertPem")).and_then(|p| p.as_str()).map(str::to_string)
+        }
         _ => None,
     };
     if let Some(pem) = from_event.filter(|p| !p.trim().is_empty()) {

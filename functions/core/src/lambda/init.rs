@@ -72,10 +72,8 @@ pub async fn load_keyring(source: &KeyringSource, config: &SdkConfig) -> Result<
                 .send()
                 .await
                 .map_err(|e| InitError::Ssm { name: name.clone(), reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() })?;
-            let value = output
-                .parameter()
-                .and_then(|p| p.value())
-                .ok_or_else(|| InitError::Ssm { name: name.clone(), reason: "parameter has no value".into() })?;
+            let value =
+                output.parameter().and_then(|p| p.value()).ok_or_else(|| InitError::Ssm { name: name.clone(), reason: "parameter has no value".into() })?;
             Keyring::parse(value).map_err(|e| InitError::Ssm { name: name.clone(), reason: e.to_string() })
         }
     }

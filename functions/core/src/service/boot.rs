@@ -133,12 +133,10 @@ impl BootService {
             GatewayState::Revoked => return Err(BootError::Revoked(gateway.name)),
         }
         let secrets_key = keys::secrets(fp);
-        let (manifest, has_secrets) =
-            tokio::try_join!(self.resolve_release(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) })?;
+        let (manifest, has_secrets) = tokio::try_join!(self.resolve_release(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) })?;
         let arch = query.arch();
-        let assets = manifest
-            .assets_for(arch, query.platform)
-            .ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
+        let assets =
+            manifest.assets_for(arch, query.platform).ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
 
         let (kernel_url, initrd_url) = tokio::try_join!(
             self.presigner.presign_get(&assets.kernel.key, self.settings.presign_ttl),

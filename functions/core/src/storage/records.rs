@@ -142,12 +142,7 @@ impl Records {
 
     /// [`Records::update_raw`] for a typed record: `change` sees the current record (validated)
     /// and the result is validated before it is written.
-    pub async fn update<T: Record, E>(
-        &self,
-        key: &str,
-        attempts: usize,
-        mut change: impl FnMut(Option<T>) -> Result<Change<T>, E>,
-    ) -> Result<Change<T>, E>
+    pub async fn update<T: Record, E>(&self, key: &str, attempts: usize, mut change: impl FnMut(Option<T>) -> Result<Change<T>, E>) -> Result<Change<T>, E>
     where
         E: From<RecordError>,
     {
@@ -250,7 +245,7 @@ impl Records {
     /// the right to read any secret.
     pub async fn has_secrets(&self, fp: &Fingerprint) -> Result<bool, RecordError> {
         let secrets = keys::secrets(fp);
-        Ok(self.store.list(&keys::gateway_prefix(fp)).await?.iter().any(|k| *k == secrets))
+        Ok(self.store.list(&keys::gateway_prefix(fp)).await?.contains(&secrets))
     }
 
     /// The gateway's secrets (redeem side).

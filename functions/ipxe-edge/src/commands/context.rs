@@ -110,9 +110,6 @@ impl Context {
     /// The record of the gateway called `name`.
     pub async fn gateway(&self, name: &str) -> Result<GatewayRecord, CliError> {
         check_name("gateway name", name)?;
-        self.records
-            .gateway_by_name(name)
-            .await?
-            .ok_or_else(|| CliError::Refused(format!("unknown gateway {name:?} (see: ipxe-edge gateway list)")))
+        self.records.gateway_by_name(name).await?.ok_or_else(|| CliError::Refused(format!("unknown gateway {name:?} (see: ipxe-edge gateway list)")))
     }
 }

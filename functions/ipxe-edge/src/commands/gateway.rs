@@ -109,7 +109,8 @@ fn check_arch(arch: &str) -> Result<(), CliError> {
 /// The release, if it serves architecture `arch`.
 pub async fn release_serves(ctx: &Context, release: &str, arch: &str) -> Result<ReleaseManifest, CliError> {
     check_name("release id", release)?;
-    let manifest = ctx.records.release(release).await?.ok_or_else(|| CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")))?;
+    let manifest =
+        ctx.records.release(release).await?.ok_or_else(|| CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")))?;
     if manifest.assets_for(arch, None).is_none() && !manifest.arches.keys().any(|k| k.starts_with(&format!("{arch}-"))) {
         return Err(CliError::Refused(format!("release {release} has no assets for architecture {arch}")));
     }
@@ -230,11 +231,14 @@ pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result
         Ok(())
     })
     .await?;
-    println!("gateway {name} is now {}", match state {
-        GatewayState::Enabled => "enabled",
-        GatewayState::Disabled => "disabled (boots refused)",
-        GatewayState::Revoked => "revoked (boots refused)",
-    });
+    println!(
+        "gateway {name} is now {}",
+        match state {
+            GatewayState::Enabled => "enabled",
+            GatewayState::Disabled => "disabled (boots refused)",
+            GatewayState::Revoked => "revoked (boots refused)",
+        }
+    );
     Ok(())
 }
 

@@ -107,26 +107,15 @@ pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     }
     let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
     let total_lba = DISK_BYTES / SECTOR;
-    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX))
-        .overwrite_lba0(&mut disk)
-        .map_err(other)?;
-    let mut gpt_disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .create_from_device(disk, None)
-        .map_err(other)?;
+    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX)).overwrite_lba0(&mut disk).map_err(other)?;
+    let mut gpt_disk = gpt::GptConfig::new().writable(true).logical_block_size(LogicalBlockSize::Lb512).create_from_device(disk, None).map_err(other)?;
     // Leave room for the backup GPT (33 sectors) at the end.
     let length = total_lba - PARTITION_START_LBA - 34;
-    gpt_disk
-        .add_partition_at("EFI system partition", 1, PARTITION_START_LBA, length, gpt::partition_types::EFI, 0)
-        .map_err(other)?;
+    gpt_disk.add_partition_at("EFI system partition", 1, PARTITION_START_LBA, length, gpt::partition_types::EFI, 0).map_err(other)?;
     let mut disk = gpt_disk.write().map_err(other)?;
 
     let mut esp = Cursor::new(vec![0u8; (length * SECTOR) as usize]);
-    fatfs::format_volume(
-        &mut esp,
-        FormatVolumeOptions::new().fat_type(FatType::Fat32).bytes_per_cluster(512).volume_label(*b"IPXE-EDGE  "),
-    )?;
+    fatfs::format_volume(&mut esp, FormatVolumeOptions::new().fat_type(FatType::Fat32).bytes_per_cluster(512).volume_label(*b"IPXE-EDGE  "))?;
     {
         let fs = FileSystem::new(&mut esp, FsOptions::new())?;
         for (path, content) in files {
@@ -172,11 +161,9 @@ pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option
 
 pub async fn build(ctx: &Context, name: &str, boot_url: &str, out: &Path, ipxe_efi: &Path, crosscert: Option<&str>) -> Result<(), CliError> {
     let script = script(ctx, name, boot_url, crosscert).await?;
-    let efi = std::fs::read(ipxe_efi).map_err(|e| {
-        CliError::Refused(format!("{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --ipxe-efi)", ipxe_efi.display()))
-    })?;
-    let image = disk_image(&[("EFI/BOOT/BOOTX64.EFI", &efi), ("EFI/BOOT/autoexec.ipxe", script.as_bytes())])
-        .map_err(file_error(out))?;
+    let efi = std::fs::read(ipxe_efi)
+        .map_err(|e| CliError::Refused(format!("{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --ipxe-efi)", ipxe_efi.display())))?;
+    let image = disk_image(&[("EFI/BOOT/BOOTX64.EFI", &efi), ("EFI/BOOT/autoexec.ipxe", script.as_bytes())]).map_err(file_error(out))?;
     write_atomic(out, &image, 0o600)?;
     println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), image.len() / (1024 * 1024));
     println!("it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret");

@@ -174,7 +174,13 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
             }
             Err(_) => None,
         };
-        planned.push(Planned { name: name.to_string(), fingerprint: Fingerprint::of_der(&der), folder: folder.clone(), template, has_secrets: folder.join("secrets").is_file() });
+        planned.push(Planned {
+            name: name.to_string(),
+            fingerprint: Fingerprint::of_der(&der),
+            folder: folder.clone(),
+            template,
+            has_secrets: folder.join("secrets").is_file(),
+        });
     }
     if let Ok(dirs) = std::fs::read_dir(&root) {
         for dir in dirs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {

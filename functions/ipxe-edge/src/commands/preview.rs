@@ -3,12 +3,12 @@
 
 use super::context::{CliError, Context};
 use async_trait::async_trait;
-use ipxe_edge_core::service::boot::{BootService, BootSettings};
+use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ClientIdentity;
 use ipxe_edge_core::domain::query::BootQuery;
-use ipxe_edge_core::domain::clock;
-use ipxe_edge_core::storage::{Presigner, StoreError};
 use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::service::boot::{BootService, BootSettings};
+use ipxe_edge_core::storage::{Presigner, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 

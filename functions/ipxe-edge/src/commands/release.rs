@@ -76,11 +76,7 @@ fn check_arch_key(arch: &str) -> Result<(), CliError> {
     if ipxe_edge_core::domain::query::valid_arch_key(arch) {
         Ok(())
     } else {
-        Err(CliError::Usage(format!(
-            "invalid architecture {arch:?}: one of {} (optionally -{})",
-            KNOWN_ARCHES.join(", "),
-            KNOWN_PLATFORMS.join("/-")
-        )))
+        Err(CliError::Usage(format!("invalid architecture {arch:?}: one of {} (optionally -{})", KNOWN_ARCHES.join(", "), KNOWN_PLATFORMS.join("/-"))))
     }
 }
 

@@ -5,8 +5,8 @@
 //! fsynced (file and directory) before the secret is released, so a crash cannot forget a spent
 //! token, and swept once their expiry has passed.
 
-use ipxe_edge_core::storage::{LedgerOutcome, StoreError, TokenLedger};
 use async_trait::async_trait;
+use ipxe_edge_core::storage::{LedgerOutcome, StoreError, TokenLedger};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};

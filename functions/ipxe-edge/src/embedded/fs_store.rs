@@ -6,8 +6,8 @@
 //! on the bucket's lock file while they compare and write, so concurrent operators on one
 //! machine cannot lose an update. Version tags are the SHA-256 of the content.
 
-use ipxe_edge_core::storage::{ObjectStore, StoreError, Versioned, WriteCondition};
 use async_trait::async_trait;
+use ipxe_edge_core::storage::{ObjectStore, StoreError, Versioned, WriteCondition};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -146,9 +146,7 @@ impl ObjectStore for FsStore {
     async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let this = self.clone();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || this.put_blocking(&key, body, condition))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("write task: {e}")))?
+        tokio::task::spawn_blocking(move || this.put_blocking(&key, body, condition)).await.map_err(|e| StoreError::Unavailable(format!("write task: {e}")))?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -43,10 +43,8 @@ pub fn s3_credentials(dir: &DataDir) -> Result<S3Credentials, ServeError> {
         write_atomic(&path, text.as_bytes(), 0o600)?;
     }
     let text = datadir::read_private_string(&path)?;
-    let (access_key, secret_key) = text
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| DataDirError::Corrupt { path: path.clone(), reason: "expected ACCESS_KEY:SECRET_KEY".into() })?;
+    let (access_key, secret_key) =
+        text.trim().split_once(':').ok_or_else(|| DataDirError::Corrupt { path: path.clone(), reason: "expected ACCESS_KEY:SECRET_KEY".into() })?;
     Ok(S3Credentials { access_key: access_key.into(), secret_key: secret_key.into() })
 }
 
@@ -122,8 +120,14 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
 
     if records.channel(model::DEFAULT_CHANNEL).await.map_err(record_err)?.is_none() {
         if !records.release_exists(DEMO_RELEASE).await.map_err(record_err)? {
-            let kernel = records.put_asset(b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(record_err)?;
-            let initrd = records.put_asset(b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec()).await.map_err(record_err)?;
+            let kernel = records
+                .put_asset(b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec())
+                .await
+                .map_err(record_err)?;
+            let initrd = records
+                .put_asset(b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec())
+                .await
+                .map_err(record_err)?;
             let mut arches = BTreeMap::new();
             arches.insert(model::DEFAULT_ARCH.to_string(), ArchAssets { kernel, initrd });
             let manifest = ReleaseManifest {
@@ -154,10 +158,7 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
         let mut record = model::new_gateway(DEMO_GATEWAY, fp.clone());
         record.subject = ipxe_edge_core::domain::identity::describe_der(&demo_der).map(|(s, _)| s);
         records.put_gateway(&record).await.map_err(record_err)?;
-        records
-            .put_secrets(&fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec())
-            .await
-            .map_err(record_err)?;
+        records.put_secrets(&fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec()).await.map_err(record_err)?;
         outcome.created.push(format!("enrolled gateway {DEMO_GATEWAY} ({fp}) with demo secrets"));
     }
     Ok(outcome)

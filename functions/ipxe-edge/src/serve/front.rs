@@ -274,12 +274,10 @@ mod tests {
 
     #[test]
     fn routes_by_path_and_drops_host_and_forwarded_headers() {
-        let p = parts("/definitely-not-boot?mac=52%3A54%3A00%3A12%3A34%3A56&x=1&x=2", &[
-            ("host", "localhost/boot.ipxe#"),
-            ("x-forwarded-proto", "1http"),
-            ("forwarded", "for=1.2.3.4"),
-            ("user-agent", "iPXE/1.21.1"),
-        ]);
+        let p = parts(
+            "/definitely-not-boot?mac=52%3A54%3A00%3A12%3A34%3A56&x=1&x=2",
+            &[("host", "localhost/boot.ipxe#"), ("x-forwarded-proto", "1http"), ("forwarded", "for=1.2.3.4"), ("user-agent", "iPXE/1.21.1")],
+        );
         let req = lambda_request(&p, Bytes::new(), &conn(), "boot.example.org", 1).unwrap();
         assert_eq!(route_path(&req), "/definitely-not-boot");
         assert!(req.headers().get("host").is_none());

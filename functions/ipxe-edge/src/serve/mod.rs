@@ -133,8 +133,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
             let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
-            let presigner =
-                Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key), true), EMBEDDED_BUCKET));
+            let presigner = Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key), true), EMBEDDED_BUCKET));
             (store, presigner)
         }
         Some(bucket) => {
@@ -172,17 +171,9 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
 
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
     let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
-    let settings = BootSettings {
-        presign_ttl: Duration::from_secs(args.presign_ttl),
-        token_ttl: Duration::from_secs(args.token_ttl),
-        clock_skew,
-        secrets_base_url,
-    };
-    let boot = Arc::new(BootApp {
-        service: BootService::new(records.clone(), presigner, keyring.clone(), settings),
-        verifier,
-        cert_header: CertHeader::Off,
-    });
+    let settings =
+        BootSettings { presign_ttl: Duration::from_secs(args.presign_ttl), token_ttl: Duration::from_secs(args.token_ttl), clock_skew, secrets_base_url };
+    let boot = Arc::new(BootApp { service: BootService::new(records.clone(), presigner, keyring.clone(), settings), verifier, cert_header: CertHeader::Off });
     let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring) });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());

@@ -29,20 +29,14 @@ pub enum TlsSetupError {
 fn provider() -> CryptoProvider {
     use aws_lc_rs::cipher_suite::*;
     CryptoProvider {
-        cipher_suites: vec![
-            TLS13_AES_256_GCM_SHA384,
-            TLS13_AES_128_GCM_SHA256,
-            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        ],
+        cipher_suites: vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
         ..aws_lc_rs::default_provider()
     }
 }
 
 pub fn load_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
+    let certs: Vec<_> =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
     if certs.is_empty() {
         return Err(TlsSetupError::Pem { what: what.into(), reason: "no certificate".into() });
     }
@@ -59,8 +53,7 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_verifier: Option<Arc<GatewayCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider())).with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -123,7 +116,12 @@ impl ClientCertVerifier for GatewayCertVerifier {
         &self.hints
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         let chain: Vec<Vec<u8>> = std::iter::once(end_entity).chain(intermediates).map(|c| c.as_ref().to_vec()).collect();
         self.chain.verify_der_chain(&chain, now.as_secs() as i64).map_err(certificate_error)?;
         Ok(ClientCertVerified::assertion())

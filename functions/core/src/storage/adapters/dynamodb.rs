@@ -63,9 +63,7 @@ impl TokenLedger for DynamoLedger {
             .await;
         match result {
             Ok(_) => Ok(LedgerOutcome::Recorded),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                Ok(LedgerOutcome::AlreadyUsed)
-            }
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => Ok(LedgerOutcome::AlreadyUsed),
             Err(e) => Err(StoreError::Unavailable(format!("DynamoDB PutItem: {}", DisplayErrorContext(&e)))),
         }
     }

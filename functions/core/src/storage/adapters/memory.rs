@@ -38,12 +38,7 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         self.check()?;
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|(body, v)| Versioned { body: body.clone(), etag: Some(v.to_string()) }))
+        Ok(self.objects.lock().unwrap().get(key).map(|(body, v)| Versioned { body: body.clone(), etag: Some(v.to_string()) }))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {

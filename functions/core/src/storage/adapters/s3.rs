@@ -51,13 +51,7 @@ impl ObjectStore for S3Store {
             return Err(StoreError::Unavailable(format!("S3 object {key} is too large to be a record")));
         }
         let etag = output.e_tag().map(str::to_string);
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("S3 GetObject {key}: body: {e}")))?
-            .into_bytes()
-            .to_vec();
+        let body = output.body.collect().await.map_err(|e| StoreError::Unavailable(format!("S3 GetObject {key}: body: {e}")))?.into_bytes().to_vec();
         Ok(Some(Versioned { body, etag }))
     }
 
@@ -79,8 +73,9 @@ impl ObjectStore for S3Store {
         };
         match request.send().await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409))
-                || matches!(e.code(), Some("PreconditionFailed") | Some("ConditionalRequestConflict")) =>
+            Err(e)
+                if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409))
+                    || matches!(e.code(), Some("PreconditionFailed") | Some("ConditionalRequestConflict")) =>
             {
                 Err(StoreError::Conflict(key.to_string()))
             }
@@ -100,30 +95,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| unavailable("DeleteObject", key, e))
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map(|_| ()).map_err(|e| unavailable("DeleteObject", key, e))
     }
 }
 
 #[async_trait]
 impl Presigner for S3Store {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(ttl)
-            .map_err(|e| StoreError::Unavailable(format!("presigning lifetime {ttl:?}: {e}")))?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .presigned(config)
-            .await
-            .map_err(|e| unavailable("presign GetObject", key, e))?;
+        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Unavailable(format!("presigning lifetime {ttl:?}: {e}")))?;
+        let request = self.client.get_object().bucket(&self.bucket).key(key).presigned(config).await.map_err(|e| unavailable("presign GetObject", key, e))?;
         Ok(request.uri().to_string())
     }
 }
