@@ -133,7 +133,8 @@ pub fn dynamodb_env(test: &str) -> Option<ServerEnv> {
     server_env("IPXE_EDGE_TEST_DYNAMODB_ENDPOINT", test)
 }
 
-async fn sdk_config(env: &ServerEnv) -> aws_config::SdkConfig {
+/// SDK configuration for a test server: its endpoint and credentials.
+pub async fn sdk_config(env: &ServerEnv) -> aws_config::SdkConfig {
     let creds = aws_sdk_s3::config::Credentials::new(&env.access_key, &env.secret_key, None, None, "ipxe-edge-tests");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -149,6 +150,32 @@ pub async fn s3_client(env: &ServerEnv) -> aws_sdk_s3::Client {
 
 pub async fn dynamodb_client(env: &ServerEnv) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk_config(env).await)
+}
+
+/// Creates the table layout the template declares (`pk`/`sk`, TTL on `expires_at`).
+pub async fn create_ledger_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+    use ipxe_edge_core::storage::adapters::dynamodb::{PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
+    let attribute = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().unwrap();
+    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(PARTITION_KEY))
+        .attribute_definitions(attribute(SORT_KEY))
+        .key_schema(key(PARTITION_KEY, KeyType::Hash))
+        .key_schema(key(SORT_KEY, KeyType::Range))
+        .send()
+        .await
+        .expect("create table on moto");
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL_ATTRIBUTE).build().unwrap())
+        .send()
+        .await
+        .expect("enable TTL");
 }
 
 /// A bucket or table name unique to this test run.

@@ -9,6 +9,7 @@ use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryStore};
@@ -50,8 +51,9 @@ fn setup() -> Bench {
         service: BootService::new(Records::new(store.clone()), presigner, keyring.clone(), settings),
         verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header: CertHeader::Off,
+        metrics: Arc::new(NoMetrics),
     };
-    let redeem = RedeemApp { service: RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring) };
+    let redeem = RedeemApp { service: RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring), metrics: Arc::new(NoMetrics) };
     let event = fixture(
         "apigw-http-v2-boot.json",
         &[

@@ -1,10 +1,11 @@
 //! Redeeming against a DynamoDB-compatible server (moto) for the used-token ledger and an
 //! S3-compatible server (s3s-fs) for the secrets.
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+use aws_sdk_dynamodb::types::AttributeValue;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, DynamoLedger, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
@@ -25,24 +26,7 @@ fn servers(test: &str) -> Option<(ServerEnv, ServerEnv)> {
 async fn ledger(env: &ServerEnv) -> Arc<DynamoLedger> {
     let client = dynamodb_client(env).await;
     let table = unique_name("ipxe-edge-ledger");
-    client
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(AttributeDefinition::builder().attribute_name(PARTITION_KEY).attribute_type(ScalarAttributeType::S).build().unwrap())
-        .attribute_definitions(AttributeDefinition::builder().attribute_name(SORT_KEY).attribute_type(ScalarAttributeType::S).build().unwrap())
-        .key_schema(KeySchemaElement::builder().attribute_name(PARTITION_KEY).key_type(KeyType::Hash).build().unwrap())
-        .key_schema(KeySchemaElement::builder().attribute_name(SORT_KEY).key_type(KeyType::Range).build().unwrap())
-        .send()
-        .await
-        .expect("create table on moto");
-    client
-        .update_time_to_live()
-        .table_name(&table)
-        .time_to_live_specification(TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL_ATTRIBUTE).build().unwrap())
-        .send()
-        .await
-        .expect("enable TTL");
+    create_ledger_table(&client, &table).await;
     Arc::new(DynamoLedger::new(client, table))
 }
 
@@ -75,7 +59,10 @@ async fn thirty_two_concurrent_redemptions_give_exactly_one_secret() {
     let fp = Fingerprint::of_der(b"gateway-a");
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let ledger = ledger(&ddb).await;
-    let app = Arc::new(RedeemApp { service: RedeemService::new(Records::new(secrets_store(&s3, &fp).await), ledger.clone(), keyring.clone()) });
+    let app = Arc::new(RedeemApp {
+        service: RedeemService::new(Records::new(secrets_store(&s3, &fp).await), ledger.clone(), keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    });
     let expires_at = now() + 120;
     let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), expires_at);
 
@@ -119,17 +106,17 @@ async fn failed_secret_read_leaves_the_token_redeemable() {
     let broken = Arc::new(S3Store::new(s3_client(&bad_env).await, good.bucket().to_string()));
     let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now() + 120);
 
-    let failing = RedeemApp { service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()) };
+    let failing = RedeemApp { service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()), metrics: Arc::new(NoMetrics) };
     let response = redeem_handler(&failing, redeem_request(&token)).await;
     assert_eq!(response.status(), 503);
     assert!(used_entry(&ledger, &id.to_string()).await.is_none(), "token recorded although its secret was not served");
 
     // A ledger that cannot be written also leaves it redeemable.
     let missing_table = Arc::new(DynamoLedger::new(ledger.client().clone(), "no-such-table"));
-    let no_ledger = RedeemApp { service: RedeemService::new(Records::new(good.clone()), missing_table, keyring.clone()) };
+    let no_ledger = RedeemApp { service: RedeemService::new(Records::new(good.clone()), missing_table, keyring.clone()), metrics: Arc::new(NoMetrics) };
     assert_eq!(redeem_handler(&no_ledger, redeem_request(&token)).await.status(), 503);
 
-    let working = RedeemApp { service: RedeemService::new(Records::new(good), ledger, keyring) };
+    let working = RedeemApp { service: RedeemService::new(Records::new(good), ledger, keyring), metrics: Arc::new(NoMetrics) };
     let response = redeem_handler(&working, redeem_request(&token)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.body().as_ref(), SECRET);

@@ -6,6 +6,7 @@ use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};
@@ -50,8 +51,9 @@ async fn harness_with(cert_header: CertHeader, secrets: Option<&[u8]>) -> Harnes
         service: BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), settings),
         verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header,
+        metrics: Arc::new(NoMetrics),
     };
-    let redeem = RedeemApp { service: RedeemService::new(Records::new(store.clone()), ledger.clone(), keyring.clone()) };
+    let redeem = RedeemApp { service: RedeemService::new(Records::new(store.clone()), ledger.clone(), keyring.clone()), metrics: Arc::new(NoMetrics) };
     Harness { store, ledger, keyring, boot, redeem, gw, fp: seeded.fingerprint }
 }
 
@@ -334,6 +336,7 @@ async fn presign_lifetime_is_configurable() {
         service: BootService::new(Records::new(h.store.clone()), Arc::new(MemoryPresigner::default()), h.keyring.clone(), settings),
         verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header: CertHeader::Off,
+        metrics: Arc::new(NoMetrics),
     };
     let text = body(&boot_handler(&app, v2_boot(&h.gw.cert_pem, "", Value::Null)).await);
     assert_eq!(text.matches("expires=60&").count(), 2, "{text}");

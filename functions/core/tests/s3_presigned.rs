@@ -5,6 +5,7 @@ use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, BootApp, CertHeader};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::Records;
@@ -29,6 +30,7 @@ fn app(store: Arc<S3Store>, presign_ttl: Duration) -> BootApp {
         service: BootService::new(Records::new(store.clone()), store, Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()), settings),
         verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header: CertHeader::Off,
+        metrics: Arc::new(NoMetrics),
     }
 }
 

@@ -7,7 +7,10 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logging::init();
-    let app = Arc::new(init::redeem_app_from_env().await?);
+    let app = match init::redeem_app_from_env().await {
+        Ok(app) => Arc::new(app),
+        Err(e) => init::fail("redeem", e).await,
+    };
     lambda_http::run(service_fn(move |req: Request| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Error>(http::redeem_handler(&app, req).await) }

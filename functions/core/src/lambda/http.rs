@@ -6,6 +6,7 @@ use crate::domain::clock;
 use crate::domain::identity::{decode_escaped_pem, describe_der, pem_certificates, ChainVerifier, ClientIdentity, IdentityError};
 use crate::domain::query::{BootQuery, QueryError};
 use crate::domain::token::TokenError;
+use crate::lambda::metrics::{Counter, Metrics};
 use crate::service::boot::{BootError, BootScript, BootService};
 use crate::service::redeem::{RedeemError, RedeemService};
 use crate::storage::records::RecordError;
@@ -14,6 +15,7 @@ use lambda_http::http::header::{HeaderName, ALLOW, CACHE_CONTROL, CONTENT_TYPE, 
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const BOOT_PATH: &str = "/boot.ipxe";
@@ -35,10 +37,12 @@ pub struct BootApp {
     pub service: BootService,
     pub verifier: ChainVerifier,
     pub cert_header: CertHeader,
+    pub metrics: Arc<dyn Metrics>,
 }
 
 pub struct RedeemApp {
     pub service: RedeemService,
+    pub metrics: Arc<dyn Metrics>,
 }
 
 /// A client identity already verified by the server in front (the TLS handshake of
@@ -232,9 +236,15 @@ pub async fn boot_handler(app: &BootApp, req: Request) -> Response<Body> {
                 arch = script.arch, token_id = %script.token_id.map(|t| t.to_string()).unwrap_or_default(),
                 outcome = "ok", status = 200u16, latency_ms, "boot script served"
             );
+            app.metrics.record("ok", &[Counter::Boots]);
             text_response(script.script)
         }
         Err((failure, detail)) => {
+            if failure.status == StatusCode::FORBIDDEN {
+                app.metrics.record(failure.outcome(), &[Counter::Boots, Counter::RefusedCertificates]);
+            } else {
+                app.metrics.record(failure.outcome(), &[Counter::Boots]);
+            }
             let subject = identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             let status = failure.status.as_u16();
             if failure.status.is_server_error() {
@@ -287,12 +297,20 @@ async fn handle_boot(app: &BootApp, req: &Request, identity: &mut Option<ClientI
 pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
     let started = Instant::now();
     let rid = request_id(&req);
+    let mut security = None;
     let token = route_path(&req).strip_prefix(SECRETS_PREFIX).filter(|t| !t.is_empty() && !t.contains('/'));
     let result = match token {
         None => Err(None),
         // Checked before anything else so that HEAD and friends never touch the ledger.
         Some(_) if req.method() != Method::GET => Err(Some(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))),
-        Some(token) => app.service.redeem(token, clock::unix_now()).await.map_err(|e| Some(log_redeem_error(&rid, e))),
+        Some(token) => app.service.redeem(token, clock::unix_now()).await.map_err(|e| {
+            match &e {
+                RedeemError::Replayed(_) => security = Some(Counter::TokenReplays),
+                RedeemError::Token(TokenError::Forged) => security = Some(Counter::ForgedTokens),
+                _ => {}
+            }
+            Some(log_redeem_error(&rid, e))
+        }),
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -302,11 +320,16 @@ pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
                 fingerprint = redeemed.claims.fingerprint.as_str(), outcome = "ok", status = 200u16, latency_ms,
                 "secrets served"
             );
+            app.metrics.record("ok", &[Counter::Redemptions]);
             text_response(redeemed.secret)
         }
         Err(failure) => {
             let failure = failure.unwrap_or_else(|| Failure::new(StatusCode::NOT_FOUND, "not found"));
             tracing::info!(request_id = %rid, route = "redeem", outcome = failure.outcome(), status = failure.status.as_u16(), latency_ms, "secrets not served");
+            match security {
+                Some(counter) => app.metrics.record(failure.outcome(), &[Counter::Redemptions, counter]),
+                None => app.metrics.record(failure.outcome(), &[Counter::Redemptions]),
+            }
             failure.into_response()
         }
     }

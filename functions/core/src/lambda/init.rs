@@ -5,6 +5,7 @@ use crate::domain::identity::{ChainVerifier, TrustBundle};
 use crate::domain::token::{Keyring, KeyringError};
 use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig};
 use crate::lambda::http::{BootApp, RedeemApp};
+use crate::lambda::metrics::EmfMetrics;
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
 use crate::storage::adapters::dynamodb::DynamoLedger;
@@ -25,6 +26,43 @@ pub enum InitError {
     TrustBundle { key: String, reason: String },
     #[error(transparent)]
     Record(#[from] RecordError),
+}
+
+impl InitError {
+    /// A short, stable name of what is wrong, for the log line and the Runtime API report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InitError::Config(ConfigError::Missing(_)) => "MissingVariable",
+            InitError::Config(ConfigError::Invalid { .. }) => "InvalidVariable",
+            InitError::Keyring(_) => "InvalidKeyring",
+            InitError::Ssm { .. } => "KeyringParameter",
+            InitError::TrustBundle { .. } => "TrustBundle",
+            InitError::Record(_) => "Storage",
+        }
+    }
+}
+
+/// Ends a function whose init failed: one JSON log line naming what is wrong, the same report
+/// to the Lambda Runtime API (`/runtime/init/error`), then exit. Lambda then fails the
+/// invocation with `Runtime.InitError` and shows the reason.
+pub async fn fail(function: &str, error: InitError) -> ! {
+    let kind = error.kind();
+    tracing::error!(function, init_error = kind, error = %error, "init failed");
+    let body = serde_json::json!({ "errorType": format!("Runtime.{kind}"), "errorMessage": error.to_string() });
+    if let Ok(client) = lambda_runtime_api_client::Client::builder().build() {
+        let request = lambda_runtime_api_client::build_request()
+            .method("POST")
+            .uri("/2018-06-01/runtime/init/error")
+            .header("Lambda-Runtime-Function-Error-Type", format!("Runtime.{kind}"))
+            .header("content-type", "application/json")
+            .body(lambda_runtime_api_client::body::Body::from(body.to_string().into_bytes()));
+        if let Ok(request) = request {
+            if let Err(e) = client.call(request).await {
+                tracing::warn!(error = %e, "could not report the init failure to the Runtime API");
+            }
+        }
+    }
+    std::process::exit(1)
 }
 
 /// The shared SDK configuration: standard AWS environment (credentials, region,
@@ -100,7 +138,7 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
         crate::lambda::http::CertHeader::Trusted(name) => name.to_string(),
     };
     tracing::info!(key_id = keyring.signing_key_id(), trusted_cas = verifier.bundle().len(), cert_header, "boot function initialised");
-    Ok(BootApp { service: BootService::new(records, s3, keyring, config.boot), verifier, cert_header: config.cert_header })
+    Ok(BootApp { service: BootService::new(records, s3, keyring, config.boot), verifier, cert_header: config.cert_header, metrics: Arc::new(EmfMetrics) })
 }
 
 pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
@@ -115,7 +153,7 @@ pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
     tracing::info!(key_id = keyring.signing_key_id(), "redeem function initialised");
-    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring) })
+    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring), metrics: Arc::new(EmfMetrics) })
 }
 
 pub async fn redeem_app_from_env() -> Result<RedeemApp, InitError> {

@@ -5,3 +5,4 @@ pub mod config;
 pub mod http;
 pub mod init;
 pub mod logging;
+pub mod metrics;

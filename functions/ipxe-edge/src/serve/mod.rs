@@ -17,6 +17,7 @@ use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
@@ -173,8 +174,13 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
     let settings =
         BootSettings { presign_ttl: Duration::from_secs(args.presign_ttl), token_ttl: Duration::from_secs(args.token_ttl), clock_skew, secrets_base_url };
-    let boot = Arc::new(BootApp { service: BootService::new(records.clone(), presigner, keyring.clone(), settings), verifier, cert_header: CertHeader::Off });
-    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring) });
+    let boot = Arc::new(BootApp {
+        service: BootService::new(records.clone(), presigner, keyring.clone(), settings),
+        verifier,
+        cert_header: CertHeader::Off,
+        metrics: Arc::new(NoMetrics),
+    });
+    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring), metrics: Arc::new(NoMetrics) });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
     let boot_front = front::Front { route: front::Route::Boot(boot), acceptor: Some(TlsAcceptor::from(boot_tls)), public_host: public_host_arc.clone() };
