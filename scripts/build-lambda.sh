@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 TOOLS="${IPXE_EDGE_TOOLS:-$HOME/.cache/ipxe-edge-tools}"
 MAX_GLIBC="2.34"
+# Cold starts grow with the zip: keep each at or under 6 MiB.
+MAX_ZIP_BYTES=$((6 * 1024 * 1024))
 export PATH="$TOOLS/venv/bin:$PATH"
 
 cargo lambda build --release --output-format zip -p boot -p redeem "$@"
@@ -21,6 +23,10 @@ for fn in boot redeem; do
   size=$(stat -c %s "$zip")
   if [ "$(printf '%s\n%s\n' "$need" "$MAX_GLIBC" | sort -V | tail -n 1)" != "$MAX_GLIBC" ]; then
     echo "lambda: $fn needs glibc $need, newer than Amazon Linux 2023's $MAX_GLIBC" >&2
+    status=1
+  fi
+  if [ "$size" -gt "$MAX_ZIP_BYTES" ]; then
+    echo "lambda: $fn zip is $size bytes, over the $MAX_ZIP_BYTES-byte budget" >&2
     status=1
   fi
   printf 'lambda: %-7s %s  %7d bytes zipped, %8d bytes unzipped, needs glibc %s (max %s)\n' \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The full test suite: installs the pinned test servers if needed, starts them on loopback,
-# runs every test of the workspace (server-backed ones included: here a missing server fails
+# The full test suite: installs the pinned test servers if needed, builds the Lambda zips,
+# starts the servers on loopback, runs every test of the workspace (the shipped zips included) (server-backed ones included: here a missing server fails
 # instead of skipping), checks that the Lambda functions link nothing they do not run, lints the
 # deployment template and checks the deploy script's dry run, boots real iPXE clients in QEMU,
 # and stops the servers whatever happens.
@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+scripts/build-lambda.sh
+export IPXE_EDGE_LAMBDA_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/lambda"
 state=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-test.XXXXXX")
 trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
 scripts/test-servers.sh start "$state"

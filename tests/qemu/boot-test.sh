@@ -153,7 +153,7 @@ check "a revoked gateway does not reach Linux" '! grep -q "EDGE-LINUX-UP" "$work
 check "the server refused the revoked gateway" 'grep "boot refused" "$work/serve.log" | grep -q "$rfp"'
 
 # ---------------------------------------------------------------- 3. a disk image from `ipxe-edge image build`
-edge image build image-gw --boot-url "$boot_url" --out "$work/gateway.img" --ipxe-efi "$work/ipxe.efi" \
+edge image build image-gw --boot-url "$boot_url" --out "$work/gateway.img" --efi "$work/ipxe.efi" \
   --crosscert http://127.0.0.1:9/ >/dev/null
 check "the image is written 0600" '[ "$(stat -c %a "$work/gateway.img")" = 600 ]'
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"

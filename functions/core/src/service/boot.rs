@@ -155,26 +155,26 @@ impl BootService {
                 vars.set(name, value.as_str())?;
             }
         }
-        vars.set("kernel_url", kernel_url)?;
-        vars.set("initrd_url", initrd_url)?;
-        vars.set("gateway", gateway.name.as_str())?;
-        vars.set("fingerprint", fp.as_str())?;
-        vars.set("release", manifest.id.as_str())?;
-        vars.set("arch", arch)?;
-        vars.set("platform", query.platform.unwrap_or("unknown"))?;
+        vars.set_own("kernel_url", kernel_url)?;
+        vars.set_own("initrd_url", initrd_url)?;
+        vars.set_own("gateway", gateway.name.as_str())?;
+        vars.set_own("fingerprint", fp.as_str())?;
+        vars.set_own("release", manifest.id.as_str())?;
+        vars.set_own("arch", arch)?;
+        vars.set_own("platform", query.platform.unwrap_or("unknown"))?;
 
         let mut token_id = None;
         if has_secrets {
             let expires_at = now + self.settings.token_ttl.as_secs();
             let (id, token) = self.keyring.mint(fp, &secrets_key, expires_at);
             let url = format!("{}/secrets/{token}", self.settings.secrets_base_url.trim_end_matches('/'));
-            vars.set("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
-            vars.set("secrets_url", url)?;
+            vars.set_own("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
+            vars.set_own("secrets_url", url)?;
             token_id = Some(id);
         } else if wants_secrets {
             return Err(BootError::SecretsMissing(manifest.id));
         } else {
-            vars.set("secrets_arg", "")?;
+            vars.set_own("secrets_arg", "")?;
         }
 
         let script = render::render(&template, &vars)?;

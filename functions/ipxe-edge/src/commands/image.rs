@@ -28,9 +28,13 @@ pub enum ImageCommand {
         boot_url: String,
         #[arg(long)]
         out: PathBuf,
-        /// The iPXE EFI binary (Debian's ipxe package, 1.21.1 or newer).
-        #[arg(long, default_value = DEBIAN_IPXE_EFI)]
-        ipxe_efi: PathBuf,
+        /// The iPXE EFI binary (Debian's ipxe package, 1.21.1 or newer, or a signed iPXE 2.0 build).
+        #[arg(long, alias = "ipxe-efi", default_value = DEBIAN_IPXE_EFI)]
+        efi: PathBuf,
+        /// A signed UEFI shim for Secure Boot (e.g. iPXE 2.0's): it becomes BOOTX64.EFI and loads
+        /// the --efi binary, placed beside it as ipxe.efi.
+        #[arg(long)]
+        shim: Option<PathBuf>,
         /// Where iPXE fetches cross-signed certificates (default: iPXE's own, ca.ipxe.org).
         #[arg(long)]
         crosscert: Option<String>,
@@ -50,7 +54,9 @@ pub enum ImageCommand {
 
 pub async fn run(ctx: &Context, command: ImageCommand) -> Result<(), CliError> {
     match command {
-        ImageCommand::Build { name, boot_url, out, ipxe_efi, crosscert } => build(ctx, &name, &boot_url, &out, &ipxe_efi, crosscert.as_deref()).await,
+        ImageCommand::Build { name, boot_url, out, efi, shim, crosscert } => {
+            build(ctx, &name, &boot_url, &out, &EfiBinaries { efi, shim }, crosscert.as_deref()).await
+        }
         ImageCommand::Script { name, boot_url, crosscert } => {
             print!("{}", script(ctx, &name, &boot_url, crosscert.as_deref()).await?);
             Ok(())
@@ -159,11 +165,35 @@ pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option
     Ok(autoexec_script(&cert_der, &key_der, boot_url, crosscert))
 }
 
-pub async fn build(ctx: &Context, name: &str, boot_url: &str, out: &Path, ipxe_efi: &Path, crosscert: Option<&str>) -> Result<(), CliError> {
+/// The EFI binaries an image boots: iPXE alone, or a Secure Boot shim that loads it.
+pub struct EfiBinaries {
+    pub efi: PathBuf,
+    pub shim: Option<PathBuf>,
+}
+
+/// Where each file goes on the ESP. Firmware starts `BOOTX64.EFI`; the iPXE shim loads
+/// `ipxe.efi` from its own folder; iPXE runs the `autoexec.ipxe` beside itself.
+pub fn esp_layout<'a>(efi: &'a [u8], shim: Option<&'a [u8]>, script: &'a [u8]) -> Vec<(&'static str, &'a [u8])> {
+    match shim {
+        None => vec![("EFI/BOOT/BOOTX64.EFI", efi), ("EFI/BOOT/autoexec.ipxe", script)],
+        Some(shim) => vec![("EFI/BOOT/BOOTX64.EFI", shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)],
+    }
+}
+
+pub async fn build(ctx: &Context, name: &str, boot_url: &str, out: &Path, binaries: &EfiBinaries, crosscert: Option<&str>) -> Result<(), CliError> {
     let script = script(ctx, name, boot_url, crosscert).await?;
-    let efi = std::fs::read(ipxe_efi)
-        .map_err(|e| CliError::Refused(format!("{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --ipxe-efi)", ipxe_efi.display())))?;
-    let image = disk_image(&[("EFI/BOOT/BOOTX64.EFI", &efi), ("EFI/BOOT/autoexec.ipxe", script.as_bytes())]).map_err(file_error(out))?;
+    let efi = std::fs::read(&binaries.efi)
+        .map_err(|e| CliError::Refused(format!("{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --efi)", binaries.efi.display())))?;
+    let shim = match &binaries.shim {
+        Some(path) => Some(std::fs::read(path).map_err(file_error(path))?),
+        None => None,
+    };
+    for (path, bytes) in std::iter::once((&binaries.efi, &efi)).chain(binaries.shim.as_ref().zip(shim.as_ref())) {
+        if !bytes.starts_with(b"MZ") {
+            return Err(CliError::Usage(format!("{} is not an EFI binary (no MZ header)", path.display())));
+        }
+    }
+    let image = disk_image(&esp_layout(&efi, shim.as_deref(), script.as_bytes())).map_err(file_error(out))?;
     write_atomic(out, &image, 0o600)?;
     println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), image.len() / (1024 * 1024));
     println!("it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret");
@@ -190,6 +220,26 @@ mod tests {
         use std::io::Read;
         fs.root_dir().open_file("EFI/BOOT/autoexec.ipxe").unwrap().read_to_string(&mut content).unwrap();
         assert_eq!(content, "#!ipxe\n");
+    }
+
+    #[test]
+    fn secure_boot_layout_puts_the_shim_first_and_ipxe_beside_it() {
+        let layout = esp_layout(b"MZ-ipxe", Some(b"MZ-shim"), b"#!ipxe\n");
+        let image = disk_image(&layout).unwrap();
+        let disk = gpt::GptConfig::new().writable(false).open_from_device(Cursor::new(image.clone())).unwrap();
+        let part = disk.partitions().get(&1).unwrap();
+        let (start, end) = ((part.first_lba * SECTOR) as usize, ((part.last_lba + 1) * SECTOR) as usize);
+        let fs = FileSystem::new(Cursor::new(image[start..end].to_vec()), FsOptions::new()).unwrap();
+        let read = |path: &str| {
+            let mut content = Vec::new();
+            use std::io::Read;
+            fs.root_dir().open_file(path).unwrap().read_to_end(&mut content).unwrap();
+            content
+        };
+        assert_eq!(read("EFI/BOOT/BOOTX64.EFI"), b"MZ-shim");
+        assert_eq!(read("EFI/BOOT/ipxe.efi"), b"MZ-ipxe");
+        assert_eq!(read("EFI/BOOT/autoexec.ipxe"), b"#!ipxe\n");
+        assert_eq!(esp_layout(b"MZ-ipxe", None, b"s")[0], ("EFI/BOOT/BOOTX64.EFI", &b"MZ-ipxe"[..]));
     }
 
     #[test]
