@@ -47,6 +47,55 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A CA made with rcgen for chain tests (roots with any path length, intermediates that are or
+/// are not CAs, expired ones).
+pub struct ChainCa {
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+fn chain_params(cn: &str, validity: (time::OffsetDateTime, time::OffsetDateTime)) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    (params.not_before, params.not_after) = validity;
+    params
+}
+
+/// A self-signed root; `path_len` limits the intermediates below it (`None`: unlimited).
+pub fn chain_root(cn: &str, path_len: Option<u8>) -> ChainCa {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = chain_params(cn, validity_days(30));
+    params.is_ca = rcgen::IsCa::Ca(match path_len {
+        Some(n) => rcgen::BasicConstraints::Constrained(n),
+        None => rcgen::BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    ChainCa { cert: params.self_signed(&key).unwrap(), key }
+}
+
+/// An intermediate issued by `issuer`; `is_ca: false` makes one that must not issue anything.
+pub fn chain_intermediate(issuer: &ChainCa, cn: &str, is_ca: bool, validity: (time::OffsetDateTime, time::OffsetDateTime)) -> ChainCa {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = chain_params(cn, validity);
+    if is_ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    } else {
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    }
+    ChainCa { cert: params.signed_by(&key, &issuer.cert, &issuer.key).unwrap(), key }
+}
+
+/// A gateway (clientAuth) certificate issued by `issuer`.
+pub fn chain_leaf(issuer: &ChainCa, cn: &str) -> Issued {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = chain_params(cn, validity_days(10));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+    Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() }
+}
+
 /// What [`seed_gateway`] wrote, for assertions.
 pub struct Seeded {
     pub fingerprint: Fingerprint,

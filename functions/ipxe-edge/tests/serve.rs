@@ -313,3 +313,33 @@ async fn malformed_request_lines_get_400_and_a_log_line() {
         assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "log line is not JSON: {line}");
     }
 }
+
+/// A gateway whose certificate comes from an intermediate CA boots when it sends the
+/// intermediate: the TLS verifier and the handler see the same chain.
+#[tokio::test]
+async fn gateways_sending_an_intermediate_boot() {
+    let data = temp_dir("serve-chain");
+    drop(ServeProcess::start(BIN, &data, &[]).expect("first start bootstraps"));
+    let root = chain_root("farm root", None);
+    let site_ca = chain_intermediate(&root, "farm site CA", true, validity_days(10));
+    let leaf = chain_leaf(&site_ca, "gw-chain");
+    let root_file = data.join("farm-root.pem");
+    std::fs::write(&root_file, root.cert.pem()).unwrap();
+    let chain_file = data.join("gw-chain.pem");
+    std::fs::write(&chain_file, format!("{}{}", leaf.cert_pem, site_ca.cert.pem())).unwrap();
+    for args in [vec!["ca", "trust", root_file.to_str().unwrap()], vec!["gateway", "import", "gw-chain", "--cert", chain_file.to_str().unwrap()]] {
+        let out = std::process::Command::new(BIN).arg("--data").arg(&data).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let ca = read(&data.join("pki/ca.crt"));
+    let with_intermediate = https_client(&ca, Some(format!("{}{}{}", leaf.cert_pem, site_ca.cert.pem(), leaf.key_pem).as_bytes()));
+    let (status, script) = boot(&with_intermediate, &serve.boot_url()).await;
+    assert_eq!(status, 200, "{script}\n{}", serve.logs());
+    assert!(script.starts_with("#!ipxe"));
+    // Without the intermediate the chain does not verify: refused in the handshake.
+    let leaf_only = https_client(&ca, Some(format!("{}{}", leaf.cert_pem, leaf.key_pem).as_bytes()));
+    if let Ok(response) = leaf_only.get(serve.boot_url()).send().await {
+        assert_eq!(response.status(), 403);
+    }
+}

@@ -187,8 +187,10 @@ impl ChainVerifier {
 
         self.check_validity(&leaf, now)?;
         let mut current = &leaf;
+        // Intermediate CAs between the leaf and the issuer being looked for, for path lengths.
+        let mut below = 0u32;
         for _depth in 0..=MAX_CHAIN_DEPTH {
-            if anchors.iter().any(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok()) {
+            if anchors.iter().any(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok() && path_len_allows(anchor, below)) {
                 return Ok(ClientIdentity {
                     fingerprint: Fingerprint::of_der(leaf_der),
                     subject: leaf.subject().to_string(),
@@ -196,9 +198,14 @@ impl ChainVerifier {
                     not_after: leaf.validity().not_after.timestamp(),
                 });
             }
-            let next = intermediates.iter().find(|candidate| is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok());
+            let next = intermediates.iter().find(|candidate| {
+                is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok() && path_len_allows(candidate, below)
+            });
             match next {
-                Some(intermediate) if !std::ptr::eq(intermediate, current) => current = intermediate,
+                Some(intermediate) if !std::ptr::eq(intermediate, current) => {
+                    current = intermediate;
+                    below += 1;
+                }
                 _ => return Err(IdentityError::Untrusted),
             }
         }
@@ -229,6 +236,14 @@ fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
 /// Whether `issuer` issued `cert`: names match and the signature verifies with its key.
 fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     cert.issuer().as_raw() == issuer.subject().as_raw() && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Whether a CA's path length constraint lets `below` intermediate CAs sit under it.
+fn path_len_allows(ca: &X509Certificate<'_>, below: u32) -> bool {
+    match ca.basic_constraints() {
+        Ok(Some(bc)) => bc.value.path_len_constraint.is_none_or(|max| below <= max),
+        _ => true,
+    }
 }
 
 /// Intermediates must say they are CAs; a v1 certificate cannot, so it can only be a leaf or an

@@ -267,6 +267,63 @@ mod tests {
         assert!(matches!(render("#!ipxe\nkernel k a=\"b\n", &Vars::new()), Err(RenderError::UnsafeScript { line: 2, .. })));
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Line shapes a template may have, with two gateway variables in them.
+        const LINES: &[&str] = &[
+            "kernel k console=ttyS0 ${a}${b} chain http://evil.example/",
+            "kernel k a=\"${a}\" ${b} b2c.extra_args_url=\"https://s/secrets/T\"",
+            "chain https://h/boot.ipxe?x=${a}&y=${b} || goto retry",
+            "echo ${a} ${b}",
+            "set v ${a}",
+            "initrd ${b}",
+        ];
+
+        fn words(line: &str) -> Vec<&str> {
+            line.split(' ').collect()
+        }
+
+        fn special(word: &str) -> bool {
+            word == "&&" || word == "||" || word.starts_with('#')
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            /// Whatever the values, an answered script has the template's shape: the same
+            /// number of words on each line, the same chaining and comment words, balanced
+            /// quotes, no control character.
+            #[test]
+            fn no_values_change_the_shape_of_the_script(
+                a in "[ -~\t\n]{0,10}",
+                b in "[ -~]{0,10}",
+                picks in proptest::collection::vec(0..LINES.len(), 1..5),
+            ) {
+                let lines: Vec<&str> = picks.iter().map(|i| LINES[*i]).collect();
+                let template = format!("#!ipxe\n{}\n", lines.join("\n"));
+                let mut vars = Vars::new();
+                let set = vars.set("a", a.as_str()).and_then(|_| vars.set("b", b.as_str()));
+                if set.is_err() {
+                    return Ok(());
+                }
+                if let Ok(out) = render(&template, &vars) {
+                    let out_lines: Vec<&str> = out.lines().skip(1).collect();
+                    prop_assert_eq!(out_lines.len(), lines.len());
+                    for (rendered, shape) in out_lines.iter().zip(&lines) {
+                        let shape = shape.replace("${a}", "X").replace("${b}", "X");
+                        prop_assert!(!rendered.chars().any(|c| c.is_control()));
+                        prop_assert_eq!(rendered.matches('"').count() % 2, 0);
+                        prop_assert_eq!(words(rendered).len(), words(&shape).len(), "{} from {}", rendered, shape);
+                        let ours: Vec<&str> = words(rendered).into_iter().filter(|w| special(w)).collect();
+                        let theirs: Vec<&str> = words(&shape).into_iter().filter(|w| special(w)).collect();
+                        prop_assert_eq!(ours, theirs);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn template_written_chaining_is_the_operators_choice() {
         let mut v = Vars::new();

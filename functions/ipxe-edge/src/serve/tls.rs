@@ -143,3 +143,66 @@ impl ClientCertVerifier for GatewayCertVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipxe_edge_core::domain::identity::{TrustBundle, DEFAULT_CLOCK_SKEW};
+    use ipxe_edge_pki::validity_days;
+    use ipxe_edge_tests::{chain_intermediate, chain_leaf, chain_root, ChainCa};
+
+    fn verifiers(root: &ChainCa) -> (ChainVerifier, GatewayCertVerifier) {
+        let chain = ChainVerifier::new(TrustBundle::from_pem(root.cert.pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        (chain.clone(), GatewayCertVerifier::new(chain))
+    }
+
+    /// The TLS verifier of `serve` and the handler's verifier accept exactly the same chains.
+    #[test]
+    fn tls_and_handler_verifiers_agree() {
+        let now = ipxe_edge_core::domain::clock::unix_now();
+        let root = chain_root("agree root", None);
+        let strict_root = chain_root("agree strict root", Some(0));
+        let expired = (time::OffsetDateTime::now_utc() - time::Duration::days(30), time::OffsetDateTime::now_utc() - time::Duration::days(1));
+        let good_int = chain_intermediate(&root, "good intermediate", true, validity_days(10));
+        let not_ca = chain_intermediate(&root, "not a CA", false, validity_days(10));
+        let old_int = chain_intermediate(&root, "expired intermediate", true, expired);
+        let under_strict = chain_intermediate(&strict_root, "too deep", true, validity_days(10));
+
+        struct Case<'a> {
+            what: &'a str,
+            root: &'a ChainCa,
+            chain: Vec<Vec<u8>>,
+            accepted: bool,
+        }
+        let leaf_of = |ca: &ChainCa, cn: &str| chain_leaf(ca, cn).cert_der;
+        let cases = vec![
+            Case { what: "leaf alone", root: &root, chain: vec![leaf_of(&root, "alone")], accepted: true },
+            Case { what: "leaf + intermediate", root: &root, chain: vec![leaf_of(&good_int, "via int"), good_int.cert.der().to_vec()], accepted: true },
+            Case { what: "leaf without its intermediate", root: &root, chain: vec![leaf_of(&good_int, "no int")], accepted: false },
+            Case { what: "intermediate that is not a CA", root: &root, chain: vec![leaf_of(&not_ca, "bad int"), not_ca.cert.der().to_vec()], accepted: false },
+            Case { what: "expired intermediate", root: &root, chain: vec![leaf_of(&old_int, "old int"), old_int.cert.der().to_vec()], accepted: false },
+            Case {
+                what: "intermediate under a root with path length 0",
+                root: &strict_root,
+                chain: vec![leaf_of(&under_strict, "deep"), under_strict.cert.der().to_vec()],
+                accepted: false,
+            },
+        ];
+        for case in &cases {
+            let (chain, tls) = verifiers(case.root);
+            let handler = chain.verify_der_chain(&case.chain, now as i64).is_ok();
+            let ders: Vec<CertificateDer<'static>> = case.chain.iter().map(|d| CertificateDer::from(d.clone())).collect();
+            let handshake = tls.verify_client_cert(&ders[0], &ders[1..], UnixTime::since_unix_epoch(std::time::Duration::from_secs(now))).is_ok();
+            assert_eq!(handler, case.accepted, "{}: handler", case.what);
+            assert_eq!(handshake, case.accepted, "{}: TLS", case.what);
+        }
+        // A v1 leaf (no extensions) from an openssl-made chain: accepted by both.
+        let v1_ca = ipxe_edge_pki::CertificateAuthority::generate("v1 farm", 10).unwrap();
+        let legacy = ipxe_edge_pki::issue_v1_client_with_openssl(&v1_ca, "legacy-gw", 10).unwrap();
+        let chain = ChainVerifier::new(TrustBundle::from_pem(v1_ca.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        let tls = GatewayCertVerifier::new(chain.clone());
+        assert!(chain.verify_der_chain(std::slice::from_ref(&legacy.cert_der), now as i64).is_ok());
+        let der = CertificateDer::from(legacy.cert_der.clone());
+        assert!(tls.verify_client_cert(&der, &[], UnixTime::since_unix_epoch(std::time::Duration::from_secs(now))).is_ok());
+    }
+}
