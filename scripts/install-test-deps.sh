@@ -4,6 +4,7 @@
 #   - moto[server] (DynamoDB-compatible server with conditional writes and TTL)
 #   - cargo-lambda + ziglang (Lambda packaging)
 #   - cfn-lint + checkov (template linters)
+#   - cargo-deny (licences, bans, sources) and cargo-fuzz (fuzz targets, nightly)
 # Everything lands under $IPXE_EDGE_TOOLS (default ~/.cache/ipxe-edge-tools) and is
 # reused on the next run when the pinned version is already there.
 set -euo pipefail
@@ -15,6 +16,8 @@ CARGO_LAMBDA_VERSION=1.9.2
 ZIGLANG_VERSION=0.13.0.post1
 CFN_LINT_VERSION=1.58.0
 CHECKOV_VERSION=3.3.30
+CARGO_DENY_VERSION=0.20.2
+CARGO_FUZZ_VERSION=0.13.2
 
 mkdir -p "$TOOLS"
 
@@ -23,6 +26,16 @@ if [ ! -x "$TOOLS/bin/s3s-fs" ] || [ "$(cat "$TOOLS/.s3s-fs-version" 2>/dev/null
   cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$TOOLS" --quiet
   echo "$S3S_FS_VERSION" > "$TOOLS/.s3s-fs-version"
 fi
+
+for tool in cargo-deny cargo-fuzz; do
+  version_var="$(echo "$tool" | tr 'a-z-' 'A-Z_')_VERSION"
+  version="${!version_var}"
+  if [ ! -x "$TOOLS/bin/$tool" ] || [ "$(cat "$TOOLS/.$tool-version" 2>/dev/null)" != "$version" ]; then
+    echo "installing $tool $version"
+    cargo install "$tool@$version" --locked --root "$TOOLS" --quiet
+    echo "$version" > "$TOOLS/.$tool-version"
+  fi
+done
 
 want_py="moto[server]==$MOTO_VERSION cargo-lambda==$CARGO_LAMBDA_VERSION ziglang==$ZIGLANG_VERSION"
 if [ ! -x "$TOOLS/venv/bin/python" ]; then

@@ -2,14 +2,10 @@
 //! commands manage certificates, gateways, releases and channels in the embedded store
 //! (`--data DIR`) or a real bucket (`--bucket NAME`). This file only parses and dispatches.
 
-mod commands;
-mod datadir;
-mod embedded;
-mod serve;
-
 use clap::{Parser, Subcommand};
-use commands::context::StoreArgs;
-use commands::{ca, channel, gateway, image, import, preview, release, CliError, Context};
+use ipxe_edge::commands::context::StoreArgs;
+use ipxe_edge::commands::{ca, channel, gateway, image, import, preview, release, CliError, Context};
+use ipxe_edge::serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -255,6 +255,13 @@ fn lambda_request(
     Ok(request)
 }
 
+/// The request the handlers would see for these request parts, from an anonymous peer:
+/// the entry point of the `serve_front` fuzz target.
+pub fn request_for_fuzzing(parts: &hyper::http::request::Parts, body: Bytes) -> Result<lambda_http::Request, &'static str> {
+    let conn = Connection { peer: SocketAddr::from(([127, 0, 0, 1], 1)), client: None, authentication: None };
+    lambda_request(parts, body, &conn, "fuzz.invalid", 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! are named.
 
 mod bootstrap;
-mod front;
+pub mod front;
 pub mod listener;
 pub mod tls;
 
