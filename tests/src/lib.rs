@@ -1,6 +1,8 @@
 //! Shared support for the test suites: certificates made at test time, event fixtures, a
 //! seeded bucket, and the endpoints of the protocol servers `scripts/test-servers.sh` starts.
 
+pub mod fault;
+
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::model::{ArchAssets, Asset, Channel, GatewayRecord, ReleaseManifest};
 use ipxe_edge_core::storage::keys;
@@ -182,15 +184,11 @@ pub fn dynamodb_env(test: &str) -> Option<ServerEnv> {
     server_env("IPXE_EDGE_TEST_DYNAMODB_ENDPOINT", test)
 }
 
-/// SDK configuration for a test server: its endpoint and credentials.
+/// SDK configuration for a test server (its endpoint and credentials), with the timeouts the
+/// functions use when serving requests.
 pub async fn sdk_config(env: &ServerEnv) -> aws_config::SdkConfig {
-    let creds = aws_sdk_s3::config::Credentials::new(&env.access_key, &env.secret_key, None, None, "ipxe-edge-tests");
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(creds)
-        .endpoint_url(&env.endpoint)
-        .load()
-        .await
+    use ipxe_edge_core::lambda::init::{static_sdk_config, Timeouts};
+    static_sdk_config(&env.endpoint, &env.access_key, &env.secret_key, Timeouts::Request)
 }
 
 pub async fn s3_client(env: &ServerEnv) -> aws_sdk_s3::Client {

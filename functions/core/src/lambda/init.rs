@@ -65,10 +65,35 @@ pub async fn fail(function: &str, error: InitError) -> ! {
     std::process::exit(1)
 }
 
+/// How long a call to AWS may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeouts {
+    /// Serving a request: fail fast enough to answer `503` well inside the function's 10 s
+    /// (connect 2 s, one attempt 3 s, all retries 8 s), never hang on a stalled connection.
+    Request,
+    /// Operator commands: uploads of large assets may take minutes; only connecting is bounded.
+    Operator,
+}
+
+impl Timeouts {
+    pub fn config(self) -> aws_config::timeout::TimeoutConfig {
+        use std::time::Duration;
+        let builder = aws_config::timeout::TimeoutConfig::builder();
+        match self {
+            Timeouts::Request => builder
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(8))
+                .build(),
+            Timeouts::Operator => builder.connect_timeout(Duration::from_secs(10)).build(),
+        }
+    }
+}
+
 /// The shared SDK configuration: standard AWS environment (credentials, region,
 /// `AWS_ENDPOINT_URL_*`), optionally with an explicit endpoint for S3-compatible servers.
-pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+pub async fn sdk_config(endpoint: Option<&str>, timeouts: Timeouts) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts.config());
     if let Some(url) = endpoint {
         loader = loader.endpoint_url(url);
     }
@@ -76,9 +101,10 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
 }
 
 /// An SDK configuration with fixed credentials and endpoint (the embedded S3 endpoint, tests).
-pub fn static_sdk_config(endpoint: &str, access_key: &str, secret_key: &str) -> SdkConfig {
+pub fn static_sdk_config(endpoint: &str, access_key: &str, secret_key: &str, timeouts: Timeouts) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .timeout_config(timeouts.config())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(aws_sdk_s3::config::Credentials::new(
             access_key,
@@ -126,7 +152,7 @@ pub async fn load_trust_bundle(records: &Records, key: &str) -> Result<TrustBund
 
 /// The boot function's application, from its settings.
 pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
-    let sdk = sdk_config(None).await;
+    let sdk = sdk_config(None, Timeouts::Request).await;
     let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
     let records = Records::new(s3.clone());
     // Reading the bundle also opens the S3 connection the first request will reuse.
@@ -147,7 +173,7 @@ pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
 
 /// The redeem function's application, from its settings.
 pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
-    let sdk = sdk_config(None).await;
+    let sdk = sdk_config(None, Timeouts::Request).await;
     let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
     let ledger = Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()));
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));

@@ -5,7 +5,7 @@ use crate::datadir::{DataDir, DataDirError, EMBEDDED_BUCKET};
 use crate::embedded::fs_store::FsStore;
 use ipxe_edge_core::domain::identity::IdentityError;
 use ipxe_edge_core::domain::model::GatewayRecord;
-use ipxe_edge_core::lambda::init::{s3_client, sdk_config};
+use ipxe_edge_core::lambda::init::{s3_client, sdk_config, Timeouts};
 use ipxe_edge_core::service::boot::BootError;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::{RecordError, Records};
@@ -93,7 +93,7 @@ impl Context {
         let (backend, store): (Backend, Arc<dyn ObjectStore>) = match &store.bucket {
             None => (Backend::Embedded, Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)?)),
             Some(bucket) => {
-                let config = sdk_config(None).await;
+                let config = sdk_config(None, Timeouts::Operator).await;
                 let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
                 let path_style = custom_endpoint || matches!(std::env::var("S3_FORCE_PATH_STYLE").as_deref(), Ok("1") | Ok("true"));
                 let s3 = S3Store::new(s3_client(&config, path_style), bucket.clone());

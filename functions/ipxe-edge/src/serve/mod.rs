@@ -16,7 +16,7 @@ use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError};
+use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError, Timeouts};
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
@@ -134,11 +134,12 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
             let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
-            let presigner = Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key), true), EMBEDDED_BUCKET));
+            let presigner =
+                Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key, Timeouts::Request), true), EMBEDDED_BUCKET));
             (store, presigner)
         }
         Some(bucket) => {
-            let config = sdk_config(args.s3_endpoint.as_deref()).await;
+            let config = sdk_config(args.s3_endpoint.as_deref(), Timeouts::Request).await;
             let store = Arc::new(S3Store::new(s3_client(&config, args.s3_endpoint.is_some()), bucket.clone()));
             (store.clone(), store)
         }
@@ -151,7 +152,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             Arc::new(ledger)
         }
         Some(table) => {
-            let config = sdk_config(args.dynamodb_endpoint.as_deref()).await;
+            let config = sdk_config(args.dynamodb_endpoint.as_deref(), Timeouts::Request).await;
             Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table.clone()))
         }
     };

@@ -1,0 +1,178 @@
+//! A fault-injecting HTTP proxy between the code under test and a real test server (s3s-fs,
+//! moto). Per request it can pass, refuse (close the connection unanswered), reset in the
+//! middle of the response, delay past the client's timeout, or answer an error status itself.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection without an answer.
+    Refuse,
+    /// Forward the request, then cut the response after its first bytes.
+    Reset,
+    /// Wait this long before forwarding.
+    Delay(Duration),
+    /// Answer this status with an error body in the service's format (`SlowDown` for 503).
+    Status(u16),
+}
+
+#[derive(Default)]
+struct Plan {
+    /// Requests let through before any fault applies.
+    pass: usize,
+    next: VecDeque<Fault>,
+    always: Option<Fault>,
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT`, to give the client instead of the server's endpoint.
+    pub endpoint: String,
+    plan: Arc<Mutex<Plan>>,
+    forwarded: Arc<AtomicUsize>,
+    faulted: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let plan = Arc::new(Mutex::new(Plan::default()));
+        let (forwarded, faulted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let upstream: Arc<str> = Arc::from(upstream.trim_end_matches('/'));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let (p, fw, fl) = (plan.clone(), forwarded.clone(), faulted.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (plan, forwarded, faulted, upstream, client) = (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let fault = {
+                            let mut plan = plan.lock().unwrap();
+                            if plan.pass > 0 {
+                                plan.pass -= 1;
+                                None
+                            } else {
+                                plan.next.pop_front().or(plan.always)
+                            }
+                        };
+                        if fault.is_some() {
+                            faulted.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            forwarded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        proxy(req, fault, upstream.clone(), client.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        FaultProxy { endpoint, plan, forwarded, faulted }
+    }
+
+    /// The next requests meet these faults, in order; later ones pass.
+    pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.plan.lock().unwrap().next.extend(faults);
+    }
+
+    /// Every request meets `fault` until [`FaultProxy::clear`].
+    pub fn fail_always(&self, fault: Fault) {
+        self.plan.lock().unwrap().always = Some(fault);
+    }
+
+    /// The first `n` requests pass, every later one meets `fault` until [`FaultProxy::clear`].
+    pub fn fail_after(&self, n: usize, fault: Fault) {
+        let mut plan = self.plan.lock().unwrap();
+        plan.pass = n;
+        plan.always = Some(fault);
+    }
+
+    pub fn clear(&self) {
+        let mut plan = self.plan.lock().unwrap();
+        plan.pass = 0;
+        plan.next.clear();
+        plan.always = None;
+    }
+
+    /// How many requests met a fault.
+    pub fn faulted(&self) -> usize {
+        self.faulted.load(Ordering::SeqCst)
+    }
+
+    /// How many requests went through untouched.
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.load(Ordering::SeqCst)
+    }
+}
+
+fn error_body(req_is_dynamodb: bool, status: u16) -> (String, &'static str) {
+    if req_is_dynamodb {
+        let kind = if status == 503 { "ThrottlingException" } else { "InternalServerError" };
+        (format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{kind}","message":"injected fault"}}"#), "application/x-amz-json-1.0")
+    } else {
+        let code = if status == 503 { "SlowDown" } else { "InternalError" };
+        (format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected fault</Message></Error>"), "application/xml")
+    }
+}
+
+async fn proxy(
+    req: Request<Incoming>,
+    fault: Option<Fault>,
+    upstream: Arc<str>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+) -> Result<Response<BoxBody>, std::io::Error> {
+    let is_dynamodb = req.headers().contains_key("x-amz-target");
+    match fault {
+        Some(Fault::Refuse) => return Err(std::io::Error::other("injected: connection closed unanswered")),
+        Some(Fault::Status(status)) => {
+            let (body, content_type) = error_body(is_dynamodb, status);
+            let response =
+                Response::builder().status(status).header("content-type", content_type).body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+            return Ok(response.unwrap());
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut forward = Request::builder().method(parts.method.clone()).uri(format!("{upstream}{path}"));
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let response = client.request(forward.body(Full::new(body)).unwrap()).await.map_err(std::io::Error::other)?;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    if fault == Some(Fault::Reset) {
+        // Promise the whole body, send a little of it, then fail: the connection is cut.
+        let head = bytes.slice(..bytes.len().min(8));
+        let frames = futures_stream(vec![Ok(Frame::data(head)), Err(std::io::Error::other("injected: reset mid-response"))]);
+        let mut response = Response::from_parts(parts, StreamBody::new(frames).boxed());
+        response.headers_mut().insert("content-length", bytes.len().max(16).into());
+        return Ok(response);
+    }
+    Ok(Response::from_parts(parts, Full::new(bytes).map_err(|e| match e {}).boxed()))
+}
+
+/// A stream of ready frames.
+fn futures_stream(items: Vec<Result<Frame<Bytes>, std::io::Error>>) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync {
+    struct Ready(VecDeque<Result<Frame<Bytes>, std::io::Error>>);
+    impl futures_core::Stream for Ready {
+        type Item = Result<Frame<Bytes>, std::io::Error>;
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+    }
+    Ready(items.into())
+}
