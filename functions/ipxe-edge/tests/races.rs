@@ -1,0 +1,83 @@
+//! Races at scale: many trials of 32 concurrent redemptions of one token, against the file
+//! ledger of `serve` and against moto's DynamoDB: exactly one `200` per token, every time.
+//! `IPXE_EDGE_RACE_TRIALS` sets the trial count (the CI run uses a small one; the README's
+//! figure comes from 10,000).
+
+use ipxe_edge::embedded::file_ledger::FileLedger;
+use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
+use ipxe_edge_core::lambda::metrics::NoMetrics;
+use ipxe_edge_core::service::redeem::RedeemService;
+use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
+use ipxe_edge_core::storage::adapters::memory::MemoryStore;
+use ipxe_edge_core::storage::keys;
+use ipxe_edge_core::storage::records::Records;
+use ipxe_edge_core::storage::TokenLedger;
+use ipxe_edge_tests::*;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+const RACERS: usize = 32;
+
+fn trials(default: usize) -> usize {
+    std::env::var("IPXE_EDGE_RACE_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs `trials` tokens, each redeemed by 32 concurrent requests; returns the number of 200s
+/// per token that was not exactly one, and prints the totals.
+async fn race(name: &str, ledger: Arc<dyn TokenLedger>, trials: usize) -> usize {
+    let fp = Fingerprint::of_der(name.as_bytes());
+    let store = Arc::new(MemoryStore::new());
+    store.insert(&keys::secrets(&fp), b"s=1".to_vec());
+    let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
+    let app = Arc::new(RedeemApp { service: RedeemService::new(Records::new(store), ledger, keyring.clone()), metrics: Arc::new(NoMetrics) });
+    let now = ipxe_edge_core::domain::clock::unix_now();
+    let started = Instant::now();
+    let (mut wrong, mut ok_total, mut gone_total) = (0, 0, 0);
+    for _ in 0..trials {
+        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 600);
+        let racers: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let (app, token) = (app.clone(), token.clone());
+                tokio::spawn(async move {
+                    let event = request("function-url-redeem.json", &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))]);
+                    redeem_handler(&app, event).await.status().as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(RACERS);
+        for r in racers {
+            statuses.push(r.await.unwrap());
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let gone = statuses.iter().filter(|s| **s == 410).count();
+        ok_total += ok;
+        gone_total += gone;
+        if ok != 1 || gone != RACERS - 1 {
+            wrong += 1;
+        }
+    }
+    println!(
+        "races: {name}: {trials} tokens x {RACERS} concurrent redemptions in {:.1} s: {ok_total} x 200, {gone_total} x 410, {wrong} tokens without exactly one 200",
+        started.elapsed().as_secs_f64()
+    );
+    wrong
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_ledger_gives_exactly_one_secret_per_token() {
+    let dir = temp_dir("races-ledger");
+    let ledger = Arc::new(FileLedger::open(&dir).unwrap());
+    assert_eq!(race("file ledger", ledger, trials(200)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_ledger_gives_exactly_one_secret_per_token() {
+    let Some(env) = dynamodb_env("dynamodb_ledger_gives_exactly_one_secret_per_token") else { return };
+    let client = dynamodb_client(&env).await;
+    let table = unique_name("races");
+    create_ledger_table(&client, &table).await;
+    assert_eq!(race("moto DynamoDB", Arc::new(DynamoLedger::new(client, table)), trials(20)).await, 0);
+}
