@@ -45,6 +45,18 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, false).await
+    }
+
+    /// A proxy that forwards one request at a time. moto's conditional writes are not atomic
+    /// under concurrent requests (two racing `attribute_not_exists` puts can both succeed,
+    /// measured with boto3 alone); DynamoDB serializes writes to an item, and so does this.
+    pub async fn start_serialized(upstream: &str) -> Self {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: &str, serialized: bool) -> Self {
+        let one_at_a_time = serialized.then(|| Arc::new(tokio::sync::Mutex::new(())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let plan = Arc::new(Mutex::new(Plan::default()));
@@ -56,6 +68,7 @@ impl FaultProxy {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (plan, forwarded, faulted, upstream, client) = (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone());
+                let one_at_a_time = one_at_a_time.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let fault = {
@@ -72,7 +85,14 @@ impl FaultProxy {
                         } else {
                             forwarded.fetch_add(1, Ordering::SeqCst);
                         }
-                        proxy(req, fault, upstream.clone(), client.clone())
+                        let (upstream, client, one_at_a_time) = (upstream.clone(), client.clone(), one_at_a_time.clone());
+                        async move {
+                            let _turn = match &one_at_a_time {
+                                Some(lock) => Some(lock.clone().lock_owned().await),
+                                None => None,
+                            };
+                            proxy(req, fault, upstream, client).await
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });

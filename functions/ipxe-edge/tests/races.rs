@@ -1,5 +1,7 @@
 //! Races at scale: many trials of 32 concurrent redemptions of one token, against the file
 //! ledger of `serve` and against moto's DynamoDB: exactly one `200` per token, every time.
+//! (moto's own conditional puts are not atomic under concurrency, so its requests go through a
+//! proxy that forwards one at a time, as DynamoDB orders the writes to one item.)
 //! `IPXE_EDGE_RACE_TRIALS` sets the trial count (the CI run uses a small one; the README's
 //! figure comes from 10,000).
 
@@ -76,6 +78,10 @@ async fn file_ledger_gives_exactly_one_secret_per_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dynamodb_ledger_gives_exactly_one_secret_per_token() {
     let Some(env) = dynamodb_env("dynamodb_ledger_gives_exactly_one_secret_per_token") else { return };
+    // Our 32 requests race; moto sees them one at a time, as DynamoDB orders writes to one item
+    // (moto itself lets two racing conditional puts both win: see FaultProxy::start_serialized).
+    let proxy = ipxe_edge_tests::fault::FaultProxy::start_serialized(&env.endpoint).await;
+    let env = ServerEnv { endpoint: proxy.endpoint.clone(), ..env };
     let client = dynamodb_client(&env).await;
     let table = unique_name("races");
     create_ledger_table(&client, &table).await;
