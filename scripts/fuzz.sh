@@ -32,7 +32,8 @@ for t in "${selected[@]}"; do
   log=$(mktemp)
   if ! cargo +nightly fuzz run --sanitizer none --target-dir "$FUZZ_TARGET_DIR" "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
+    grep -E "panicked|Failing input|crash-|ERROR" "$log" >&2 || true
+    tail -n 20 "$log" >&2
     echo "fuzz: $t crashed; the input is in fuzz/artifacts/$t/" >&2
     rm -f "$log"
     exit 1

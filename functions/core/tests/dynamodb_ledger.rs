@@ -68,7 +68,7 @@ async fn thirty_two_concurrent_redemptions_give_exactly_one_secret() {
         metrics: Arc::new(NoMetrics),
     });
     let expires_at = now() + 120;
-    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), expires_at);
+    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), expires_at).unwrap();
 
     let tasks: Vec<_> = (0..32)
         .map(|_| {
@@ -108,7 +108,7 @@ async fn failed_secret_read_leaves_the_token_redeemable() {
     // Same bucket, but credentials the server refuses: every read fails.
     let bad_env = ServerEnv { endpoint: env.endpoint.clone(), access_key: env.access_key.clone(), secret_key: "wrong-secret".into() };
     let broken = Arc::new(S3Store::new(s3_client(&bad_env).await, good.bucket().to_string()));
-    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now() + 120);
+    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now() + 120).unwrap();
 
     let failing = RedeemApp { service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()), metrics: Arc::new(NoMetrics) };
     let response = redeem_handler(&failing, redeem_request(&token)).await;

@@ -296,14 +296,14 @@ async fn malformed_forged_and_expired_tokens() {
     assert_eq!(redeem_handler(&h.redeem, redeem_request("/secrets/", "GET")).await.status(), 404);
 
     let other = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-    let (_, forged) = other.mint(&h.fp, &keys::secrets(&h.fp), u64::MAX);
+    let (_, forged) = other.mint(&h.fp, &keys::secrets(&h.fp), u64::MAX).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{forged}"), "GET")).await.status(), 403);
 
     // Signed by us but for another object than the gateway's secrets.
-    let (_, wrong_key) = h.keyring.mint(&h.fp, "releases/r1/manifest.json", u64::MAX);
+    let (_, wrong_key) = h.keyring.mint(&h.fp, "releases/r1/manifest.json", u64::MAX).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{wrong_key}"), "GET")).await.status(), 403);
 
-    let (id, expired) = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), 1);
+    let (id, expired) = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), 1).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{expired}"), "GET")).await.status(), 410);
     assert!(!h.ledger.is_used(&id.to_string()), "a refused token is not recorded");
 }

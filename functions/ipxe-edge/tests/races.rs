@@ -39,7 +39,7 @@ async fn race(name: &str, ledger: Arc<dyn TokenLedger>, trials: usize) -> usize 
     let started = Instant::now();
     let (mut wrong, mut ok_total, mut gone_total) = (0, 0, 0);
     for _ in 0..trials {
-        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 600);
+        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 600).unwrap();
         let racers: Vec<_> = (0..RACERS)
             .map(|_| {
                 let (app, token) = (app.clone(), token.clone());

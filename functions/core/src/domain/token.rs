@@ -21,6 +21,15 @@ const MAC_LEN: usize = 32;
 pub const MAX_TOKEN_CHARS: usize = 1024;
 /// Shortest acceptable key (bytes); HMAC-SHA256 keys shorter than the hash weaken it.
 pub const MIN_KEY_BYTES: usize = 32;
+/// Longest secrets object key a token carries (ours are 81 bytes), so that every token we mint
+/// stays within [`MAX_TOKEN_CHARS`] and verifies.
+pub const MAX_SECRETS_KEY_BYTES: usize = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MintError {
+    #[error("secrets key of {0} bytes is longer than {MAX_SECRETS_KEY_BYTES}")]
+    KeyTooLong(usize),
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -136,7 +145,10 @@ impl Keyring {
     }
 
     /// Mints a token for one read of `secrets_key`, valid until `expires_at`.
-    pub fn mint(&self, fingerprint: &Fingerprint, secrets_key: &str, expires_at: u64) -> (TokenId, String) {
+    pub fn mint(&self, fingerprint: &Fingerprint, secrets_key: &str, expires_at: u64) -> Result<(TokenId, String), MintError> {
+        if secrets_key.len() > MAX_SECRETS_KEY_BYTES {
+            return Err(MintError::KeyTooLong(secrets_key.len()));
+        }
         let id = TokenId::random();
         let key = &self.keys[0];
         let mut payload = Vec::with_capacity(64 + key.id.len() + secrets_key.len());
@@ -146,12 +158,11 @@ impl Keyring {
         payload.extend_from_slice(&id.0);
         payload.extend_from_slice(&expires_at.to_be_bytes());
         payload.extend_from_slice(&fingerprint.to_bytes());
-        let secrets_key = &secrets_key.as_bytes()[..secrets_key.len().min(u16::MAX as usize)];
         payload.extend_from_slice(&(secrets_key.len() as u16).to_be_bytes());
-        payload.extend_from_slice(secrets_key);
+        payload.extend_from_slice(secrets_key.as_bytes());
         let mac = mac_of(&key.secret, &payload);
         payload.extend_from_slice(&mac);
-        (id, URL_SAFE_NO_PAD.encode(payload))
+        Ok((id, URL_SAFE_NO_PAD.encode(payload)))
     }
 
     /// Checks syntax, key id, MAC (in constant time) and expiry, in that order.
@@ -214,6 +225,16 @@ fn parse_payload(payload: &[u8]) -> Option<TokenClaims> {
 mod tests {
     use super::*;
 
+    /// Found by the `token` fuzz target: a long secrets key made a token that did not verify.
+    #[test]
+    fn every_token_minted_verifies_and_long_keys_are_refused() {
+        let k = Keyring::parse(&Keyring::generate_entry("abcdefghijklmnop")).unwrap();
+        let longest = "é".repeat(MAX_SECRETS_KEY_BYTES / 2);
+        let (_, token) = k.mint(&fp(), &longest, 1_000).unwrap();
+        assert_eq!(k.verify(&token, 10).unwrap().secrets_key, longest);
+        assert_eq!(k.mint(&fp(), &"x".repeat(MAX_SECRETS_KEY_BYTES + 1), 1_000), Err(MintError::KeyTooLong(MAX_SECRETS_KEY_BYTES + 1)));
+    }
+
     fn fp() -> Fingerprint {
         Fingerprint::parse(&"ab".repeat(32)).unwrap()
     }
@@ -225,7 +246,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let k = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-        let (id, token) = k.mint(&fp(), "gateways/x/secrets", 1_000);
+        let (id, token) = k.mint(&fp(), "gateways/x/secrets", 1_000).unwrap();
         let claims = k.verify(&token, 999).unwrap();
         assert_eq!(claims.id, id);
         assert_eq!(claims.fingerprint, fp());
@@ -238,15 +259,15 @@ mod tests {
     #[test]
     fn ids_are_random() {
         let k = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-        let (a, _) = k.mint(&fp(), "s", 10);
-        let (b, _) = k.mint(&fp(), "s", 10);
+        let (a, _) = k.mint(&fp(), "s", 10).unwrap();
+        let (b, _) = k.mint(&fp(), "s", 10).unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
     fn expired_tokens_are_refused() {
         let k = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-        let (_, token) = k.mint(&fp(), "s", 1_000);
+        let (_, token) = k.mint(&fp(), "s", 1_000).unwrap();
         assert_eq!(k.verify(&token, 1_000), Err(TokenError::Expired));
         assert_eq!(k.verify(&token, 5_000), Err(TokenError::Expired));
     }
@@ -254,7 +275,7 @@ mod tests {
     #[test]
     fn tampering_any_byte_is_detected() {
         let k = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-        let (_, token) = k.mint(&fp(), "gateways/x/secrets", 1_000);
+        let (_, token) = k.mint(&fp(), "gateways/x/secrets", 1_000).unwrap();
         let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         for i in 0..raw.len() {
             let mut bad = raw.clone();
@@ -267,7 +288,7 @@ mod tests {
     #[test]
     fn tampering_each_field_is_forged() {
         let k = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-        let (_, token) = k.mint(&fp(), "gateways/x/secrets", 1_000);
+        let (_, token) = k.mint(&fp(), "gateways/x/secrets", 1_000).unwrap();
         let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         // Offsets: version 0, kid_len 1, kid 2..4, id 4..20, expiry 20..28, fp 28..60, key 62..
         for (field, offset) in [("id", 4), ("expiry", 27), ("fingerprint", 30), ("secrets key", 62), ("mac", raw.len() - 1)] {
@@ -281,7 +302,7 @@ mod tests {
     fn wrong_key_is_forged() {
         let a = ring(&[&Keyring::generate_entry("k1")]);
         let b = ring(&[&Keyring::generate_entry("k1")]);
-        let (_, token) = a.mint(&fp(), "s", 1_000);
+        let (_, token) = a.mint(&fp(), "s", 1_000).unwrap();
         assert_eq!(b.verify(&token, 10), Err(TokenError::Forged));
         let c = ring(&[&Keyring::generate_entry("other")]);
         assert_eq!(c.verify(&token, 10), Err(TokenError::Forged));
@@ -293,9 +314,9 @@ mod tests {
         let new = Keyring::generate_entry("new");
         let before = ring(&[&old]);
         let after = ring(&[&new, &old]);
-        let (_, old_token) = before.mint(&fp(), "s", 1_000);
+        let (_, old_token) = before.mint(&fp(), "s", 1_000).unwrap();
         assert!(after.verify(&old_token, 10).is_ok());
-        let (_, new_token) = after.mint(&fp(), "s", 1_000);
+        let (_, new_token) = after.mint(&fp(), "s", 1_000).unwrap();
         assert_eq!(after.verify(&new_token, 10).unwrap().key_id, "new");
         assert_eq!(before.verify(&new_token, 10), Err(TokenError::Forged));
     }
@@ -307,7 +328,7 @@ mod tests {
             assert_eq!(k.verify(bad, 10), Err(TokenError::Malformed), "{bad:?}");
         }
         // A valid token with bytes appended is no longer a token.
-        let (_, token) = k.mint(&fp(), "s", 1_000);
+        let (_, token) = k.mint(&fp(), "s", 1_000).unwrap();
         let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         raw.insert(raw.len() - MAC_LEN, 0);
         assert_eq!(k.verify(&URL_SAFE_NO_PAD.encode(&raw), 10), Err(TokenError::Malformed));

@@ -135,7 +135,7 @@ impl From<BootError> for Failure {
             BootError::Revoked(_) | BootError::Disabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not allowed to boot"),
             BootError::NoAssetsForArch { .. } => Failure::new(StatusCode::NOT_FOUND, e.to_string()),
             BootError::Record(r) => r.into(),
-            BootError::ChannelMissing { .. } | BootError::ReleaseMissing(_) | BootError::SecretsMissing(_) | BootError::Render(_) => {
+            BootError::ChannelMissing { .. } | BootError::ReleaseMissing(_) | BootError::SecretsMissing(_) | BootError::Render(_) | BootError::Mint(_) => {
                 Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "boot configuration error; see server logs")
             }
         }

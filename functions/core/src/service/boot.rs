@@ -4,7 +4,7 @@ use crate::domain::identity::{ClientIdentity, DEFAULT_CLOCK_SKEW};
 use crate::domain::model::{GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
 use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
-use crate::domain::token::{Keyring, TokenId};
+use crate::domain::token::{Keyring, MintError, TokenId};
 use crate::storage::keys;
 use crate::storage::records::{RecordError, Records};
 use crate::storage::{Presigner, StoreError};
@@ -71,6 +71,8 @@ pub enum BootError {
     SecretsMissing(String),
     #[error("boot script cannot be rendered: {0}")]
     Render(#[from] RenderError),
+    #[error("secrets token: {0}")]
+    Mint(#[from] MintError),
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -166,7 +168,7 @@ impl BootService {
         let mut token_id = None;
         if has_secrets {
             let expires_at = now + self.settings.token_ttl.as_secs();
-            let (id, token) = self.keyring.mint(fp, &secrets_key, expires_at);
+            let (id, token) = self.keyring.mint(fp, &secrets_key, expires_at)?;
             let url = format!("{}/secrets/{token}", self.settings.secrets_base_url.trim_end_matches('/'));
             vars.set_own("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
             vars.set_own("secrets_url", url)?;
