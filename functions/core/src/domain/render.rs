@@ -213,10 +213,10 @@ pub fn check_script(rendered: &Rendered) -> Result<(), RenderError> {
         let mut start = 0;
         for word in body.split(' ') {
             let word_origin = &origin[start..start + word.len()];
-            // A value shaped this word if it put bytes in it, or was put in at its start or
-            // inside it (an empty value can join template text into `&&` or `#…`).
+            // A value shaped this word if it put bytes in it, or was put in anywhere from its
+            // start to its end (an empty value can cut template text into `&&` or `#…`).
             let (from, to) = (line_start + start, line_start + start + word.len());
-            let from_values = word_origin.iter().any(|o| *o != Origin::Template) || rendered.substitutions.iter().any(|&at| at >= from && at < to);
+            let from_values = word_origin.iter().any(|o| *o != Origin::Template) || rendered.substitutions.iter().any(|&at| at >= from && at <= to);
             if from_values && (word == "&&" || word == "||") {
                 return bad("a value forms a command separator");
             }
@@ -281,6 +281,7 @@ mod tests {
         v.set("a", "").unwrap();
         assert!(matches!(render("#!ipxe\nkernel k ${a}#x console=ttyS0\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
         assert!(matches!(render("#!ipxe\nkernel k &${a}& chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
+        assert!(matches!(render("#!ipxe\nkernel k &&${a} chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
         assert!(render("#!ipxe\nkernel k x${a} #comment-by-template\n", &v).is_ok());
     }
 
@@ -343,8 +344,8 @@ mod tests {
                         prop_assert!(!rendered.chars().any(|c| c.is_control()));
                         prop_assert_eq!(rendered.matches('"').count() % 2, 0);
                         prop_assert_eq!(words(rendered).len(), words(&shape).len(), "{} from {}", rendered, shape);
-                        let ours: Vec<&str> = words(rendered).into_iter().filter(|w| special(w)).collect();
-                        let theirs: Vec<&str> = words(&shape).into_iter().filter(|w| special(w)).collect();
+                        let ours: Vec<bool> = words(rendered).into_iter().map(special).collect();
+                        let theirs: Vec<bool> = words(&shape).into_iter().map(special).collect();
                         prop_assert_eq!(ours, theirs);
                     }
                 }
