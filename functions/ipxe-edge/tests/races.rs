@@ -35,11 +35,11 @@ async fn race(name: &str, ledger: Arc<dyn TokenLedger>, trials: usize) -> usize 
     store.insert(&keys::secrets(&fp), b"s=1".to_vec());
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let app = Arc::new(RedeemApp { service: RedeemService::new(Records::new(store), ledger, keyring.clone()), metrics: Arc::new(NoMetrics) });
-    let now = ipxe_edge_core::domain::clock::unix_now();
     let started = Instant::now();
     let (mut wrong, mut ok_total, mut gone_total) = (0, 0, 0);
     for _ in 0..trials {
-        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 600).unwrap();
+        // Minted per trial: a long run must not outlive its tokens.
+        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
         let racers: Vec<_> = (0..RACERS)
             .map(|_| {
                 let (app, token) = (app.clone(), token.clone());
