@@ -144,8 +144,8 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, RenderError> {
     Ok(rendered.text)
 }
 
-/// A rendered script with the origin of each byte and the places where a value was put in
-/// (an empty value leaves no byte but still joins the template text around it).
+/// A rendered script with the origin of each byte and the places where a gateway's value was
+/// put in (an empty value leaves no byte but still joins the template text around it).
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub text: String,
@@ -172,7 +172,9 @@ pub fn render_with_origins(template: &str, vars: &Vars) -> Result<Rendered, Rend
                 let name = &after[..end];
                 match vars.get_with_origin(name) {
                     Some((value, origin)) => {
-                        substitutions.push(out.len());
+                        if origin == Origin::Gateway {
+                            substitutions.push(out.len());
+                        }
                         push(&mut out, value, origin)
                     }
                     None => push(&mut out, &rest[start..start + 2 + end + 1], Origin::Template),
@@ -223,7 +225,13 @@ pub fn check_script(rendered: &Rendered) -> Result<(), RenderError> {
             if from_values && word.starts_with('#') && !(index == 0 && word == "#!ipxe") {
                 return bad("a value forms a comment");
             }
-            if from_values && word.contains("${") {
+            // A `${` is a value's doing if either byte came from a value or a gateway value was
+            // put in between them.
+            let forms_reference = word.match_indices("${").any(|(i, _)| {
+                let at = from + i;
+                origin[start + i] != Origin::Template || origin[start + i + 1] != Origin::Template || rendered.substitutions.contains(&(at + 1))
+            });
+            if forms_reference {
                 return bad("a value forms a setting reference");
             }
             start += word.len();
@@ -283,6 +291,9 @@ mod tests {
         assert!(matches!(render("#!ipxe\nkernel k &${a}& chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
         assert!(matches!(render("#!ipxe\nkernel k &&${a} chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
         assert!(render("#!ipxe\nkernel k x${a} #comment-by-template\n", &v).is_ok());
+        // Template-written iPXE references next to a value stay allowed; a value cannot split one.
+        assert!(render("#!ipxe\nkernel k mac=${netX/mac}${a}\n", &v).is_ok());
+        assert!(matches!(render("#!ipxe\nkernel k $${a}{netX/mac}\n", &v), Err(RenderError::UnsafeScript { .. })));
     }
 
     #[test]
