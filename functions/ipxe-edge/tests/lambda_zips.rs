@@ -203,6 +203,22 @@ async fn deploy(moto: &Moto) -> Deployment {
     Deployment { bucket, table, parameter, data }
 }
 
+impl Deployment {
+    /// The environment both functions get: the standard AWS variables pointing at moto, and
+    /// the function settings for this deployment.
+    fn function_env(&self, moto: &Moto) -> Vec<(&'static str, String)> {
+        let mut env = moto.aws_env();
+        env.extend([
+            ("BUCKET", self.bucket.clone()),
+            ("TABLE", self.table.clone()),
+            ("SECRETS_BASE_URL", "https://secrets.example.org".into()),
+            ("TOKEN_KEYS_SSM_PARAMETER", self.parameter.clone()),
+            ("S3_FORCE_PATH_STYLE", "true".into()),
+        ]);
+        env
+    }
+}
+
 /// A function process attached to its own Runtime API emulator.
 struct Function {
     child: std::process::Child,
@@ -340,14 +356,7 @@ fn setup(test: &str) -> Option<(PathBuf, Moto)> {
 async fn shipped_functions_boot_and_redeem_against_moto() {
     let Some((lambda_dir, moto)) = setup("shipped_functions_boot_and_redeem_against_moto") else { return };
     let deployment = deploy(&moto).await;
-    let mut env = moto.aws_env();
-    env.extend([
-        ("BUCKET", deployment.bucket.clone()),
-        ("TABLE", deployment.table.clone()),
-        ("SECRETS_BASE_URL", "https://secrets.example.org".into()),
-        ("TOKEN_KEYS_SSM_PARAMETER", deployment.parameter.clone()),
-        ("S3_FORCE_PATH_STYLE", "true".into()),
-    ]);
+    let env = deployment.function_env(&moto);
     let boot = Function::start(&bootstrap(&lambda_dir, "boot"), "boot", &env).await;
     let redeem = Function::start(&bootstrap(&lambda_dir, "redeem"), "redeem", &env).await;
     let (boot_init, redeem_init) = (boot.ready().await, redeem.ready().await);
@@ -401,14 +410,7 @@ async fn init_failures_name_what_is_wrong() {
     let boot_bin = bootstrap(&lambda_dir, "boot");
     let redeem_bin = bootstrap(&lambda_dir, "redeem");
     let base = |without: &str| -> Vec<(&'static str, String)> {
-        let mut env = moto.aws_env();
-        env.extend([
-            ("BUCKET", deployment.bucket.clone()),
-            ("TABLE", deployment.table.clone()),
-            ("SECRETS_BASE_URL", "https://secrets.example.org".into()),
-            ("TOKEN_KEYS_SSM_PARAMETER", deployment.parameter.clone()),
-            ("S3_FORCE_PATH_STYLE", "true".into()),
-        ]);
+        let mut env = deployment.function_env(&moto);
         env.retain(|(k, _)| *k != without);
         env
     };

@@ -66,6 +66,7 @@ pub async fn rollback(ctx: &Context, channel: &str) -> Result<(), CliError> {
     let current = ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
     let previous = current.history.last().cloned().ok_or_else(|| CliError::Refused(format!("channel {channel} has no earlier release to roll back to")))?;
     check_followers(ctx, channel, &previous.release).await?;
+    let changed = || CliError::Refused(format!("channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry"));
     // One attempt only: never roll back twice by retrying; the operator decides again with
     // fresh history.
     let outcome = ctx
@@ -76,7 +77,7 @@ pub async fn rollback(ctx: &Context, channel: &str) -> Result<(), CliError> {
                 ch.release = previous.release.clone();
                 Ok(Change::Write(ch))
             }
-            _ => Err(CliError::Refused(format!("channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry"))),
+            _ => Err(changed()),
         })
         .await;
     match outcome {
@@ -84,9 +85,7 @@ pub async fn rollback(ctx: &Context, channel: &str) -> Result<(), CliError> {
             println!("channel {channel}: {} -> {} (rolled back)", current.release, previous.release);
             Ok(())
         }
-        Err(CliError::Record(RecordError::Store(StoreError::Conflict(_)))) => {
-            Err(CliError::Refused(format!("channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry")))
-        }
+        Err(CliError::Record(RecordError::Store(StoreError::Conflict(_)))) => Err(changed()),
         Err(e) => Err(e),
     }
 }
