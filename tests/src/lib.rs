@@ -124,9 +124,17 @@ pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], 
     store.put(&i.key, initrd.to_vec(), WriteCondition::Always).await.unwrap();
     let mut arches = BTreeMap::new();
     arches.insert("x86_64".to_string(), ArchAssets { kernel: k.clone(), initrd: i.clone() });
-    let manifest = ReleaseManifest { id: release_id.into(), cmdline: cmdline.into(), template: None, arches, created_at: None, description: None };
+    let manifest = ReleaseManifest {
+        id: release_id.into(),
+        cmdline: cmdline.into(),
+        template: None,
+        arches,
+        created_at: None,
+        description: None,
+        health_gate: Default::default(),
+    };
     put_json(store, &keys::release(release_id), &manifest).await;
-    put_json(store, &keys::channel("stable"), &Channel { name: "stable".into(), release: release_id.into(), history: vec![] }).await;
+    put_json(store, &keys::channel("stable"), &Channel { name: "stable".into(), release: release_id.into(), history: vec![], fallback_after: None }).await;
     let mut record = ipxe_edge_core::domain::model::new_gateway(name, fp.clone());
     record.vars.insert("site".into(), "lab-1".into());
     put_json(store, &keys::gateway(&fp), &record).await;

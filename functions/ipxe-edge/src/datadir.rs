@@ -83,6 +83,10 @@ impl DataDir {
     pub fn ledger(&self) -> PathBuf {
         self.root.join("ledger")
     }
+    /// Boots and their outcomes, per gateway (when no DynamoDB table is used).
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("journal")
+    }
 }
 
 /// Writes a file atomically with the given mode.

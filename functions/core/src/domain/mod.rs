@@ -1,6 +1,7 @@
 //! The domain: pure types and rules, free of I/O, HTTP and AWS.
 
 pub mod clock;
+pub mod health;
 pub mod identity;
 pub mod model;
 pub mod query;

@@ -8,6 +8,7 @@
 //! and to a name read back from the bucket, so a hand-edited record cannot smuggle `../x` into
 //! an object key.
 
+use crate::domain::health::HealthGate;
 use crate::domain::identity::Fingerprint;
 use crate::domain::{query, render};
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,9 @@ pub struct ReleaseManifest {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What a boot of this release must reach to count as good (automatic fallback).
+    #[serde(default, skip_serializing_if = "HealthGate::is_default")]
+    pub health_gate: HealthGate,
 }
 
 impl ReleaseManifest {
@@ -167,6 +171,10 @@ pub struct Channel {
     pub release: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ChannelEntry>,
+    /// Consecutive failed boots of this channel's release after which a gateway boots its last
+    /// known good release (0: never); the server's setting when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_after: Option<u32>,
 }
 
 impl Channel {
@@ -241,9 +249,14 @@ mod tests {
         gw.pinned_release = None;
         gw.channel = Some("../x".into());
         assert!(gw.validate().unwrap_err().contains("channel"));
-        let ch = Channel { name: "stable".into(), release: "../x".into(), history: vec![] };
+        let ch = Channel { name: "stable".into(), release: "../x".into(), history: vec![], fallback_after: None };
         assert!(ch.validate().unwrap_err().contains("release"));
-        let ch = Channel { name: "stable".into(), release: "r1".into(), history: vec![ChannelEntry { release: "a/b".into(), at: String::new() }] };
+        let ch = Channel {
+            name: "stable".into(),
+            release: "r1".into(),
+            history: vec![ChannelEntry { release: "a/b".into(), at: String::new() }],
+            fallback_after: None,
+        };
         assert!(ch.validate().is_err());
     }
 
@@ -253,7 +266,15 @@ mod tests {
         let mut arches = BTreeMap::new();
         arches.insert("x86_64".into(), ArchAssets { kernel: asset("generic"), initrd: asset("i") });
         arches.insert("x86_64-efi".into(), ArchAssets { kernel: asset("efi"), initrd: asset("i") });
-        let m = ReleaseManifest { id: "r".into(), cmdline: String::new(), template: None, arches, created_at: None, description: None };
+        let m = ReleaseManifest {
+            id: "r".into(),
+            cmdline: String::new(),
+            template: None,
+            arches,
+            created_at: None,
+            description: None,
+            health_gate: Default::default(),
+        };
         assert_eq!(m.assets_for("x86_64", Some("efi")).unwrap().kernel.key, "efi");
         assert_eq!(m.assets_for("x86_64", Some("pcbios")).unwrap().kernel.key, "generic");
         assert_eq!(m.assets_for("x86_64", None).unwrap().kernel.key, "generic");

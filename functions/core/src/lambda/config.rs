@@ -49,6 +49,11 @@ pub struct BootConfig {
     pub cert_header: CertHeader,
     /// `S3_FORCE_PATH_STYLE` (false): path-style addressing for S3-compatible servers.
     pub s3_force_path_style: bool,
+    /// `TABLE`: the DynamoDB table where boots and outcomes are recorded (`gateway#` items);
+    /// without it, boots are not recorded and nothing falls back.
+    pub table: Option<String>,
+    /// `BOOT_HISTORY_DAYS` (90): how long boot records are kept.
+    pub boot_history: Duration,
 }
 
 /// The redeem function's settings.
@@ -60,6 +65,16 @@ pub struct RedeemConfig {
     pub table: String,
     pub keyring: KeyringSource,
     pub s3_force_path_style: bool,
+    /// `BOOT_HISTORY_DAYS` (90).
+    pub boot_history: Duration,
+}
+
+/// Range of `BOOT_HISTORY_DAYS`.
+pub const BOOT_HISTORY_DAYS_RANGE: RangeInclusive<u64> = 1..=3650;
+const DEFAULT_BOOT_HISTORY_DAYS: u64 = 90;
+
+fn boot_history(lookup: Lookup) -> Result<Duration, ConfigError> {
+    Ok(seconds(lookup, "BOOT_HISTORY_DAYS", DEFAULT_BOOT_HISTORY_DAYS, BOOT_HISTORY_DAYS_RANGE)?.saturating_mul(86_400))
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -120,10 +135,15 @@ impl BootConfig {
                 token_ttl: seconds(lookup, "TOKEN_TTL_SECONDS", BootSettings::DEFAULT_TOKEN_TTL_SECS, BootSettings::TOKEN_TTL_RANGE)?,
                 clock_skew: seconds(lookup, "CLOCK_SKEW_SECONDS", crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), BootSettings::CLOCK_SKEW_RANGE)?,
                 secrets_base_url,
+                fallback_after: seconds(lookup, "FALLBACK_AFTER", BootSettings::DEFAULT_FALLBACK_AFTER.into(), BootSettings::FALLBACK_AFTER_RANGE)?.as_secs()
+                    as u32,
+                health_deadline: seconds(lookup, "HEALTH_DEADLINE_SECONDS", BootSettings::DEFAULT_HEALTH_DEADLINE_SECS, BootSettings::HEALTH_DEADLINE_RANGE)?,
             },
             trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),
             cert_header,
             s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+            table: lookup("TABLE"),
+            boot_history: boot_history(lookup)?,
         })
     }
 }
@@ -139,6 +159,7 @@ impl RedeemConfig {
             table: required(lookup, "TABLE")?,
             keyring: keyring(lookup)?,
             s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+            boot_history: boot_history(lookup)?,
         })
     }
 }
@@ -170,6 +191,11 @@ mod tests {
         assert!(matches!(c.cert_header, CertHeader::Off));
         assert_eq!(c.keyring, KeyringSource::Ssm("/k".into()));
         assert!(!c.s3_force_path_style);
+        assert_eq!((c.boot.fallback_after, c.boot.health_deadline), (2, Duration::from_secs(600)));
+        assert_eq!((c.table, c.boot_history), (None, Duration::from_secs(90 * 86_400)));
+        let c = boot(&[("FALLBACK_AFTER", "0"), ("HEALTH_DEADLINE_SECONDS", "86400"), ("TABLE", "t"), ("BOOT_HISTORY_DAYS", "7")]).unwrap();
+        assert_eq!((c.boot.fallback_after, c.boot.health_deadline.as_secs(), c.table.as_deref()), (0, 86_400, Some("t")));
+        assert_eq!(c.boot_history, Duration::from_secs(7 * 86_400));
     }
 
     #[test]
@@ -190,6 +216,9 @@ mod tests {
         assert!(matches!(boot(&[("CLOCK_SKEW_SECONDS", "99999")]), Err(ConfigError::Invalid { name: "CLOCK_SKEW_SECONDS", .. })));
         assert!(matches!(boot(&[("CLIENT_CERT_HEADER", "bad header")]), Err(ConfigError::Invalid { .. })));
         assert!(matches!(boot(&[("S3_FORCE_PATH_STYLE", "maybe")]), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(boot(&[("FALLBACK_AFTER", "101")]), Err(ConfigError::Invalid { name: "FALLBACK_AFTER", .. })));
+        assert!(matches!(boot(&[("HEALTH_DEADLINE_SECONDS", "86401")]), Err(ConfigError::Invalid { name: "HEALTH_DEADLINE_SECONDS", .. })));
+        assert!(matches!(boot(&[("BOOT_HISTORY_DAYS", "0")]), Err(ConfigError::Invalid { name: "BOOT_HISTORY_DAYS", .. })));
         let bad_url = BootConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("SECRETS_BASE_URL", "ftp://x"), ("TOKEN_KEYS", "k")]));
         assert!(matches!(bad_url, Err(ConfigError::Invalid { name: "SECRETS_BASE_URL", .. })));
     }

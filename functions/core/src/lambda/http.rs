@@ -3,12 +3,13 @@
 //! request, and map every error to a status code in one place ([`Failure`]).
 
 use crate::domain::clock;
+use crate::domain::health::BootReason;
 use crate::domain::identity::{decode_escaped_pem, describe_der, pem_certificates, ChainVerifier, ClientIdentity, IdentityError};
 use crate::domain::query::{BootQuery, QueryError};
 use crate::domain::token::TokenError;
 use crate::lambda::metrics::{Counter, Metrics};
 use crate::service::boot::{BootError, BootScript, BootService};
-use crate::service::redeem::{RedeemError, RedeemService};
+use crate::service::redeem::{CheckinError, RedeemError, RedeemService, SignalOutcome};
 use crate::storage::records::RecordError;
 use crate::storage::StoreError;
 use lambda_http::http::header::{HeaderName, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 pub const BOOT_PATH: &str = "/boot.ipxe";
 pub const SECRETS_PREFIX: &str = "/secrets/";
+pub const CHECKIN_PREFIX: &str = "/checkin/";
 /// Seconds a client should wait before retrying after a storage outage.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -57,11 +59,13 @@ pub struct Failure {
     pub status: StatusCode,
     pub message: String,
     pub retry_after: bool,
+    /// The method a `405` allows.
+    pub allow: &'static str,
 }
 
 impl Failure {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Failure { status, message: message.into(), retry_after: status == StatusCode::SERVICE_UNAVAILABLE }
+        Failure { status, message: message.into(), retry_after: status == StatusCode::SERVICE_UNAVAILABLE, allow: "GET" }
     }
 
     fn into_response(self) -> Response<Body> {
@@ -70,7 +74,7 @@ impl Failure {
             builder = builder.header(RETRY_AFTER, RETRY_AFTER_SECS.to_string());
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            builder = builder.header(ALLOW, "GET");
+            builder = builder.header(ALLOW, self.allow);
         }
         builder.body(Body::from(format!("{}\n", self.message))).expect("static response parts are valid")
     }
@@ -155,6 +159,19 @@ impl From<RedeemError> for Failure {
     }
 }
 
+impl From<CheckinError> for Failure {
+    fn from(e: CheckinError) -> Self {
+        match e {
+            CheckinError::Token(TokenError::Malformed) => Failure::new(StatusCode::BAD_REQUEST, "malformed token"),
+            CheckinError::Token(TokenError::Forged) => Failure::new(StatusCode::FORBIDDEN, "invalid token"),
+            CheckinError::Token(TokenError::Expired) => Failure::new(StatusCode::GONE, "token expired"),
+            CheckinError::Refused { .. } => Failure::new(StatusCode::GONE, "check-in already recorded or no longer accepted"),
+            CheckinError::NotRecorded => Failure::new(StatusCode::NOT_FOUND, "check-ins are not recorded by this deployment"),
+            CheckinError::Store(s) => s.into(),
+        }
+    }
+}
+
 fn request_id(req: &Request) -> String {
     if let Some(ctx) = req.lambda_context_ref() {
         return ctx.request_id.clone();
@@ -233,10 +250,30 @@ pub async fn boot_handler(app: &BootApp, req: Request) -> Response<Body> {
         Ok(script) => {
             tracing::info!(
                 request_id = %rid, route = "boot", fingerprint, gateway = %script.gateway, release = %script.release,
-                arch = script.arch, token_id = %script.token_id.map(|t| t.to_string()).unwrap_or_default(),
+                reason = script.reason.as_str(), arch = script.arch, token_id = %script.token_id.map(|t| t.to_string()).unwrap_or_default(),
                 outcome = "ok", status = 200u16, latency_ms, "boot script served"
             );
-            app.metrics.record("ok", &[Counter::Boots]);
+            let mut counters = vec![Counter::Boots];
+            if script.reason == BootReason::Fallback {
+                tracing::warn!(
+                    request_id = %rid, route = "boot", boot_event = "fallback", fingerprint, gateway = %script.gateway,
+                    from = %script.target, to = %script.release, failures = script.failures,
+                    reason = %format!("{} consecutive failed boots of {}", script.failures, script.target),
+                    "gateway falls back to its last known good release"
+                );
+                counters.push(Counter::Fallbacks);
+            }
+            if let Some(why) = &script.fallback_refused {
+                tracing::warn!(
+                    request_id = %rid, route = "boot", boot_event = "fallback_refused", fingerprint, gateway = %script.gateway,
+                    target = %script.target, failures = script.failures, detail = %why, "no usable last known good release: the target is served"
+                );
+            }
+            if let Some(why) = &script.journal_error {
+                tracing::error!(request_id = %rid, route = "boot", fingerprint, gateway = %script.gateway, detail = %why, "boot not recorded; the script was served");
+                counters.push(Counter::JournalFailures);
+            }
+            app.metrics.record("ok", &counters);
             text_response(script.script)
         }
         Err((failure, detail)) => {
@@ -293,8 +330,12 @@ async fn handle_boot(app: &BootApp, req: &Request, identity: &mut Option<ClientI
     })
 }
 
-/// `GET /secrets/{token}`: the gateway's secrets, exactly once per token.
+/// The secrets API: `GET /secrets/{token}`, the gateway's secrets, exactly once per token; and
+/// `POST /checkin/{token}` ([`checkin_handler`]).
 pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
+    if route_path(&req).starts_with(CHECKIN_PREFIX) {
+        return checkin_handler(app, req).await;
+    }
     let started = Instant::now();
     let rid = request_id(&req);
     let mut security = None;
@@ -315,12 +356,23 @@ pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(redeemed) => {
+            let boot_outcome = match &redeemed.signal {
+                SignalOutcome::NotRecorded => "not_recorded".to_string(),
+                SignalOutcome::Recorded(boot) => boot.outcome.as_str().to_string(),
+                SignalOutcome::Ignored(why) => format!("unchanged: {why}"),
+                SignalOutcome::Failed(_) => "journal_failed".to_string(),
+            };
             tracing::info!(
                 request_id = %rid, route = "redeem", token_id = %redeemed.claims.id,
-                fingerprint = redeemed.claims.fingerprint.as_str(), outcome = "ok", status = 200u16, latency_ms,
+                fingerprint = redeemed.claims.fingerprint.as_str(), boot_outcome, outcome = "ok", status = 200u16, latency_ms,
                 "secrets served"
             );
-            app.metrics.record("ok", &[Counter::Redemptions]);
+            if let SignalOutcome::Failed(why) = &redeemed.signal {
+                tracing::error!(request_id = %rid, route = "redeem", token_id = %redeemed.claims.id, detail = %why, "boot outcome not recorded; the secret was served");
+                app.metrics.record("ok", &[Counter::Redemptions, Counter::JournalFailures]);
+            } else {
+                app.metrics.record("ok", &[Counter::Redemptions]);
+            }
             text_response(redeemed.secret)
         }
         Err(failure) => {
@@ -330,6 +382,52 @@ pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
                 Some(counter) => app.metrics.record(failure.outcome(), &[Counter::Redemptions, counter]),
                 None => app.metrics.record(failure.outcome(), &[Counter::Redemptions]),
             }
+            failure.into_response()
+        }
+    }
+}
+
+/// `POST /checkin/{token}`: the booted system's services are up. `204` once; `410` for a
+/// replay, a superseded boot or a late check-in; `403` for a forged token; none of them
+/// changes any record.
+pub async fn checkin_handler(app: &RedeemApp, req: Request) -> Response<Body> {
+    let started = Instant::now();
+    let rid = request_id(&req);
+    let token = route_path(&req).strip_prefix(CHECKIN_PREFIX).filter(|t| !t.is_empty() && !t.contains('/'));
+    let result = match token {
+        None => Err(Failure::new(StatusCode::NOT_FOUND, "not found")),
+        Some(_) if req.method() != Method::POST => Err(Failure { allow: "POST", ..Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") }),
+        Some(token) => app.service.checkin(token, clock::unix_now()).await.map_err(|e| {
+            match &e {
+                CheckinError::Token(TokenError::Forged) => tracing::warn!(
+                    request_id = %rid, route = "checkin", security_event = "token_forged", outcome = "forbidden",
+                    "check-in token with an invalid signature refused"
+                ),
+                CheckinError::Refused { id, why } => {
+                    tracing::warn!(request_id = %rid, route = "checkin", token_id = %id, outcome = "gone", detail = %why, "check-in refused")
+                }
+                CheckinError::Store(s) => {
+                    tracing::error!(request_id = %rid, route = "checkin", outcome = "unavailable", detail = %s, "check-in not recorded; it can be retried")
+                }
+                _ => {}
+            }
+            Failure::from(e)
+        }),
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(done) => {
+            tracing::info!(
+                request_id = %rid, route = "checkin", token_id = %done.claims.id, fingerprint = done.claims.fingerprint.as_str(),
+                release = %done.boot.release, boot_outcome = done.boot.outcome.as_str(), outcome = "ok", status = 204u16, latency_ms,
+                "check-in recorded"
+            );
+            app.metrics.record("ok", &[Counter::Checkins]);
+            Response::builder().status(StatusCode::NO_CONTENT).header(CACHE_CONTROL, "no-store").body(Body::Empty).expect("static response parts are valid")
+        }
+        Err(failure) => {
+            tracing::info!(request_id = %rid, route = "checkin", outcome = failure.outcome(), status = failure.status.as_u16(), latency_ms, "check-in not recorded");
+            app.metrics.record(failure.outcome(), &[Counter::Checkins]);
             failure.into_response()
         }
     }

@@ -8,7 +8,7 @@ use crate::lambda::http::{BootApp, RedeemApp};
 use crate::lambda::metrics::EmfMetrics;
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
-use crate::storage::adapters::dynamodb::DynamoLedger;
+use crate::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger};
 use crate::storage::adapters::s3::S3Store;
 use crate::storage::records::{RecordError, Records};
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -163,8 +163,19 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
         crate::lambda::http::CertHeader::Off => "off".to_string(),
         crate::lambda::http::CertHeader::Trusted(name) => name.to_string(),
     };
-    tracing::info!(key_id = keyring.signing_key_id(), trusted_cas = verifier.bundle().len(), cert_header, "boot function initialised");
-    Ok(BootApp { service: BootService::new(records, s3, keyring, config.boot), verifier, cert_header: config.cert_header, metrics: Arc::new(EmfMetrics) })
+    tracing::info!(
+        key_id = keyring.signing_key_id(),
+        trusted_cas = verifier.bundle().len(),
+        cert_header,
+        boot_records = config.table.as_deref().unwrap_or("off"),
+        fallback_after = config.boot.fallback_after,
+        "boot function initialised"
+    );
+    let mut service = BootService::new(records, s3, keyring, config.boot);
+    if let Some(table) = &config.table {
+        service = service.with_journal(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), config.boot_history)));
+    }
+    Ok(BootApp { service, verifier, cert_header: config.cert_header, metrics: Arc::new(EmfMetrics) })
 }
 
 pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
@@ -175,11 +186,13 @@ pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
 pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
     let sdk = sdk_config(None, Timeouts::Request).await;
     let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
-    let ledger = Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()));
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), config.table.clone()));
+    let journal = Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history));
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
     tracing::info!(key_id = keyring.signing_key_id(), "redeem function initialised");
-    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring), metrics: Arc::new(EmfMetrics) })
+    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal), metrics: Arc::new(EmfMetrics) })
 }
 
 pub async fn redeem_app_from_env() -> Result<RedeemApp, InitError> {

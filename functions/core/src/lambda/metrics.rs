@@ -20,6 +20,12 @@ pub enum Counter {
     TokenReplays,
     /// Secrets tokens whose signature does not verify.
     ForgedTokens,
+    /// Every check-in request, by outcome.
+    Checkins,
+    /// Boots answered with the gateway's last known good release instead of its target.
+    Fallbacks,
+    /// Boots or outcomes that could not be recorded (the answer went out anyway).
+    JournalFailures,
 }
 
 impl Counter {
@@ -30,13 +36,16 @@ impl Counter {
             Counter::RefusedCertificates => "RefusedCertificates",
             Counter::TokenReplays => "TokenReplays",
             Counter::ForgedTokens => "ForgedTokens",
+            Counter::Checkins => "Checkins",
+            Counter::Fallbacks => "Fallbacks",
+            Counter::JournalFailures => "JournalFailures",
         }
     }
 
     /// Per-request totals carry the outcome as a dimension; security counters have none, so
     /// one alarm covers them whatever the outcome wording.
     fn has_outcome_dimension(self) -> bool {
-        matches!(self, Counter::Boots | Counter::Redemptions)
+        matches!(self, Counter::Boots | Counter::Redemptions | Counter::Checkins)
     }
 }
 

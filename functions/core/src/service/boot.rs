@@ -1,5 +1,6 @@
 //! Deciding what a verified gateway boots, and writing its boot script.
 
+use crate::domain::health::{BootPlan, BootReason, BootRecord, Choice, Outcome};
 use crate::domain::identity::{ClientIdentity, DEFAULT_CLOCK_SKEW};
 use crate::domain::model::{GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
@@ -7,14 +8,14 @@ use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
 use crate::domain::token::{Keyring, MintError, TokenId};
 use crate::storage::keys;
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{Presigner, StoreError};
+use crate::storage::{BootJournal, Presigner, StoreError, StoredHealth, HEALTH_UPDATE_ATTEMPTS};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Variables every template can use; a gateway's own variables cannot override them.
 pub const RESERVED_VARS: &[&str] =
-    &["kernel_url", "initrd_url", "secrets_url", "secrets_arg", "cmdline", "gateway", "fingerprint", "release", "arch", "platform"];
+    &["kernel_url", "initrd_url", "secrets_url", "secrets_arg", "checkin_url", "cmdline", "gateway", "fingerprint", "release", "arch", "platform"];
 
 /// How boots are answered. Filled from the environment by the Lambda function and from flags
 /// by `ipxe-edge serve`: one type, one set of defaults and limits.
@@ -27,7 +28,13 @@ pub struct BootSettings {
     /// Tolerance on certificate validity dates, for gateways whose clock is off.
     pub clock_skew: Duration,
     /// Where the redeem endpoint lives, without a trailing slash (`https://secrets.example.org`).
+    /// Check-in URLs live there too.
     pub secrets_base_url: String,
+    /// Consecutive failed boots of a gateway's target after which it boots its last known good
+    /// release (0: never). A channel may set its own.
+    pub fallback_after: u32,
+    /// Time a boot has to reach its health gate; also the lifetime of its check-in URL.
+    pub health_deadline: Duration,
 }
 
 impl BootSettings {
@@ -36,6 +43,10 @@ impl BootSettings {
     pub const PRESIGN_TTL_RANGE: RangeInclusive<u64> = 10..=3600;
     pub const TOKEN_TTL_RANGE: RangeInclusive<u64> = 10..=3600;
     pub const CLOCK_SKEW_RANGE: RangeInclusive<u64> = 0..=3600;
+    pub const DEFAULT_FALLBACK_AFTER: u32 = 2;
+    pub const FALLBACK_AFTER_RANGE: RangeInclusive<u64> = 0..=100;
+    pub const DEFAULT_HEALTH_DEADLINE_SECS: u64 = 600;
+    pub const HEALTH_DEADLINE_RANGE: RangeInclusive<u64> = 10..=86_400;
 
     /// The defaults, with the one value that has none.
     pub fn new(secrets_base_url: impl Into<String>) -> Self {
@@ -44,6 +55,8 @@ impl BootSettings {
             token_ttl: Duration::from_secs(Self::DEFAULT_TOKEN_TTL_SECS),
             clock_skew: DEFAULT_CLOCK_SKEW,
             secrets_base_url: secrets_base_url.into(),
+            fallback_after: Self::DEFAULT_FALLBACK_AFTER,
+            health_deadline: Duration::from_secs(Self::DEFAULT_HEALTH_DEADLINE_SECS),
         }
     }
 
@@ -91,6 +104,24 @@ pub struct BootScript {
     pub release: String,
     pub arch: &'static str,
     pub token_id: Option<TokenId>,
+    /// Why this release: pin, channel or fallback.
+    pub reason: BootReason,
+    /// What the gateway is meant to boot (differs from `release` on a fallback).
+    pub target: String,
+    /// Consecutive failed boots of the target before this one.
+    pub failures: u32,
+    /// Why the boot could not be recorded, when it could not (the script is served anyway).
+    pub journal_error: Option<String>,
+    /// Why a planned fallback was not served.
+    pub fallback_refused: Option<String>,
+}
+
+/// The release a gateway is meant to boot, and the fallback threshold that applies to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub manifest: ReleaseManifest,
+    pub reason: BootReason,
+    pub fallback_after: u32,
 }
 
 pub struct BootService {
@@ -98,31 +129,84 @@ pub struct BootService {
     presigner: Arc<dyn Presigner>,
     keyring: Arc<Keyring>,
     settings: BootSettings,
+    journal: Option<Arc<dyn BootJournal>>,
 }
 
 impl BootService {
     pub fn new(records: Records, presigner: Arc<dyn Presigner>, keyring: Arc<Keyring>, settings: BootSettings) -> Self {
-        BootService { records, presigner, keyring, settings }
+        BootService { records, presigner, keyring, settings, journal: None }
+    }
+
+    /// Records every boot and falls back on failures (without a journal, neither happens).
+    pub fn with_journal(mut self, journal: Arc<dyn BootJournal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn settings(&self) -> &BootSettings {
         &self.settings
     }
 
-    /// The release a gateway boots now: its pin, else its channel's release.
-    pub async fn resolve_release(&self, gateway: &GatewayRecord) -> Result<ReleaseManifest, BootError> {
-        let release_id = match &gateway.pinned_release {
-            Some(pin) => pin.clone(),
+    /// The release a gateway is meant to boot now: its pin, else its channel's release.
+    pub async fn resolve_target(&self, gateway: &GatewayRecord) -> Result<Target, BootError> {
+        let (release_id, reason, fallback_after) = match &gateway.pinned_release {
+            Some(pin) => (pin.clone(), BootReason::Pin, self.settings.fallback_after),
             None => {
                 let channel = self
                     .records
                     .channel(gateway.channel())
                     .await?
                     .ok_or_else(|| BootError::ChannelMissing { gateway: gateway.name.clone(), channel: gateway.channel().to_string() })?;
-                channel.release
+                (channel.release, BootReason::Channel, channel.fallback_after.unwrap_or(self.settings.fallback_after))
             }
         };
-        self.records.release(&release_id).await?.ok_or(BootError::ReleaseMissing(release_id))
+        let manifest = self.records.release(&release_id).await?.ok_or(BootError::ReleaseMissing(release_id))?;
+        Ok(Target { manifest, reason, fallback_after })
+    }
+
+    /// The release a gateway boots now, fallback aside.
+    pub async fn resolve_release(&self, gateway: &GatewayRecord) -> Result<ReleaseManifest, BootError> {
+        Ok(self.resolve_target(gateway).await?.manifest)
+    }
+
+    /// The gateway's boot state; a journal that cannot be read does not stop the boot.
+    async fn load_health(&self, gateway: &GatewayRecord) -> (Option<StoredHealth>, Option<String>) {
+        match &self.journal {
+            None => (None, None),
+            Some(journal) => match journal.load(&gateway.fingerprint).await {
+                Ok(stored) => (Some(stored), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        }
+    }
+
+    /// Writes the boot and closes the previous one. On a lost race (another boot or a signal
+    /// of this gateway), the state is read again and the same boot applied to it.
+    async fn record_boot(
+        &self,
+        gateway: &GatewayRecord,
+        mut stored: StoredHealth,
+        mut plan: BootPlan,
+        boot: BootRecord,
+        fallback_after: u32,
+    ) -> Result<(), String> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let fp = &gateway.fingerprint;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let next = stored.health.after_boot(&plan, boot.clone());
+            let mut boots: Vec<&BootRecord> = plan.closed.iter().collect();
+            boots.push(&boot);
+            match journal.commit(fp, stored.version.as_deref(), &next, &boots).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) if attempt < HEALTH_UPDATE_ATTEMPTS => {
+                    stored = journal.load(fp).await.map_err(|e| e.to_string())?;
+                    plan = stored.health.plan(&boot.target, fallback_after, boot.issued_at);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     /// The boot script for a verified client, as of `now` (unix seconds).
@@ -135,8 +219,29 @@ impl BootService {
             GatewayState::Revoked => return Err(BootError::Revoked(gateway.name)),
         }
         let secrets_key = keys::secrets(fp);
-        let (manifest, has_secrets) = tokio::try_join!(self.resolve_release(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) })?;
+        let (target, has_secrets, (stored, mut journal_error)) =
+            tokio::try_join!(self.resolve_target(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) }, async {
+                Ok::<_, BootError>(self.load_health(&gateway).await)
+            },)?;
         let arch = query.arch();
+        let target_id = target.manifest.id.clone();
+        let plan = stored.as_ref().map(|s| s.health.plan(&target_id, target.fallback_after, now));
+
+        // A planned fallback is served only if its release still exists and boots this arch.
+        let mut manifest = target.manifest;
+        let mut reason = target.reason;
+        let mut fallback_refused = None;
+        if let Some(Choice::Fallback { release }) = plan.as_ref().map(|p| &p.choice) {
+            match self.records.release(release).await {
+                Ok(Some(good)) if good.assets_for(arch, query.platform).is_some() => {
+                    manifest = good;
+                    reason = BootReason::Fallback;
+                }
+                Ok(Some(_)) => fallback_refused = Some(format!("release {release} has no assets for {arch}")),
+                Ok(None) => fallback_refused = Some(format!("release {release} no longer exists")),
+                Err(e) => fallback_refused = Some(format!("release {release} cannot be read: {e}")),
+            }
+        }
         let assets =
             manifest.assets_for(arch, query.platform).ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
 
@@ -165,11 +270,12 @@ impl BootService {
         vars.set_own("arch", arch)?;
         vars.set_own("platform", query.platform.unwrap_or("unknown"))?;
 
+        let base = self.settings.secrets_base_url.trim_end_matches('/');
         let mut token_id = None;
         if has_secrets {
             let expires_at = now + self.settings.token_ttl.as_secs();
             let (id, token) = self.keyring.mint(fp, &secrets_key, expires_at)?;
-            let url = format!("{}/secrets/{token}", self.settings.secrets_base_url.trim_end_matches('/'));
+            let url = format!("{base}/secrets/{token}");
             vars.set_own("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
             vars.set_own("secrets_url", url)?;
             token_id = Some(id);
@@ -178,8 +284,55 @@ impl BootService {
         } else {
             vars.set_own("secrets_arg", "")?;
         }
+        // Check-ins can only be recorded with a journal; without one the URL is empty.
+        let deadline = now + self.settings.health_deadline.as_secs();
+        let mut checkin_id = None;
+        if plan.is_some() {
+            let (id, token) = self.keyring.mint(fp, &keys::checkin(fp), deadline)?;
+            vars.set_own("checkin_url", format!("{base}/checkin/{token}"))?;
+            checkin_id = Some(id);
+        } else {
+            vars.set_own("checkin_url", "")?;
+        }
 
         let script = render::render(&template, &vars)?;
-        Ok(BootScript { script, gateway: gateway.name, release: manifest.id, arch, token_id })
+        let mut failures = 0;
+        if let (Some(stored), Some(plan)) = (stored, plan) {
+            failures = plan.failures;
+            let boot = BootRecord {
+                id: TokenId::random().to_string(),
+                release: manifest.id.clone(),
+                target: target_id.clone(),
+                reason,
+                gate: manifest.health_gate,
+                arch: arch.to_string(),
+                platform: query.platform.map(str::to_string),
+                mac: query.mac.clone(),
+                issued_at: now,
+                deadline,
+                secrets_token: token_id.map(|t| t.to_string()),
+                checkin_token: checkin_id.map(|t| t.to_string()),
+                outcome: Outcome::Issued,
+                reached_linux_at: None,
+                healthy_at: None,
+                failed_at: None,
+                fail_reason: None,
+            };
+            if let Err(e) = self.record_boot(&gateway, stored, plan, boot, target.fallback_after).await {
+                journal_error = Some(e);
+            }
+        }
+        Ok(BootScript {
+            script,
+            gateway: gateway.name,
+            release: manifest.id,
+            arch,
+            token_id,
+            reason,
+            target: target_id,
+            failures,
+            journal_error,
+            fallback_refused,
+        })
     }
 }

@@ -1,9 +1,10 @@
-//! Redeeming a one-time secrets token.
+//! Redeeming a one-time secrets token, and the booted system's check-in: the two signals that
+//! a boot came up.
 
+use crate::domain::health::{BootRecord, Signal, SignalRefused};
 use crate::domain::token::{Keyring, TokenClaims, TokenError, TokenId};
-use crate::storage::keys;
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{LedgerOutcome, StoreError, TokenLedger};
+use crate::storage::{keys, update_health, BootJournal, LedgerOutcome, StoreError, TokenLedger};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,21 +25,102 @@ impl From<StoreError> for RedeemError {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CheckinError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A replay, a check-in of a superseded boot, or one after the deadline.
+    #[error("check-in token {id}: {why}")]
+    Refused { id: TokenId, why: SignalRefused },
+    /// This deployment records no boots.
+    #[error("check-ins are not recorded here")]
+    NotRecorded,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What became of the boot's `reached_linux` signal when its secret was served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// No journal: nothing is recorded.
+    NotRecorded,
+    Recorded(BootRecord),
+    /// The token's boot is not the gateway's latest, or it signalled already, or too late.
+    Ignored(SignalRefused),
+    /// The journal could not be written; the secret is served anyway.
+    Failed(String),
+}
+
+enum SignalError {
+    Refused(SignalRefused),
+    Store(StoreError),
+}
+
+impl From<StoreError> for SignalError {
+    fn from(e: StoreError) -> Self {
+        SignalError::Store(e)
+    }
+}
+
 #[derive(Debug)]
 pub struct Redeemed {
     pub secret: Vec<u8>,
     pub claims: TokenClaims,
+    pub signal: SignalOutcome,
+}
+
+#[derive(Debug)]
+pub struct CheckedIn {
+    pub claims: TokenClaims,
+    pub boot: BootRecord,
 }
 
 pub struct RedeemService {
     records: Records,
     ledger: Arc<dyn TokenLedger>,
     keyring: Arc<Keyring>,
+    journal: Option<Arc<dyn BootJournal>>,
 }
 
 impl RedeemService {
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService { records, ledger, keyring }
+        RedeemService { records, ledger, keyring, journal: None }
+    }
+
+    /// Records redemptions and check-ins as boot outcomes.
+    pub fn with_journal(mut self, journal: Arc<dyn BootJournal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Applies a signal to the gateway's latest boot, retrying lost races.
+    async fn signal(&self, claims: &TokenClaims, signal: Signal, now: u64) -> Result<BootRecord, SignalError> {
+        let Some(journal) = &self.journal else { return Err(SignalError::Store(StoreError::Unavailable("no journal".into()))) };
+        let id = claims.id.to_string();
+        update_health(journal.as_ref(), &claims.fingerprint, |health| {
+            // A refused signal writes nothing and changes no record.
+            let (next, boot) = health.signal(&id, signal, now).map_err(SignalError::Refused)?;
+            Ok((next, vec![boot.clone()], boot))
+        })
+        .await
+    }
+
+    /// `POST /checkin/{token}`: the booted system says its services are up. Single use: the
+    /// boot state itself remembers the check-in, written conditionally, so of two concurrent
+    /// check-ins one wins and the other is refused; a refused or failed check-in changes nothing.
+    pub async fn checkin(&self, token: &str, now: u64) -> Result<CheckedIn, CheckinError> {
+        let claims = self.keyring.verify(token, now)?;
+        if claims.secrets_key != keys::checkin(&claims.fingerprint) {
+            return Err(CheckinError::Token(TokenError::Forged));
+        }
+        if self.journal.is_none() {
+            return Err(CheckinError::NotRecorded);
+        }
+        match self.signal(&claims, Signal::Checkin, now).await {
+            Ok(boot) => Ok(CheckedIn { claims, boot }),
+            Err(SignalError::Refused(why)) => Err(CheckinError::Refused { id: claims.id, why }),
+            Err(SignalError::Store(e)) => Err(CheckinError::Store(e)),
+        }
     }
 
     /// Verifies the token, reads the secret, then records the token as used. The token is
@@ -53,7 +135,19 @@ impl RedeemService {
         let secret = self.records.secrets(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?;
         let id = claims.id.to_string();
         match self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await? {
-            LedgerOutcome::Recorded => Ok(Redeemed { secret, claims }),
+            LedgerOutcome::Recorded => {
+                // The secret goes out whatever the journal says: the boot's outcome is a record,
+                // not a condition.
+                let signal = match &self.journal {
+                    None => SignalOutcome::NotRecorded,
+                    Some(_) => match self.signal(&claims, Signal::ReachedLinux, now).await {
+                        Ok(boot) => SignalOutcome::Recorded(boot),
+                        Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
+                        Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),
+                    },
+                };
+                Ok(Redeemed { secret, claims, signal })
+            }
             LedgerOutcome::AlreadyUsed => Err(RedeemError::Replayed(claims.id)),
         }
     }

@@ -33,6 +33,11 @@ pub fn gateway(fp: &Fingerprint) -> String {
 pub fn secrets(fp: &Fingerprint) -> String {
     format!("{GATEWAYS_PREFIX}{fp}/secrets")
 }
+/// Not an object: what a check-in token grants, in the token's key field, so that no check-in
+/// token can pass as a secrets token or the other way round.
+pub fn checkin(fp: &Fingerprint) -> String {
+    format!("{GATEWAYS_PREFIX}{fp}/checkin")
+}
 pub fn release(id: &str) -> String {
     format!("{RELEASES_PREFIX}{id}/{RELEASE_FILE}")
 }

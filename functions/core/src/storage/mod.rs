@@ -2,12 +2,15 @@
 //! keys ([`keys`]) and the adapters that implement the ports ([`adapters`]).
 //!
 //! Ports: the object store holding records and assets, the presigner handing clients
-//! short-lived download URLs, and the ledger of used tokens.
+//! short-lived download URLs, the ledger of used tokens, and the journal of boots and their
+//! outcomes.
 
 pub mod adapters;
 pub mod keys;
 pub mod records;
 
+use crate::domain::health::{BootRecord, GatewayHealth};
+use crate::domain::identity::Fingerprint;
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -73,4 +76,49 @@ pub enum LedgerOutcome {
 pub trait TokenLedger: Send + Sync {
     /// `used_at` is now; `expires_at` (unix seconds) tells the ledger when it may forget the entry.
     async fn record_use(&self, token_id: &str, fingerprint: &str, used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError>;
+}
+
+/// A gateway's boot state as stored, with the version tag its next write must match (`None`:
+/// nothing stored yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredHealth {
+    pub health: GatewayHealth,
+    pub version: Option<String>,
+}
+
+/// Per gateway: the boot state the fallback decision reads, and the history of boots.
+#[async_trait]
+pub trait BootJournal: Send + Sync {
+    /// The gateway's state (the default state when nothing was recorded). One read.
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError>;
+    /// Writes `next` only if the stored state still carries `version`
+    /// ([`StoreError::Conflict`] otherwise), together with the boot records that changed.
+    /// One write.
+    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError>;
+    /// The latest `limit` boots, newest first.
+    async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError>;
+}
+
+/// How often a read-modify-write of a gateway's boot state is tried before giving up.
+pub const HEALTH_UPDATE_ATTEMPTS: u32 = 4;
+
+/// Read-modify-write of a gateway's boot state: `change` computes the next state and the boot
+/// records it changed from the current one (or refuses), retried when another writer won.
+pub async fn update_health<T, E: From<StoreError>>(
+    journal: &dyn BootJournal,
+    fp: &Fingerprint,
+    mut change: impl FnMut(&GatewayHealth) -> Result<(GatewayHealth, Vec<BootRecord>, T), E>,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let stored = journal.load(fp).await?;
+        let (next, boots, value) = change(&stored.health)?;
+        let refs: Vec<&BootRecord> = boots.iter().collect();
+        match journal.commit(fp, stored.version.as_deref(), &next, &refs).await {
+            Ok(()) => return Ok(value),
+            Err(StoreError::Conflict(_)) if attempt < HEALTH_UPDATE_ATTEMPTS => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

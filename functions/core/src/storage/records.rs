@@ -332,21 +332,27 @@ impl Records {
 
     /// Points a channel at a release (creating the channel), keeping the previous release in
     /// its history. Returns the channel as written.
-    pub async fn promote(&self, channel: &str, release: &str, at: &str) -> Result<Channel, RecordError> {
+    /// Points `channel` at `release`; `fallback_after`, when given, becomes the channel's own
+    /// fallback threshold in the same write.
+    pub async fn promote(&self, channel: &str, release: &str, at: &str, fallback_after: Option<u32>) -> Result<Channel, RecordError> {
         name(channel)?;
         if !self.release_exists(release).await? {
             return Err(RecordError::UnknownRelease(release.to_string()));
         }
         let outcome = self
             .update::<Channel, RecordError>(&keys::channel(channel), UPDATE_ATTEMPTS, |current| {
-                Ok(Change::Write(match current {
-                    None => Channel { name: channel.into(), release: release.into(), history: vec![] },
+                let mut ch = match current {
+                    None => Channel { name: channel.into(), release: release.into(), history: vec![], fallback_after: None },
                     Some(mut ch) => {
                         ch.history.push(ChannelEntry { release: ch.release.clone(), at: at.into() });
                         ch.release = release.into();
                         ch
                     }
-                }))
+                };
+                if fallback_after.is_some() {
+                    ch.fallback_after = fallback_after;
+                }
+                Ok(Change::Write(ch))
             })
             .await?;
         match outcome {
@@ -427,12 +433,13 @@ mod tests {
     #[tokio::test]
     async fn promote_keeps_history_and_refuses_unknown_releases() {
         let (store, records) = records();
-        assert!(matches!(records.promote("stable", "r1", "t").await, Err(RecordError::UnknownRelease(_))));
+        assert!(matches!(records.promote("stable", "r1", "t", None).await, Err(RecordError::UnknownRelease(_))));
         store.insert(&keys::release("r1"), b"{}".to_vec());
         store.insert(&keys::release("r2"), b"{}".to_vec());
-        records.promote("stable", "r1", "t1").await.unwrap();
-        let ch = records.promote("stable", "r2", "t2").await.unwrap();
+        records.promote("stable", "r1", "t1", None).await.unwrap();
+        let ch = records.promote("stable", "r2", "t2", Some(3)).await.unwrap();
         assert_eq!(ch.release, "r2");
+        assert_eq!(ch.fallback_after, Some(3));
         assert_eq!(ch.history, vec![ChannelEntry { release: "r1".into(), at: "t2".into() }]);
         assert_eq!(records.channel("stable").await.unwrap().unwrap(), ch);
     }

@@ -12,8 +12,15 @@ use ipxe_edge_core::storage::StoreError;
 pub enum ChannelCommand {
     /// Point CHANNEL at RELEASE in one atomic write (the previous release goes to history).
     ///
-    /// Example: ipxe-edge channel promote stable 2026-11-26.1
-    Promote { channel: String, release: String },
+    /// Example: ipxe-edge channel promote stable 2026-11-26.1 --fallback-after 3
+    Promote {
+        channel: String,
+        release: String,
+        /// Consecutive failed boots after which a gateway on this channel boots its last known
+        /// good release (0: never); kept on the channel. The server's setting when never given.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        fallback_after: Option<u32>,
+    },
     /// Point CHANNEL back at the release it had before.
     ///
     /// Example: ipxe-edge channel rollback stable
@@ -22,13 +29,22 @@ pub enum ChannelCommand {
     ///
     /// Example: ipxe-edge channel history stable
     History { channel: String },
+    /// How the current release does on the channel's gateways: booted, healthy, failed.
+    ///
+    /// Example: ipxe-edge channel status canary
+    Status {
+        channel: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(ctx: &Context, command: ChannelCommand) -> Result<(), CliError> {
     match command {
-        ChannelCommand::Promote { channel, release } => promote(ctx, &channel, &release).await,
+        ChannelCommand::Promote { channel, release, fallback_after } => promote(ctx, &channel, &release, fallback_after).await,
         ChannelCommand::Rollback { channel } => rollback(ctx, &channel).await,
         ChannelCommand::History { channel } => history(ctx, &channel).await,
+        ChannelCommand::Status { channel, json } => super::outcomes::channel_status(ctx, &channel, json).await,
     }
 }
 
@@ -43,14 +59,14 @@ async fn check_followers(ctx: &Context, channel: &str, release: &str) -> Result<
     Ok(())
 }
 
-pub async fn promote(ctx: &Context, channel: &str, release: &str) -> Result<(), CliError> {
+pub async fn promote(ctx: &Context, channel: &str, release: &str, fallback_after: Option<u32>) -> Result<(), CliError> {
     check_name("channel name", channel)?;
     check_name("release id", release)?;
     if !ctx.records.release_exists(release).await? {
         return Err(CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")));
     }
     check_followers(ctx, channel, release).await?;
-    match ctx.records.promote(channel, release, &rfc3339_now()).await {
+    match ctx.records.promote(channel, release, &rfc3339_now(), fallback_after).await {
         Ok(ch) => {
             let previous = ch.history.last().map(|e| e.release.as_str()).unwrap_or("nothing");
             println!("channel {channel}: {previous} -> {release}");

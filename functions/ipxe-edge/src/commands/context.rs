@@ -7,9 +7,11 @@ use ipxe_edge_core::domain::identity::IdentityError;
 use ipxe_edge_core::domain::model::GatewayRecord;
 use ipxe_edge_core::lambda::init::{s3_client, sdk_config, Timeouts};
 use ipxe_edge_core::service::boot::BootError;
+use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DEFAULT_BOOT_RETENTION};
+use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::{RecordError, Records};
-use ipxe_edge_core::storage::{ObjectStore, StoreError};
+use ipxe_edge_core::storage::{BootJournal, ObjectStore, StoreError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,6 +80,8 @@ pub struct Context {
     pub dir: DataDir,
     pub backend: Backend,
     pub records: Records,
+    /// Boots and outcomes: the embedded journal, or the DynamoDB table (`--table`).
+    journal: Option<Arc<dyn BootJournal>>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,12 +89,15 @@ pub struct StoreArgs {
     /// Use this S3 bucket (standard AWS environment; AWS_ENDPOINT_URL_S3 for S3-compatible servers) instead of the embedded store.
     #[arg(long, global = true, env = "IPXE_EDGE_BUCKET")]
     pub bucket: Option<String>,
+    /// DynamoDB table holding boot records (AWS_ENDPOINT_URL_DYNAMODB for compatible servers); the embedded journal without it.
+    #[arg(long, global = true, env = "IPXE_EDGE_TABLE")]
+    pub table: Option<String>,
 }
 
 impl Context {
-    pub async fn open(data: PathBuf, store: &StoreArgs) -> Result<Self, CliError> {
+    pub async fn open(data: PathBuf, store_args: &StoreArgs) -> Result<Self, CliError> {
         let dir = DataDir::open(data)?;
-        let (backend, store): (Backend, Arc<dyn ObjectStore>) = match &store.bucket {
+        let (backend, store): (Backend, Arc<dyn ObjectStore>) = match &store_args.bucket {
             None => (Backend::Embedded, Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)?)),
             Some(bucket) => {
                 let config = sdk_config(None, Timeouts::Operator).await;
@@ -100,7 +107,23 @@ impl Context {
                 (Backend::S3(s3.clone()), Arc::new(s3))
             }
         };
-        Ok(Context { dir, backend, records: Records::new(store) })
+        let journal: Option<Arc<dyn BootJournal>> = match (&store_args.table, &backend) {
+            (Some(table), _) => {
+                let config = sdk_config(None, Timeouts::Operator).await;
+                Some(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&config), table.clone(), DEFAULT_BOOT_RETENTION)))
+            }
+            (None, Backend::Embedded) => {
+                let store = FsStore::open(dir.journal())?;
+                Some(Arc::new(ObjectJournal::new(Arc::new(store), DEFAULT_BOOT_RETENTION)))
+            }
+            (None, Backend::S3(_)) => None,
+        };
+        Ok(Context { dir, backend, records: Records::new(store), journal })
+    }
+
+    /// The boot journal; with `--bucket`, boot records live in the DynamoDB table.
+    pub fn journal(&self) -> Result<&dyn BootJournal, CliError> {
+        self.journal.as_deref().ok_or_else(|| CliError::Usage("boot records of a bucket live in its DynamoDB table: give --table (or IPXE_EDGE_TABLE)".into()))
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

@@ -81,6 +81,29 @@ pub enum GatewayCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// The gateway's latest boots: release, why, outcome, time to Linux and to check-in.
+    ///
+    /// Example: ipxe-edge gateway history gw-berlin-1 --limit 10
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The gateway's target, last known good release, fallback state and consecutive failures.
+    ///
+    /// Example: ipxe-edge gateway status gw-berlin-1
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give the gateway's target another chance: clears its fallback and failure count.
+    ///
+    /// Example: ipxe-edge gateway retry gw-berlin-1
+    Retry { name: String },
 }
 
 pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError> {
@@ -95,6 +118,9 @@ pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError>
         GatewayCommand::Pin { name, release } => pin(ctx, &name, Some(&release)).await,
         GatewayCommand::Unpin { name } => pin(ctx, &name, None).await,
         GatewayCommand::SetSecrets { name, file } => set_secrets(ctx, &name, &file).await,
+        GatewayCommand::History { name, limit, json } => super::outcomes::history(ctx, &name, limit as usize, json).await,
+        GatewayCommand::Status { name, json } => super::outcomes::status(ctx, &name, json).await,
+        GatewayCommand::Retry { name } => super::outcomes::retry(ctx, &name).await,
     }
 }
 

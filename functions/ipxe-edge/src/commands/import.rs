@@ -224,6 +224,7 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
                     cmdline: String::new(),
                     template: p.template.clone(),
                     description: Some(format!("imported from valve-infra {}", p.folder.display())),
+                    health_gate: Default::default(),
                 },
             )
             .await?;

@@ -8,6 +8,7 @@ pub mod context;
 pub mod gateway;
 pub mod image;
 pub mod import;
+pub mod outcomes;
 pub mod preview;
 pub mod release;
 pub mod upload;

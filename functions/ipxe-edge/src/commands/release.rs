@@ -2,6 +2,7 @@
 
 use super::context::{check_name, file_error, CliError, Context};
 use ipxe_edge_core::domain::clock::rfc3339_now;
+use ipxe_edge_core::domain::health::HealthGate;
 use ipxe_edge_core::domain::model::{ArchAssets, ReleaseManifest, DEFAULT_ARCH};
 use ipxe_edge_core::domain::query::{KNOWN_ARCHES, KNOWN_PLATFORMS};
 use ipxe_edge_core::storage::records::RecordError;
@@ -32,6 +33,11 @@ pub enum ReleaseCommand {
         template: Option<PathBuf>,
         #[arg(long)]
         description: Option<String>,
+        /// What a boot of this release must reach to count as good: reached_linux (its secrets
+        /// were fetched) or checkin (its check-in URL was posted). Failed boots lead to the
+        /// automatic fallback.
+        #[arg(long, default_value = "reached_linux", value_parser = ["reached_linux", "checkin"])]
+        health_gate: String,
     },
     /// Table of releases.
     ///
@@ -45,7 +51,7 @@ pub enum ReleaseCommand {
 
 pub async fn run(ctx: &Context, command: ReleaseCommand) -> Result<(), CliError> {
     match command {
-        ReleaseCommand::Create { id, arch, kernel, initrd, cmdline, template, description } => {
+        ReleaseCommand::Create { id, arch, kernel, initrd, cmdline, template, description, health_gate } => {
             if kernel.len() != initrd.len() || (!arch.is_empty() && arch.len() != kernel.len()) {
                 return Err(CliError::Usage("give one --kernel and one --initrd (and one --arch, if any) per architecture".into()));
             }
@@ -55,7 +61,8 @@ pub async fn run(ctx: &Context, command: ReleaseCommand) -> Result<(), CliError>
                 None => None,
             };
             let arches = arches.into_iter().zip(kernel).zip(initrd).map(|((a, k), i)| (a, k, i)).collect();
-            create(ctx, CreateRequest { id, arches, cmdline, template, description }).await.map(|_| ())
+            let health_gate = if health_gate == "checkin" { HealthGate::Checkin } else { HealthGate::ReachedLinux };
+            create(ctx, CreateRequest { id, arches, cmdline, template, description, health_gate }).await.map(|_| ())
         }
         ReleaseCommand::List => list(ctx).await,
         ReleaseCommand::Show { id } => show(ctx, &id).await,
@@ -70,6 +77,7 @@ pub struct CreateRequest {
     /// Boot script template text.
     pub template: Option<String>,
     pub description: Option<String>,
+    pub health_gate: HealthGate,
 }
 
 fn check_arch_key(arch: &str) -> Result<(), CliError> {
@@ -101,6 +109,7 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
         arches: BTreeMap::new(),
         created_at: Some(rfc3339_now()),
         description: request.description.clone(),
+        health_gate: request.health_gate,
     };
     if request.arches.is_empty() {
         return Err(CliError::Usage("a release needs --kernel and --initrd".into()));

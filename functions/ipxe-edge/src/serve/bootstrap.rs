@@ -137,10 +137,11 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
                 arches,
                 created_at: Some(rfc3339_now()),
                 description: Some("PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into()),
+                health_gate: Default::default(),
             };
             records.put_release(&manifest).await.map_err(record_err)?;
         }
-        records.promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now()).await.map_err(record_err)?;
+        records.promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now(), None).await.map_err(record_err)?;
         outcome.created.push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
     }
 

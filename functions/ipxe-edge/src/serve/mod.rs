@@ -20,11 +20,12 @@ use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, sta
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
+use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger, DEFAULT_BOOT_RETENTION};
+use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{ObjectStore, TokenLedger};
+use ipxe_edge_core::storage::{BootJournal, ObjectStore, TokenLedger};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,9 +62,18 @@ pub struct ServeArgs {
     /// Use this DynamoDB-compatible endpoint for the used-token ledger (needs --table).
     #[arg(long, requires = "table")]
     pub dynamodb_endpoint: Option<String>,
-    /// DynamoDB table for the used-token ledger instead of the embedded one.
+    /// DynamoDB table for the used-token ledger and the boot records instead of the embedded
+    /// ones (several servers sharing one bucket and table agree on every gateway's state).
     #[arg(long)]
     pub table: Option<String>,
+    /// Consecutive failed boots of a gateway's release after which it boots its last known good
+    /// release instead (0: never); a channel's own setting wins (FALLBACK_AFTER).
+    #[arg(long, default_value_t = BootSettings::DEFAULT_FALLBACK_AFTER.into(), value_parser = clap::value_parser!(u64).range(BootSettings::FALLBACK_AFTER_RANGE))]
+    pub fallback_after: u64,
+    /// Seconds a boot has to reach its release's health gate; also the lifetime of check-in URLs
+    /// (HEALTH_DEADLINE_SECONDS).
+    #[arg(long, default_value_t = BootSettings::DEFAULT_HEALTH_DEADLINE_SECS, value_parser = clap::value_parser!(u64).range(BootSettings::HEALTH_DEADLINE_RANGE))]
+    pub health_deadline: u64,
     /// Lifetime of presigned kernel and initrd URLs, in seconds (the boot function's PRESIGN_TTL_SECONDS).
     #[arg(long, default_value_t = BootSettings::DEFAULT_PRESIGN_TTL_SECS, value_parser = clap::value_parser!(u64).range(BootSettings::PRESIGN_TTL_RANGE))]
     pub presign_ttl: u64,
@@ -145,15 +155,17 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let records = Records::new(store);
-    let ledger: Arc<dyn TokenLedger> = match &args.table {
+    let (ledger, journal): (Arc<dyn TokenLedger>, Arc<dyn BootJournal>) = match &args.table {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
             let _ = ledger.sweep(clock::unix_now());
-            Arc::new(ledger)
+            let journal_store = FsStore::open(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+            (Arc::new(ledger), Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION)))
         }
         Some(table) => {
             let config = sdk_config(args.dynamodb_endpoint.as_deref(), Timeouts::Request).await;
-            Arc::new(DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table.clone()))
+            let client = aws_sdk_dynamodb::Client::new(&config);
+            (Arc::new(DynamoLedger::new(client.clone(), table.clone())), Arc::new(DynamoJournal::new(client, table.clone(), DEFAULT_BOOT_RETENTION)))
         }
     };
 
@@ -173,15 +185,21 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
 
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
     let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
-    let settings =
-        BootSettings { presign_ttl: Duration::from_secs(args.presign_ttl), token_ttl: Duration::from_secs(args.token_ttl), clock_skew, secrets_base_url };
+    let settings = BootSettings {
+        presign_ttl: Duration::from_secs(args.presign_ttl),
+        token_ttl: Duration::from_secs(args.token_ttl),
+        clock_skew,
+        secrets_base_url,
+        fallback_after: args.fallback_after as u32,
+        health_deadline: Duration::from_secs(args.health_deadline),
+    };
     let boot = Arc::new(BootApp {
-        service: BootService::new(records.clone(), presigner, keyring.clone(), settings),
+        service: BootService::new(records.clone(), presigner, keyring.clone(), settings).with_journal(journal.clone()),
         verifier,
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     });
-    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring), metrics: Arc::new(NoMetrics) });
+    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring).with_journal(journal), metrics: Arc::new(NoMetrics) });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
     let boot_front = front::Front { route: front::Route::Boot(boot), acceptor: Some(TlsAcceptor::from(boot_tls)), public_host: public_host_arc.clone() };

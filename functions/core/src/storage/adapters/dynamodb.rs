@@ -1,18 +1,25 @@
-//! DynamoDB as the used-token ledger.
+//! DynamoDB as the used-token ledger and the boot journal.
 //!
 //! Table design (one table, generic keys, so other record kinds can share it without a
 //! migration): partition key `pk` (S), sort key `sk` (S), TTL attribute `expires_at` (N, epoch
 //! seconds). A used token is `pk = "token#<id hex>"`, `sk = "used"`, with `fingerprint` and
-//! `used_at`. Per-gateway records are meant to live under `pk = "gateway#<fingerprint>"`
-//! (e.g. `sk = "boot#<time>"`, `sk = "last-good"`).
+//! `used_at`. Per-gateway records live under `pk = "gateway#<fingerprint>"`: `sk = "state"` (the
+//! boot state as JSON in `health`, and its `version`), `sk = "last-good"` (`release`, `boot`,
+//! `at`) and `sk = "boot#<issued_at, 10 digits>#<boot id>"` (the boot as JSON in `record`, with
+//! `release` and `outcome` readable, expiring after the retention).
 
-use crate::storage::{LedgerOutcome, StoreError, TokenLedger};
+use crate::domain::health::{BootRecord, GatewayHealth, LastGood};
+use crate::domain::identity::Fingerprint;
+use crate::storage::{BootJournal, LedgerOutcome, StoreError, StoredHealth, TokenLedger};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::time::Duration;
 
 pub const PARTITION_KEY: &str = "pk";
 pub const SORT_KEY: &str = "sk";
@@ -113,5 +120,191 @@ impl DynamoLedger {
             Err(SdkError::ServiceError(e)) if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) => {}
             Err(e) => tracing::error!(error = %DisplayErrorContext(&e), "could not undo an uncertain ledger write; the token may be spent"),
         }
+    }
+}
+
+pub fn gateway_pk(fp: &Fingerprint) -> String {
+    format!("gateway#{fp}")
+}
+
+const STATE_SK: &str = "state";
+const LAST_GOOD_SK: &str = "last-good";
+const BOOT_SK_PREFIX: &str = "boot#";
+/// Default time boot records are kept.
+pub const DEFAULT_BOOT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+
+/// The boot journal in the DynamoDB table, beside the used tokens.
+#[derive(Clone, Debug)]
+pub struct DynamoJournal {
+    client: Client,
+    table: String,
+    retention: Duration,
+}
+
+impl DynamoJournal {
+    pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
+        DynamoJournal { client, table: table.into(), retention }
+    }
+}
+
+fn unavailable(what: &str, e: impl std::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+}
+
+fn attr_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn attr_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())
+}
+
+fn bad_item(pk: &str, sk: &str, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB item {pk}/{sk} is not valid: {why}"))
+}
+
+#[async_trait]
+impl BootJournal for DynamoJournal {
+    /// One strongly consistent query returns both `last-good` and `state` (the sort keys
+    /// between them hold nothing else).
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+        let pk = gateway_pk(fp);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .expression_attribute_names("#sk", SORT_KEY)
+            .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+            .expression_attribute_values(":from", AttributeValue::S(LAST_GOOD_SK.into()))
+            .expression_attribute_values(":to", AttributeValue::S(STATE_SK.into()))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query", e))?;
+        let mut stored = StoredHealth::default();
+        let mut last_good = None;
+        for item in output.items() {
+            match attr_s(item, SORT_KEY) {
+                Some(STATE_SK) => {
+                    let json = attr_s(item, "health").ok_or_else(|| bad_item(&pk, STATE_SK, "no health"))?;
+                    stored.health = serde_json::from_str(json).map_err(|e| bad_item(&pk, STATE_SK, e))?;
+                    stored.version = Some(attr_n(item, "version").ok_or_else(|| bad_item(&pk, STATE_SK, "no version"))?.to_string());
+                }
+                Some(LAST_GOOD_SK) => {
+                    let release = attr_s(item, "release").ok_or_else(|| bad_item(&pk, LAST_GOOD_SK, "no release"))?;
+                    last_good = Some(LastGood {
+                        release: release.to_string(),
+                        boot: attr_s(item, "boot").unwrap_or_default().to_string(),
+                        at: attr_n(item, "at").unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        stored.health.last_good = last_good;
+        Ok(stored)
+    }
+
+    /// One transaction: the state (conditional on its version), the last-good item and the
+    /// boot records. A client request token makes the SDK's own retries idempotent.
+    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+        let pk = gateway_pk(fp);
+        let key_attr = |sk: &str| [(PARTITION_KEY, AttributeValue::S(pk.clone())), (SORT_KEY, AttributeValue::S(sk.to_string()))];
+        let build = |put: aws_sdk_dynamodb::types::builders::PutBuilder| -> Result<TransactWriteItem, StoreError> {
+            Ok(TransactWriteItem::builder().put(put.table_name(&self.table).build().map_err(|e| unavailable("Put", e))?).build())
+        };
+        let state_only = GatewayHealth { last_good: None, ..next.clone() };
+        let health = serde_json::to_string(&state_only).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        let next_version = match version {
+            None => 1,
+            Some(v) => v.parse::<u64>().map_err(|_| StoreError::Conflict(pk.clone()))? + 1,
+        };
+        let mut state = Put::builder();
+        for (name, value) in key_attr(STATE_SK) {
+            state = state.item(name, value);
+        }
+        state = state.item("health", AttributeValue::S(health)).item("version", AttributeValue::N(next_version.to_string()));
+        state = match version {
+            None => state.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY),
+            Some(v) => state
+                .condition_expression("#version = :version")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":version", AttributeValue::N(v.to_string())),
+        };
+        let mut items = vec![build(state)?];
+        if let Some(good) = &next.last_good {
+            let mut put = Put::builder();
+            for (name, value) in key_attr(LAST_GOOD_SK) {
+                put = put.item(name, value);
+            }
+            put = put
+                .item("release", AttributeValue::S(good.release.clone()))
+                .item("boot", AttributeValue::S(good.boot.clone()))
+                .item("at", AttributeValue::N(good.at.to_string()));
+            items.push(build(put)?);
+        }
+        for boot in boots {
+            let record = serde_json::to_string(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+            let mut put = Put::builder();
+            for (name, value) in key_attr(&format!("{BOOT_SK_PREFIX}{:010}#{}", boot.issued_at, boot.id)) {
+                put = put.item(name, value);
+            }
+            put = put
+                .item("record", AttributeValue::S(record))
+                .item("release", AttributeValue::S(boot.release.clone()))
+                .item("outcome", AttributeValue::S(boot.outcome.as_str().into()))
+                .item(TTL_ATTRIBUTE, AttributeValue::N((boot.issued_at + self.retention.as_secs()).to_string()));
+            items.push(build(put)?);
+        }
+        let result =
+            self.client.transact_write_items().set_transact_items(Some(items)).client_request_token(format!("{:032x}", rand::random::<u128>())).send().await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                TransactWriteItemsError::TransactionCanceledException(c)
+                    if c.cancellation_reasons().iter().any(|r| matches!(r.code(), Some("ConditionalCheckFailed") | Some("TransactionConflict"))) =>
+                {
+                    Err(StoreError::Conflict(pk))
+                }
+                other => Err(StoreError::Unavailable(format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(other)))),
+            },
+            Err(e) => Err(unavailable("TransactWriteItems", e)),
+        }
+    }
+
+    async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {
+        let pk = gateway_pk(fp);
+        let mut boots = Vec::new();
+        let mut start = None;
+        while boots.len() < limit {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :boot)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+                .expression_attribute_names("#sk", SORT_KEY)
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .expression_attribute_values(":boot", AttributeValue::S(BOOT_SK_PREFIX.into()))
+                .scan_index_forward(false)
+                .limit((limit - boots.len()).min(1000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            for item in output.items() {
+                let sk = attr_s(item, SORT_KEY).unwrap_or_default();
+                let json = attr_s(item, "record").ok_or_else(|| bad_item(&pk, sk, "no record"))?;
+                boots.push(serde_json::from_str(json).map_err(|e| bad_item(&pk, sk, e))?);
+            }
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        boots.truncate(limit);
+        Ok(boots)
     }
 }

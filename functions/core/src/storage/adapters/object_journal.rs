@@ -1,0 +1,161 @@
+//! The boot journal over any object store: `ipxe-edge serve`'s embedded journal (a private
+//! directory of the data dir) and the in-memory journal of tests and benchmarks.
+//!
+//! ```text
+//! <fp>/state.json                        the gateway's boot state (conditional writes)
+//! <fp>/boots/<issued_at>-<id>.json       one boot and its outcome
+//! ```
+//! The state is the source of truth and is written first, conditionally; the boot records are
+//! its history. Old boot records are pruned now and then (about one commit in 32).
+
+use crate::domain::health::{BootRecord, GatewayHealth};
+use crate::domain::identity::Fingerprint;
+use crate::storage::{BootJournal, ObjectStore, StoreError, StoredHealth, WriteCondition};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Boot records kept per gateway at most, whatever their age.
+pub const MAX_BOOTS_KEPT: usize = 1000;
+
+pub struct ObjectJournal {
+    store: Arc<dyn ObjectStore>,
+    retention: Duration,
+}
+
+impl ObjectJournal {
+    /// Boot records older than `retention` (counted from the newest boot) are pruned.
+    pub fn new(store: Arc<dyn ObjectStore>, retention: Duration) -> Self {
+        ObjectJournal { store, retention }
+    }
+
+    fn state_key(fp: &Fingerprint) -> String {
+        format!("{fp}/state.json")
+    }
+
+    fn boots_prefix(fp: &Fingerprint) -> String {
+        format!("{fp}/boots/")
+    }
+
+    fn boot_key(fp: &Fingerprint, boot: &BootRecord) -> String {
+        format!("{}{:010}-{}.json", Self::boots_prefix(fp), boot.issued_at, boot.id)
+    }
+
+    async fn prune(&self, fp: &Fingerprint, newest: u64) -> Result<(), StoreError> {
+        let keys = self.store.list(&Self::boots_prefix(fp)).await?;
+        let cutoff = newest.saturating_sub(self.retention.as_secs());
+        let excess = keys.len().saturating_sub(MAX_BOOTS_KEPT);
+        for (index, key) in keys.iter().enumerate() {
+            let issued_at = key.rsplit('/').next().and_then(|name| name.split('-').next()).and_then(|t| t.parse::<u64>().ok());
+            if index < excess || matches!(issued_at, Some(t) if t < cutoff) {
+                self.store.delete(key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Unavailable(format!("journal object {key} is not valid: {e}"))
+}
+
+#[async_trait]
+impl BootJournal for ObjectJournal {
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+        let key = Self::state_key(fp);
+        match self.store.get(&key).await? {
+            None => Ok(StoredHealth::default()),
+            Some(object) => {
+                let health = serde_json::from_slice(&object.body).map_err(|e| invalid(&key, e))?;
+                Ok(StoredHealth { health, version: object.etag })
+            }
+        }
+    }
+
+    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+        let condition = match version {
+            None => WriteCondition::Absent,
+            Some(tag) => WriteCondition::Matches(tag.to_string()),
+        };
+        let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        self.store.put(&Self::state_key(fp), body, condition).await?;
+        for boot in boots {
+            let body = serde_json::to_vec(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+            self.store.put(&Self::boot_key(fp, boot), body, WriteCondition::Always).await?;
+        }
+        if let Some(newest) = boots.iter().map(|b| b.issued_at).max() {
+            if rand::random::<u8>() % 32 == 0 {
+                self.prune(fp, newest).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {
+        let keys = self.store.list(&Self::boots_prefix(fp)).await?;
+        let mut boots = Vec::new();
+        for key in keys.iter().rev().take(limit) {
+            if let Some(object) = self.store.get(key).await? {
+                boots.push(serde_json::from_slice(&object.body).map_err(|e| invalid(key, e))?);
+            }
+        }
+        Ok(boots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::health::{BootReason, HealthGate, Outcome};
+    use crate::storage::adapters::memory::MemoryStore;
+
+    fn boot(n: u64) -> BootRecord {
+        BootRecord {
+            id: format!("{n:032x}"),
+            release: "r1".into(),
+            target: "r1".into(),
+            reason: BootReason::Channel,
+            gate: HealthGate::ReachedLinux,
+            arch: "x86_64".into(),
+            platform: Some("efi".into()),
+            mac: None,
+            issued_at: n,
+            deadline: n + 600,
+            secrets_token: None,
+            checkin_token: None,
+            outcome: Outcome::Issued,
+            reached_linux_at: None,
+            healthy_at: None,
+            failed_at: None,
+            fail_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_conditional_and_history_is_newest_first() {
+        let journal = ObjectJournal::new(Arc::new(MemoryStore::new()), Duration::from_secs(86_400));
+        let fp = Fingerprint::of_der(b"gw");
+        let empty = journal.load(&fp).await.unwrap();
+        assert_eq!(empty, StoredHealth::default());
+        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        journal.commit(&fp, None, &state, &[&boot(100)]).await.unwrap();
+        assert!(matches!(journal.commit(&fp, None, &state, &[]).await, Err(StoreError::Conflict(_))));
+        let loaded = journal.load(&fp).await.unwrap();
+        assert_eq!(loaded.health, state);
+        assert!(matches!(journal.commit(&fp, Some("stale"), &state, &[]).await, Err(StoreError::Conflict(_))));
+        journal.commit(&fp, loaded.version.as_deref(), &state, &[&boot(200), &boot(1_000)]).await.unwrap();
+        let history = journal.history(&fp, 2).await.unwrap();
+        assert_eq!(history.iter().map(|b| b.issued_at).collect::<Vec<_>>(), vec![1_000, 200]);
+    }
+
+    #[tokio::test]
+    async fn prunes_by_age() {
+        let journal = ObjectJournal::new(Arc::new(MemoryStore::new()), Duration::from_secs(500));
+        let fp = Fingerprint::of_der(b"gw");
+        let state = GatewayHealth::default();
+        journal.commit(&fp, None, &state, &[&boot(100), &boot(700), &boot(1_000)]).await.unwrap();
+        journal.prune(&fp, 1_000).await.unwrap();
+        let history = journal.history(&fp, 10).await.unwrap();
+        assert_eq!(history.iter().map(|b| b.issued_at).collect::<Vec<_>>(), vec![1_000, 700]);
+    }
+}
