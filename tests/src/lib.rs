@@ -144,6 +144,34 @@ pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], 
     Seeded { fingerprint: fp, kernel_key: k.key, initrd_key: i.key }
 }
 
+/// Writes another x86_64 release (assets and manifest), without touching any channel.
+pub async fn seed_release(store: &dyn ObjectStore, release: SeedRelease<'_>, template: Option<&str>, gate: ipxe_edge_core::domain::health::HealthGate) {
+    let asset = |bytes: &[u8]| Asset { key: keys::asset(&sha256_hex(bytes)), sha256: sha256_hex(bytes), size: bytes.len() as u64 };
+    let (k, i) = (asset(release.kernel), asset(release.initrd));
+    store.put(&k.key, release.kernel.to_vec(), WriteCondition::Always).await.unwrap();
+    store.put(&i.key, release.initrd.to_vec(), WriteCondition::Always).await.unwrap();
+    let mut arches = BTreeMap::new();
+    arches.insert("x86_64".to_string(), ArchAssets { kernel: k, initrd: i });
+    let manifest = ReleaseManifest {
+        id: release.id.into(),
+        cmdline: release.cmdline.into(),
+        template: template.map(str::to_string),
+        arches,
+        created_at: None,
+        description: None,
+        health_gate: gate,
+    };
+    put_json(store, &keys::release(release.id), &manifest).await;
+}
+
+/// Points channel `stable` at `release` (the previous one into its history).
+pub async fn point_stable(store: &dyn ObjectStore, release: &str) {
+    let current: Option<Channel> = store.get(&keys::channel("stable")).await.unwrap().map(|o| serde_json::from_slice(&o.body).unwrap());
+    let mut channel = current.unwrap_or(Channel { name: "stable".into(), release: release.into(), history: vec![], fallback_after: None });
+    channel.release = release.into();
+    put_json(store, &keys::channel("stable"), &channel).await;
+}
+
 pub async fn put_json<T: serde::Serialize>(store: &dyn ObjectStore, key: &str, value: &T) {
     store.put(key, serde_json::to_vec_pretty(value).unwrap(), WriteCondition::Always).await.unwrap();
 }

@@ -117,6 +117,9 @@ pub enum Signal {
 pub struct BootRecord {
     /// Random, 32 hex digits.
     pub id: String,
+    /// The gateway's boot number (1, 2, …), in the order the boots were recorded.
+    #[serde(default)]
+    pub seq: u64,
     pub release: String,
     /// What the gateway was meant to boot (differs from `release` on a fallback).
     pub target: String,
@@ -133,9 +136,6 @@ pub struct BootRecord {
     /// Id of the secrets token of this boot, when the gateway has secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_token: Option<String>,
-    /// Id of the check-in token of this boot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkin_token: Option<String>,
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reached_linux_at: Option<u64>,
@@ -280,7 +280,8 @@ impl GatewayHealth {
 
     /// The state after `boot` was issued as planned. `boot.reason` says what was served: the
     /// caller may have refused a planned fallback (release gone, no assets for the arch).
-    pub fn after_boot(&self, plan: &BootPlan, boot: BootRecord) -> GatewayHealth {
+    pub fn after_boot(&self, plan: &BootPlan, mut boot: BootRecord) -> GatewayHealth {
+        boot.seq = self.latest.as_ref().map_or(1, |b| b.seq + 1);
         GatewayHealth {
             target: Some(plan.target.clone()),
             failures: plan.failures,
@@ -290,13 +291,15 @@ impl GatewayHealth {
         }
     }
 
-    /// The state after a signal for the boot whose `kind` token has id `token_id`; the
-    /// returned record is the boot as changed.
-    pub fn signal(&self, token_id: &str, signal: Signal, now: u64) -> Result<(GatewayHealth, BootRecord), SignalRefused> {
+    /// The state after a signal; `key` names the boot: its secrets token id for
+    /// [`Signal::ReachedLinux`], its own id for [`Signal::Checkin`] (check-in tokens carry the
+    /// boot id, so several can be minted for one boot). The returned record is the boot as
+    /// changed.
+    pub fn signal(&self, key: &str, signal: Signal, now: u64) -> Result<(GatewayHealth, BootRecord), SignalRefused> {
         let latest = self.latest.as_ref().ok_or(SignalRefused::Superseded)?;
         let matches = match signal {
-            Signal::ReachedLinux => latest.secrets_token.as_deref() == Some(token_id),
-            Signal::Checkin => latest.checkin_token.as_deref() == Some(token_id),
+            Signal::ReachedLinux => latest.secrets_token.as_deref() == Some(key),
+            Signal::Checkin => latest.id == key,
         };
         if !matches {
             return Err(SignalRefused::Superseded);
@@ -361,6 +364,7 @@ mod tests {
         };
         let boot = BootRecord {
             id: format!("{n:032x}"),
+            seq: 0,
             release,
             target: target.into(),
             reason,
@@ -371,14 +375,16 @@ mod tests {
             issued_at: now,
             deadline: now + DEADLINE,
             secrets_token: Some(format!("s{n}")),
-            checkin_token: Some(format!("c{n}")),
             outcome: Outcome::Issued,
             reached_linux_at: None,
             healthy_at: None,
             failed_at: None,
             fail_reason: None,
         };
-        (state.after_boot(&plan, boot.clone()), boot, plan)
+        let next = state.after_boot(&plan, boot);
+        let boot = next.latest.clone().unwrap();
+        assert_eq!(boot.seq, state.latest.as_ref().map_or(1, |b| b.seq + 1));
+        (next, boot, plan)
     }
 
     fn good(state: &GatewayHealth, boot: &BootRecord) -> GatewayHealth {
@@ -456,7 +462,7 @@ mod tests {
         // With the check-in it passes and becomes last good.
         let s = s.retry();
         let (s, b, _) = issue(&s, "B", 1, HealthGate::Checkin, 4);
-        let (s, rec) = s.signal("c4", Signal::Checkin, 405).unwrap();
+        let (s, rec) = s.signal(&format!("{:032x}", 4), Signal::Checkin, 405).unwrap();
         assert_eq!(rec.outcome, Outcome::Healthy);
         assert_eq!(s.last_good.as_ref().unwrap().release, "B");
         assert_eq!(s.last_good.as_ref().unwrap().boot, b.id);
@@ -466,18 +472,18 @@ mod tests {
     #[test]
     fn signals_are_single_use_bound_to_the_latest_boot_and_to_the_deadline() {
         let (s, b1, _) = issue(&GatewayHealth::default(), "A", 2, HealthGate::Checkin, 1);
-        assert_eq!(s.signal("c1", Signal::ReachedLinux, 101), Err(SignalRefused::Superseded), "a check-in token is not a secrets token");
+        assert_eq!(s.signal(&format!("{:032x}", 1), Signal::ReachedLinux, 101), Err(SignalRefused::Superseded), "a check-in token is not a secrets token");
         assert_eq!(s.signal("nope", Signal::Checkin, 101), Err(SignalRefused::Superseded));
-        assert_eq!(s.signal("c1", Signal::Checkin, 100 + DEADLINE + 1), Err(SignalRefused::Late));
-        let (s2, _) = s.signal("c1", Signal::Checkin, 101).unwrap();
-        assert_eq!(s2.signal("c1", Signal::Checkin, 102), Err(SignalRefused::Repeated));
+        assert_eq!(s.signal(&format!("{:032x}", 1), Signal::Checkin, 100 + DEADLINE + 1), Err(SignalRefused::Late));
+        let (s2, _) = s.signal(&format!("{:032x}", 1), Signal::Checkin, 101).unwrap();
+        assert_eq!(s2.signal(&format!("{:032x}", 1), Signal::Checkin, 102), Err(SignalRefused::Repeated));
         // A check-in without a redemption passes a reached_linux gate too (no secrets).
-        let (_, r) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1).0.signal("c1", Signal::Checkin, 101).unwrap();
+        let (_, r) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1).0.signal(&format!("{:032x}", 1), Signal::Checkin, 101).unwrap();
         assert!(r.passed());
         // A newer boot supersedes the older one's tokens.
         let (s3, _, p) = issue(&s, "A", 2, HealthGate::Checkin, 2);
         assert_eq!(p.closed.unwrap().id, b1.id);
-        assert_eq!(s3.signal("c1", Signal::Checkin, 201), Err(SignalRefused::Superseded));
+        assert_eq!(s3.signal(&format!("{:032x}", 1), Signal::Checkin, 201), Err(SignalRefused::Superseded));
     }
 
     #[test]
@@ -540,7 +546,7 @@ mod tests {
                                 let Some(latest) = &state.latest else { continue };
                                 let (signal, token) = match event {
                                     Event::Redeem => (Signal::ReachedLinux, latest.secrets_token.clone().unwrap()),
-                                    _ => (Signal::Checkin, latest.checkin_token.clone().unwrap()),
+                                    _ => (Signal::Checkin, latest.id.clone()),
                                 };
                                 match state.signal(&token, signal, latest.issued_at + 1) {
                                     Ok((next, boot)) => {

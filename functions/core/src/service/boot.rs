@@ -197,7 +197,7 @@ impl BootService {
             attempt += 1;
             let next = stored.health.after_boot(&plan, boot.clone());
             let mut boots: Vec<&BootRecord> = plan.closed.iter().collect();
-            boots.push(&boot);
+            boots.extend(next.latest.as_ref());
             match journal.commit(fp, stored.version.as_deref(), &next, &boots).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict(_)) if attempt < HEALTH_UPDATE_ATTEMPTS => {
@@ -286,11 +286,10 @@ impl BootService {
         }
         // Check-ins can only be recorded with a journal; without one the URL is empty.
         let deadline = now + self.settings.health_deadline.as_secs();
-        let mut checkin_id = None;
+        let boot_id = TokenId::random().to_string();
         if plan.is_some() {
-            let (id, token) = self.keyring.mint(fp, &keys::checkin(fp), deadline)?;
+            let (_, token) = self.keyring.mint(fp, &keys::checkin(fp, &boot_id), deadline)?;
             vars.set_own("checkin_url", format!("{base}/checkin/{token}"))?;
-            checkin_id = Some(id);
         } else {
             vars.set_own("checkin_url", "")?;
         }
@@ -300,7 +299,8 @@ impl BootService {
         if let (Some(stored), Some(plan)) = (stored, plan) {
             failures = plan.failures;
             let boot = BootRecord {
-                id: TokenId::random().to_string(),
+                id: boot_id,
+                seq: 0,
                 release: manifest.id.clone(),
                 target: target_id.clone(),
                 reason,
@@ -311,7 +311,6 @@ impl BootService {
                 issued_at: now,
                 deadline,
                 secrets_token: token_id.map(|t| t.to_string()),
-                checkin_token: checkin_id.map(|t| t.to_string()),
                 outcome: Outcome::Issued,
                 reached_linux_at: None,
                 healthy_at: None,

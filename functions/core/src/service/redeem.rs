@@ -80,11 +80,45 @@ pub struct RedeemService {
     ledger: Arc<dyn TokenLedger>,
     keyring: Arc<Keyring>,
     journal: Option<Arc<dyn BootJournal>>,
+    /// Where check-in URLs put in secrets point (the secrets API's own base URL).
+    checkin_base_url: Option<String>,
+}
+
+/// The placeholder a secret may hold for its boot's check-in URL.
+pub const CHECKIN_URL_PLACEHOLDER: &[u8] = b"${checkin_url}";
+
+/// `secret` with every check-in placeholder replaced by `url`.
+fn fill_checkin_url(secret: Vec<u8>, url: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len() + url.len());
+    let mut rest = secret.as_slice();
+    while let Some(at) = rest.windows(CHECKIN_URL_PLACEHOLDER.len()).position(|w| w == CHECKIN_URL_PLACEHOLDER) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(url.as_bytes());
+        rest = &rest[at + CHECKIN_URL_PLACEHOLDER.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 impl RedeemService {
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService { records, ledger, keyring, journal: None }
+        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None }
+    }
+
+    /// Lets secrets carry `${checkin_url}`: filled at redemption with a check-in URL of the
+    /// boot, under this base URL (empty when the boot is not recorded).
+    pub fn with_checkin_base_url(mut self, url: impl Into<String>) -> Self {
+        self.checkin_base_url = Some(url.into().trim_end_matches('/').to_string());
+        self
+    }
+
+    /// A check-in URL for `boot`, valid until its deadline.
+    fn checkin_url(&self, claims: &TokenClaims, boot: &BootRecord) -> String {
+        let Some(base) = &self.checkin_base_url else { return String::new() };
+        match self.keyring.mint(&claims.fingerprint, &keys::checkin(&claims.fingerprint, &boot.id), boot.deadline) {
+            Ok((_, token)) => format!("{base}/checkin/{token}"),
+            Err(_) => String::new(),
+        }
     }
 
     /// Records redemptions and check-ins as boot outcomes.
@@ -93,13 +127,13 @@ impl RedeemService {
         self
     }
 
-    /// Applies a signal to the gateway's latest boot, retrying lost races.
-    async fn signal(&self, claims: &TokenClaims, signal: Signal, now: u64) -> Result<BootRecord, SignalError> {
+    /// Applies a signal to the gateway's latest boot, retrying lost races. `key`: the secrets
+    /// token id, or the boot id of a check-in.
+    async fn signal(&self, claims: &TokenClaims, key: &str, signal: Signal, now: u64) -> Result<BootRecord, SignalError> {
         let Some(journal) = &self.journal else { return Err(SignalError::Store(StoreError::Unavailable("no journal".into()))) };
-        let id = claims.id.to_string();
         update_health(journal.as_ref(), &claims.fingerprint, |health| {
             // A refused signal writes nothing and changes no record.
-            let (next, boot) = health.signal(&id, signal, now).map_err(SignalError::Refused)?;
+            let (next, boot) = health.signal(key, signal, now).map_err(SignalError::Refused)?;
             Ok((next, vec![boot.clone()], boot))
         })
         .await
@@ -110,13 +144,13 @@ impl RedeemService {
     /// check-ins one wins and the other is refused; a refused or failed check-in changes nothing.
     pub async fn checkin(&self, token: &str, now: u64) -> Result<CheckedIn, CheckinError> {
         let claims = self.keyring.verify(token, now)?;
-        if claims.secrets_key != keys::checkin(&claims.fingerprint) {
+        let Some(boot_id) = keys::checkin_boot(&claims.fingerprint, &claims.secrets_key).map(str::to_string) else {
             return Err(CheckinError::Token(TokenError::Forged));
-        }
+        };
         if self.journal.is_none() {
             return Err(CheckinError::NotRecorded);
         }
-        match self.signal(&claims, Signal::Checkin, now).await {
+        match self.signal(&claims, &boot_id, Signal::Checkin, now).await {
             Ok(boot) => Ok(CheckedIn { claims, boot }),
             Err(SignalError::Refused(why)) => Err(CheckinError::Refused { id: claims.id, why }),
             Err(SignalError::Store(e)) => Err(CheckinError::Store(e)),
@@ -140,15 +174,34 @@ impl RedeemService {
                 // not a condition.
                 let signal = match &self.journal {
                     None => SignalOutcome::NotRecorded,
-                    Some(_) => match self.signal(&claims, Signal::ReachedLinux, now).await {
+                    Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now).await {
                         Ok(boot) => SignalOutcome::Recorded(boot),
                         Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
                         Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),
                     },
                 };
+                let secret = if secret.windows(CHECKIN_URL_PLACEHOLDER.len()).any(|w| w == CHECKIN_URL_PLACEHOLDER) {
+                    let url = match &signal {
+                        SignalOutcome::Recorded(boot) => self.checkin_url(&claims, boot),
+                        _ => String::new(),
+                    };
+                    fill_checkin_url(secret, &url)
+                } else {
+                    secret
+                };
                 Ok(Redeemed { secret, claims, signal })
             }
             LedgerOutcome::AlreadyUsed => Err(RedeemError::Replayed(claims.id)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fills_every_checkin_placeholder_and_nothing_else() {
+        let out = super::fill_checkin_url(b"a=${checkin_url} b=${checkin_url}\n${other}".to_vec(), "https://x/checkin/T");
+        assert_eq!(out, b"a=https://x/checkin/T b=https://x/checkin/T\n${other}");
+        assert_eq!(super::fill_checkin_url(b"plain".to_vec(), "u"), b"plain");
     }
 }

@@ -33,10 +33,16 @@ pub fn gateway(fp: &Fingerprint) -> String {
 pub fn secrets(fp: &Fingerprint) -> String {
     format!("{GATEWAYS_PREFIX}{fp}/secrets")
 }
-/// Not an object: what a check-in token grants, in the token's key field, so that no check-in
-/// token can pass as a secrets token or the other way round.
-pub fn checkin(fp: &Fingerprint) -> String {
-    format!("{GATEWAYS_PREFIX}{fp}/checkin")
+/// Not an object: what a check-in token grants (one boot's check-in), in the token's key
+/// field, so that no check-in token can pass as a secrets token or the other way round.
+pub fn checkin(fp: &Fingerprint, boot_id: &str) -> String {
+    format!("{GATEWAYS_PREFIX}{fp}/checkin/{boot_id}")
+}
+
+/// The boot id a check-in token's key field names, if it is one of this gateway's.
+pub fn checkin_boot<'a>(fp: &Fingerprint, key: &'a str) -> Option<&'a str> {
+    let boot = key.strip_prefix(GATEWAYS_PREFIX)?.strip_prefix(fp.as_str())?.strip_prefix("/checkin/")?;
+    (boot.len() == 32 && boot.bytes().all(|b| b.is_ascii_hexdigit())).then_some(boot)
 }
 pub fn release(id: &str) -> String {
     format!("{RELEASES_PREFIX}{id}/{RELEASE_FILE}")
@@ -69,6 +75,11 @@ mod tests {
         assert!(!is_gateway_record(&secrets(&fp)));
         assert!(gateway(&fp).starts_with(&gateway_prefix(&fp)));
         assert!(is_release_manifest(&release("r1")));
+        let boot = "0123456789abcdef0123456789abcdef";
+        assert_eq!(checkin_boot(&fp, &checkin(&fp, boot)), Some(boot));
+        assert_eq!(checkin_boot(&Fingerprint::of_der(b"other"), &checkin(&fp, boot)), None);
+        assert_eq!(checkin_boot(&fp, &secrets(&fp)), None);
+        assert_eq!(checkin_boot(&fp, &checkin(&fp, "../x")), None);
         assert_eq!(channel("stable"), "channels/stable.json");
         assert_eq!(asset("ab"), "assets/sha256/ab");
     }

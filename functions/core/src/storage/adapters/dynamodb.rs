@@ -5,7 +5,7 @@
 //! seconds). A used token is `pk = "token#<id hex>"`, `sk = "used"`, with `fingerprint` and
 //! `used_at`. Per-gateway records live under `pk = "gateway#<fingerprint>"`: `sk = "state"` (the
 //! boot state as JSON in `health`, and its `version`), `sk = "last-good"` (`release`, `boot`,
-//! `at`) and `sk = "boot#<issued_at, 10 digits>#<boot id>"` (the boot as JSON in `record`, with
+//! `at`) and `sk = "boot#<issued_at, 10 digits>#<seq, 10 digits>#<boot id>"` (the boot as JSON in `record`, with
 //! `release` and `outcome` readable, expiring after the retention).
 
 use crate::domain::health::{BootRecord, GatewayHealth, LastGood};
@@ -248,7 +248,7 @@ impl BootJournal for DynamoJournal {
         for boot in boots {
             let record = serde_json::to_string(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
             let mut put = Put::builder();
-            for (name, value) in key_attr(&format!("{BOOT_SK_PREFIX}{:010}#{}", boot.issued_at, boot.id)) {
+            for (name, value) in key_attr(&format!("{BOOT_SK_PREFIX}{:010}#{:010}#{}", boot.issued_at, boot.seq, boot.id)) {
                 put = put.item(name, value);
             }
             put = put

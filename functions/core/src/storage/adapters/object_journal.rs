@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! <fp>/state.json                        the gateway's boot state (conditional writes)
-//! <fp>/boots/<issued_at>-<id>.json       one boot and its outcome
+//! <fp>/boots/<issued_at>-<seq>-<id>.json one boot and its outcome
 //! ```
 //! The state is the source of truth and is written first, conditionally; the boot records are
-//! its history. Old boot records are pruned now and then (about one commit in 32).
+//! its history. A commit holds a lock of its gateway (one of 64, by fingerprint) across both,
+//! so that a slower commit cannot overwrite a boot record a later one already closed. Old boot
+//! records are pruned now and then (about one commit in 32).
 
 use crate::domain::health::{BootRecord, GatewayHealth};
 use crate::domain::identity::Fingerprint;
@@ -18,15 +20,23 @@ use std::time::Duration;
 /// Boot records kept per gateway at most, whatever their age.
 pub const MAX_BOOTS_KEPT: usize = 1000;
 
+const COMMIT_LOCKS: usize = 64;
+
 pub struct ObjectJournal {
     store: Arc<dyn ObjectStore>,
     retention: Duration,
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl ObjectJournal {
     /// Boot records older than `retention` (counted from the newest boot) are pruned.
     pub fn new(store: Arc<dyn ObjectStore>, retention: Duration) -> Self {
-        ObjectJournal { store, retention }
+        ObjectJournal { store, retention, locks: (0..COMMIT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect() }
+    }
+
+    fn lock(&self, fp: &Fingerprint) -> &tokio::sync::Mutex<()> {
+        let shard = fp.as_str().bytes().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[shard % COMMIT_LOCKS]
     }
 
     fn state_key(fp: &Fingerprint) -> String {
@@ -38,7 +48,7 @@ impl ObjectJournal {
     }
 
     fn boot_key(fp: &Fingerprint, boot: &BootRecord) -> String {
-        format!("{}{:010}-{}.json", Self::boots_prefix(fp), boot.issued_at, boot.id)
+        format!("{}{:010}-{:010}-{}.json", Self::boots_prefix(fp), boot.issued_at, boot.seq, boot.id)
     }
 
     async fn prune(&self, fp: &Fingerprint, newest: u64) -> Result<(), StoreError> {
@@ -78,6 +88,7 @@ impl BootJournal for ObjectJournal {
             Some(tag) => WriteCondition::Matches(tag.to_string()),
         };
         let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        let _guard = self.lock(fp).lock().await;
         self.store.put(&Self::state_key(fp), body, condition).await?;
         for boot in boots {
             let body = serde_json::to_vec(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
@@ -112,6 +123,7 @@ mod tests {
     fn boot(n: u64) -> BootRecord {
         BootRecord {
             id: format!("{n:032x}"),
+            seq: n,
             release: "r1".into(),
             target: "r1".into(),
             reason: BootReason::Channel,
@@ -122,7 +134,6 @@ mod tests {
             issued_at: n,
             deadline: n + 600,
             secrets_token: None,
-            checkin_token: None,
             outcome: Outcome::Issued,
             reached_linux_at: None,
             healthy_at: None,
