@@ -4,7 +4,10 @@
 #      chains to the mTLS boot endpoint, downloads kernel and initrd from presigned URLs of the
 #      embedded S3 endpoint, and Linux's /init redeems the one-time secret, then replays it;
 #   2. the same with a revoked gateway must not reach Linux;
-#   3. a disk image from `ipxe-edge image build` boots the same way.
+#   3. a disk image from `ipxe-edge image build` boots the same way;
+#   4. automatic fallback: release B's initrd never redeems its secret and reboots; the machine
+#      boots again through iPXE, and after two failed boots of B it gets release A, the
+#      gateway's last known good release, and reaches Linux on its own.
 # The only change to the real iPXE binary is its trust anchor, replaced by the test CA's
 # fingerprint (iPXE cannot take a trust anchor from a script).
 # Usage: tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
@@ -80,14 +83,29 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
 
+# Release B's initrd: Linux comes up, never fetches its secret, and reboots (a broken update).
+cat >"$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+echo "EDGE-BAD-RELEASE-UP"
+sleep 1
+reboot -f
+INIT
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-bad.img"
+
 # ---------------------------------------------------------------- release and gateways
 printf 'b2c.minio="ci,https://s3.example,AK%s,SK%s"\n' "$RANDOM" "$RANDOM" >"$work/secrets.txt"
 secret_digest=$(sha256sum "$work/secrets.txt" | cut -c1-16)
 edge release create qemu-r1 --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd.img" \
   --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
+edge release create qemu-bad --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-bad.img" \
+  --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
 edge channel promote stable qemu-r1 >/dev/null
-for gw in qemu-gw revoked-gw image-gw; do
-  edge gateway enroll "$gw" >/dev/null
+edge channel promote fb qemu-r1 >/dev/null
+for gw in qemu-gw revoked-gw image-gw fallback-gw; do
+  channel=stable; [ "$gw" = fallback-gw ] && channel=fb
+  edge gateway enroll "$gw" --channel "$channel" >/dev/null
   edge gateway set-secrets "$gw" --file "$work/secrets.txt" >/dev/null
 done
 edge gateway revoke revoked-gw >/dev/null
@@ -111,7 +129,7 @@ mkdir -p "$work/www"
 python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
 boot_url="https://10.0.2.2:$boot_port/boot.ipxe"
 # crosscert points at the guest's own loopback: nothing leaves the machine.
-for gw in qemu-gw revoked-gw; do
+for gw in qemu-gw revoked-gw fallback-gw; do
   edge image script "$gw" --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >"$work/www/$gw.ipxe"
 done
 
@@ -165,6 +183,34 @@ image_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
 check "the disk image boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-3.log"'
 check "the server identified the image's gateway" 'grep "boot script served" "$work/serve.log" | grep -q "\"gateway\":\"image-gw\""'
 echo "time from QEMU start (disk image) to poweroff: ${image_time}s"
+
+# ---------------------------------------------------------------- 4. automatic fallback
+# Release A (qemu-r1) passes on fallback-gw: a boot and its redemption, from the host.
+local_url() { sed -e "s#//10.0.2.2:$boot_port/#//127.0.0.1:$boot_port/#" -e "s#//10.0.2.2:$secrets_port/#//127.0.0.1:$secrets_port/#"; }
+fb_script=$(curl -sf --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/fallback-gw.crt" --key "$data/pki/gateways/fallback-gw.key" \
+  "https://127.0.0.1:$boot_port/boot.ipxe?buildarch=x86_64&platform=efi")
+fb_secret_url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' <<<"$fb_script" | local_url)
+check "release A reached Linux once on fallback-gw (its secret was redeemed)" '[ "$(curl -s -o /dev/null -w "%{http_code}" "$fb_secret_url")" = 200 ]'
+edge channel promote fb qemu-bad >/dev/null
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+qemu_reboots=()
+for arg in "${qemu_common[@]}"; do [ "$arg" = -no-reboot ] || qemu_reboots+=("$arg"); done
+start=$(date +%s.%N)
+timeout $((QEMU_TIMEOUT * 3)) qemu-system-x86_64 "${qemu_reboots[@]}" -kernel "$work/ipxe.efi" \
+  -append "ipxe.efi set net0/ip 10.0.2.15 && set net0/netmask 255.255.255.0 && set net0/gateway 10.0.2.2 && ifopen net0 && chain http://10.0.2.2:$http_port/fallback-gw.ipxe" \
+  </dev/null >"$work/serial-4.log" 2>&1 || true
+fallback_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+serial=$(tr -d '\r' <"$work/serial-4.log")
+check "release B booted twice and rebooted without its secret" '[ "$(grep -c "EDGE-BAD-RELEASE-UP" <<<"$serial")" -eq 2 ]'
+check "the third boot got release A and reached Linux on its own" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial"'
+fbfp=$(fingerprint fallback-gw)
+check "the server logged the fallback from B to A" 'grep "\"boot_event\":\"fallback\"" "$work/serve.log" | grep "$fbfp" | grep -q "\"from\":\"qemu-bad\",\"to\":\"qemu-r1\""'
+edge gateway history fallback-gw >"$work/history.txt"
+check "gateway history shows B's two failures and the fallback to A" \
+  '[ "$(grep -c "qemu-bad .*failed (rebooted)" "$work/history.txt")" -eq 2 ] && grep -q "qemu-r1 (for qemu-bad) *fallback *reached_linux" "$work/history.txt"'
+check "gateway status shows the fallback" 'edge gateway status fallback-gw | grep -q "fallback: *ON, booting qemu-r1"'
+echo "time from QEMU start to the fallback's secret (three boots): ${fallback_time}s"
+cat "$work/history.txt"
 
 if [ "$failed" -gt 0 ]; then
   for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done

@@ -1,5 +1,6 @@
 //! Boot handler latency with in-memory records: certificate verification, three record reads,
-//! rendering, two real SigV4 presigns (aws-sdk-s3, computed locally) and a token.
+//! rendering, two real SigV4 presigns (aws-sdk-s3, computed locally) and a token; with boot
+//! outcome recording (one journal read and one write, in memory) and without.
 //! Prints a p50/p99 table after criterion's own report.
 //!
 //! Run: cargo bench -p ipxe-edge-tests --bench boot_handler
@@ -13,6 +14,7 @@ use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryStore};
+use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_tests::*;
@@ -27,7 +29,7 @@ struct Bench {
     event: String,
 }
 
-fn setup() -> Bench {
+fn setup(recording: bool) -> Bench {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("bench");
@@ -47,13 +49,20 @@ fn setup() -> Bench {
     let presigner = Arc::new(S3Store::new(aws_sdk_s3::Client::from_conf(conf), "bench-bucket"));
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let settings = BootSettings::new("https://secrets.example.org");
+    let journal = Arc::new(ObjectJournal::new(Arc::new(MemoryStore::new()), Duration::from_secs(90 * 86_400)));
+    let mut service = BootService::new(Records::new(store.clone()), presigner, keyring.clone(), settings);
+    let mut redeem_service = RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring);
+    if recording {
+        service = service.with_journal(journal.clone());
+        redeem_service = redeem_service.with_journal(journal);
+    }
     let boot = BootApp {
-        service: BootService::new(Records::new(store.clone()), presigner, keyring.clone(), settings),
+        service,
         verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };
-    let redeem = RedeemApp { service: RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring), metrics: Arc::new(NoMetrics) };
+    let redeem = RedeemApp { service: redeem_service, metrics: Arc::new(NoMetrics) };
     let event = fixture(
         "apigw-http-v2-boot.json",
         &[
@@ -85,15 +94,17 @@ fn redeem_once(b: &Bench, path: &str) {
 }
 
 fn criterion_benches(c: &mut Criterion) {
-    let b = setup();
+    let b = setup(false);
     c.bench_function("boot_handler (event parse + verify + render + 2 presigns + token)", |bench| bench.iter(|| boot_once(&b)));
+    let b = setup(true);
+    c.bench_function("boot_handler with outcome recording (+ journal read and write)", |bench| bench.iter(|| boot_once(&b)));
 }
 
 fn percentiles(name: &str, samples: &mut [Duration]) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "| {name:<14} | {:>6} | {:>9.1} | {:>9.1} | {:>9.1} |",
+        "| {name:<27} | {:>6} | {:>9.1} | {:>9.1} | {:>9.1} |",
         samples.len(),
         at(0.5).as_secs_f64() * 1e6,
         at(0.99).as_secs_f64() * 1e6,
@@ -101,8 +112,8 @@ fn percentiles(name: &str, samples: &mut [Duration]) {
     );
 }
 
-fn latency_table() {
-    let b = setup();
+fn measure(recording: bool) -> (Vec<Duration>, Vec<Duration>) {
+    let b = setup(recording);
     for _ in 0..200 {
         boot_once(&b);
     }
@@ -113,6 +124,8 @@ fn latency_table() {
         scripts.push(boot_once(&b));
         boot.push(t.elapsed());
     }
+    // Only the latest boot's redemption changes the journal; the others are recorded as
+    // superseded, which costs the same read.
     let mut redeem = Vec::new();
     for script in &scripts {
         let path = redeem_path(script);
@@ -120,10 +133,18 @@ fn latency_table() {
         redeem_once(&b, &path);
         redeem.push(t.elapsed());
     }
-    println!("\n| handler        | n      | p50 (µs)  | p99 (µs)  | max (µs)  |");
-    println!("|----------------|--------|-----------|-----------|-----------|");
+    (boot, redeem)
+}
+
+fn latency_table() {
+    let (mut boot, mut redeem) = measure(false);
+    let (mut boot_rec, mut redeem_rec) = measure(true);
+    println!("\n| handler                     | n      | p50 (µs)  | p99 (µs)  | max (µs)  |");
+    println!("|-----------------------------|--------|-----------|-----------|-----------|");
     percentiles("boot", &mut boot);
+    percentiles("boot, outcomes recorded", &mut boot_rec);
     percentiles("redeem", &mut redeem);
+    percentiles("redeem, outcomes recorded", &mut redeem_rec);
 }
 
 criterion_group! {

@@ -200,6 +200,27 @@ pub fn route_path(req: &Request) -> &str {
     }
 }
 
+/// `https://<domain>[/<stage>]` of the API Gateway API the request came through, from the
+/// request context API Gateway writes (a domain it serves, not a client's Host header), when it
+/// is a plain host name.
+pub fn request_base_url(req: &Request) -> Option<String> {
+    let (domain, stage) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => (ctx.domain_name.as_deref()?, ctx.stage.as_deref()),
+        Some(RequestContext::ApiGatewayV1(ctx)) => (ctx.domain_name.as_deref()?, ctx.stage.as_deref()),
+        _ => return None,
+    };
+    let host_ok = !domain.is_empty() && domain.len() <= 253 && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !host_ok {
+        return None;
+    }
+    match stage {
+        Some(stage) if stage != "$default" && !stage.is_empty() => {
+            stage.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-').then(|| format!("https://{domain}/{stage}"))
+        }
+        _ => Some(format!("https://{domain}")),
+    }
+}
+
 fn text_response(body: impl Into<Body>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
@@ -344,7 +365,7 @@ pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
         None => Err(None),
         // Checked before anything else so that HEAD and friends never touch the ledger.
         Some(_) if req.method() != Method::GET => Err(Some(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))),
-        Some(token) => app.service.redeem(token, clock::unix_now()).await.map_err(|e| {
+        Some(token) => app.service.redeem_at(token, clock::unix_now(), request_base_url(&req).as_deref()).await.map_err(|e| {
             match &e {
                 RedeemError::Replayed(_) => security = Some(Counter::TokenReplays),
                 RedeemError::Token(TokenError::Forged) => security = Some(Counter::ForgedTokens),

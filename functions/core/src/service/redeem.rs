@@ -113,8 +113,8 @@ impl RedeemService {
     }
 
     /// A check-in URL for `boot`, valid until its deadline.
-    fn checkin_url(&self, claims: &TokenClaims, boot: &BootRecord) -> String {
-        let Some(base) = &self.checkin_base_url else { return String::new() };
+    fn checkin_url(&self, claims: &TokenClaims, boot: &BootRecord, request_base_url: Option<&str>) -> String {
+        let Some(base) = self.checkin_base_url.as_deref().or(request_base_url) else { return String::new() };
         match self.keyring.mint(&claims.fingerprint, &keys::checkin(&claims.fingerprint, &boot.id), boot.deadline) {
             Ok((_, token)) => format!("{base}/checkin/{token}"),
             Err(_) => String::new(),
@@ -161,6 +161,12 @@ impl RedeemService {
     /// spent only when the secret was read and the ledger accepted it, so any failure before
     /// that leaves it redeemable.
     pub async fn redeem(&self, token: &str, now: u64) -> Result<Redeemed, RedeemError> {
+        self.redeem_at(token, now, None).await
+    }
+
+    /// [`Self::redeem`], with the base URL of check-in URLs put in the secret when none was
+    /// configured (the API Gateway domain the request came through).
+    pub async fn redeem_at(&self, token: &str, now: u64, request_base_url: Option<&str>) -> Result<Redeemed, RedeemError> {
         let claims = self.keyring.verify(token, now)?;
         // Tokens only ever name the secrets object of the gateway they were minted for.
         if claims.secrets_key != keys::secrets(&claims.fingerprint) {
@@ -182,7 +188,7 @@ impl RedeemService {
                 };
                 let secret = if secret.windows(CHECKIN_URL_PLACEHOLDER.len()).any(|w| w == CHECKIN_URL_PLACEHOLDER) {
                     let url = match &signal {
-                        SignalOutcome::Recorded(boot) => self.checkin_url(&claims, boot),
+                        SignalOutcome::Recorded(boot) => self.checkin_url(&claims, boot, request_base_url),
                         _ => String::new(),
                     };
                     fill_checkin_url(secret, &url)

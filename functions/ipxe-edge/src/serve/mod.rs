@@ -160,7 +160,9 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
             let _ = ledger.sweep(clock::unix_now());
             let journal_store = FsStore::open(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
-            (Arc::new(ledger), Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION)))
+            let journal = Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION));
+            tokio::spawn(prune_journal(journal.clone()));
+            (Arc::new(ledger), journal)
         }
         Some(table) => {
             let config = sdk_config(args.dynamodb_endpoint.as_deref(), Timeouts::Request).await;
@@ -221,6 +223,20 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes old boot records of the embedded journal at start and then hourly, off the request
+/// path (DynamoDB's TTL does this for the table).
+async fn prune_journal(journal: Arc<ObjectJournal>) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every_hour.tick().await;
+        match journal.prune(clock::unix_now()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "old boot records pruned"),
+            Err(e) => tracing::warn!(error = %e, "boot records could not be pruned"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -8,7 +8,8 @@
 //! The state is the source of truth and is written first, conditionally; the boot records are
 //! its history. A commit holds a lock of its gateway (one of 64, by fingerprint) across both,
 //! so that a slower commit cannot overwrite a boot record a later one already closed. Old boot
-//! records are pruned now and then (about one commit in 32).
+//! records are pruned off the request path ([`ObjectJournal::prune`], which `serve` runs
+//! hourly).
 
 use crate::domain::health::{BootRecord, GatewayHealth};
 use crate::domain::identity::Fingerprint;
@@ -51,17 +52,29 @@ impl ObjectJournal {
         format!("{}{:010}-{:010}-{}.json", Self::boots_prefix(fp), boot.issued_at, boot.seq, boot.id)
     }
 
-    async fn prune(&self, fp: &Fingerprint, newest: u64) -> Result<(), StoreError> {
-        let keys = self.store.list(&Self::boots_prefix(fp)).await?;
-        let cutoff = newest.saturating_sub(self.retention.as_secs());
-        let excess = keys.len().saturating_sub(MAX_BOOTS_KEPT);
-        for (index, key) in keys.iter().enumerate() {
-            let issued_at = key.rsplit('/').next().and_then(|name| name.split('-').next()).and_then(|t| t.parse::<u64>().ok());
-            if index < excess || matches!(issued_at, Some(t) if t < cutoff) {
-                self.store.delete(key).await?;
+    /// Deletes boot records older than the retention, and beyond [`MAX_BOOTS_KEPT`] per
+    /// gateway (the oldest first); returns how many.
+    pub async fn prune(&self, now: u64) -> Result<usize, StoreError> {
+        let keys = self.store.list("").await?;
+        let cutoff = now.saturating_sub(self.retention.as_secs());
+        let mut removed = 0;
+        let mut per_gateway: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+        for key in &keys {
+            if let Some((gateway, _)) = key.split_once("/boots/") {
+                per_gateway.entry(gateway).or_default().push(key);
             }
         }
-        Ok(())
+        for boots in per_gateway.values() {
+            let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
+            for (index, key) in boots.iter().enumerate() {
+                let issued_at = key.rsplit('/').next().and_then(|name| name.split('-').next()).and_then(|t| t.parse::<u64>().ok());
+                if index < excess || matches!(issued_at, Some(t) if t < cutoff) {
+                    self.store.delete(key).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -93,11 +106,6 @@ impl BootJournal for ObjectJournal {
         for boot in boots {
             let body = serde_json::to_vec(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
             self.store.put(&Self::boot_key(fp, boot), body, WriteCondition::Always).await?;
-        }
-        if let Some(newest) = boots.iter().map(|b| b.issued_at).max() {
-            if rand::random::<u8>() % 32 == 0 {
-                self.prune(fp, newest).await?;
-            }
         }
         Ok(())
     }
@@ -165,8 +173,12 @@ mod tests {
         let fp = Fingerprint::of_der(b"gw");
         let state = GatewayHealth::default();
         journal.commit(&fp, None, &state, &[&boot(100), &boot(700), &boot(1_000)]).await.unwrap();
-        journal.prune(&fp, 1_000).await.unwrap();
+        let other = Fingerprint::of_der(b"other");
+        journal.commit(&other, None, &state, &[&boot(100)]).await.unwrap();
+        assert_eq!(journal.prune(1_000).await.unwrap(), 2);
         let history = journal.history(&fp, 10).await.unwrap();
         assert_eq!(history.iter().map(|b| b.issued_at).collect::<Vec<_>>(), vec![1_000, 700]);
+        assert!(journal.history(&other, 10).await.unwrap().is_empty());
+        assert!(journal.load(&other).await.unwrap().version.is_some(), "states are never pruned");
     }
 }
