@@ -153,7 +153,7 @@ struct Deployment {
     data: PathBuf,
 }
 
-fn cli(moto: &Moto, data: &Path, bucket: &str, args: &[&str], stdin: Option<&[u8]>) {
+fn cli(moto: &Moto, data: &Path, bucket: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
     let mut cmd = Command::new(BIN);
     cmd.arg("--data").arg(data).args(["--bucket", bucket]).args(args).envs(moto.aws_env());
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -163,6 +163,7 @@ fn cli(moto: &Moto, data: &Path, bucket: &str, args: &[&str], stdin: Option<&[u8
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "ipxe-edge {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 const SECRETS: &[u8] = b"b2c.minio=\"bbz,https://s3.example,KEY,SECRET\"\n";
@@ -395,6 +396,17 @@ async fn shipped_functions_boot_and_redeem_against_moto() {
         assert_eq!(http(redeem.api.invoke(redeem_event(&token_of(&fresh))).await).0, 200);
         redeem_times.push(t.elapsed());
     }
+
+    // The shipped functions recorded every boot and the redemptions in the table: the ten
+    // redeemed boots reached Linux, the nine before them were closed (failed) by the next boot.
+    let history = cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "history", "gw1", "--json", "--limit", "100", "--table", &deployment.table], None);
+    let history: Vec<Value> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), 19, "10 + 9 boots recorded");
+    let outcomes: Vec<&str> = history.iter().map(|b| b["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, [vec!["reached_linux"; 10], vec!["failed"; 9]].concat(), "{history:?}");
+    let status = cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "status", "gw1", "--json", "--table", &deployment.table], None);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["last_known_good"]["release"], "r1");
 
     println!("shipped functions against moto (init = process start to first /invocation/next):");
     println!("| function | init | 1st invocation | 10th invocation |");
