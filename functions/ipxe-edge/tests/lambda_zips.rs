@@ -399,7 +399,8 @@ async fn shipped_functions_boot_and_redeem_against_moto() {
 
     // The shipped functions recorded every boot and the redemptions in the table: the ten
     // redeemed boots reached Linux, the nine before them were closed (failed) by the next boot.
-    let history = cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "history", "gw1", "--json", "--limit", "100", "--table", &deployment.table], None);
+    let history =
+        cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "history", "gw1", "--json", "--limit", "100", "--table", &deployment.table], None);
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 19, "10 + 9 boots recorded");
     let outcomes: Vec<&str> = history.iter().map(|b| b["outcome"].as_str().unwrap()).collect();
