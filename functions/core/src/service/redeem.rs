@@ -44,7 +44,7 @@ pub enum CheckinError {
 pub enum SignalOutcome {
     /// No journal: nothing is recorded.
     NotRecorded,
-    Recorded(BootRecord),
+    Recorded(Box<BootRecord>),
     /// The token's boot is not the gateway's latest, or it signalled already, or too late.
     Ignored(SignalRefused),
     /// The journal could not be written; the secret is served anyway.
@@ -181,7 +181,7 @@ impl RedeemService {
                 let signal = match &self.journal {
                     None => SignalOutcome::NotRecorded,
                     Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now).await {
-                        Ok(boot) => SignalOutcome::Recorded(boot),
+                        Ok(boot) => SignalOutcome::Recorded(Box::new(boot)),
                         Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
                         Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),
                     },
