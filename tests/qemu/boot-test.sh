@@ -155,7 +155,9 @@ check "Linux booted from the served kernel and initrd" 'grep -q "EDGE-LINUX-UP" 
 # so a successful download from it was a presigned one.
 asset_path=$(grep -o "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial" | head -n 1 | sed 's/\.\.\. ok//')
 check "iPXE downloaded kernel and initrd from the S3 endpoint" '[ "$(grep -c "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial")" -ge 2 ]'
-check "those URLs only work presigned (unsigned: 403)" '[ "$(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$s3_port/${asset_path#*/}")" = 403 ]'
+check "those URLs only work presigned (unsigned: 403)" '[ "$(curl -s --cacert "$data/pki/ca.crt" -o /dev/null -w "%{http_code}" "https://127.0.0.1:$s3_port/${asset_path#*/}")" = 403 ]'
+check "the S3 endpoint speaks HTTPS only" '! curl -s -o /dev/null "http://127.0.0.1:$s3_port/${asset_path#*/}"'
+check "iPXE fetched kernel and initrd over HTTPS" 'grep -q "https://10.0.2.2:$s3_port/" <<<"$serial"'
 check "the secret's digest matches the stored one" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial"'
 check "the replay was refused with 410" 'grep -q "EDGE-REPLAY status=410" <<<"$serial"'
 check "the server identified the gateway by its fingerprint" 'grep "boot script served" "$work/serve.log" | grep -q "\"fingerprint\":\"$fp\".*\"gateway\":\"qemu-gw\""'

@@ -41,7 +41,7 @@ impl DataDir {
     /// Opens (creating if needed) a data directory and checks it is usable.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DataDirError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(io_error(&root))?;
+        crate::embedded::fs_store::create_private_dirs(&root).map_err(io_error(&root))?;
         let probe = root.join(".write-probe");
         File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(io_error(&root))?;
         Ok(DataDir { root })
@@ -87,6 +87,33 @@ impl DataDir {
     pub fn journal(&self) -> PathBuf {
         self.root.join("journal")
     }
+}
+
+/// Makes everything under `root` private: folders 0700, files 0600 (symbolic links are left
+/// alone and not followed). Returns how many entries it changed.
+pub fn make_private(root: &Path) -> std::io::Result<usize> {
+    let mut fixed = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        let want = if meta.is_dir() {
+            0o700
+        } else if meta.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o7777 != want {
+            fs::set_permissions(&path, fs::Permissions::from_mode(want))?;
+            fixed += 1;
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(fixed)
 }
 
 /// Writes a file atomically with the given mode.

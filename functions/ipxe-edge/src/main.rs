@@ -75,6 +75,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Everything this process creates (data directory, embedded bucket, ledger, journal, files
+    // the embedded S3 endpoint writes) is for its owner only; files meant to be shared are
+    // given their mode explicitly.
+    // SAFETY: umask only changes this process's file creation mask; no memory is involved.
+    unsafe {
+        libc::umask(0o077);
+    }
     if matches!(cli.command, Command::Serve(_)) {
         ipxe_edge_core::lambda::logging::init();
     }

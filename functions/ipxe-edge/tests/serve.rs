@@ -42,16 +42,21 @@ async fn boot(client: &reqwest::Client, url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// Downloads a content-addressed asset URL and checks the bytes hash to the key's digest.
-async fn check_asset(url: &str) {
+/// Downloads a content-addressed asset URL over HTTPS (the embedded S3 endpoint presents the
+/// server certificate) and checks the bytes hash to the key's digest; the same URL over plain
+/// HTTP gets nothing.
+async fn check_asset(data: &Path, url: &str) {
+    assert!(url.starts_with("https://"), "{url}");
+    let client = https_client(&read(&data.join("pki/ca.crt")), None);
     let digest = url.split("/assets/sha256/").nth(1).unwrap().split('?').next().unwrap().to_string();
-    let response = reqwest::get(url).await.unwrap();
+    assert!(reqwest::get(url.replacen("https://", "http://", 1)).await.map(|r| r.status() != 200).unwrap_or(true), "plain HTTP served an asset");
+    let response = client.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "{url}");
     let bytes = response.bytes().await.unwrap();
     assert_eq!(sha256_hex(&bytes), digest);
     let mut tampered = url.to_string();
     tampered.push('0');
-    let status = reqwest::get(&tampered).await.unwrap().status().as_u16();
+    let status = client.get(&tampered).send().await.unwrap().status().as_u16();
     assert!(status == 403 || status == 400, "tampered presigned URL answered {status}");
 }
 
@@ -61,7 +66,7 @@ async fn boots_redeems_once_and_survives_a_restart() {
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
     assert!(serve.stdout.contains("bootstrapped"), "{}", serve.stdout);
     assert!(serve.stdout.contains("curl --cert"), "{}", serve.stdout);
-    for private in ["pki/ca.key", "pki/server.key", "pki/gateways/demo.key", "token-keys"] {
+    for private in ["pki/ca.key", "pki/server.key", "pki/gateways/demo.key", "token-keys", "pki/ca.crt", "s3-credentials"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(private)).unwrap().permissions()) & 0o777;
         assert_eq!(mode, 0o600, "{private}");
     }
@@ -73,8 +78,8 @@ async fn boots_redeems_once_and_survives_a_restart() {
     assert!(script.starts_with("#!ipxe\n"));
     let kernel = url_after(&script, "kernel ");
     assert!(kernel.contains("X-Amz-Signature="));
-    check_asset(&kernel).await;
-    check_asset(&url_after(&script, "initrd ")).await;
+    check_asset(&data, &kernel).await;
+    check_asset(&data, &url_after(&script, "initrd ")).await;
 
     let secrets = secrets_url(&script);
     let secrets_client = https_client(&ca_before, None);
@@ -240,12 +245,18 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     let _ = idle.write_all(b"x");
     drop(serve);
 
-    // A private key readable by others is refused with a clear message.
+    // A private key readable by others: an operator command refuses it with a clear message;
+    // `serve` makes the data directory private at start and goes on.
     let key = data.join("pki/ca.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let err = ServeProcess::start(BIN, &data, &[]).err().expect("must refuse a world-readable key");
-    assert!(err.contains("chmod 600"), "{err}");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new(BIN).arg("--data").arg(&data).args(["gateway", "enroll", "loose-key"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve fixes the mode and starts");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(serve.logs().contains("made files and folders of the data directory private"));
+    drop(serve);
 
     // A corrupt certificate is named.
     std::fs::write(data.join("pki/ca.crt"), b"garbage").unwrap();

@@ -55,7 +55,7 @@ pub fn create(dir: &DataDir, days: u32) -> Result<CertificateAuthority, CliError
     }
     let ca = CertificateAuthority::generate("ipxe-edge CA", days).map_err(|e| CliError::Pki(e.to_string()))?;
     write_atomic(&dir.ca_key(), ca.key_pem().as_bytes(), 0o600)?;
-    write_atomic(&dir.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
+    write_atomic(&dir.ca_cert(), ca.cert_pem().as_bytes(), 0o600)?;
     Ok(ca)
 }
 

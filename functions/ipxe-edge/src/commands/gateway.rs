@@ -192,7 +192,7 @@ pub async fn enroll(ctx: &Context, name: &str, channel: Option<&str>, days: u32,
     let fp = Fingerprint::of_der(&issued.cert_der);
     let record = new_record(name, fp.clone(), channel, arch, describe_der(&issued.cert_der).map(|(s, _)| s));
     write_atomic(&key_path, issued.key_pem.as_bytes(), 0o600)?;
-    write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o600)?;
     register(ctx, &record).await?;
     println!("enrolled gateway {name} ({fp})");
     println!("certificate {}  key {} (0600: whoever holds it boots as {name})", cert_path.display(), key_path.display());
@@ -208,7 +208,7 @@ pub async fn import(ctx: &Context, name: &str, cert: &Path, channel: Option<&str
     register(ctx, &record).await?;
     // Keep a copy beside the ones we issue, so `gateway show` and image builds find it.
     let leaf = pem_certificates(&pem)?.remove(0);
-    write_atomic(&ctx.dir.gateway_cert(name), identity::der_to_pem(&leaf).as_bytes(), 0o644)?;
+    write_atomic(&ctx.dir.gateway_cert(name), identity::der_to_pem(&leaf).as_bytes(), 0o600)?;
     println!("imported gateway {name} ({})", identity.fingerprint);
     Ok(identity.fingerprint)
 }

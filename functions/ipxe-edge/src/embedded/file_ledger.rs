@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use ipxe_edge_core::storage::{LedgerOutcome, StoreError, TokenLedger};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -20,7 +21,7 @@ impl FileLedger {
     /// Opens (creating if needed) the ledger directory.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        super::fs_store::create_private_dirs(&dir)?;
         // Fail early on a directory we cannot write.
         let probe = dir.join(".write-probe");
         File::create(&probe)?;
@@ -52,7 +53,7 @@ impl FileLedger {
 
     fn record_blocking(path: &Path, fingerprint: &str, now: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError> {
         let io = |e: std::io::Error| StoreError::Unavailable(format!("ledger: {e}"));
-        let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(LedgerOutcome::AlreadyUsed),
             Err(e) => return Err(io(e)),

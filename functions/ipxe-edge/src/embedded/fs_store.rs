@@ -13,12 +13,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 
+/// Creates a folder and its missing parents, readable by the owner only (0700).
+pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
-/// rename, fsync of the directory.
+/// rename, fsync of the directory. Missing folders are created 0700.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    create_private_dirs(dir)?;
     let tmp = dir.join(format!(".ipxe-edge-tmp-{}-{}", std::process::id(), rand::random::<u64>()));
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
@@ -49,7 +55,7 @@ fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
+        create_private_dirs(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
         Ok(FsStore { root, s3s: None })
     }
 
@@ -98,7 +104,7 @@ impl FsStore {
     }
 
     fn write_file(path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
-        write_atomic(path, body, 0o644).map_err(io(key))
+        write_atomic(path, body, 0o600).map_err(io(key))
     }
 
     fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {

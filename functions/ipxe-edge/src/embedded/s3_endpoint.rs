@@ -1,15 +1,24 @@
 //! The embedded S3-compatible endpoint (s3s + s3s-fs): objects live as files under the data
 //! directory, and every request, presigned URLs included, is checked for a valid SigV4
-//! signature and expiry, exactly as S3 would.
+//! signature and expiry, exactly as S3 would. It speaks HTTPS with the server certificate (a
+//! presigned URL protects the request, not the bytes: over plain HTTP anyone on the path could
+//! swap a kernel), under the same connection limits as the other listeners.
 
-use crate::serve::listener::{accept_loop, Limits};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use crate::serve::listener::{accept_loop, Limits, ListenerStats};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// Connections may live long enough to download a large initrd over a slow link.
+pub const S3_CONNECTION_LIFETIME: Duration = Duration::from_secs(1800);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct S3Credentials {
     pub access_key: String,
@@ -23,12 +32,36 @@ pub fn service(root: PathBuf, creds: &S3Credentials) -> std::io::Result<s3s::ser
     Ok(builder.build())
 }
 
-pub async fn run(listener: TcpListener, service: s3s::service::S3Service, shutdown: watch::Receiver<bool>) {
-    let http = ConnBuilder::new(TokioExecutor::new());
-    accept_loop(listener, "s3", Limits::default(), shutdown, move |stream, _peer| {
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone()).into_owned();
+/// Serves the endpoint: over TLS with `acceptor`, plain HTTP without (`--s3-http`).
+pub async fn run(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    acceptor: Option<TlsAcceptor>,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
+        let service = service.clone();
+        let acceptor = acceptor.clone();
         async move {
-            let _ = conn.await;
+            let http = || {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                builder
+            };
+            match acceptor {
+                None => {
+                    let _ = http().serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = http().serve_connection(TokioIo::new(tls), service).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(listener = "s3", peer = %peer, "TLS handshake timed out"),
+                },
+            }
         }
     })
     .await

@@ -101,7 +101,7 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if !fits {
         let server = ca.issue_server(&hosts, SERVER_CERT_DAYS).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
         write_atomic(&dir.server_key(), server.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&dir.server_cert(), server.cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&dir.server_cert(), server.cert_pem.as_bytes(), 0o600)?;
         outcome.created.push(format!("server certificate {} for {}", dir.server_cert().display(), hosts.join(", ")));
     }
 
@@ -149,7 +149,7 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if !demo_cert.exists() {
         let issued = ca.issue_client(DEMO_GATEWAY, validity_days(DEMO_CERT_DAYS)).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
         write_atomic(&demo_key, issued.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&demo_cert, issued.cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&demo_cert, issued.cert_pem.as_bytes(), 0o600)?;
         outcome.created.push(format!("gateway {DEMO_GATEWAY}: {} and {}", demo_cert.display(), demo_key.display()));
     }
     let demo_pem = datadir::read(&demo_cert)?;

@@ -4,7 +4,8 @@
 //! the same handler the Lambda function runs. Only the request path and query route a request:
 //! the client's `Host` and `X-Forwarded-*` never reach the event.
 
-use crate::serve::listener::{accept_loop, Limits};
+use crate::serve::listener::{accept_loop, Limits, ListenerStats};
+use crate::serve::metrics::ServeMetrics;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -34,7 +35,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Headers, then body: a whole request must arrive within their sum (10 s), or it gets `408`
+/// (body) or the connection is closed (headers).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which handler a listener feeds.
 #[derive(Clone)]
@@ -59,6 +63,7 @@ pub struct Front {
     pub acceptor: Option<TlsAcceptor>,
     /// The host name the deployment is reached at (`domainName` of the events).
     pub public_host: Arc<str>,
+    pub metrics: Arc<ServeMetrics>,
 }
 
 /// What one connection established: the peer, and the client identity its handshake proved.
@@ -70,10 +75,10 @@ struct Connection {
 }
 
 /// Accepts connections (TLS when the front has an acceptor) until `shutdown` flips.
-pub async fn run(listener: TcpListener, front: Front, shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc<ListenerStats>, shutdown: watch::Receiver<bool>) {
     let request_ids = Arc::new(AtomicU64::new(1));
     let name = front.route.name();
-    accept_loop(listener, name, Limits::default(), shutdown, move |stream, peer| serve_connection(stream, peer, front.clone(), request_ids.clone())).await
+    accept_loop(listener, name, limits, stats, shutdown, move |stream, peer| serve_connection(stream, peer, front.clone(), request_ids.clone())).await
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>) {
@@ -84,10 +89,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            front.metrics.tls_refused(front.route.name());
             tracing::warn!(listener = front.route.name(), peer = %peer, error = %e, outcome = "tls_refused", "TLS handshake failed");
             return;
         }
         Err(_) => {
+            front.metrics.tls_refused(front.route.name());
             tracing::warn!(listener = front.route.name(), peer = %peer, outcome = "tls_timeout", "TLS handshake timed out");
             return;
         }
@@ -99,6 +106,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
         match app.verifier.verify_der_chain(&chain, clock::unix_now() as i64) {
             Ok(identity) => conn.client = Some(VerifiedClient(identity)),
             Err(e) => {
+                front.metrics.tls_refused("boot");
                 tracing::warn!(listener = "boot", peer = %peer, error = %e, outcome = "tls_refused", "client chain refused after the handshake");
                 return;
             }
@@ -148,10 +156,28 @@ fn plain(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let route = match &front.route {
+        Route::Boot(_) => "boot",
+        Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::CHECKIN_PREFIX) => "checkin",
+        Route::Redeem(_) => "redeem",
+    };
+    let response = handle_request(req, conn, front, id).await;
+    front.metrics.observe(route, started.elapsed());
+    response
+}
+
+async fn handle_request(req: Request<Incoming>, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        Err(_) => {
+            tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "request_timeout", status = 408u16, "request body too slow");
+            let mut response = plain(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+            response.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("close"));
+            return response;
+        }
     };
     let request = match lambda_request(&parts, body, conn, &front.public_host, id) {
         Ok(r) => r,

@@ -6,6 +6,7 @@
 mod bootstrap;
 pub mod front;
 pub mod listener;
+pub mod metrics;
 pub mod tls;
 
 use crate::datadir::{self, DataDir, DataDirError, EMBEDDED_BUCKET};
@@ -17,7 +18,6 @@ use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError, Timeouts};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger, DEFAULT_BOOT_RETENTION};
@@ -26,6 +26,7 @@ use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::{BootJournal, ObjectStore, TokenLedger};
+use listener::{Limits, ListenerStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,9 +48,39 @@ pub struct ServeArgs {
     /// endpoint is HTTPS.
     #[arg(long)]
     pub secrets_http: bool,
-    /// Embedded S3 endpoint (plain HTTP; every request must carry a valid SigV4 signature).
+    /// Embedded S3 endpoint (HTTPS with the server certificate; every request must carry a
+    /// valid SigV4 signature).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub s3_listen: SocketAddr,
+    /// Serve the embedded S3 endpoint over plain HTTP: kernels and initrds then travel
+    /// unprotected and anyone on the path can swap them. Only on a network you trust.
+    #[arg(long)]
+    pub s3_http: bool,
+    /// Open connections per listener.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_connections)]
+    pub max_connections: usize,
+    /// Open connections one client address may hold on a listener (gateways behind one NAT
+    /// share an address: keep it above how many of them boot at once).
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_PER_CLIENT, value_parser = parse_connections)]
+    pub max_connections_per_client: usize,
+    /// Present this certificate chain (PEM, leaf first, e.g. certbot's fullchain.pem) on every
+    /// listener instead of the self-made one; reloaded when the file changes. RSA for iPXE
+    /// before 2.0.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, e.g. certbot's privkey.pem).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between checks of --tls-cert and --tls-key for changes.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub tls_reload_interval: u64,
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
+    /// (plain HTTP: keep it on loopback or a private network) [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between sweeps of expired entries from the embedded used-token ledger.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub ledger_sweep_interval: u64,
     /// Host name or address written into the URLs handed to gateways [default: the listen address].
     #[arg(long)]
     pub public_host: Option<String>,
@@ -83,6 +114,13 @@ pub struct ServeArgs {
     /// Tolerance on client certificate validity dates, in seconds (CLOCK_SKEW_SECONDS).
     #[arg(long, default_value_t = ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), value_parser = clap::value_parser!(u64).range(BootSettings::CLOCK_SKEW_RANGE))]
     pub clock_skew: u64,
+}
+
+fn parse_connections(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+        _ => Err("a number of connections from 1 to 65536".into()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +162,13 @@ fn authority(host: &str, port: u16) -> String {
 
 pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let dir = DataDir::open(&data)?;
+    match datadir::make_private(dir.root()) {
+        Ok(0) => {}
+        Ok(fixed) => tracing::warn!(fixed, data = %dir.root().display(), "made files and folders of the data directory private (0600/0700)"),
+        Err(e) => return Err(ServeError::Bootstrap(format!("cannot make {} private: {e}", dir.root().display()))),
+    }
     let public_host = host_for_urls(&args);
+    let limits = Limits { max_connections: args.max_connections, max_per_client: args.max_connections_per_client, ..Limits::default() };
 
     let boot_listener = bind(args.listen, "boot").await?;
     let secrets_listener = bind(args.secrets_listen, "secrets").await?;
@@ -132,6 +176,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let mut tasks = tokio::task::JoinSet::new();
 
     // Storage: the embedded S3 endpoint, or a real one.
+    let mut embedded_s3 = None;
     let (store, presigner): (Arc<dyn ObjectStore>, Arc<S3Store>) = match &args.bucket {
         None => {
             let s3_listener = bind(args.s3_listen, "S3").await?;
@@ -139,8 +184,9 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             let bucket_dir = dir.s3_root().join(EMBEDDED_BUCKET);
             std::fs::create_dir_all(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
             let service = s3_endpoint::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
-            tasks.spawn(s3_endpoint::run(s3_listener, service, shutdown_rx.clone()));
-            let public = format!("http://{}", authority(&public_host, args.s3_listen.port()));
+            embedded_s3 = Some((s3_listener, service));
+            let scheme = if args.s3_http { "http" } else { "https" };
+            let public = format!("{scheme}://{}", authority(&public_host, args.s3_listen.port()));
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
             let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
@@ -158,7 +204,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let (ledger, journal): (Arc<dyn TokenLedger>, Arc<dyn BootJournal>) = match &args.table {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
-            let _ = ledger.sweep(clock::unix_now());
+            tokio::spawn(sweep_ledger(ledger.clone(), Duration::from_secs(args.ledger_sweep_interval)));
             let journal_store = FsStore::open(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
             let journal = Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION));
             tokio::spawn(prune_journal(journal.clone()));
@@ -179,14 +225,45 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
 
     // Send the CA with the leaf: clients that trust the CA by fingerprint only (iPXE's
     // trust anchors) need the certificate itself to verify the chain.
-    let mut server_chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
-    server_chain.extend(tls::load_certs(&datadir::read(&dir.ca_cert())?, "CA certificate")?);
-    let server_key = tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?;
-    let boot_tls = tls::server_config(server_chain.clone(), server_key.clone_key(), Some(Arc::new(tls::GatewayCertVerifier::new(verifier.clone()))))?;
-    let secrets_tls = tls::server_config(server_chain, server_key, None)?;
+    let server_cert = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let loaded = tls::ServerCert::from_files(cert, key)?;
+            tasks.spawn(tls::watch(loaded.clone(), Duration::from_secs(args.tls_reload_interval)));
+            loaded
+        }
+        _ => {
+            let mut chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
+            chain.extend(tls::load_certs(&datadir::read(&dir.ca_cert())?, "CA certificate")?);
+            tls::ServerCert::fixed(chain, tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?)?
+        }
+    };
+    let boot_tls = tls::server_config(server_cert.clone(), Some(Arc::new(tls::GatewayCertVerifier::new(verifier.clone()))))?;
+    let secrets_tls = tls::server_config(server_cert, None)?;
+    let stats = ListenerStatsSet::default();
+    let serve_metrics = Arc::new(metrics::ServeMetrics::new(vec![
+        ("boot", stats.boot.clone()),
+        ("secrets", stats.secrets.clone()),
+        ("s3", stats.s3.clone()),
+        ("metrics", stats.metrics.clone()),
+    ]));
+    let mut health_listeners = vec![("boot", local_addr(&boot_listener)), ("secrets", local_addr(&secrets_listener))];
+    if let Some((s3_listener, _)) = &embedded_s3 {
+        health_listeners.push(("s3", local_addr(s3_listener)));
+    }
+    if let Some(addr) = args.metrics_listen {
+        let listener = bind(addr, "metrics").await?;
+        let health = Arc::new(metrics::Health { listeners: health_listeners, store: records.store().clone() });
+        tasks.spawn(metrics::run(listener, serve_metrics.clone(), health, stats.metrics.clone(), shutdown_rx.clone()));
+    }
+    if let Some((s3_listener, service)) = embedded_s3 {
+        let acceptor = (!args.s3_http).then(|| TlsAcceptor::from(secrets_tls.clone()));
+        let s3_limits = Limits { connection_lifetime: s3_endpoint::S3_CONNECTION_LIFETIME, ..limits };
+        tasks.spawn(s3_endpoint::run(s3_listener, service, acceptor, s3_limits, stats.s3.clone(), shutdown_rx.clone()));
+    }
 
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
     let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
+    let secrets_base_url_for_checkins = secrets_base_url.clone();
     let settings = BootSettings {
         presign_ttl: Duration::from_secs(args.presign_ttl),
         token_ttl: Duration::from_secs(args.token_ttl),
@@ -199,19 +276,28 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         service: BootService::new(records.clone(), presigner, keyring.clone(), settings).with_journal(journal.clone()),
         verifier,
         cert_header: CertHeader::Off,
-        metrics: Arc::new(NoMetrics),
+        metrics: serve_metrics.clone(),
     });
-    let redeem = Arc::new(RedeemApp { service: RedeemService::new(records, ledger, keyring).with_journal(journal), metrics: Arc::new(NoMetrics) });
+    let redeem = Arc::new(RedeemApp {
+        service: RedeemService::new(records, ledger, keyring).with_journal(journal).with_checkin_base_url(secrets_base_url_for_checkins),
+        metrics: serve_metrics.clone(),
+    });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
-    let boot_front = front::Front { route: front::Route::Boot(boot), acceptor: Some(TlsAcceptor::from(boot_tls)), public_host: public_host_arc.clone() };
-    tasks.spawn(front::run(boot_listener, boot_front, shutdown_rx.clone()));
+    let boot_front = front::Front {
+        route: front::Route::Boot(boot),
+        acceptor: Some(TlsAcceptor::from(boot_tls)),
+        public_host: public_host_arc.clone(),
+        metrics: serve_metrics.clone(),
+    };
+    tasks.spawn(front::run(boot_listener, boot_front, limits, stats.boot.clone(), shutdown_rx.clone()));
     let secrets_front = front::Front {
         route: front::Route::Redeem(redeem),
         acceptor: (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)),
         public_host: public_host_arc,
+        metrics: serve_metrics.clone(),
     };
-    tasks.spawn(front::run(secrets_listener, secrets_front, shutdown_rx.clone()));
+    tasks.spawn(front::run(secrets_listener, secrets_front, limits, stats.secrets.clone(), shutdown_rx.clone()));
 
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);
@@ -223,6 +309,35 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Open connections and refusals of each listener.
+#[derive(Default)]
+struct ListenerStatsSet {
+    boot: Arc<ListenerStats>,
+    secrets: Arc<ListenerStats>,
+    s3: Arc<ListenerStats>,
+    metrics: Arc<ListenerStats>,
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().expect("a bound listener has an address")
+}
+
+/// Forgets expired used tokens while running, so the ledger holds only the tokens that could
+/// still be presented (a forgotten token is refused as expired anyway).
+async fn sweep_ledger(ledger: FileLedger, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let ledger = ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.sweep(clock::unix_now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::debug!(removed, "expired used tokens forgotten"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "used-token ledger could not be swept"),
+            Err(e) => tracing::warn!(error = %e, "ledger sweep task failed"),
+        }
+    }
 }
 
 /// Deletes old boot records of the embedded journal at start and then hourly, off the request

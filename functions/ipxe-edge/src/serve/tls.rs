@@ -13,8 +13,12 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig, SignatureScheme};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,20 +51,121 @@ pub fn load_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsSet
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })
 }
 
-/// Server configuration; with a verifier, a client certificate is required.
-pub fn server_config(
-    cert_chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    client_verifier: Option<Arc<GatewayCertVerifier>>,
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
+/// Server configuration presenting `cert`; with a verifier, a client certificate is required.
+pub fn server_config(cert: Arc<ServerCert>, client_verifier: Option<Arc<GatewayCertVerifier>>) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let builder = ServerConfig::builder_with_provider(Arc::new(provider())).with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(cert_chain, key)?;
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What identifies a file's version: modification time, size and inode (certbot replaces the
+/// files behind its `live/` links, which changes all three).
+type FileStamp = (SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> std::io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len(), meta.ino()))
+}
+
+/// The server certificate every listener presents. From files (`--tls-cert`, `--tls-key`) it
+/// is reloaded when they change, without a restart; a broken new pair is refused and the
+/// current one kept.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    files: Option<(PathBuf, PathBuf)>,
+    stamps: Mutex<Option<(FileStamp, FileStamp)>>,
+}
+
+fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, what: &str) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
+    Ok(Arc::new(certified))
+}
+
+impl ServerCert {
+    /// A certificate that never changes (the one `serve` makes itself).
+    pub fn fixed(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<Self>, TlsSetupError> {
+        Ok(Arc::new(ServerCert { current: RwLock::new(certified(chain, key, "server certificate")?), files: None, stamps: Mutex::new(None) }))
+    }
+
+    /// A certificate chain and key read from PEM files, reloaded by [`ServerCert::reload_if_changed`].
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsSetupError> {
+        let (loaded, stamps) = Self::load(cert, key)?;
+        Ok(Arc::new(ServerCert { current: RwLock::new(loaded), files: Some((cert.to_path_buf(), key.to_path_buf())), stamps: Mutex::new(Some(stamps)) }))
+    }
+
+    fn load(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, (FileStamp, FileStamp)), TlsSetupError> {
+        fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsSetupError + '_ {
+            move |e| TlsSetupError::Pem { what: path.display().to_string(), reason: e.to_string() }
+        }
+        let stamps = (stamp(cert).map_err(io(cert))?, stamp(key).map_err(io(key))?);
+        let chain = load_certs(&std::fs::read(cert).map_err(io(cert))?, &cert.display().to_string())?;
+        let private = load_key(&std::fs::read(key).map_err(io(key))?, &key.display().to_string())?;
+        Ok((certified(chain, private, &cert.display().to_string())?, stamps))
+    }
+
+    /// The leaf certificate presented now.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
+    }
+
+    /// Reads the files again if they changed since the last load; `Ok(true)` when the new pair
+    /// is now presented.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsSetupError> {
+        let Some((cert, key)) = &self.files else { return Ok(false) };
+        let now = (stamp(cert).ok(), stamp(key).ok());
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(c), Some(k)) = now {
+            if stamps.as_ref() == Some(&(c, k)) {
+                return Ok(false);
+            }
+        }
+        match Self::load(cert, key) {
+            Ok((loaded, new_stamps)) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+                *stamps = Some(new_stamps);
+                Ok(true)
+            }
+            Err(e) => {
+                // Do not retry the same broken files every tick: wait for the next change.
+                if let (Some(c), Some(k)) = now {
+                    *stamps = Some((c, k));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Checks the certificate files every `every` and swaps in a changed pair, with one log line.
+pub async fn watch(cert: Arc<ServerCert>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let cert = cert.clone();
+        match tokio::task::spawn_blocking(move || cert.reload_if_changed().map(|changed| (changed, cert.leaf()))).await {
+            Ok(Ok((true, leaf))) => {
+                let (subject, not_after) =
+                    X509Certificate::from_der(leaf.as_ref()).map(|(_, c)| (c.subject().to_string(), c.validity().not_after.to_string())).unwrap_or_default();
+                tracing::info!(subject, not_after, "server certificate reloaded")
+            }
+            Ok(Ok((false, _))) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "new server certificate refused; still presenting the previous one"),
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        }
+    }
 }
 
 /// Accepts client certificates the core chain verifier accepts, v1 included.
