@@ -153,8 +153,9 @@ fp=$(fingerprint qemu-gw)
 check "Linux booted from the served kernel and initrd" 'grep -q "EDGE-LINUX-UP" <<<"$serial"'
 # iPXE prints each download's URL without its query; the endpoint refuses anything unsigned,
 # so a successful download from it was a presigned one.
-asset_path=$(grep -o "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial" | head -n 1 | sed 's/\.\.\. ok//')
-check "iPXE downloaded kernel and initrd from the S3 endpoint" '[ "$(grep -c "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\. ok" <<<"$serial")" -ge 2 ]'
+# (over HTTPS iPXE may print progress percentages between the URL and "ok")
+asset_path=$(grep -o "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\..* ok$" <<<"$serial" | head -n 1 | sed 's/\.\.\..*//')
+check "iPXE downloaded kernel and initrd from the S3 endpoint" '[ "$(grep -c "10.0.2.2:$s3_port/ipxe-edge/assets/sha256/[0-9a-f]*\.\.\..* ok$" <<<"$serial")" -ge 2 ]'
 check "those URLs only work presigned (unsigned: 403)" '[ "$(curl -s --cacert "$data/pki/ca.crt" -o /dev/null -w "%{http_code}" "https://127.0.0.1:$s3_port/${asset_path#*/}")" = 403 ]'
 check "the S3 endpoint speaks HTTPS only" '! curl -s -o /dev/null "http://127.0.0.1:$s3_port/${asset_path#*/}"'
 check "iPXE fetched kernel and initrd over HTTPS" 'grep -q "https://10.0.2.2:$s3_port/" <<<"$serial"'

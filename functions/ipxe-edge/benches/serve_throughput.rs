@@ -1,6 +1,7 @@
 //! Throughput of `ipxe-edge serve` (release build recommended): boots per second through the
-//! mTLS front, with keep-alive connections and with a new TLS connection per boot.
-//! Prints a table.
+//! mTLS front, with keep-alive connections and with a new TLS connection per boot; then the
+//! same keep-alive boots with 10,000 enrolled gateways, to show a boot's cost does not depend
+//! on the farm's size. Prints tables.
 //!
 //! Run: cargo bench -p ipxe-edge --bench serve_throughput
 
@@ -10,7 +11,10 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
 
 async fn run(serve: &ServeProcess, ca: &[u8], identity: &[u8], connections: usize, per_connection: usize, keep_alive: bool) -> (f64, Duration, Duration) {
-    let url = format!("{}?buildarch=x86_64", serve.boot_url());
+    run_url(format!("{}?buildarch=x86_64", serve.boot_url()), ca, identity, connections, per_connection, keep_alive).await
+}
+
+async fn run_url(url: String, ca: &[u8], identity: &[u8], connections: usize, per_connection: usize, keep_alive: bool) -> (f64, Duration, Duration) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -54,6 +58,91 @@ async fn main() {
         let (rate, p50, p99) = run(&serve, &ca, &identity, conns, per, keep).await;
         println!("| {label:<28} | {conns:>5} | {:>5} | {rate:>7.0} | {:>8.1} | {:>8.1} |", conns * per, p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
     }
+
+    // The handshake dominates a boot on a new connection: the same clients against a bare mTLS
+    // server (nginx answering a constant, same certificates, same CA) on this machine.
+    match BareMtls::start(&data) {
+        Some(bare) => {
+            let (ours, _, _) = run(&serve, &ca, &identity, 16, 40, false).await;
+            let (theirs, _, _) = run_url(bare.url.clone(), &ca, &identity, 16, 40, false).await;
+            println!("\n| new TLS connection per boot, 16 clients | boots/s |");
+            println!("|------------------------------------------|---------|");
+            println!("| ipxe-edge serve (whole boot)             | {ours:>7.0} |");
+            println!("| nginx, mTLS, constant answer             | {theirs:>7.0} |");
+            println!("ratio: {:.2}", ours / theirs);
+        }
+        None => println!("\nnginx not found: install it (apt-get install nginx-light) to compare with a bare mTLS server"),
+    }
+
+    // Farm size: the same boots with 1 and with 10,000 enrolled gateways (each with secrets).
+    let (_, one_p50, one_p99) = run(&serve, &ca, &identity, 16, 200, true).await;
+    enroll_many(&data, 9_999);
+    run(&serve, &ca, &identity, 4, 25, true).await; // warm-up
+    let (_, many_p50, many_p99) = run(&serve, &ca, &identity, 16, 200, true).await;
+    println!("\n| enrolled gateways | p50 (ms) | p99 (ms) |");
+    println!("|-------------------|----------|----------|");
+    println!("| 1                 | {:>8.2} | {:>8.2} |", one_p50.as_secs_f64() * 1e3, one_p99.as_secs_f64() * 1e3);
+    println!("| 10,000            | {:>8.2} | {:>8.2} |", many_p50.as_secs_f64() * 1e3, many_p99.as_secs_f64() * 1e3);
+    println!("p99 ratio (10,000 / 1): {:.2}", many_p99.as_secs_f64() / one_p99.as_secs_f64());
     drop(serve);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Writes `n` more gateway records, each with a secrets object, straight into the embedded
+/// bucket (what `gateway enroll` writes, without issuing `n` RSA keys).
+fn enroll_many(data: &std::path::Path, n: usize) {
+    use ipxe_edge_core::domain::identity::Fingerprint;
+    let bucket = data.join("s3/ipxe-edge");
+    for i in 0..n {
+        let fp = Fingerprint::of_der(format!("bench-gateway-{i}").as_bytes());
+        let record = ipxe_edge_core::domain::model::new_gateway(&format!("bench-{i}"), fp.clone());
+        let dir = bucket.join(format!("gateways/{fp}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gateway.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        std::fs::write(dir.join("secrets"), b"k=v\n").unwrap();
+    }
+}
+
+/// nginx with mutual TLS and a constant answer, on the server certificate of `serve`.
+struct BareMtls {
+    child: std::process::Child,
+    url: String,
+}
+
+impl BareMtls {
+    fn start(data: &std::path::Path) -> Option<Self> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+        let dir = data.with_extension("nginx");
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let chain = [std::fs::read(data.join("pki/server.crt")).unwrap(), std::fs::read(data.join("pki/ca.crt")).unwrap()].concat();
+        std::fs::write(dir.join("chain.pem"), chain).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "worker_processes 2; daemon off; pid {dir}/nginx.pid; error_log {dir}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {dir}/chain.pem; ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on;\n\
+             ssl_protocols TLSv1.2 TLSv1.3; location / {{ return 200 \"#!ipxe\\n\"; }} }} }}\n",
+            dir = dir.display(),
+            key = data.join("pki/server.key").display(),
+            ca = data.join("pki/ca.crt").display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child =
+            std::process::Command::new(nginx).arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).stderr(std::process::Stdio::null()).spawn().ok()?;
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(BareMtls { child, url: format!("https://127.0.0.1:{port}/boot.ipxe") });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for BareMtls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

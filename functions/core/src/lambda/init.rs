@@ -171,7 +171,8 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
         fallback_after = config.boot.fallback_after,
         "boot function initialised"
     );
-    let mut service = BootService::new(records, s3, keyring, config.boot);
+    let presigner = Arc::new(crate::storage::presign_cache::CachingPresigner::new(s3));
+    let mut service = BootService::new(records, presigner, keyring, config.boot);
     if let Some(table) = &config.table {
         service = service.with_journal(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), config.boot_history)));
     }

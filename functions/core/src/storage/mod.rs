@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod keys;
+pub mod presign_cache;
 pub mod records;
 
 use crate::domain::health::{BootRecord, GatewayHealth};

@@ -24,6 +24,7 @@ use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger, D
 use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
+use ipxe_edge_core::storage::presign_cache::CachingPresigner;
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::{BootJournal, ObjectStore, TokenLedger};
 use listener::{Limits, ListenerStats};
@@ -273,7 +274,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         health_deadline: Duration::from_secs(args.health_deadline),
     };
     let boot = Arc::new(BootApp {
-        service: BootService::new(records.clone(), presigner, keyring.clone(), settings).with_journal(journal.clone()),
+        service: BootService::new(records.clone(), Arc::new(CachingPresigner::new(presigner)), keyring.clone(), settings).with_journal(journal.clone()),
         verifier,
         cert_header: CertHeader::Off,
         metrics: serve_metrics.clone(),
