@@ -199,9 +199,11 @@ async fn checkin_is_single_use_forged_is_403_and_neither_changes_records() {
     let path = url_path(&script, "/checkin/");
     assert_eq!(h.call(&path, "GET").await.status(), 405);
     assert_eq!(h.call(&path, "GET").await.headers()["allow"], "POST");
-    let mut forged = path.clone();
-    let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    // One character of the MAC changed (not the last one, whose spare bits may not decode).
+    let mut forged: Vec<char> = path.chars().collect();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
     let before = h.journal_store.list("").await.unwrap();
     let state_before = h.state().await;
     assert_eq!(h.call(&forged, "POST").await.status(), 403);

@@ -113,7 +113,7 @@ impl Context {
                 Some(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&config), table.clone(), DEFAULT_BOOT_RETENTION)))
             }
             (None, Backend::Embedded) => {
-                let store = FsStore::open(dir.journal())?;
+                let store = FsStore::open_volatile(dir.journal())?;
                 Some(Arc::new(ObjectJournal::new(Arc::new(store), DEFAULT_BOOT_RETENTION)))
             }
             (None, Backend::S3(_)) => None,

@@ -22,6 +22,12 @@ pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
 /// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
 /// rename, fsync of the directory. Missing folders are created 0700.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_replacing(path, bytes, mode, true)
+}
+
+/// [`write_atomic`], with the two fsyncs only when `durable`: readers still see the old or the
+/// new content, never a mix, but a crash may lose the latest writes.
+pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     create_private_dirs(dir)?;
@@ -30,9 +36,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -46,6 +57,9 @@ pub struct FsStore {
     /// When the directory is a bucket of the embedded S3 endpoint (s3s-fs): its root and the
     /// bucket name, so that a write can drop the endpoint's cached checksums of the object.
     s3s: Option<(PathBuf, String)>,
+    /// Whether writes are fsynced before they count (records: yes; the boot journal, whose
+    /// latest entries may be lost in a crash without harm: no).
+    durable: bool,
 }
 
 fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -56,7 +70,13 @@ impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         create_private_dirs(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
-        Ok(FsStore { root, s3s: None })
+        Ok(FsStore { root, s3s: None, durable: true })
+    }
+
+    /// A store whose writes are atomic but not fsynced: for data a crash may lose the latest of
+    /// (the boot journal), where an fsync per boot would bound the boot rate by the disk.
+    pub fn open_volatile(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Ok(FsStore { durable: false, ..Self::open(root)? })
     }
 
     /// Bucket `bucket` of an s3s-fs root: the objects the embedded S3 endpoint serves.
@@ -98,13 +118,13 @@ impl FsStore {
 
     fn write_object(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
         self.forget_s3s_sidecars(key);
-        let result = Self::write_file(path, body, key);
+        let result = self.write_file(path, body, key);
         self.forget_s3s_sidecars(key);
         result
     }
 
-    fn write_file(path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
-        write_atomic(path, body, 0o600).map_err(io(key))
+    fn write_file(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
+        write_replacing(path, body, 0o600, self.durable).map_err(io(key))
     }
 
     fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {

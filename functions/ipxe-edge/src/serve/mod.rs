@@ -206,7 +206,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
             tokio::spawn(sweep_ledger(ledger.clone(), Duration::from_secs(args.ledger_sweep_interval)));
-            let journal_store = FsStore::open(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+            let journal_store = FsStore::open_volatile(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
             let journal = Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION));
             tokio::spawn(prune_journal(journal.clone()));
             (Arc::new(ledger), journal)

@@ -88,10 +88,15 @@ impl BootJournal for ObjectJournal {
         let key = Self::state_key(fp);
         match self.store.get(&key).await? {
             None => Ok(StoredHealth::default()),
-            Some(object) => {
-                let health = serde_json::from_slice(&object.body).map_err(|e| invalid(&key, e))?;
-                Ok(StoredHealth { health, version: object.etag })
-            }
+            Some(object) => match serde_json::from_slice(&object.body) {
+                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
+                // A state a crash left unreadable starts over (no failures counted, no last
+                // known good: the target is served) and is overwritten by the next commit.
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "boot state unreadable; starting over");
+                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
+                }
+            },
         }
     }
 
@@ -162,6 +167,14 @@ mod tests {
         let loaded = journal.load(&fp).await.unwrap();
         assert_eq!(loaded.health, state);
         assert!(matches!(journal.commit(&fp, Some("stale"), &state, &[]).await, Err(StoreError::Conflict(_))));
+        // A torn state starts over and is overwritten by the next commit.
+        let store = Arc::new(MemoryStore::new());
+        let torn = ObjectJournal::new(store.clone(), Duration::from_secs(60));
+        store.insert(&ObjectJournal::state_key(&fp), b"{\"target\":".to_vec());
+        let loaded_torn = torn.load(&fp).await.unwrap();
+        assert_eq!(loaded_torn.health, GatewayHealth::default());
+        torn.commit(&fp, loaded_torn.version.as_deref(), &state, &[]).await.unwrap();
+        assert_eq!(torn.load(&fp).await.unwrap().health, state);
         journal.commit(&fp, loaded.version.as_deref(), &state, &[&boot(200), &boot(1_000)]).await.unwrap();
         let history = journal.history(&fp, 2).await.unwrap();
         assert_eq!(history.iter().map(|b| b.issued_at).collect::<Vec<_>>(), vec![1_000, 200]);
