@@ -2,13 +2,13 @@
 //! bucket), and one error type whose message fits on one line.
 
 use crate::datadir::{DataDir, DataDirError, EMBEDDED_BUCKET};
+use crate::embedded::file_journal::FileJournal;
 use crate::embedded::fs_store::FsStore;
 use ipxe_edge_core::domain::identity::IdentityError;
 use ipxe_edge_core::domain::model::GatewayRecord;
 use ipxe_edge_core::lambda::init::{s3_client, sdk_config, Timeouts};
 use ipxe_edge_core::service::boot::BootError;
 use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DEFAULT_BOOT_RETENTION};
-use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::{RecordError, Records};
 use ipxe_edge_core::storage::{BootJournal, ObjectStore, StoreError};
@@ -112,10 +112,7 @@ impl Context {
                 let config = sdk_config(None, Timeouts::Operator).await;
                 Some(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&config), table.clone(), DEFAULT_BOOT_RETENTION)))
             }
-            (None, Backend::Embedded) => {
-                let store = FsStore::open_volatile(dir.journal())?;
-                Some(Arc::new(ObjectJournal::new(Arc::new(store), DEFAULT_BOOT_RETENTION)))
-            }
+            (None, Backend::Embedded) => Some(Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION)?)),
             (None, Backend::S3(_)) => None,
         };
         Ok(Context { dir, backend, records: Records::new(store), journal })

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod tls;
 
 use crate::datadir::{self, DataDir, DataDirError, EMBEDDED_BUCKET};
+use crate::embedded::file_journal::FileJournal;
 use crate::embedded::file_ledger::FileLedger;
 use crate::embedded::fs_store::FsStore;
 use crate::embedded::s3_endpoint;
@@ -21,7 +22,6 @@ use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, sta
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger, DEFAULT_BOOT_RETENTION};
-use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::presign_cache::CachingPresigner;
@@ -206,8 +206,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
             tokio::spawn(sweep_ledger(ledger.clone(), Duration::from_secs(args.ledger_sweep_interval)));
-            let journal_store = FsStore::open_volatile(dir.journal()).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
-            let journal = Arc::new(ObjectJournal::new(Arc::new(journal_store), DEFAULT_BOOT_RETENTION));
+            let journal = Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
             tokio::spawn(prune_journal(journal.clone()));
             (Arc::new(ledger), journal)
         }
@@ -343,14 +342,16 @@ async fn sweep_ledger(ledger: FileLedger, every: Duration) {
 
 /// Deletes old boot records of the embedded journal at start and then hourly, off the request
 /// path (DynamoDB's TTL does this for the table).
-async fn prune_journal(journal: Arc<ObjectJournal>) {
+async fn prune_journal(journal: Arc<FileJournal>) {
     let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every_hour.tick().await;
-        match journal.prune(clock::unix_now()).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "old boot records pruned"),
-            Err(e) => tracing::warn!(error = %e, "boot records could not be pruned"),
+        let journal = journal.clone();
+        match tokio::task::spawn_blocking(move || journal.prune(clock::unix_now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "old boot records pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "boot records could not be pruned"),
+            Err(e) => tracing::warn!(error = %e, "journal prune task failed"),
         }
     }
 }

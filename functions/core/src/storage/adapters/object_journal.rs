@@ -1,5 +1,5 @@
-//! The boot journal over any object store: `ipxe-edge serve`'s embedded journal (a private
-//! directory of the data dir) and the in-memory journal of tests and benchmarks.
+//! The boot journal over any object store: the in-memory journal of tests and benchmarks
+//! (`serve` uses a file journal of its own, which appends boots to a log instead).
 //!
 //! ```text
 //! <fp>/state.json                        the gateway's boot state (conditional writes)
@@ -8,8 +8,7 @@
 //! The state is the source of truth and is written first, conditionally; the boot records are
 //! its history. A commit holds a lock of its gateway (one of 64, by fingerprint) across both,
 //! so that a slower commit cannot overwrite a boot record a later one already closed. Old boot
-//! records are pruned off the request path ([`ObjectJournal::prune`], which `serve` runs
-//! hourly).
+//! records are pruned off the request path ([`ObjectJournal::prune`]).
 
 use crate::domain::health::{BootRecord, GatewayHealth};
 use crate::domain::identity::Fingerprint;

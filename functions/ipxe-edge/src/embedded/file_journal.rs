@@ -1,0 +1,227 @@
+//! The boot journal of `serve` and the CLI on one machine (`DIR/journal/`):
+//!
+//! ```text
+//! <fp>/state.json    the gateway's boot state: conditional writes through [`FsStore`]
+//! <fp>/boots.jsonl   its boots, one JSON line per version of a boot record, appended
+//! ```
+//! Appending a line instead of writing a file per boot record keeps a boot to one new file
+//! (the state's replacement): on ext4, creating and deleting files is what a boot costs most.
+//! A later line of a boot supersedes the earlier ones. A commit holds its gateway's lock (one
+//! of 64) across the state write and the appends, so that lines land in commit order. Old boots
+//! are pruned by rewriting the log ([`FileJournal::prune`], hourly in `serve`). Writes are not
+//! fsynced: a crash may lose the latest boots, and a torn state starts over.
+
+use crate::embedded::fs_store::{create_private_dirs, write_replacing, FsStore};
+use async_trait::async_trait;
+use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth};
+use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::storage::adapters::object_journal::MAX_BOOTS_KEPT;
+use ipxe_edge_core::storage::{BootJournal, ObjectStore, StoreError, StoredHealth, WriteCondition};
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const COMMIT_LOCKS: usize = 64;
+const LOG: &str = "boots.jsonl";
+
+pub struct FileJournal {
+    root: PathBuf,
+    states: FsStore,
+    retention: Duration,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+fn io(what: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("{}: {e}", what.display()))
+}
+
+/// The boots of a log, latest version of each, oldest first.
+fn read_log(path: &Path) -> Result<Vec<BootRecord>, StoreError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut latest: HashMap<String, BootRecord> = HashMap::new();
+    // A line a crash cut short is skipped; every other line is a whole record.
+    for boot in text.lines().filter_map(|line| serde_json::from_str::<BootRecord>(line).ok()) {
+        latest.insert(boot.id.clone(), boot);
+    }
+    let mut boots: Vec<BootRecord> = latest.into_values().collect();
+    boots.sort_by_key(|b| (b.seq, b.issued_at));
+    Ok(boots)
+}
+
+impl FileJournal {
+    /// Opens (creating if needed) the journal folder; boots older than `retention` are pruned.
+    pub fn open(root: impl Into<PathBuf>, retention: Duration) -> Result<Self, StoreError> {
+        let root = root.into();
+        let states = FsStore::open_volatile(&root)?;
+        Ok(FileJournal { root, states, retention, locks: (0..COMMIT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect() })
+    }
+
+    fn lock(&self, fp: &Fingerprint) -> &tokio::sync::Mutex<()> {
+        let shard = fp.as_str().bytes().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[shard % COMMIT_LOCKS]
+    }
+
+    fn state_key(fp: &Fingerprint) -> String {
+        format!("{fp}/state.json")
+    }
+
+    fn log_path(&self, fp: &Fingerprint) -> PathBuf {
+        self.root.join(fp.as_str()).join(LOG)
+    }
+
+    fn append(path: &Path, boots: &[BootRecord]) -> Result<(), StoreError> {
+        let mut lines = Vec::new();
+        for boot in boots {
+            serde_json::to_writer(&mut lines, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+            lines.push(b'\n');
+        }
+        if let Some(dir) = path.parent() {
+            create_private_dirs(dir).map_err(io(dir))?;
+        }
+        // One write of whole lines: appends of concurrent commits never interleave within a line.
+        let mut file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io(path))?;
+        file.write_all(&lines).map_err(io(path))
+    }
+
+    /// Rewrites every gateway's log without boots older than the retention (counted from
+    /// `now`) and beyond [`MAX_BOOTS_KEPT`]; returns how many boots it dropped.
+    pub fn prune(&self, now: u64) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(self.retention.as_secs());
+        let mut removed = 0;
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path().join(LOG);
+            if !path.is_file() {
+                continue;
+            }
+            let lines = fs::read_to_string(&path).map_err(io(&path))?.lines().count();
+            let boots = read_log(&path)?;
+            let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
+            let kept: Vec<&BootRecord> = boots.iter().enumerate().filter(|(i, b)| *i >= excess && b.issued_at >= cutoff).map(|(_, b)| b).collect();
+            if kept.len() == lines {
+                continue;
+            }
+            removed += boots.len() - kept.len();
+            let mut text = Vec::new();
+            for boot in kept {
+                serde_json::to_writer(&mut text, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+                text.push(b'\n');
+            }
+            write_replacing(&path, &text, 0o600, false).map_err(io(&path))?;
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl BootJournal for FileJournal {
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+        let key = Self::state_key(fp);
+        match self.states.get(&key).await? {
+            None => Ok(StoredHealth::default()),
+            Some(object) => match serde_json::from_slice(&object.body) {
+                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "boot state unreadable; starting over");
+                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
+                }
+            },
+        }
+    }
+
+    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+        let condition = match version {
+            None => WriteCondition::Absent,
+            Some(tag) => WriteCondition::Matches(tag.to_string()),
+        };
+        let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        let _guard = self.lock(fp).lock().await;
+        self.states.put(&Self::state_key(fp), body, condition).await?;
+        if !boots.is_empty() {
+            let path = self.log_path(fp);
+            let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
+            tokio::task::spawn_blocking(move || Self::append(&path, &boots)).await.map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {
+        let path = self.log_path(fp);
+        let mut boots = tokio::task::spawn_blocking(move || read_log(&path)).await.map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))??;
+        boots.reverse();
+        boots.truncate(limit);
+        Ok(boots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipxe_edge_core::domain::health::{BootReason, HealthGate, Outcome};
+
+    fn boot(n: u64, issued_at: u64) -> BootRecord {
+        BootRecord {
+            id: format!("{n:032x}"),
+            seq: n,
+            release: "r1".into(),
+            target: "r1".into(),
+            reason: BootReason::Channel,
+            gate: HealthGate::ReachedLinux,
+            arch: "x86_64".into(),
+            platform: None,
+            mac: None,
+            issued_at,
+            deadline: issued_at + 600,
+            secrets_token: None,
+            outcome: Outcome::Issued,
+            reached_linux_at: None,
+            healthy_at: None,
+            failed_at: None,
+            fail_reason: None,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ipxe-edge-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn commits_are_conditional_later_lines_win_and_pruning_rewrites() {
+        let dir = temp("file");
+        let journal = FileJournal::open(&dir, Duration::from_secs(500)).unwrap();
+        let fp = Fingerprint::of_der(b"gw");
+        assert_eq!(journal.load(&fp).await.unwrap(), StoredHealth::default());
+        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
+        assert!(matches!(journal.commit(&fp, None, &state, &[]).await, Err(StoreError::Conflict(_))));
+        let loaded = journal.load(&fp).await.unwrap();
+        assert_eq!(loaded.health, state);
+        let mut failed = boot(1, 100);
+        failed.outcome = Outcome::Failed;
+        journal.commit(&fp, loaded.version.as_deref(), &state, &[&failed, &boot(2, 700), &boot(3, 1_000)]).await.unwrap();
+        let history = journal.history(&fp, 10).await.unwrap();
+        assert_eq!(history.iter().map(|b| (b.seq, b.outcome)).collect::<Vec<_>>(), vec![(3, Outcome::Issued), (2, Outcome::Issued), (1, Outcome::Failed)]);
+        assert_eq!(journal.history(&fp, 1).await.unwrap().len(), 1);
+        // A torn last line (a crash mid-append) is skipped.
+        fs::OpenOptions::new().append(true).open(journal.log_path(&fp)).unwrap().write_all(b"{\"id\":\"00").unwrap();
+        assert_eq!(journal.history(&fp, 10).await.unwrap().len(), 3);
+        assert_eq!(journal.prune(1_000).unwrap(), 1);
+        assert_eq!(journal.history(&fp, 10).await.unwrap().iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3, 2]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(journal.log_path(&fp)).unwrap().permissions()) & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
