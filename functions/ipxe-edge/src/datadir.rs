@@ -42,7 +42,8 @@ impl DataDir {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DataDirError> {
         let root = root.into();
         crate::embedded::fs_store::create_private_dirs(&root).map_err(io_error(&root))?;
-        let probe = root.join(".write-probe");
+        // A name of this process alone: operator commands may run side by side.
+        let probe = root.join(format!(".write-probe-{}-{:x}", std::process::id(), rand::random::<u32>()));
         File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(io_error(&root))?;
         Ok(DataDir { root })
     }

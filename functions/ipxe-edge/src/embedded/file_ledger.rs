@@ -23,7 +23,7 @@ impl FileLedger {
         let dir = dir.into();
         super::fs_store::create_private_dirs(&dir)?;
         // Fail early on a directory we cannot write.
-        let probe = dir.join(".write-probe");
+        let probe = dir.join(format!(".write-probe-{}-{:x}", std::process::id(), rand::random::<u32>()));
         File::create(&probe)?;
         fs::remove_file(&probe)?;
         Ok(FileLedger { dir })

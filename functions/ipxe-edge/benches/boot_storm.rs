@@ -1,0 +1,159 @@
+//! 1,000 gateways boot at once against `ipxe-edge serve` (release build), each as itself and
+//! on new connections, as iPXE does: the boot script, the kernel and the initrd through their
+//! presigned HTTPS URLs, then the secrets. Prints errors, p50/p99 per step and the server's
+//! peak RSS. Clients come from 16 loopback addresses (a farm's gateways are not one address).
+//!
+//! Run: cargo bench -p ipxe-edge --bench boot_storm
+
+use ipxe_edge_tests::*;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
+const GATEWAYS: usize = 1000;
+
+fn edge(data: &Path, args: &[&str]) {
+    let status = std::process::Command::new(BIN).arg("--data").arg(data).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success(), "ipxe-edge {args:?}");
+}
+
+/// Enrolls `n` gateways (a few processes at a time) and gives each a secret.
+fn enroll(data: &Path, n: usize) -> Vec<Vec<u8>> {
+    let names: Vec<String> = (0..n).map(|i| format!("storm-{i}")).collect();
+    for chunk in names.chunks(4) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|name| {
+                std::process::Command::new(BIN).arg("--data").arg(data).args(["gateway", "enroll", name]).stdout(std::process::Stdio::null()).spawn().unwrap()
+            })
+            .collect();
+        for mut child in children {
+            assert!(child.wait().unwrap().success());
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            let cert = std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap();
+            let der = ipxe_edge_core::domain::identity::pem_certificates(&cert).unwrap().remove(0);
+            let fp = ipxe_edge_core::domain::identity::Fingerprint::of_der(&der);
+            std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{fp}/secrets")), format!("gateway={name}\n")).unwrap();
+            [cert, std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap()].concat()
+        })
+        .collect()
+}
+
+fn client(ca: &[u8], identity: Option<&[u8]>, source: IpAddr) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+        .local_address(source)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(120));
+    if let Some(pem) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<(Duration, Vec<u8>), String> {
+    let t = Instant::now();
+    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
+    if status != 200 {
+        return Err(format!("{status}"));
+    }
+    Ok((t.elapsed(), body))
+}
+
+fn word_after<'a>(script: &'a str, prefix: &str) -> Option<&'a str> {
+    script.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|rest| rest.split(' ').next())
+}
+
+/// One gateway's boot: script, kernel, initrd, secrets; each on a new connection.
+async fn boot(ca: Arc<Vec<u8>>, identity: Vec<u8>, source: IpAddr, boot_url: String) -> Result<[Duration; 4], String> {
+    let (t_script, script) = get(&client(&ca, Some(&identity), source), &boot_url).await?;
+    let script = String::from_utf8_lossy(&script).into_owned();
+    let kernel = word_after(&script, "kernel ").ok_or("no kernel line")?.to_string();
+    let initrd = word_after(&script, "initrd ").ok_or("no initrd line")?.to_string();
+    let start = script.find("b2c.extra_args_url=\"").ok_or("no secrets URL")? + "b2c.extra_args_url=\"".len();
+    let secrets = script[start..start + script[start..].find('"').ok_or("bad secrets URL")?].to_string();
+    let (t_kernel, _) = get(&client(&ca, None, source), &kernel).await?;
+    let (t_initrd, _) = get(&client(&ca, None, source), &initrd).await?;
+    let (t_secrets, secret) = get(&client(&ca, None, source), &secrets).await?;
+    if !secret.starts_with(b"gateway=storm-") {
+        return Err("wrong secret".into());
+    }
+    Ok([t_script, t_kernel, t_initrd, t_secrets])
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+#[tokio::main]
+async fn main() {
+    let data = temp_dir("bench-storm");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    // A release of some size: 2 MiB kernel, 8 MiB initrd (10 GB through TLS for the storm).
+    let assets = data.with_extension("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    let (kernel, initrd) = (assets.join("vmlinuz"), assets.join("initrd"));
+    std::fs::write(&kernel, vec![7u8; 2 << 20]).unwrap();
+    std::fs::write(&initrd, vec![9u8; 8 << 20]).unwrap();
+    edge(&data, &["release", "create", "storm", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--cmdline", "console=ttyS0"]);
+    edge(&data, &["channel", "promote", "stable", "storm"]);
+    let enrolling = Instant::now();
+    let identities = enroll(&data, GATEWAYS);
+    println!("enrolled {GATEWAYS} gateways in {:.0} s", enrolling.elapsed().as_secs_f64());
+
+    let ca = Arc::new(std::fs::read(data.join("pki/ca.crt")).unwrap());
+    let boot_url = format!("{}?buildarch=x86_64&platform=efi", serve.boot_url());
+    let started = Instant::now();
+    let tasks: Vec<_> = identities
+        .into_iter()
+        .enumerate()
+        .map(|(i, identity)| {
+            let source: IpAddr = format!("127.0.1.{}", 1 + i % 16).parse().unwrap();
+            tokio::spawn(boot(ca.clone(), identity, source, boot_url.clone()))
+        })
+        .collect();
+    let mut steps: [Vec<Duration>; 4] = Default::default();
+    let mut errors = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(times) => {
+                for (all, t) in steps.iter_mut().zip(times) {
+                    all.push(t);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let total = started.elapsed();
+    let rss = peak_rss_mb(serve.child.id());
+    println!("\n{GATEWAYS} gateways booting at once: {:.1} s for all, {} errors, serve peak RSS {rss:.1} MB", total.as_secs_f64(), errors.len());
+    println!("| step            | n    | p50 (ms) | p99 (ms) |");
+    println!("|-----------------|------|----------|----------|");
+    for (name, all) in ["boot script", "kernel 2 MiB", "initrd 8 MiB", "secrets"].iter().zip(steps.iter_mut()) {
+        all.sort();
+        if all.is_empty() {
+            continue;
+        }
+        let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        println!("| {name:<15} | {:>4} | {:>8.1} | {:>8.1} |", all.len(), at(0.5), at(0.99));
+    }
+    if !errors.is_empty() {
+        errors.sort();
+        errors.dedup();
+        println!("errors (distinct): {errors:?}");
+    }
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&assets);
+}
