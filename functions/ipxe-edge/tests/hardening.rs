@@ -54,9 +54,10 @@ fn secrets_url(script: &str) -> String {
     script[start..start + script[start..].find('"').unwrap()].to_string()
 }
 
-fn tls_connector(data: &Path) -> tokio_rustls::TlsConnector {
+/// A TLS connector trusting only the CA certificates of `ca_pem`, without a client certificate.
+fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types_certs(&read(&data.join("pki/ca.crt"))) {
+    for cert in rustls_pki_types_certs(ca_pem) {
         roots.add(cert).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -100,7 +101,7 @@ async fn floods_from_one_address_do_not_lock_out_real_clients() {
     // Slow bodies on the secrets listener: TLS, headers promising a body, no body.
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let connector = tls_connector(&data);
+    let connector = tls_connector(&read(&data.join("pki/ca.crt")));
     let mut slow = Vec::new();
     for _ in 0..100 {
         let Ok(tcp) = connect_from(FLOOD_SOURCE, serve.secrets_port).await else { continue };
@@ -197,17 +198,8 @@ async fn the_ledger_forgets_expired_tokens_while_running() {
 
 /// The certificate a TLS server presents to a client that trusts `ca_pem`.
 async fn presented_leaf(ca_pem: &[u8], port: u16) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types_certs(ca_pem) {
-        roots.add(cert).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect("127.0.0.1".try_into().unwrap(), tcp).await.expect("handshake");
+    let tls = tls_connector(ca_pem).connect("127.0.0.1".try_into().unwrap(), tcp).await.expect("handshake");
     tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
 }
 

@@ -6,8 +6,8 @@
 //! ```
 //! Appending a line instead of writing a file per boot record keeps a boot to one new file
 //! (the state's replacement): on ext4, creating and deleting files is what a boot costs most.
-//! A later line of a boot supersedes the earlier ones. A commit holds its gateway's lock (one
-//! of 64) across the state write and the appends, so that lines land in commit order. Old boots
+//! A later line of a boot supersedes the earlier ones. The states, and the commit lock held
+//! across the state write and the appends, are the core's [`GatewayStates`]. Old boots
 //! are pruned by rewriting the log ([`FileJournal::prune`], hourly in `serve`). Writes are not
 //! fsynced: a crash may lose the latest boots, and a torn state starts over.
 
@@ -15,23 +15,22 @@ use crate::embedded::fs_store::{create_private_dirs, write_replacing, FsStore};
 use async_trait::async_trait;
 use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth};
 use ipxe_edge_core::domain::identity::Fingerprint;
-use ipxe_edge_core::storage::adapters::object_journal::MAX_BOOTS_KEPT;
-use ipxe_edge_core::storage::{BootJournal, ObjectStore, StoreError, StoredHealth, WriteCondition};
+use ipxe_edge_core::storage::adapters::object_journal::{GatewayStates, MAX_BOOTS_KEPT};
+use ipxe_edge_core::storage::{BootJournal, StoreError, StoredHealth};
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-const COMMIT_LOCKS: usize = 64;
 const LOG: &str = "boots.jsonl";
 
 pub struct FileJournal {
     root: PathBuf,
-    states: FsStore,
+    states: GatewayStates,
     retention: Duration,
-    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -59,17 +58,8 @@ impl FileJournal {
     /// Opens (creating if needed) the journal folder; boots older than `retention` are pruned.
     pub fn open(root: impl Into<PathBuf>, retention: Duration) -> Result<Self, StoreError> {
         let root = root.into();
-        let states = FsStore::open_volatile(&root)?;
-        Ok(FileJournal { root, states, retention, locks: (0..COMMIT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect() })
-    }
-
-    fn lock(&self, fp: &Fingerprint) -> &tokio::sync::Mutex<()> {
-        let shard = fp.as_str().bytes().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
-        &self.locks[shard % COMMIT_LOCKS]
-    }
-
-    fn state_key(fp: &Fingerprint) -> String {
-        format!("{fp}/state.json")
+        let states = GatewayStates::new(Arc::new(FsStore::open_volatile(&root)?));
+        Ok(FileJournal { root, states, retention })
     }
 
     fn log_path(&self, fp: &Fingerprint) -> PathBuf {
@@ -127,27 +117,12 @@ impl FileJournal {
 #[async_trait]
 impl BootJournal for FileJournal {
     async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
-        let key = Self::state_key(fp);
-        match self.states.get(&key).await? {
-            None => Ok(StoredHealth::default()),
-            Some(object) => match serde_json::from_slice(&object.body) {
-                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "boot state unreadable; starting over");
-                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
-                }
-            },
-        }
+        self.states.load(fp).await
     }
 
     async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
-        let condition = match version {
-            None => WriteCondition::Absent,
-            Some(tag) => WriteCondition::Matches(tag.to_string()),
-        };
-        let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
-        let _guard = self.lock(fp).lock().await;
-        self.states.put(&Self::state_key(fp), body, condition).await?;
+        let _guard = self.states.lock(fp).lock().await;
+        self.states.put(fp, version, next).await?;
         if !boots.is_empty() {
             let path = self.log_path(fp);
             let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();

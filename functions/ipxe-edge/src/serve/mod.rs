@@ -205,9 +205,11 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let (ledger, journal): (Arc<dyn TokenLedger>, Arc<dyn BootJournal>) = match &args.table {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
-            tokio::spawn(sweep_ledger(ledger.clone(), Duration::from_secs(args.ledger_sweep_interval)));
+            let sweeping = ledger.clone();
+            tokio::spawn(housekeeping("used-token ledger", Duration::from_secs(args.ledger_sweep_interval), move |now| sweeping.sweep(now)));
             let journal = Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
-            tokio::spawn(prune_journal(journal.clone()));
+            let pruning = journal.clone();
+            tokio::spawn(housekeeping("boot journal", Duration::from_secs(3600), move |now| pruning.prune(now)));
             (Arc::new(ledger), journal)
         }
         Some(table) => {
@@ -324,34 +326,23 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener.local_addr().expect("a bound listener has an address")
 }
 
-/// Forgets expired used tokens while running, so the ledger holds only the tokens that could
-/// still be presented (a forgotten token is refused as expired anyway).
-async fn sweep_ledger(ledger: FileLedger, every: Duration) {
+/// Runs `task` (blocking file work, given now) off the request path at start and then every
+/// `every`: the ledger forgets expired used tokens, so that it holds only tokens that could
+/// still be presented (a forgotten one is refused as expired anyway); the journal drops old
+/// boot records (DynamoDB's TTL does this for the table).
+async fn housekeeping<E>(what: &'static str, every: Duration, task: impl Fn(u64) -> Result<usize, E> + Clone + Send + 'static)
+where
+    E: std::fmt::Display + Send + 'static,
+{
     let mut interval = tokio::time::interval(every);
     loop {
         interval.tick().await;
-        let ledger = ledger.clone();
-        match tokio::task::spawn_blocking(move || ledger.sweep(clock::unix_now())).await {
+        let task = task.clone();
+        match tokio::task::spawn_blocking(move || task(clock::unix_now())).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::debug!(removed, "expired used tokens forgotten"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "used-token ledger could not be swept"),
-            Err(e) => tracing::warn!(error = %e, "ledger sweep task failed"),
-        }
-    }
-}
-
-/// Deletes old boot records of the embedded journal at start and then hourly, off the request
-/// path (DynamoDB's TTL does this for the table).
-async fn prune_journal(journal: Arc<FileJournal>) {
-    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        every_hour.tick().await;
-        let journal = journal.clone();
-        match tokio::task::spawn_blocking(move || journal.prune(clock::unix_now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::info!(removed, "old boot records pruned"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "boot records could not be pruned"),
-            Err(e) => tracing::warn!(error = %e, "journal prune task failed"),
+            Ok(Ok(removed)) => tracing::debug!(what, removed, "housekeeping removed old entries"),
+            Ok(Err(e)) => tracing::warn!(what, error = %e, "housekeeping failed"),
+            Err(e) => tracing::warn!(what, error = %e, "housekeeping task failed"),
         }
     }
 }

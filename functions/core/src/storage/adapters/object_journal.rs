@@ -22,25 +22,67 @@ pub const MAX_BOOTS_KEPT: usize = 1000;
 
 const COMMIT_LOCKS: usize = 64;
 
+/// The gateways' boot states as `<fp>/state.json` objects, written conditionally, with one
+/// commit lock per gateway (one of 64, by fingerprint) that a journal holds across the state
+/// write and the boot records it adds, so that they land in commit order. Shared by the
+/// journals kept in an object store and in files.
+pub struct GatewayStates {
+    store: Arc<dyn ObjectStore>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl GatewayStates {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        GatewayStates { store, locks: (0..COMMIT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect() }
+    }
+
+    /// The commit lock of a gateway.
+    pub fn lock(&self, fp: &Fingerprint) -> &tokio::sync::Mutex<()> {
+        let shard = fp.as_str().bytes().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[shard % COMMIT_LOCKS]
+    }
+
+    fn key(fp: &Fingerprint) -> String {
+        format!("{fp}/state.json")
+    }
+
+    pub async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+        let key = Self::key(fp);
+        match self.store.get(&key).await? {
+            None => Ok(StoredHealth::default()),
+            Some(object) => match serde_json::from_slice(&object.body) {
+                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
+                // A state a crash left unreadable starts over (no failures counted, no last
+                // known good: the target is served) and is overwritten by the next commit.
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "boot state unreadable; starting over");
+                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
+                }
+            },
+        }
+    }
+
+    /// Writes `next` if the stored state still carries `version`; the caller holds the lock.
+    pub async fn put(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth) -> Result<(), StoreError> {
+        let condition = match version {
+            None => WriteCondition::Absent,
+            Some(tag) => WriteCondition::Matches(tag.to_string()),
+        };
+        let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        self.store.put(&Self::key(fp), body, condition).await
+    }
+}
+
 pub struct ObjectJournal {
     store: Arc<dyn ObjectStore>,
+    states: GatewayStates,
     retention: Duration,
-    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl ObjectJournal {
     /// Boot records older than `retention` (counted from the newest boot) are pruned.
     pub fn new(store: Arc<dyn ObjectStore>, retention: Duration) -> Self {
-        ObjectJournal { store, retention, locks: (0..COMMIT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect() }
-    }
-
-    fn lock(&self, fp: &Fingerprint) -> &tokio::sync::Mutex<()> {
-        let shard = fp.as_str().bytes().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
-        &self.locks[shard % COMMIT_LOCKS]
-    }
-
-    fn state_key(fp: &Fingerprint) -> String {
-        format!("{fp}/state.json")
+        ObjectJournal { states: GatewayStates::new(store.clone()), store, retention }
     }
 
     fn boots_prefix(fp: &Fingerprint) -> String {
@@ -84,29 +126,12 @@ fn invalid(key: &str, e: serde_json::Error) -> StoreError {
 #[async_trait]
 impl BootJournal for ObjectJournal {
     async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
-        let key = Self::state_key(fp);
-        match self.store.get(&key).await? {
-            None => Ok(StoredHealth::default()),
-            Some(object) => match serde_json::from_slice(&object.body) {
-                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
-                // A state a crash left unreadable starts over (no failures counted, no last
-                // known good: the target is served) and is overwritten by the next commit.
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "boot state unreadable; starting over");
-                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
-                }
-            },
-        }
+        self.states.load(fp).await
     }
 
     async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
-        let condition = match version {
-            None => WriteCondition::Absent,
-            Some(tag) => WriteCondition::Matches(tag.to_string()),
-        };
-        let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
-        let _guard = self.lock(fp).lock().await;
-        self.store.put(&Self::state_key(fp), body, condition).await?;
+        let _guard = self.states.lock(fp).lock().await;
+        self.states.put(fp, version, next).await?;
         for boot in boots {
             let body = serde_json::to_vec(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
             self.store.put(&Self::boot_key(fp, boot), body, WriteCondition::Always).await?;
@@ -169,7 +194,7 @@ mod tests {
         // A torn state starts over and is overwritten by the next commit.
         let store = Arc::new(MemoryStore::new());
         let torn = ObjectJournal::new(store.clone(), Duration::from_secs(60));
-        store.insert(&ObjectJournal::state_key(&fp), b"{\"target\":".to_vec());
+        store.insert(&GatewayStates::key(&fp), b"{\"target\":".to_vec());
         let loaded_torn = torn.load(&fp).await.unwrap();
         assert_eq!(loaded_torn.health, GatewayHealth::default());
         torn.commit(&fp, loaded_torn.version.as_deref(), &state, &[]).await.unwrap();
