@@ -58,7 +58,12 @@ if [ "$(cat "$TOOLS/.infra-venv-spec" 2>/dev/null)" != "$want_infra" ]; then
   echo "$want_infra" > "$TOOLS/.infra-venv-spec"
 fi
 
-if ! command -v openssl >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+# openssl for the v1-certificate tests; pebble (the ACME test CA, with pebble-challtestsrv as
+# its DNS) for the ACME tests.
+debs=()
+command -v openssl >/dev/null 2>&1 || debs+=(openssl)
+command -v pebble-challtestsrv >/dev/null 2>&1 || debs+=(pebble)
+if [ ${#debs[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 echo "test tools ready in $TOOLS"

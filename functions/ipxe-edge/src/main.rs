@@ -30,7 +30,7 @@ enum Command {
     /// prints a curl command that boots as the demo gateway.
     ///
     /// Example: ipxe-edge serve --data ./ipxe-edge-data --public-host 10.0.2.2
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The deployment CA and the trust bundle.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -57,7 +57,7 @@ enum Command {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let command = match cli.command {
-        Command::Serve(args) => return serve::run(cli.data, args).await.map_err(|e| CliError::Refused(e.to_string())),
+        Command::Serve(args) => return serve::run(cli.data, *args).await.map_err(|e| CliError::Refused(e.to_string())),
         other => other,
     };
     let ctx = Context::open(cli.data, &cli.store).await?;
@@ -82,6 +82,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    // One process-wide TLS provider for the clients that do not name one (the ACME client).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if matches!(cli.command, Command::Serve(_)) {
         ipxe_edge_core::lambda::logging::init();
     }

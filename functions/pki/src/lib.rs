@@ -119,6 +119,34 @@ impl CertificateAuthority {
     }
 }
 
+/// A key and certificate signing request for an ACME order: RSA-2048 (what iPXE before 2.0
+/// speaks), the names as DNS subject alternative names.
+pub struct SigningRequest {
+    pub csr_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+pub fn acme_signing_request(domains: &[String]) -> Result<SigningRequest, PkiError> {
+    let key = rsa_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names =
+        domains.iter().map(|d| d.clone().try_into().map(SanType::DnsName).map_err(|_| PkiError::BadName(d.clone()))).collect::<Result<_, _>>()?;
+    let csr = params.serialize_request(&key)?;
+    Ok(SigningRequest { csr_der: csr.der().to_vec(), key_pem: key.serialize_pem() })
+}
+
+/// The self-signed certificate that answers an ACME TLS-ALPN-01 challenge (RFC 8737): the
+/// domain as its only name and the SHA-256 of the key authorization in the critical
+/// `acmeIdentifier` extension. ECDSA P-256: only the validation server ever sees it.
+pub fn acme_challenge_certificate(domain: &str, key_authorization_sha256: &[u8]) -> Result<Issued, PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![domain.to_string()]).map_err(|_| PkiError::BadName(domain.into()))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(key_authorization_sha256)];
+    let cert = params.self_signed(&key)?;
+    Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
+}
+
 fn random_serial() -> rcgen::SerialNumber {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
@@ -158,4 +186,32 @@ pub fn issue_v1_client_with_openssl(ca: &CertificateAuthority, common_name: &str
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let cert_der = pem.contents;
     Ok(Issued { cert_pem, cert_der, key_pem })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
+
+    #[test]
+    fn challenge_certificate_carries_the_key_authorization_digest() {
+        let digest = [7u8; 32];
+        let issued = acme_challenge_certificate("gw.example.org", &digest).unwrap();
+        let (_, cert) = X509Certificate::from_der(&issued.cert_der).unwrap();
+        let ext = cert.extensions().iter().find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31").expect("acmeIdentifier");
+        assert!(ext.critical, "RFC 8737 requires the extension to be critical");
+        // An OCTET STRING of 32 bytes wrapping the digest.
+        assert_eq!(ext.value, [&[0x04, 0x20][..], &digest[..]].concat());
+        let names: Vec<String> = cert.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, vec!["DNSName(gw.example.org)".to_string()]);
+    }
+
+    #[test]
+    fn signing_request_is_rsa_with_the_domains() {
+        let request = acme_signing_request(&["a.example.org".into(), "b.example.org".into()]).unwrap();
+        let (_, csr) = X509CertificationRequest::from_der(&request.csr_der).unwrap();
+        assert_eq!(csr.certification_request_info.subject_pki.algorithm.algorithm.to_id_string(), "1.2.840.113549.1.1.1", "RSA key");
+        assert!(request.key_pem.contains("PRIVATE KEY"));
+        assert!(acme_signing_request(&["gw-é.example.org".into()]).is_err());
+    }
 }

@@ -99,7 +99,19 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::serve::tls::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
+        tracing::info!(listener = front.route.name(), peer = %peer, outcome = "acme_validation", "ACME validation handshake answered");
+        return;
+    }
     let chain: Vec<Vec<u8>> = tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect()).unwrap_or_default();
+    if matches!(front.route, Route::Boot(_)) && chain.is_empty() {
+        // Only with ACME on may a handshake end without a client certificate; the boot
+        // listener serves nobody it cannot identify.
+        front.metrics.tls_refused("boot");
+        tracing::warn!(listener = "boot", peer = %peer, outcome = "tls_refused", "no client certificate");
+        return;
+    }
     let mut conn = Connection { peer, client: None, authentication: None };
     if let (Route::Boot(app), Some(leaf)) = (&front.route, chain.first()) {
         // The handshake accepted this chain with the same verifier; this gives its identity.

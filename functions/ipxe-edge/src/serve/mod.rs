@@ -3,6 +3,7 @@
 //! embedded SigV4-checking endpoint) and DynamoDB (a file-backed ledger), unless real services
 //! are named.
 
+pub mod acme;
 mod bootstrap;
 pub mod front;
 pub mod listener;
@@ -72,6 +73,8 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM, e.g. certbot's privkey.pem).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub acme: acme::AcmeArgs,
     /// Seconds between checks of --tls-cert and --tls-key for changes.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub tls_reload_interval: u64,
@@ -82,7 +85,8 @@ pub struct ServeArgs {
     /// Seconds between sweeps of expired entries from the embedded used-token ledger.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub ledger_sweep_interval: u64,
-    /// Host name or address written into the URLs handed to gateways [default: the listen address].
+    /// Host name or address written into the URLs handed to gateways [default: the first
+    /// --acme-domain, else the listen address].
     #[arg(long)]
     pub public_host: Option<String>,
     /// Use this S3-compatible endpoint instead of the embedded one (needs --bucket).
@@ -147,6 +151,7 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Serve
 fn host_for_urls(args: &ServeArgs) -> String {
     match &args.public_host {
         Some(h) => h.clone(),
+        None if args.acme.enabled() => args.acme.domains[0].clone(),
         None if args.listen.ip().is_unspecified() => "127.0.0.1".into(),
         None => args.listen.ip().to_string(),
     }
@@ -175,6 +180,8 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let secrets_listener = bind(args.secrets_listen, "secrets").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Loops with nothing to finish (certificate reload and renewal): aborted at shutdown.
+    let mut background = tokio::task::JoinSet::new();
 
     // Storage: the embedded S3 endpoint, or a real one.
     let mut embedded_s3 = None;
@@ -230,7 +237,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let server_cert = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let loaded = tls::ServerCert::from_files(cert, key)?;
-            tasks.spawn(tls::watch(loaded.clone(), Duration::from_secs(args.tls_reload_interval)));
+            background.spawn(tls::watch(loaded.clone(), Duration::from_secs(args.tls_reload_interval)));
             loaded
         }
         _ => {
@@ -239,8 +246,21 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             tls::ServerCert::fixed(chain, tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?)?
         }
     };
-    let boot_tls = tls::server_config(server_cert.clone(), Some(Arc::new(tls::GatewayCertVerifier::new(verifier.clone()))))?;
-    let secrets_tls = tls::server_config(server_cert, None)?;
+    let acme = args.acme.enabled().then(|| acme::AcmeManager::new(args.acme.clone(), &dir, server_cert.clone()));
+    if let Some(manager) = &acme {
+        if manager.present_stored() {
+            tracing::info!(domains = ?args.acme.domains, "presenting the stored ACME certificate");
+        } else {
+            tracing::info!(domains = ?args.acme.domains, directory = %args.acme.directory, "no ACME certificate yet: presenting the self-made one until it arrives");
+        }
+    }
+    let mut gateway_verifier = tls::GatewayCertVerifier::new(verifier.clone());
+    if acme.is_some() {
+        gateway_verifier = gateway_verifier.allowing_acme();
+    }
+    let boot_tls = tls::server_config(server_cert.clone(), Some(Arc::new(gateway_verifier)), acme.is_some())?;
+    let secrets_tls = tls::server_config(server_cert.clone(), None, acme.is_some())?;
+    let s3_tls = tls::server_config(server_cert, None, false)?;
     let stats = ListenerStatsSet::default();
     let serve_metrics = Arc::new(metrics::ServeMetrics::new(vec![
         ("boot", stats.boot.clone()),
@@ -258,7 +278,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         tasks.spawn(metrics::run(listener, serve_metrics.clone(), health, stats.metrics.clone(), shutdown_rx.clone()));
     }
     if let Some((s3_listener, service)) = embedded_s3 {
-        let acceptor = (!args.s3_http).then(|| TlsAcceptor::from(secrets_tls.clone()));
+        let acceptor = (!args.s3_http).then(|| TlsAcceptor::from(s3_tls));
         let s3_limits = Limits { connection_lifetime: s3_endpoint::S3_CONNECTION_LIFETIME, ..limits };
         tasks.spawn(s3_endpoint::run(s3_listener, service, acceptor, s3_limits, stats.s3.clone(), shutdown_rx.clone()));
     }
@@ -301,6 +321,11 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     };
     tasks.spawn(front::run(secrets_listener, secrets_front, limits, stats.secrets.clone(), shutdown_rx.clone()));
 
+    if let Some(manager) = acme {
+        // After the listeners: the CA's validation connects to them.
+        background.spawn(manager.run());
+    }
+
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);
     tracing::info!(boot = %args.listen, secrets = %args.secrets_listen, s3 = %args.s3_listen, public_host = %public_host, "ipxe-edge serve ready");
@@ -308,6 +333,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    background.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
     tracing::info!("stopped");
     Ok(())

@@ -16,6 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig, SignatureScheme};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -51,8 +52,13 @@ pub fn load_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsSet
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })
 }
 
-/// Server configuration presenting `cert`; with a verifier, a client certificate is required.
-pub fn server_config(cert: Arc<ServerCert>, client_verifier: Option<Arc<GatewayCertVerifier>>) -> Result<Arc<ServerConfig>, TlsSetupError> {
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Server configuration presenting `cert`; with a verifier, a client certificate is asked for
+/// (required unless the verifier allows ACME validations, see [`GatewayCertVerifier::allowing_acme`]).
+/// With `acme`, the listener also answers TLS-ALPN-01 validations.
+pub fn server_config(cert: Arc<ServerCert>, client_verifier: Option<Arc<GatewayCertVerifier>>, acme: bool) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let builder = ServerConfig::builder_with_provider(Arc::new(provider())).with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
@@ -60,6 +66,9 @@ pub fn server_config(cert: Arc<ServerCert>, client_verifier: Option<Arc<GatewayC
     };
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 
@@ -79,6 +88,8 @@ fn stamp(path: &Path) -> std::io::Result<FileStamp> {
 #[derive(Debug)]
 pub struct ServerCert {
     current: RwLock<Arc<CertifiedKey>>,
+    /// TLS-ALPN-01 answers by domain, presented only to clients that ask for `acme-tls/1`.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     files: Option<(PathBuf, PathBuf)>,
     stamps: Mutex<Option<(FileStamp, FileStamp)>>,
 }
@@ -91,13 +102,23 @@ fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, w
 impl ServerCert {
     /// A certificate that never changes (the one `serve` makes itself).
     pub fn fixed(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<Self>, TlsSetupError> {
-        Ok(Arc::new(ServerCert { current: RwLock::new(certified(chain, key, "server certificate")?), files: None, stamps: Mutex::new(None) }))
+        Ok(Arc::new(ServerCert {
+            current: RwLock::new(certified(chain, key, "server certificate")?),
+            challenges: RwLock::default(),
+            files: None,
+            stamps: Mutex::new(None),
+        }))
     }
 
     /// A certificate chain and key read from PEM files, reloaded by [`ServerCert::reload_if_changed`].
     pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsSetupError> {
         let (loaded, stamps) = Self::load(cert, key)?;
-        Ok(Arc::new(ServerCert { current: RwLock::new(loaded), files: Some((cert.to_path_buf(), key.to_path_buf())), stamps: Mutex::new(Some(stamps)) }))
+        Ok(Arc::new(ServerCert {
+            current: RwLock::new(loaded),
+            challenges: RwLock::default(),
+            files: Some((cert.to_path_buf(), key.to_path_buf())),
+            stamps: Mutex::new(Some(stamps)),
+        }))
     }
 
     fn load(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, (FileStamp, FileStamp)), TlsSetupError> {
@@ -108,6 +129,29 @@ impl ServerCert {
         let chain = load_certs(&std::fs::read(cert).map_err(io(cert))?, &cert.display().to_string())?;
         let private = load_key(&std::fs::read(key).map_err(io(key))?, &key.display().to_string())?;
         Ok((certified(chain, private, &cert.display().to_string())?, stamps))
+    }
+
+    /// Presents `chain` and `key` from now on (a certificate obtained over ACME); a pair whose
+    /// key does not match is refused and the current one kept.
+    pub fn replace(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), TlsSetupError> {
+        let loaded = certified(chain, key, "ACME certificate")?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(())
+    }
+
+    /// Answers TLS-ALPN-01 validations of `domain` with `chain`/`key` until cleared.
+    pub fn set_challenge(&self, domain: &str, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), TlsSetupError> {
+        // Not `certified`: its key check parses the certificate with WebPKI, which refuses the
+        // critical acmeIdentifier extension every challenge certificate carries.
+        let signing =
+            provider().key_provider.load_private_key(key).map_err(|e| TlsSetupError::Pem { what: "ACME challenge key".into(), reason: e.to_string() })?;
+        let answer = Arc::new(CertifiedKey::new(chain, signing));
+        self.challenges.write().unwrap_or_else(|p| p.into_inner()).insert(domain.to_ascii_lowercase(), answer);
+        Ok(())
+    }
+
+    pub fn clear_challenges(&self) {
+        self.challenges.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The leaf certificate presented now.
@@ -144,7 +188,13 @@ impl ServerCert {
 }
 
 impl ResolvesServerCert for ServerCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME validation asks for `acme-tls/1` alone and gets the challenge certificate
+        // of the name it sent, or no handshake; nobody else ever sees a challenge certificate.
+        if hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN)) {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.read().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
+        }
         Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
@@ -172,6 +222,10 @@ pub async fn watch(cert: Arc<ServerCert>, every: Duration) {
 #[derive(Debug)]
 pub struct GatewayCertVerifier {
     chain: ChainVerifier,
+    /// Whether a handshake without a client certificate may complete: only so that an ACME
+    /// validation server can reach the challenge certificate; the front then closes every such
+    /// connection that is not a validation.
+    optional: bool,
     hints: Vec<DistinguishedName>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -184,7 +238,13 @@ impl GatewayCertVerifier {
             .iter()
             .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| DistinguishedName::from(c.subject().as_raw().to_vec())))
             .collect();
-        GatewayCertVerifier { chain, hints, algorithms: aws_lc_rs::default_provider().signature_verification_algorithms }
+        GatewayCertVerifier { chain, hints, algorithms: aws_lc_rs::default_provider().signature_verification_algorithms, optional: false }
+    }
+
+    /// Lets handshakes without a client certificate complete, for ACME's TLS-ALPN-01.
+    pub fn allowing_acme(mut self) -> Self {
+        self.optional = true;
+        self
     }
 
     fn verify_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
@@ -217,6 +277,10 @@ fn certificate_error(e: IdentityError) -> rustls::Error {
 }
 
 impl ClientCertVerifier for GatewayCertVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
     }
