@@ -153,11 +153,49 @@ pub const DEFAULT_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_se
 pub struct ChainVerifier {
     bundle: TrustBundle,
     clock_skew_secs: i64,
+    /// Shared by clones (the TLS handshake's verifier and the handler's).
+    verified: std::sync::Arc<VerifiedChains>,
+}
+
+/// Chains this verifier accepted, by SHA-256 of their bytes. A chain's signatures and usage
+/// never change for a given trust bundle; only whether `now` falls in the validity of each
+/// certificate on its path does, and every hit checks that again (a miss re-verifies in full).
+/// It saves the RSA signature checks, most of a boot's CPU, on every boot after a gateway's first.
+#[derive(Debug, Default)]
+struct VerifiedChains {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedPath>>,
+}
+
+/// At most this many chains are remembered (about 300 bytes each); all are forgotten when full.
+const VERIFIED_CHAINS_CAPACITY: usize = 8192;
+
+#[derive(Clone, Debug)]
+struct CachedPath {
+    identity: ClientIdentity,
+    /// `(not_before, not_after)` of the leaf, the intermediates on the path and the anchor.
+    validity: Vec<(i64, i64)>,
+}
+
+fn chain_key(chain: &[Vec<u8>]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for der in chain {
+        hash.update((der.len() as u64).to_be_bytes());
+        hash.update(der);
+    }
+    hash.finalize().into()
+}
+
+fn validity_of(cert: &X509Certificate<'_>) -> (i64, i64) {
+    (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp())
 }
 
 impl ChainVerifier {
     pub fn new(bundle: TrustBundle, clock_skew: std::time::Duration) -> Self {
-        ChainVerifier { bundle, clock_skew_secs: clock_skew.as_secs().min(86_400) as i64 }
+        ChainVerifier { bundle, clock_skew_secs: clock_skew.as_secs().min(86_400) as i64, verified: Default::default() }
+    }
+
+    fn within(&self, (not_before, not_after): (i64, i64), now: i64) -> bool {
+        now.saturating_add(self.clock_skew_secs) >= not_before && now.saturating_sub(self.clock_skew_secs) <= not_after
     }
 
     pub fn bundle(&self) -> &TrustBundle {
@@ -175,10 +213,31 @@ impl ChainVerifier {
 
     /// Verifies a DER chain, leaf first; the rest may hold intermediates in any order.
     pub fn verify_der_chain(&self, chain: &[Vec<u8>], now: i64) -> Result<ClientIdentity, IdentityError> {
-        let leaf_der = chain.first().ok_or(IdentityError::Missing)?;
+        if chain.is_empty() {
+            return Err(IdentityError::Missing);
+        }
         if chain.len() > MAX_CHAIN_DEPTH + 1 {
             return Err(IdentityError::Malformed("certificate chain too long".into()));
         }
+        let key = chain_key(chain);
+        let cached = self.verified.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(path) = cached {
+            if path.validity.iter().all(|v| self.within(*v, now)) {
+                return Ok(path.identity);
+            }
+        }
+        let (identity, validity) = self.verify_uncached(chain, now)?;
+        let mut entries = self.verified.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_CHAINS_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, CachedPath { identity: identity.clone(), validity });
+        Ok(identity)
+    }
+
+    /// The full verification; also returns the validity of every certificate on the path found.
+    fn verify_uncached(&self, chain: &[Vec<u8>], now: i64) -> Result<(ClientIdentity, Vec<(i64, i64)>), IdentityError> {
+        let leaf_der = &chain[0];
         let leaf = parse_der(leaf_der)?;
         check_leaf_usage(&leaf)?;
         let intermediates = chain[1..].iter().map(|d| parse_der(d)).collect::<Result<Vec<_>, _>>()?;
@@ -187,16 +246,21 @@ impl ChainVerifier {
 
         self.check_validity(&leaf, now)?;
         let mut current = &leaf;
+        let mut validity = vec![validity_of(&leaf)];
         // Intermediate CAs between the leaf and the issuer being looked for, for path lengths.
         let mut below = 0u32;
         for _depth in 0..=MAX_CHAIN_DEPTH {
-            if anchors.iter().any(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok() && path_len_allows(anchor, below)) {
-                return Ok(ClientIdentity {
+            if let Some(anchor) =
+                anchors.iter().find(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok() && path_len_allows(anchor, below))
+            {
+                validity.push(validity_of(anchor));
+                let identity = ClientIdentity {
                     fingerprint: Fingerprint::of_der(leaf_der),
                     subject: leaf.subject().to_string(),
                     issuer: leaf.issuer().to_string(),
                     not_after: leaf.validity().not_after.timestamp(),
-                });
+                };
+                return Ok((identity, validity));
             }
             let next = intermediates.iter().find(|candidate| {
                 is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok() && path_len_allows(candidate, below)
@@ -204,6 +268,7 @@ impl ChainVerifier {
             match next {
                 Some(intermediate) if !std::ptr::eq(intermediate, current) => {
                     current = intermediate;
+                    validity.push(validity_of(intermediate));
                     below += 1;
                 }
                 _ => return Err(IdentityError::Untrusted),
@@ -409,6 +474,35 @@ mod tests {
         assert_eq!(id.fingerprint, Fingerprint::of_der(leaf.der()));
         // Without the intermediate the leaf does not chain.
         assert_eq!(v.verify_pem(leaf.pem().as_bytes(), now()), Err(IdentityError::Untrusted));
+    }
+
+    /// A chain verified once is remembered, but time is checked on every call: the same bytes
+    /// are refused once the leaf expires, before it is valid, and under another trust bundle.
+    #[test]
+    fn remembered_chains_are_still_checked_against_the_clock() {
+        let v = verifier();
+        let t = OffsetDateTime::now_utc();
+        let gw = ca().issue_client("cached", (t - Duration::days(1), t + Duration::days(2))).unwrap();
+        let chain = vec![gw.cert_der.clone()];
+        let first = v.verify_der_chain(&chain, now()).unwrap();
+        assert_eq!(v.verified.entries.lock().unwrap().len(), 1, "remembered");
+        assert_eq!(v.clone().verify_der_chain(&chain, now()).unwrap(), first, "a clone shares what was verified");
+        let later = now() + 3 * 86_400;
+        assert!(matches!(v.verify_der_chain(&chain, later), Err(IdentityError::Expired { .. })));
+        let earlier = now() - 2 * 86_400;
+        assert!(matches!(v.verify_der_chain(&chain, earlier), Err(IdentityError::NotYetValid { .. })));
+        assert_eq!(v.verify_der_chain(&chain, now()).unwrap(), first, "valid again at the right time");
+        // An expired CA on the path makes a remembered chain fail too.
+        let short_ca = CertificateAuthority::generate("short-lived CA", 1).unwrap();
+        let under_short = short_ca.issue_client("gw", validity_days(30)).unwrap();
+        let short = ChainVerifier::new(TrustBundle::from_pem(short_ca.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        let chain = vec![under_short.cert_der.clone()];
+        assert!(short.verify_der_chain(&chain, now()).is_ok());
+        assert_eq!(short.verify_der_chain(&chain, now() + 2 * 86_400), Err(IdentityError::Untrusted), "the anchor expired");
+        // Another trust bundle does not see this verifier's memory.
+        let other = CertificateAuthority::generate("other CA", 30).unwrap();
+        let strangers = ChainVerifier::new(TrustBundle::from_pem(other.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        assert_eq!(strangers.verify_der_chain(std::slice::from_ref(&gw.cert_der), now()), Err(IdentityError::Untrusted));
     }
 
     #[test]
