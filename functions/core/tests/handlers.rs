@@ -305,7 +305,7 @@ async fn malformed_forged_and_expired_tokens() {
 
     let (id, expired) = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), 1).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{expired}"), "GET")).await.status(), 410);
-    assert!(!h.ledger.is_used(&id.to_string()), "a refused token is not recorded");
+    assert!(!h.ledger.holds(&id.to_string()), "a refused token is not recorded");
 }
 
 #[tokio::test]

@@ -6,4 +6,5 @@ pub mod identity;
 pub mod model;
 pub mod query;
 pub mod render;
+pub mod secret_template;
 pub mod token;

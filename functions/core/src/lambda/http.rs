@@ -155,6 +155,9 @@ impl From<RedeemError> for Failure {
             RedeemError::Replayed(_) => Failure::new(StatusCode::GONE, "token already used"),
             RedeemError::SecretsGone(_) => Failure::new(StatusCode::NOT_FOUND, "no secrets for this gateway"),
             RedeemError::Record(r) => r.into(),
+            RedeemError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
+            RedeemError::ScratchNotConfigured => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "secrets configuration error; see server logs"),
+            RedeemError::ScratchUnavailable(_) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "scratch storage unavailable, retry later"),
         }
     }
 }
@@ -473,6 +476,14 @@ fn log_redeem_error(rid: &str, e: RedeemError) -> Failure {
         RedeemError::Record(s) => tracing::error!(
             request_id = %rid, route = "redeem", outcome = "unavailable", detail = %s,
             "secrets not served, token left redeemable"
+        ),
+        RedeemError::GatewayNotEnabled(name) => tracing::warn!(
+            request_id = %rid, route = "redeem", gateway = %name, outcome = "forbidden",
+            "no scratch key for a gateway that is not enabled, token left redeemable"
+        ),
+        RedeemError::ScratchNotConfigured | RedeemError::ScratchUnavailable(_) => tracing::error!(
+            request_id = %rid, route = "redeem", outcome = "unavailable", detail = %e,
+            "scratch key not minted, secrets not served, token left redeemable"
         ),
         RedeemError::Token(_) => {}
     }

@@ -2,9 +2,11 @@
 //! a boot came up.
 
 use crate::domain::health::{BootRecord, Signal, SignalRefused};
+use crate::domain::model::{GatewayRecord, GatewayState};
+use crate::domain::secret_template;
 use crate::domain::token::{Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{keys, update_health, BootJournal, LedgerOutcome, StoreError, TokenLedger};
+use crate::storage::{keys, update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,15 @@ pub enum RedeemError {
     SecretsGone(TokenId),
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// The gateway is disabled or revoked: no scratch key is minted for it.
+    #[error("gateway {0} is not enabled")]
+    GatewayNotEnabled(String),
+    /// The secret asks for scratch storage and this deployment has none.
+    #[error("the secret uses scratch-storage variables but no scratch storage is configured")]
+    ScratchNotConfigured,
+    /// Minting the key failed; the token stays redeemable.
+    #[error("scratch key service: {0}")]
+    ScratchUnavailable(String),
 }
 
 impl From<StoreError> for RedeemError {
@@ -82,27 +93,12 @@ pub struct RedeemService {
     journal: Option<Arc<dyn BootJournal>>,
     /// Where check-in URLs put in secrets point (the secrets API's own base URL).
     checkin_base_url: Option<String>,
-}
-
-/// The placeholder a secret may hold for its boot's check-in URL.
-pub const CHECKIN_URL_PLACEHOLDER: &[u8] = b"${checkin_url}";
-
-/// `secret` with every check-in placeholder replaced by `url`.
-fn fill_checkin_url(secret: Vec<u8>, url: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(secret.len() + url.len());
-    let mut rest = secret.as_slice();
-    while let Some(at) = rest.windows(CHECKIN_URL_PLACEHOLDER.len()).position(|w| w == CHECKIN_URL_PLACEHOLDER) {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(url.as_bytes());
-        rest = &rest[at + CHECKIN_URL_PLACEHOLDER.len()..];
-    }
-    out.extend_from_slice(rest);
-    out
+    scratch: Option<Arc<dyn ScratchKeys>>,
 }
 
 impl RedeemService {
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None }
+        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None, scratch: None }
     }
 
     /// Lets secrets carry `${checkin_url}`: filled at redemption with a check-in URL of the
@@ -119,6 +115,12 @@ impl RedeemService {
             Ok((_, token)) => format!("{base}/checkin/{token}"),
             Err(_) => String::new(),
         }
+    }
+
+    /// Mints scratch-storage keys for secrets that use `${s3_…}`.
+    pub fn with_scratch(mut self, scratch: Arc<dyn ScratchKeys>) -> Self {
+        self.scratch = Some(scratch);
+        self
     }
 
     /// Records redemptions and check-ins as boot outcomes.
@@ -158,8 +160,8 @@ impl RedeemService {
     }
 
     /// Verifies the token, reads the secret, then records the token as used. The token is
-    /// spent only when the secret was read and the ledger accepted it, so any failure before
-    /// that leaves it redeemable.
+    /// spent only when the secret was read (and its scratch key minted) and the ledger accepted
+    /// it, so any failure before that leaves it redeemable.
     pub async fn redeem(&self, token: &str, now: u64) -> Result<Redeemed, RedeemError> {
         self.redeem_at(token, now, None).await
     }
@@ -174,40 +176,85 @@ impl RedeemService {
         }
         let secret = self.records.secrets(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?;
         let id = claims.id.to_string();
-        match self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await? {
-            LedgerOutcome::Recorded => {
-                // The secret goes out whatever the journal says: the boot's outcome is a record,
-                // not a condition.
-                let signal = match &self.journal {
-                    None => SignalOutcome::NotRecorded,
-                    Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now).await {
-                        Ok(boot) => SignalOutcome::Recorded(Box::new(boot)),
-                        Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
-                        Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),
-                    },
-                };
-                let secret = if secret.windows(CHECKIN_URL_PLACEHOLDER.len()).any(|w| w == CHECKIN_URL_PLACEHOLDER) {
-                    let url = match &signal {
-                        SignalOutcome::Recorded(boot) => self.checkin_url(&claims, boot, request_base_url),
-                        _ => String::new(),
-                    };
-                    fill_checkin_url(secret, &url)
-                } else {
-                    secret
-                };
-                Ok(Redeemed { secret, claims, signal })
+        let variables = secret_template::variables(&secret);
+        let needs_record = variables.iter().any(|v| !matches!(v.as_str(), "fingerprint" | "client_cert_fingerprint" | "checkin_url"));
+        let gateway = match needs_record {
+            true => Some(self.records.gateway(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?),
+            false => None,
+        };
+        let minted = match (&gateway, secret_template::uses_scratch(&secret)) {
+            (Some(gateway), true) => Some(self.mint_scratch(gateway, claims.id, now).await?),
+            _ => None,
+        };
+        let outcome = match self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.discard(gateway.as_ref(), minted.as_ref()).await;
+                return Err(e.into());
             }
-            LedgerOutcome::AlreadyUsed => Err(RedeemError::Replayed(claims.id)),
+        };
+        if outcome == LedgerOutcome::AlreadyUsed {
+            self.discard(gateway.as_ref(), minted.as_ref()).await;
+            return Err(RedeemError::Replayed(claims.id));
         }
+        if let (Some(gateway), Some(key), Some(scratch)) = (&gateway, &minted, &self.scratch) {
+            // The previous boot's key stops working now that this one was delivered.
+            match scratch.revoke_others(&gateway.name, Some(&key.access_key_id)).await {
+                Ok(revoked) => tracing::info!(gateway = %gateway.name, access_key_id = %key.access_key_id, revoked, "scratch key minted"),
+                Err(e) => {
+                    tracing::error!(gateway = %gateway.name, error = %e, "scratch key minted, but the previous keys could not be revoked; they stay valid until the next redemption or `gateway scratch --revoke-keys`")
+                }
+            }
+        }
+        // The secret goes out whatever the journal says: the boot's outcome is a record, not a
+        // condition.
+        let signal = match &self.journal {
+            None => SignalOutcome::NotRecorded,
+            Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now).await {
+                Ok(boot) => SignalOutcome::Recorded(Box::new(boot)),
+                Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
+                Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),
+            },
+        };
+        let secret = if variables.is_empty() {
+            secret
+        } else {
+            let checkin_url = match (&signal, variables.iter().any(|v| v == "checkin_url")) {
+                (SignalOutcome::Recorded(boot), true) => self.checkin_url(&claims, boot, request_base_url),
+                _ => String::new(),
+            };
+            secret_template::render(&secret, |name| match name {
+                "fingerprint" | "client_cert_fingerprint" => Some(claims.fingerprint.to_string()),
+                "checkin_url" => Some(checkin_url.clone()),
+                "gateway" => gateway.as_ref().map(|g| g.name.clone()),
+                "s3_endpoint" => minted.as_ref().map(|k| k.endpoint.clone()),
+                "s3_access_key_id" => minted.as_ref().map(|k| k.access_key_id.clone()),
+                "s3_access_key" => minted.as_ref().map(|k| k.secret_access_key.clone()),
+                "s3_bucket_name" => minted.as_ref().map(|k| k.bucket_name.clone()),
+                other => gateway.as_ref().and_then(|g| g.vars.get(other).cloned()),
+            })
+        };
+        Ok(Redeemed { secret, claims, signal })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fills_every_checkin_placeholder_and_nothing_else() {
-        let out = super::fill_checkin_url(b"a=${checkin_url} b=${checkin_url}\n${other}".to_vec(), "https://x/checkin/T");
-        assert_eq!(out, b"a=https://x/checkin/T b=https://x/checkin/T\n${other}");
-        assert_eq!(super::fill_checkin_url(b"plain".to_vec(), "u"), b"plain");
+    /// A new scratch key, unless the token was used already (a replay mints nothing) or the
+    /// gateway is not enabled.
+    async fn mint_scratch(&self, gateway: &GatewayRecord, token_id: TokenId, now: u64) -> Result<ScratchKey, RedeemError> {
+        let scratch = self.scratch.as_ref().ok_or(RedeemError::ScratchNotConfigured)?;
+        if gateway.state != GatewayState::Enabled {
+            return Err(RedeemError::GatewayNotEnabled(gateway.name.clone()));
+        }
+        if self.ledger.is_used(&token_id.to_string()).await? {
+            return Err(RedeemError::Replayed(token_id));
+        }
+        scratch.mint(&gateway.name, now).await.map_err(|e| RedeemError::ScratchUnavailable(e.to_string()))
+    }
+
+    /// Deletes a key minted for a redemption that did not deliver it.
+    async fn discard(&self, gateway: Option<&GatewayRecord>, minted: Option<&ScratchKey>) {
+        let (Some(gateway), Some(key), Some(scratch)) = (gateway, minted, &self.scratch) else { return };
+        if let Err(e) = scratch.revoke(&gateway.name, &key.access_key_id).await {
+            tracing::error!(gateway = %gateway.name, access_key_id = %key.access_key_id, error = %e, "a scratch key nobody received could not be deleted; revoke it with `gateway scratch --revoke-keys`");
+        }
     }
 }

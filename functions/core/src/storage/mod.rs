@@ -77,6 +77,58 @@ pub enum LedgerOutcome {
 pub trait TokenLedger: Send + Sync {
     /// `used_at` is now; `expires_at` (unix seconds) tells the ledger when it may forget the entry.
     async fn record_use(&self, token_id: &str, fingerprint: &str, used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError>;
+    /// Whether the token was recorded (a strongly consistent read): checked before work that a
+    /// replay must not cause, such as minting a key. [`Self::record_use`] stays the decision.
+    async fn is_used(&self, token_id: &str) -> Result<bool, StoreError>;
+}
+
+/// A key to one gateway's scratch space, as handed to the booted gateway.
+#[derive(Clone)]
+pub struct ScratchKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `${s3_endpoint}`: the S3 endpoint URL the key works at.
+    pub endpoint: String,
+    /// `${s3_bucket_name}`: `bucket/prefix` of the gateway's space (what MinIO's client takes
+    /// after its alias).
+    pub bucket_name: String,
+    pub minted_at: u64,
+}
+
+impl std::fmt::Debug for ScratchKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchKey").field("access_key_id", &self.access_key_id).field("bucket_name", &self.bucket_name).finish_non_exhaustive()
+    }
+}
+
+/// A live scratch key, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ScratchKeyInfo {
+    pub access_key_id: String,
+    pub minted_at: u64,
+}
+
+/// What a gateway's scratch space holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScratchUsage {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Per-gateway scratch storage and the keys to it. A key is limited to list, read, write and
+/// delete inside its gateway's space; minting one leaves the older keys alive until
+/// [`ScratchKeys::revoke_others`], so that a failure between minting and delivery never leaves
+/// a gateway without a working key, and a key nobody received is deleted again
+/// ([`ScratchKeys::revoke`]).
+#[async_trait]
+pub trait ScratchKeys: Send + Sync {
+    async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError>;
+    /// Deletes the gateway's keys except `keep` (every key with `None`); how many it deleted.
+    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError>;
+    async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError>;
+    /// The gateway's live keys, oldest first.
+    async fn keys(&self, gateway: &str) -> Result<Vec<ScratchKeyInfo>, StoreError>;
+    async fn usage(&self, gateway: &str) -> Result<ScratchUsage, StoreError>;
 }
 
 /// A gateway's boot state as stored, with the version tag its next write must match (`None`:

@@ -82,6 +82,13 @@ impl TokenLedger for FileLedger {
             .await
             .map_err(|e| StoreError::Unavailable(format!("ledger task: {e}")))?
     }
+
+    async fn is_used(&self, token_id: &str) -> Result<bool, StoreError> {
+        let path = self.entry(token_id)?;
+        tokio::task::spawn_blocking(move || path.try_exists().map_err(|e| StoreError::Unavailable(format!("ledger: {e}"))))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("ledger task: {e}")))?
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,22 @@ impl TokenLedger for DynamoLedger {
             }
         }
     }
+
+    async fn is_used(&self, token_id: &str) -> Result<bool, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(token_pk(token_id)))
+            .key(SORT_KEY, AttributeValue::S("used".into()))
+            .consistent_read(true)
+            .projection_expression("#pk")
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("DynamoDB GetItem: {}", DisplayErrorContext(&e))))?;
+        Ok(item.item().is_some())
+    }
 }
 
 impl DynamoLedger {

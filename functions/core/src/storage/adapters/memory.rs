@@ -98,7 +98,7 @@ pub struct MemoryLedger {
 }
 
 impl MemoryLedger {
-    pub fn is_used(&self, token_id: &str) -> bool {
+    pub fn holds(&self, token_id: &str) -> bool {
         self.used.lock().unwrap().contains_key(token_id)
     }
 }
@@ -115,5 +115,87 @@ impl TokenLedger for MemoryLedger {
         }
         used.insert(token_id.to_string(), expires_at);
         Ok(LedgerOutcome::Recorded)
+    }
+
+    async fn is_used(&self, token_id: &str) -> Result<bool, StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated ledger outage".into()));
+        }
+        Ok(self.holds(token_id))
+    }
+}
+
+/// A live key in memory: access key id, secret, minted at.
+type MemoryKey = (String, String, u64);
+
+/// Scratch keys in memory, with failure switches: minting, revoking.
+#[derive(Default)]
+pub struct MemoryScratch {
+    /// gateway → live keys, oldest first.
+    keys: Mutex<HashMap<String, Vec<MemoryKey>>>,
+    pub fail_mint: AtomicBool,
+    pub fail_revoke: AtomicBool,
+    minted: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryScratch {
+    /// Whether `access_key_id` with `secret` is a live key of `gateway`.
+    pub fn accepts(&self, gateway: &str, access_key_id: &str, secret: &str) -> bool {
+        self.keys.lock().unwrap().get(gateway).is_some_and(|keys| keys.iter().any(|(id, s, _)| id == access_key_id && s == secret))
+    }
+
+    /// Keys minted since creation, delivered or not.
+    pub fn minted(&self) -> u64 {
+        self.minted.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl crate::storage::ScratchKeys for MemoryScratch {
+    async fn mint(&self, gateway: &str, now: u64) -> Result<crate::storage::ScratchKey, StoreError> {
+        if self.fail_mint.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated key service outage".into()));
+        }
+        let n = self.minted.fetch_add(1, Ordering::SeqCst);
+        let (id, secret) = (format!("SCRATCH{n:012}"), format!("secret-{n}-{:016x}", rand::random::<u64>()));
+        self.keys.lock().unwrap().entry(gateway.to_string()).or_default().push((id.clone(), secret.clone(), now));
+        Ok(crate::storage::ScratchKey {
+            access_key_id: id,
+            secret_access_key: secret,
+            endpoint: "https://scratch.example.org".into(),
+            bucket_name: format!("scratch/{gateway}"),
+            minted_at: now,
+        })
+    }
+
+    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError> {
+        if self.fail_revoke.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated key service outage".into()));
+        }
+        let mut all = self.keys.lock().unwrap();
+        let keys = all.entry(gateway.to_string()).or_default();
+        let before = keys.len();
+        keys.retain(|(id, _, _)| Some(id.as_str()) == keep);
+        Ok(before - keys.len())
+    }
+
+    async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError> {
+        if self.fail_revoke.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("simulated key service outage".into()));
+        }
+        self.keys.lock().unwrap().entry(gateway.to_string()).or_default().retain(|(id, _, _)| id != access_key_id);
+        Ok(())
+    }
+
+    async fn keys(&self, gateway: &str) -> Result<Vec<crate::storage::ScratchKeyInfo>, StoreError> {
+        let all = self.keys.lock().unwrap();
+        Ok(all
+            .get(gateway)
+            .map(|keys| keys.iter().map(|(id, _, at)| crate::storage::ScratchKeyInfo { access_key_id: id.clone(), minted_at: *at }).collect())
+            .unwrap_or_default())
+    }
+
+    async fn usage(&self, _gateway: &str) -> Result<crate::storage::ScratchUsage, StoreError> {
+        Ok(crate::storage::ScratchUsage::default())
     }
 }
