@@ -4,6 +4,7 @@
 use crate::datadir::{DataDir, DataDirError, EMBEDDED_BUCKET};
 use crate::embedded::file_journal::FileJournal;
 use crate::embedded::fs_store::FsStore;
+use crate::embedded::scratch::EmbeddedScratch;
 use ipxe_edge_core::domain::identity::IdentityError;
 use ipxe_edge_core::domain::model::GatewayRecord;
 use ipxe_edge_core::lambda::init::{s3_client, sdk_config, Timeouts};
@@ -11,7 +12,7 @@ use ipxe_edge_core::service::boot::BootError;
 use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DEFAULT_BOOT_RETENTION};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::{RecordError, Records};
-use ipxe_edge_core::storage::{BootJournal, ObjectStore, StoreError};
+use ipxe_edge_core::storage::{BootJournal, ObjectStore, ScratchKeys, StoreError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -116,6 +117,14 @@ impl Context {
             (None, Backend::S3(_)) => None,
         };
         Ok(Context { dir, backend, records: Records::new(store), journal })
+    }
+
+    /// The scratch keys: those of the embedded endpoint (what `serve` hosts).
+    pub fn scratch(&self) -> Result<Arc<dyn ScratchKeys>, CliError> {
+        match self.backend {
+            Backend::Embedded => Ok(EmbeddedScratch::open(&self.dir, "")?),
+            Backend::S3(_) => Err(CliError::Usage("scratch keys of a bucket deployment are IAM access keys: manage them with the AWS tools".into())),
+        }
     }
 
     /// The boot journal; with `--bucket`, boot records live in the DynamoDB table.

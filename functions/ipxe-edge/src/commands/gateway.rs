@@ -5,6 +5,7 @@ use crate::datadir::write_atomic;
 use ipxe_edge_core::domain::identity::{describe_der, pem_certificates, ChainVerifier, Fingerprint, DEFAULT_CLOCK_SKEW};
 use ipxe_edge_core::domain::model::{new_gateway, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH};
 use ipxe_edge_core::domain::query::KNOWN_ARCHES;
+use ipxe_edge_core::domain::secret_template;
 use ipxe_edge_core::domain::{clock, identity};
 use ipxe_edge_core::storage::records::RecordError;
 use ipxe_edge_pki::validity_days;
@@ -100,6 +101,17 @@ pub enum GatewayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The gateway's scratch space (objects, bytes) and its live key; --revoke-keys kills them.
+    ///
+    /// Example: ipxe-edge gateway scratch gw-berlin-1 --revoke-keys
+    Scratch {
+        name: String,
+        /// Revoke the gateway's live scratch keys now (the next redemption mints a new one).
+        #[arg(long)]
+        revoke_keys: bool,
+        #[arg(long, conflicts_with = "revoke_keys")]
+        json: bool,
+    },
     /// Give the gateway's target another chance: clears its fallback and failure count.
     ///
     /// Example: ipxe-edge gateway retry gw-berlin-1
@@ -121,6 +133,7 @@ pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError>
         GatewayCommand::History { name, limit, json } => super::outcomes::history(ctx, &name, limit as usize, json).await,
         GatewayCommand::Status { name, json } => super::outcomes::status(ctx, &name, json).await,
         GatewayCommand::Retry { name } => super::outcomes::retry(ctx, &name).await,
+        GatewayCommand::Scratch { name, revoke_keys, json } => super::scratch::scratch(ctx, &name, revoke_keys, json).await,
     }
 }
 
@@ -257,6 +270,12 @@ pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result
         Ok(())
     })
     .await?;
+    if state == GatewayState::Revoked {
+        let revoked = super::scratch::revoke_all(ctx, name).await?;
+        if revoked > 0 {
+            println!("revoked {revoked} scratch key(s) of gateway {name}");
+        }
+    }
     println!(
         "gateway {name} is now {}",
         match state {
@@ -300,7 +319,16 @@ pub async fn set_secrets(ctx: &Context, name: &str, file: &Path) -> Result<(), C
         return Err(CliError::Usage(format!("the secrets are larger than {MAX_SECRETS_BYTES} bytes")));
     }
     let len = secrets.len();
+    let unknown = secret_template::unknown_variables(&secrets, &record.vars);
+    let scratch = secret_template::uses_scratch(&secrets);
     ctx.records.put_secrets(&record.fingerprint, secrets).await?;
     println!("stored {len} bytes of secrets for gateway {name}");
+    if scratch {
+        println!("uses scratch storage: each redemption mints a new key to the gateway's own space and revokes the previous one");
+    }
+    if !unknown.is_empty() {
+        let names: Vec<String> = unknown.iter().map(|v| format!("${{{v}}}")).collect();
+        eprintln!("warning: no value for {}: served as written (set gateway vars or fix the names)", names.join(", "));
+    }
     Ok(())
 }

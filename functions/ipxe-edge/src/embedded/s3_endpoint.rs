@@ -4,9 +4,9 @@
 //! presigned URL protects the request, not the bytes: over plain HTTP anyone on the path could
 //! swap a kernel), under the same connection limits as the other listeners.
 
+use crate::embedded::scratch::{EmbeddedScratch, EndpointAccess, EndpointAuth};
 use crate::serve::listener::{accept_loop, Limits, ListenerStats};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,10 +25,13 @@ pub struct S3Credentials {
     pub secret_key: String,
 }
 
-pub fn service(root: PathBuf, creds: &S3Credentials) -> std::io::Result<s3s::service::S3Service> {
+/// The endpoint over `root`: the deployment's key may do anything, each gateway's scratch keys
+/// only what its scratch space needs.
+pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratch>) -> std::io::Result<s3s::service::S3Service> {
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
-    builder.set_auth(SimpleAuth::from_single(creds.access_key.clone(), creds.secret_key.clone()));
+    builder.set_auth(EndpointAuth { admin_access_key: creds.access_key.clone(), admin_secret_key: creds.secret_key.clone(), scratch: scratch.clone() });
+    builder.set_access(EndpointAccess { admin_access_key: creds.access_key.clone(), scratch });
     Ok(builder.build())
 }
 

@@ -15,6 +15,7 @@ use crate::embedded::file_journal::FileJournal;
 use crate::embedded::file_ledger::FileLedger;
 use crate::embedded::fs_store::FsStore;
 use crate::embedded::s3_endpoint;
+use crate::embedded::scratch::EmbeddedScratch;
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
@@ -185,16 +186,20 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
 
     // Storage: the embedded S3 endpoint, or a real one.
     let mut embedded_s3 = None;
+    // Scratch space is hosted by the embedded endpoint only.
+    let mut scratch_keys: Option<Arc<EmbeddedScratch>> = None;
     let (store, presigner): (Arc<dyn ObjectStore>, Arc<S3Store>) = match &args.bucket {
         None => {
             let s3_listener = bind(args.s3_listen, "S3").await?;
             let creds = bootstrap::s3_credentials(&dir)?;
             let bucket_dir = dir.s3_root().join(EMBEDDED_BUCKET);
             std::fs::create_dir_all(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
-            let service = s3_endpoint::service(dir.s3_root(), &creds).map_err(datadir::io_error(&dir.s3_root()))?;
-            embedded_s3 = Some((s3_listener, service));
             let scheme = if args.s3_http { "http" } else { "https" };
             let public = format!("{scheme}://{}", authority(&public_host, args.s3_listen.port()));
+            let scratch = EmbeddedScratch::open(&dir, public.clone())?;
+            let service = s3_endpoint::service(dir.s3_root(), &creds, scratch.clone()).map_err(datadir::io_error(&dir.s3_root()))?;
+            embedded_s3 = Some((s3_listener, service));
+            scratch_keys = Some(scratch);
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
             let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
@@ -301,7 +306,13 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         metrics: serve_metrics.clone(),
     });
     let redeem = Arc::new(RedeemApp {
-        service: RedeemService::new(records, ledger, keyring).with_journal(journal).with_checkin_base_url(secrets_base_url_for_checkins),
+        service: {
+            let service = RedeemService::new(records, ledger, keyring).with_journal(journal).with_checkin_base_url(secrets_base_url_for_checkins);
+            match scratch_keys {
+                Some(scratch) => service.with_scratch(scratch),
+                None => service,
+            }
+        },
         metrics: serve_metrics.clone(),
     });
 
