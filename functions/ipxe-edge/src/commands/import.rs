@@ -9,17 +9,16 @@
 use super::context::{file_error, CliError, Context};
 use ipxe_edge_core::domain::identity::{pem_certificates, ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{new_gateway, valid_name};
+use ipxe_edge_core::domain::secret_template;
 use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 
 /// Variables the reference server substituted that mean the same here.
 const KNOWN_VARS: &[&str] = &["secrets_url", "kernel_url", "initrd_url", "gateway", "fingerprint", "release"];
 
-/// Converts a Python `string.Template` boot script (`$var`, `${var}`, `$$`) to ours. Known
-/// names become `${name}`; unknown ones stay as written (as `safe_substitute` left them); the
-/// reference server's `/files/kernel` and `/files/initrd` URLs become `${kernel_url}` and
-/// `${initrd_url}`. Returns the template and the unknown names.
-pub fn convert_template(text: &str) -> (String, Vec<String>) {
+/// `string.Template` syntax to ours: `$name` and `${name}` of a `known` name become `${name}`,
+/// `$$` becomes `$`; other names stay as written and are returned.
+fn substitute_names(text: &str, known: &[&str]) -> (String, Vec<String>) {
     let mut out = String::with_capacity(text.len());
     let mut unknown = Vec::new();
     let chars: Vec<char> = text.chars().collect();
@@ -52,7 +51,7 @@ pub fn convert_template(text: &str) -> (String, Vec<String>) {
         }
         let name: String = chars[name_start..name_start + len].iter().collect();
         let end = name_start + len + usize::from(braced);
-        if KNOWN_VARS.contains(&name.as_str()) {
+        if known.contains(&name.as_str()) {
             out.push_str(&format!("${{{name}}}"));
         } else {
             if !unknown.contains(&name) {
@@ -62,6 +61,25 @@ pub fn convert_template(text: &str) -> (String, Vec<String>) {
         }
         i = end;
     }
+    (out, unknown)
+}
+
+/// A valve-infra `secrets` file to our secrets template: its `$s3_*` variables (and the
+/// fingerprint) become ours, filled at each redemption with a freshly minted scratch key.
+/// Returns the converted secret and the names nothing fills. Non-UTF-8 secrets are kept as they are.
+pub fn convert_secrets(bytes: Vec<u8>) -> (Vec<u8>, Vec<String>) {
+    let Ok(text) = String::from_utf8(bytes.clone()) else { return (bytes, Vec::new()) };
+    let known: Vec<&str> = secret_template::SCRATCH_VARIABLES.iter().chain(secret_template::BUILT_IN_VARIABLES.iter()).copied().collect();
+    let (out, unknown) = substitute_names(&text, &known);
+    (out.into_bytes(), unknown)
+}
+
+/// Converts a Python `string.Template` boot script (`$var`, `${var}`, `$$`) to ours. Known
+/// names become `${name}`; unknown ones stay as written (as `safe_substitute` left them); the
+/// reference server's `/files/kernel` and `/files/initrd` URLs become `${kernel_url}` and
+/// `${initrd_url}`. Returns the template and the unknown names.
+pub fn convert_template(text: &str) -> (String, Vec<String>) {
+    let (out, unknown) = substitute_names(text, KNOWN_VARS);
     let converted: Vec<String> = out
         .lines()
         .map(|line| {
@@ -93,6 +111,8 @@ struct Planned {
     folder: PathBuf,
     template: Option<String>,
     has_secrets: bool,
+    /// The secrets use valve-infra's `${s3_*}` scratch-storage variables.
+    scratch: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -174,12 +194,21 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
             }
             Err(_) => None,
         };
+        let mut scratch = false;
+        if let Ok(secrets) = std::fs::read(folder.join("secrets")) {
+            let (converted, unknown) = convert_secrets(secrets);
+            scratch = secret_template::uses_scratch(&converted);
+            if !unknown.is_empty() {
+                problems.push(format!("{name}: secrets use variables left as they are: {}", unknown.join(", ")));
+            }
+        }
         planned.push(Planned {
             name: name.to_string(),
             fingerprint: Fingerprint::of_der(&der),
             folder: folder.clone(),
             template,
             has_secrets: folder.join("secrets").is_file(),
+            scratch,
         });
     }
     if let Ok(dirs) = std::fs::read_dir(&root) {
@@ -198,7 +227,11 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
             &p.fingerprint.as_str()[..16],
             p.name,
             if p.template.is_some() { "converted" } else { "default" },
-            if p.has_secrets { "yes" } else { "no" }
+            match (p.has_secrets, p.scratch) {
+                (true, true) => "yes, ${s3_*} mapped to per-boot scratch keys",
+                (true, false) => "yes",
+                _ => "no",
+            }
         );
     }
     for problem in &problems {
@@ -236,7 +269,7 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
         }
         if p.has_secrets {
             let secrets = std::fs::read(p.folder.join("secrets")).map_err(file_error(&p.folder))?;
-            ctx.records.put_secrets(&p.fingerprint, secrets).await?;
+            ctx.records.put_secrets(&p.fingerprint, convert_secrets(secrets).0).await?;
         }
         println!("imported {} ({}) pinned to {release_id}", p.name, p.fingerprint);
     }
@@ -246,6 +279,21 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valve_infra_secrets_map_onto_scratch_variables() {
+        let (out, unknown) = convert_secrets(
+            b"b2c.minio=\"bbz,$s3_endpoint,${s3_access_key_id},$s3_access_key\" mirror=bbz/$s3_bucket_name fp=$client_cert_fingerprint x=$other cost=$$5"
+                .to_vec(),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "b2c.minio=\"bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}\" mirror=bbz/${s3_bucket_name} fp=${client_cert_fingerprint} x=$other cost=$5"
+        );
+        assert_eq!(unknown, ["other"]);
+        let binary = vec![0u8, 0xff, b'$'];
+        assert_eq!(convert_secrets(binary.clone()).0, binary);
+    }
 
     #[test]
     fn converts_python_templates() {
