@@ -23,15 +23,23 @@ struct Setup {
 }
 
 async fn setup(secret: &[u8]) -> Setup {
+    setup_with(secret, true).await
+}
+
+/// With `scratch` false, the deployment hosts no scratch storage.
+async fn setup_with(secret: &[u8], scratch: bool) -> Setup {
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("scratch-gw");
     let seeded =
         seed_gateway(store.as_ref(), "scratch-gw", &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" }, Some(secret)).await;
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let ledger = Arc::new(MemoryLedger::default());
-    let scratch = Arc::new(MemoryScratch::default());
-    let service = RedeemService::new(Records::new(store), ledger.clone(), keyring.clone()).with_scratch(scratch.clone());
-    Setup { service, ledger, scratch, keyring, seeded }
+    let keys = Arc::new(MemoryScratch::default());
+    let mut service = RedeemService::new(Records::new(store), ledger.clone(), keyring.clone());
+    if scratch {
+        service = service.with_scratch(keys.clone());
+    }
+    Setup { service, ledger, scratch: keys, keyring, seeded }
 }
 
 impl Setup {
@@ -112,14 +120,9 @@ async fn secrets_without_variables_are_served_byte_for_byte_without_a_key() {
 
 #[tokio::test]
 async fn without_scratch_storage_the_secret_is_refused_not_served_literally() {
-    let store = Arc::new(MemoryStore::new());
-    let gw = issue_gateway("plain-gw");
-    let seeded =
-        seed_gateway(store.as_ref(), "plain-gw", &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" }, Some(SEED_SECRET)).await;
-    let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
-    let ledger = Arc::new(MemoryLedger::default());
-    let service = RedeemService::new(Records::new(store), ledger.clone(), keyring.clone());
-    let (id, token) = keyring.mint(&seeded.fingerprint, &keys::secrets(&seeded.fingerprint), NOW + 120).unwrap();
-    assert!(matches!(service.redeem(&token, NOW).await, Err(RedeemError::ScratchNotConfigured)));
-    assert!(!ledger.holds(&id.to_string()), "token not spent");
+    let s = setup_with(SEED_SECRET, false).await;
+    let fp = &s.seeded.fingerprint;
+    let (id, token) = s.keyring.mint(fp, &keys::secrets(fp), NOW + 120).unwrap();
+    assert!(matches!(s.service.redeem(&token, NOW).await, Err(RedeemError::ScratchNotConfigured)));
+    assert!(!s.ledger.holds(&id.to_string()), "token not spent");
 }

@@ -194,10 +194,6 @@ impl ChainVerifier {
         ChainVerifier { bundle, clock_skew_secs: clock_skew.as_secs().min(86_400) as i64, verified: Default::default() }
     }
 
-    fn within(&self, (not_before, not_after): (i64, i64), now: i64) -> bool {
-        now.saturating_add(self.clock_skew_secs) >= not_before && now.saturating_sub(self.clock_skew_secs) <= not_after
-    }
-
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
     }
@@ -222,7 +218,7 @@ impl ChainVerifier {
         let key = chain_key(chain);
         let cached = self.verified.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         if let Some(path) = cached {
-            if path.validity.iter().all(|v| self.within(*v, now)) {
+            if path.validity.iter().all(|v| self.check_window(*v, now).is_ok()) {
                 return Ok(path.identity);
             }
         }
@@ -278,8 +274,11 @@ impl ChainVerifier {
     }
 
     fn check_validity(&self, cert: &X509Certificate<'_>, now: i64) -> Result<(), IdentityError> {
-        let not_before = cert.validity().not_before.timestamp();
-        let not_after = cert.validity().not_after.timestamp();
+        self.check_window(validity_of(cert), now)
+    }
+
+    /// Whether `now` is within `(not_before, not_after)`, give or take the clock skew.
+    fn check_window(&self, (not_before, not_after): (i64, i64), now: i64) -> Result<(), IdentityError> {
         if now.saturating_add(self.clock_skew_secs) < not_before {
             return Err(IdentityError::NotYetValid { not_before });
         }

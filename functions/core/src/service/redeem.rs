@@ -182,7 +182,8 @@ impl RedeemService {
             true => Some(self.records.gateway(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?),
             false => None,
         };
-        let minted = match (&gateway, secret_template::uses_scratch(&secret)) {
+        let uses_scratch = variables.iter().any(|v| secret_template::SCRATCH_VARIABLES.contains(&v.as_str()));
+        let minted = match (&gateway, uses_scratch) {
             (Some(gateway), true) => Some(self.mint_scratch(gateway, claims.id, now).await?),
             _ => None,
         };

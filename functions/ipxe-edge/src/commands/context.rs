@@ -119,11 +119,11 @@ impl Context {
         Ok(Context { dir, backend, records: Records::new(store), journal })
     }
 
-    /// The scratch keys: those of the embedded endpoint (what `serve` hosts).
-    pub fn scratch(&self) -> Result<Arc<dyn ScratchKeys>, CliError> {
+    /// The scratch keys of the embedded endpoint (what `serve` hosts); `None` on a bucket.
+    pub fn scratch(&self) -> Result<Option<Arc<dyn ScratchKeys>>, CliError> {
         match self.backend {
-            Backend::Embedded => Ok(EmbeddedScratch::open(&self.dir, "")?),
-            Backend::S3(_) => Err(CliError::Usage("scratch keys of a bucket deployment are IAM access keys: manage them with the AWS tools".into())),
+            Backend::Embedded => Ok(Some(EmbeddedScratch::open(&self.dir, "")?)),
+            Backend::S3(_) => Ok(None),
         }
     }
 

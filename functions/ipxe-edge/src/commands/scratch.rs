@@ -5,7 +5,8 @@ use super::context::{CliError, Context};
 
 pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -> Result<(), CliError> {
     let record = ctx.gateway(name).await?;
-    let keys = ctx.scratch()?;
+    let keys =
+        ctx.scratch()?.ok_or_else(|| CliError::Usage("scratch keys of a bucket deployment are IAM access keys: manage them with the AWS tools".into()))?;
     if revoke_keys {
         let revoked = keys.revoke_others(&record.name, None).await?;
         println!("revoked {revoked} scratch key(s) of gateway {name}; the next redemption mints a new one");
@@ -35,10 +36,8 @@ pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -
 
 /// Revoking a gateway also kills its scratch keys.
 pub async fn revoke_all(ctx: &Context, name: &str) -> Result<usize, CliError> {
-    match ctx.scratch() {
-        Ok(keys) => Ok(keys.revoke_others(name, None).await?),
-        // No scratch storage on this backend: nothing to revoke.
-        Err(CliError::Usage(_)) => Ok(0),
-        Err(e) => Err(e),
+    match ctx.scratch()? {
+        Some(keys) => Ok(keys.revoke_others(name, None).await?),
+        None => Ok(0),
     }
 }

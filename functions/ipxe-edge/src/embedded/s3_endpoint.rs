@@ -25,6 +25,20 @@ pub struct S3Credentials {
     pub secret_key: String,
 }
 
+impl S3Credentials {
+    /// A new key pair: `prefix` and 48 random bits as the access key id, 160 random bits as
+    /// the secret (both hex).
+    pub fn generate(prefix: &str) -> Self {
+        use rand::RngCore;
+        let hex = |bytes: usize| {
+            let mut buf = vec![0u8; bytes];
+            rand::rng().fill_bytes(&mut buf);
+            hex::encode(buf)
+        };
+        S3Credentials { access_key: format!("{prefix}{}", hex(6).to_uppercase()), secret_key: hex(20) }
+    }
+}
+
 /// The endpoint over `root`: the deployment's key may do anything, each gateway's scratch keys
 /// only what its scratch space needs.
 pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratch>) -> std::io::Result<s3s::service::S3Service> {

@@ -8,6 +8,7 @@
 //! next request on.
 
 use crate::datadir;
+use crate::embedded::s3_endpoint::S3Credentials;
 use async_trait::async_trait;
 use ipxe_edge_core::storage::{ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError};
 use s3s::access::{S3Access, S3AccessContext};
@@ -50,12 +51,6 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
-}
-
-fn random_string(alphabet: &[u8], len: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
 }
 
 impl EmbeddedScratch {
@@ -117,14 +112,13 @@ impl EmbeddedScratch {
 #[async_trait]
 impl ScratchKeys for EmbeddedScratch {
     async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError> {
-        let id = format!("IESK{}", random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16));
-        let secret = random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", 40);
-        let stored = StoredKey { gateway: gateway.to_string(), secret: secret.clone(), minted_at: now };
-        let key_id = id.clone();
+        let S3Credentials { access_key, secret_key } = S3Credentials::generate("IPXESCRATCH");
+        let stored = StoredKey { gateway: gateway.to_string(), secret: secret_key.clone(), minted_at: now };
+        let key_id = access_key.clone();
         self.change(move |keys| keys.insert(key_id, stored)).await?;
         Ok(ScratchKey {
-            access_key_id: id,
-            secret_access_key: secret,
+            access_key_id: access_key,
+            secret_access_key: secret_key,
             endpoint: self.endpoint.clone(),
             bucket_name: format!("{SCRATCH_BUCKET}/{gateway}"),
             minted_at: now,

@@ -11,7 +11,6 @@ use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::{RecordError, Records};
 use ipxe_edge_core::storage::WriteCondition;
 use ipxe_edge_pki::{validity_days, CertificateAuthority};
-use rand::RngCore;
 use std::collections::BTreeMap;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -29,17 +28,12 @@ pub struct Outcome {
     pub created: Vec<String>,
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    hex::encode(buf)
-}
-
 /// The embedded S3 endpoint's credentials, created on first use.
 pub fn s3_credentials(dir: &DataDir) -> Result<S3Credentials, ServeError> {
     let path = dir.s3_credentials();
     if !path.exists() {
-        let text = format!("IPXEEDGE{}:{}\n", random_hex(6).to_uppercase(), random_hex(20));
+        let creds = S3Credentials::generate("IPXEEDGE");
+        let text = format!("{}:{}\n", creds.access_key, creds.secret_key);
         write_atomic(&path, text.as_bytes(), 0o600)?;
     }
     let text = datadir::read_private_string(&path)?;

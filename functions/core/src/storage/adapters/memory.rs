@@ -1,6 +1,8 @@
 //! In-memory stores for unit tests and benchmarks, with switches to simulate outages.
 
-use crate::storage::{LedgerOutcome, ObjectStore, Presigner, StoreError, TokenLedger, Versioned, WriteCondition};
+use crate::storage::{
+    LedgerOutcome, ObjectStore, Presigner, ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError, TokenLedger, Versioned, WriteCondition,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,7 +137,7 @@ pub struct MemoryScratch {
     keys: Mutex<HashMap<String, Vec<MemoryKey>>>,
     pub fail_mint: AtomicBool,
     pub fail_revoke: AtomicBool,
-    minted: std::sync::atomic::AtomicU64,
+    minted: AtomicU64,
 }
 
 impl MemoryScratch {
@@ -151,15 +153,15 @@ impl MemoryScratch {
 }
 
 #[async_trait]
-impl crate::storage::ScratchKeys for MemoryScratch {
-    async fn mint(&self, gateway: &str, now: u64) -> Result<crate::storage::ScratchKey, StoreError> {
+impl ScratchKeys for MemoryScratch {
+    async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError> {
         if self.fail_mint.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("simulated key service outage".into()));
         }
         let n = self.minted.fetch_add(1, Ordering::SeqCst);
         let (id, secret) = (format!("SCRATCH{n:012}"), format!("secret-{n}-{:016x}", rand::random::<u64>()));
         self.keys.lock().unwrap().entry(gateway.to_string()).or_default().push((id.clone(), secret.clone(), now));
-        Ok(crate::storage::ScratchKey {
+        Ok(ScratchKey {
             access_key_id: id,
             secret_access_key: secret,
             endpoint: "https://scratch.example.org".into(),
@@ -187,15 +189,15 @@ impl crate::storage::ScratchKeys for MemoryScratch {
         Ok(())
     }
 
-    async fn keys(&self, gateway: &str) -> Result<Vec<crate::storage::ScratchKeyInfo>, StoreError> {
+    async fn keys(&self, gateway: &str) -> Result<Vec<ScratchKeyInfo>, StoreError> {
         let all = self.keys.lock().unwrap();
         Ok(all
             .get(gateway)
-            .map(|keys| keys.iter().map(|(id, _, at)| crate::storage::ScratchKeyInfo { access_key_id: id.clone(), minted_at: *at }).collect())
+            .map(|keys| keys.iter().map(|(id, _, at)| ScratchKeyInfo { access_key_id: id.clone(), minted_at: *at }).collect())
             .unwrap_or_default())
     }
 
-    async fn usage(&self, _gateway: &str) -> Result<crate::storage::ScratchUsage, StoreError> {
-        Ok(crate::storage::ScratchUsage::default())
+    async fn usage(&self, _gateway: &str) -> Result<ScratchUsage, StoreError> {
+        Ok(ScratchUsage::default())
     }
 }
