@@ -41,6 +41,8 @@ pub struct FaultProxy {
     plan: Arc<Mutex<Plan>>,
     forwarded: Arc<AtomicUsize>,
     faulted: Arc<AtomicUsize>,
+    /// Bodies of the requests forwarded, in order.
+    bodies: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl FaultProxy {
@@ -63,11 +65,12 @@ impl FaultProxy {
         let (forwarded, faulted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let upstream: Arc<str> = Arc::from(upstream.trim_end_matches('/'));
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let (p, fw, fl) = (plan.clone(), forwarded.clone(), faulted.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (p, fw, fl, bs) = (plan.clone(), forwarded.clone(), faulted.clone(), bodies.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (plan, forwarded, faulted, upstream, client) = (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone());
+                let (plan, forwarded, faulted, upstream, client, bodies) = (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone(), bs.clone());
                 let one_at_a_time = one_at_a_time.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -85,20 +88,20 @@ impl FaultProxy {
                         } else {
                             forwarded.fetch_add(1, Ordering::SeqCst);
                         }
-                        let (upstream, client, one_at_a_time) = (upstream.clone(), client.clone(), one_at_a_time.clone());
+                        let (upstream, client, one_at_a_time, bodies) = (upstream.clone(), client.clone(), one_at_a_time.clone(), bodies.clone());
                         async move {
                             let _turn = match &one_at_a_time {
                                 Some(lock) => Some(lock.clone().lock_owned().await),
                                 None => None,
                             };
-                            proxy(req, fault, upstream, client).await
+                            proxy(req, fault, upstream, client, bodies).await
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
-        FaultProxy { endpoint, plan, forwarded, faulted }
+        FaultProxy { endpoint, plan, forwarded, faulted, bodies }
     }
 
     /// The next requests meet these faults, in order; later ones pass.
@@ -130,6 +133,12 @@ impl FaultProxy {
         self.faulted.load(Ordering::SeqCst)
     }
 
+    /// The bodies of the requests forwarded so far (as text), e.g. to see what an AWS query
+    /// API call carried.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+    }
+
     /// How many requests went through untouched.
     pub fn forwarded(&self) -> usize {
         self.forwarded.load(Ordering::SeqCst)
@@ -151,6 +160,7 @@ async fn proxy(
     fault: Option<Fault>,
     upstream: Arc<str>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
 ) -> Result<Response<BoxBody>, std::io::Error> {
     let is_dynamodb = req.headers().contains_key("x-amz-target");
     match fault {
@@ -166,6 +176,7 @@ async fn proxy(
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    bodies.lock().unwrap().push(body.clone());
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut forward = Request::builder().method(parts.method.clone()).uri(format!("{upstream}{path}"));
     for (name, value) in &parts.headers {

@@ -220,6 +220,11 @@ pub fn dynamodb_env(test: &str) -> Option<ServerEnv> {
     server_env("IPXE_EDGE_TEST_DYNAMODB_ENDPOINT", test)
 }
 
+/// moto's server (the DynamoDB endpoint serves IAM and S3 too), for test `test`.
+pub fn moto_env(test: &str) -> Option<ServerEnv> {
+    dynamodb_env(test)
+}
+
 /// SDK configuration for a test server (its endpoint and credentials), with the timeouts the
 /// functions use when serving requests.
 pub async fn sdk_config(env: &ServerEnv) -> aws_config::SdkConfig {

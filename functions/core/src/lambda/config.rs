@@ -67,6 +67,31 @@ pub struct RedeemConfig {
     pub s3_force_path_style: bool,
     /// `BOOT_HISTORY_DAYS` (90).
     pub boot_history: Duration,
+    /// Per-gateway scratch storage, when `SCRATCH_BUCKET` is set.
+    pub scratch: Option<ScratchConfig>,
+}
+
+/// `SCRATCH_BUCKET`, `SCRATCH_BOUNDARY_ARN` (both required together), `SCRATCH_USER_PATH`
+/// (`/ipxe-edge/scratch/`), `SCRATCH_ENDPOINT` (the region's S3 endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchConfig {
+    pub bucket: String,
+    pub boundary_arn: String,
+    pub user_path: String,
+    pub endpoint: Option<String>,
+}
+
+fn scratch(lookup: Lookup) -> Result<Option<ScratchConfig>, ConfigError> {
+    let Some(bucket) = lookup("SCRATCH_BUCKET") else { return Ok(None) };
+    let boundary_arn = required(lookup, "SCRATCH_BOUNDARY_ARN")?;
+    if !boundary_arn.starts_with("arn:") {
+        return Err(ConfigError::Invalid { name: "SCRATCH_BOUNDARY_ARN", reason: "a policy ARN".into() });
+    }
+    let user_path = lookup("SCRATCH_USER_PATH").unwrap_or_else(|| crate::storage::adapters::iam::DEFAULT_USER_PATH.into());
+    if !(user_path.starts_with('/') && user_path.ends_with('/')) {
+        return Err(ConfigError::Invalid { name: "SCRATCH_USER_PATH", reason: "a path starting and ending with /".into() });
+    }
+    Ok(Some(ScratchConfig { bucket, boundary_arn, user_path, endpoint: lookup("SCRATCH_ENDPOINT") }))
 }
 
 /// Range of `BOOT_HISTORY_DAYS`.
@@ -160,6 +185,7 @@ impl RedeemConfig {
             keyring: keyring(lookup)?,
             s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
             boot_history: boot_history(lookup)?,
+            scratch: scratch(lookup)?,
         })
     }
 }
@@ -196,6 +222,22 @@ mod tests {
         let c = boot(&[("FALLBACK_AFTER", "0"), ("HEALTH_DEADLINE_SECONDS", "86400"), ("TABLE", "t"), ("BOOT_HISTORY_DAYS", "7")]).unwrap();
         assert_eq!((c.boot.fallback_after, c.boot.health_deadline.as_secs(), c.table.as_deref()), (0, 86_400, Some("t")));
         assert_eq!(c.boot_history, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn scratch_storage_is_configured_as_a_whole() {
+        let base = [("BUCKET", "b"), ("TABLE", "t"), ("TOKEN_KEYS_SSM_PARAMETER", "/k")];
+        let redeem = |extra: &[(&str, &str)]| {
+            let pairs: Vec<_> = base.iter().chain(extra).copied().collect();
+            RedeemConfig::from_lookup(&lookup(&pairs))
+        };
+        assert_eq!(redeem(&[]).unwrap().scratch, None);
+        assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s")]), Err(ConfigError::Missing("SCRATCH_BOUNDARY_ARN"))));
+        assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", "x")]), Err(ConfigError::Invalid { .. })));
+        let arn = "arn:aws:iam::123456789012:policy/b";
+        let c = redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", arn)]).unwrap().scratch.unwrap();
+        assert_eq!((c.bucket.as_str(), c.boundary_arn.as_str(), c.user_path.as_str(), c.endpoint), ("s", arn, "/ipxe-edge/scratch/", None));
+        assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", arn), ("SCRATCH_USER_PATH", "x")]), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]

@@ -3,12 +3,13 @@
 
 use crate::domain::identity::{ChainVerifier, TrustBundle};
 use crate::domain::token::{Keyring, KeyringError};
-use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig};
+use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig, ScratchConfig};
 use crate::lambda::http::{BootApp, RedeemApp};
 use crate::lambda::metrics::EmfMetrics;
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
 use crate::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger};
+use crate::storage::adapters::iam::{IamScratch, ScratchSettings};
 use crate::storage::adapters::s3::S3Store;
 use crate::storage::records::{RecordError, Records};
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -192,8 +193,32 @@ pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
     let journal = Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history));
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
-    tracing::info!(key_id = keyring.signing_key_id(), "redeem function initialised");
-    Ok(RedeemApp { service: RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal), metrics: Arc::new(EmfMetrics) })
+    tracing::info!(key_id = keyring.signing_key_id(), scratch = config.scratch.is_some(), "redeem function initialised");
+    let mut service = RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal);
+    if let Some(scratch) = &config.scratch {
+        service = service.with_scratch(Arc::new(iam_scratch(&sdk, scratch, config.s3_force_path_style)));
+    }
+    Ok(RedeemApp { service, metrics: Arc::new(EmfMetrics) })
+}
+
+/// Scratch keys as IAM users, in the function's region and partition.
+pub fn iam_scratch(sdk: &aws_config::SdkConfig, config: &ScratchConfig, s3_force_path_style: bool) -> IamScratch {
+    let region = sdk.region().map(|r| r.as_ref().to_string()).unwrap_or_else(|| "us-east-1".into());
+    let (partition, suffix) = if region.starts_with("cn-") {
+        ("arn:aws-cn", "amazonaws.com.cn")
+    } else if region.starts_with("us-gov-") {
+        ("arn:aws-us-gov", "amazonaws.com")
+    } else {
+        ("arn:aws", "amazonaws.com")
+    };
+    let settings = ScratchSettings {
+        bucket: config.bucket.clone(),
+        boundary_arn: config.boundary_arn.clone(),
+        user_path: config.user_path.clone(),
+        endpoint: config.endpoint.clone().unwrap_or_else(|| format!("https://s3.{region}.{suffix}")),
+        partition: partition.into(),
+    };
+    IamScratch::new(aws_sdk_iam::Client::new(sdk), s3_client(sdk, s3_force_path_style), settings)
 }
 
 pub async fn redeem_app_from_env() -> Result<RedeemApp, InitError> {

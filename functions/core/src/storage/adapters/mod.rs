@@ -4,6 +4,7 @@
 //! ledger of `ipxe-edge serve` live in that crate: the functions never need them.
 
 pub mod dynamodb;
+pub mod iam;
 pub mod memory;
 pub mod object_journal;
 pub mod s3;

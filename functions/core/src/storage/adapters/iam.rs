@@ -1,0 +1,205 @@
+//! Scratch keys on AWS: one IAM user per gateway under a dedicated path, created with the
+//! deployment's permissions boundary and an inline policy limited to the gateway's prefix of the
+//! scratch bucket. Each mint creates an access key; the older ones are deleted once it was
+//! delivered. The boundary caps what any minted key can ever do, whatever the inline policy
+//! says, and the redeem function may only create users that carry it (see
+//! `docs/security-model.md`).
+
+use crate::storage::{ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError};
+use async_trait::async_trait;
+use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use sha2::{Digest, Sha256};
+
+/// Where the scratch space and its users are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchSettings {
+    /// `SCRATCH_BUCKET`.
+    pub bucket: String,
+    /// `SCRATCH_BOUNDARY_ARN`: the managed policy every scratch user is created with.
+    pub boundary_arn: String,
+    /// `SCRATCH_USER_PATH` (`/ipxe-edge/scratch/`).
+    pub user_path: String,
+    /// `SCRATCH_ENDPOINT`: `${s3_endpoint}` (`https://s3.<region>.amazonaws.com`).
+    pub endpoint: String,
+    /// `arn:<partition>`, for the policy's resources.
+    pub partition: String,
+}
+
+pub const DEFAULT_USER_PATH: &str = "/ipxe-edge/scratch/";
+
+pub struct IamScratch {
+    iam: aws_sdk_iam::Client,
+    s3: aws_sdk_s3::Client,
+    settings: ScratchSettings,
+}
+
+fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(what: &str, e: SdkError<E, R>) -> StoreError {
+    StoreError::Unavailable(format!("IAM {what}: {}", DisplayErrorContext(&e)))
+}
+
+fn no_such_entity<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("NoSuchEntity"))
+}
+
+/// The IAM user of a gateway: `ies-<name>` (IAM names are at most 64 characters; longer
+/// gateway names are shortened with a hash of the whole name).
+pub fn user_name(gateway: &str) -> String {
+    if gateway.len() <= 60 {
+        format!("ies-{gateway}")
+    } else {
+        let hash = hex::encode(&Sha256::digest(gateway.as_bytes())[..8]);
+        format!("ies-{}-{hash}", &gateway[..43])
+    }
+}
+
+impl IamScratch {
+    pub fn new(iam: aws_sdk_iam::Client, s3: aws_sdk_s3::Client, settings: ScratchSettings) -> Self {
+        IamScratch { iam, s3, settings }
+    }
+
+    /// List, read, write and delete under `<gateway>/` of the scratch bucket, nothing else.
+    pub fn policy(&self, gateway: &str) -> String {
+        let bucket = format!("{}:s3:::{}", self.settings.partition, self.settings.bucket);
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ListOwnPrefix",
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": bucket,
+                    "Condition": {"StringLike": {"s3:prefix": [format!("{gateway}/*"), format!("{gateway}/"), gateway]}}
+                },
+                {"Sid": "LocateBucket", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": bucket},
+                {
+                    "Sid": "OwnObjects",
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                    "Resource": format!("{bucket}/{gateway}/*")
+                }
+            ]
+        })
+        .to_string()
+    }
+
+    /// Creates the gateway's user with the boundary if it does not exist yet, and (re)writes its
+    /// policy. No `GetUser` first: for a user that does not exist IAM checks that call against
+    /// an ARN without the path, which the function's path-limited rights do not cover. A name
+    /// taken by another deployment (another path) fails at the next call, which the function
+    /// may not make on that user.
+    async fn ensure_user(&self, gateway: &str) -> Result<String, StoreError> {
+        let user = user_name(gateway);
+        let tag = aws_sdk_iam::types::Tag::builder().key("ipxe-edge-gateway").value(gateway).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let created =
+            self.iam.create_user().user_name(&user).path(&self.settings.user_path).permissions_boundary(&self.settings.boundary_arn).tags(tag).send().await;
+        match created {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(s)) if s.err().code() == Some("EntityAlreadyExists") => {}
+            Err(e) => return Err(unavailable("CreateUser", e)),
+        }
+        // Idempotent; also repairs a user whose first policy write failed.
+        self.iam
+            .put_user_policy()
+            .user_name(&user)
+            .policy_name("scratch-space")
+            .policy_document(self.policy(gateway))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutUserPolicy", e))?;
+        Ok(user)
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<ScratchKeyInfo>, StoreError> {
+        let listed = match self.iam.list_access_keys().user_name(user).send().await {
+            Ok(listed) => listed,
+            Err(e) if no_such_entity(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable("ListAccessKeys", e)),
+        };
+        let mut keys: Vec<ScratchKeyInfo> = listed
+            .access_key_metadata()
+            .iter()
+            .filter_map(|k| {
+                Some(ScratchKeyInfo { access_key_id: k.access_key_id()?.to_string(), minted_at: k.create_date().map(|d| d.secs().max(0) as u64).unwrap_or(0) })
+            })
+            .collect();
+        keys.sort_by(|a, b| (a.minted_at, &a.access_key_id).cmp(&(b.minted_at, &b.access_key_id)));
+        Ok(keys)
+    }
+
+    async fn delete_key(&self, user: &str, id: &str) -> Result<(), StoreError> {
+        match self.iam.delete_access_key().user_name(user).access_key_id(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if no_such_entity(&e) => Ok(()),
+            Err(e) => Err(unavailable("DeleteAccessKey", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ScratchKeys for IamScratch {
+    async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError> {
+        let user = self.ensure_user(gateway).await?;
+        // IAM allows two keys per user: make room by deleting the oldest, which the previous
+        // redemption would have revoked had it finished.
+        let live = self.list(&user).await?;
+        if live.len() >= 2 {
+            self.delete_key(&user, &live[0].access_key_id).await?;
+        }
+        let created = self.iam.create_access_key().user_name(&user).send().await.map_err(|e| unavailable("CreateAccessKey", e))?;
+        let key = created.access_key().ok_or_else(|| StoreError::Unavailable("IAM CreateAccessKey returned no key".into()))?;
+        Ok(ScratchKey {
+            access_key_id: key.access_key_id().to_string(),
+            secret_access_key: key.secret_access_key().to_string(),
+            endpoint: self.settings.endpoint.clone(),
+            bucket_name: format!("{}/{gateway}", self.settings.bucket),
+            minted_at: now,
+        })
+    }
+
+    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError> {
+        let user = user_name(gateway);
+        let mut revoked = 0;
+        for key in self.list(&user).await? {
+            if Some(key.access_key_id.as_str()) != keep {
+                self.delete_key(&user, &key.access_key_id).await?;
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError> {
+        self.delete_key(&user_name(gateway), access_key_id).await
+    }
+
+    async fn keys(&self, gateway: &str) -> Result<Vec<ScratchKeyInfo>, StoreError> {
+        self.list(&user_name(gateway)).await
+    }
+
+    async fn usage(&self, gateway: &str) -> Result<ScratchUsage, StoreError> {
+        let mut usage = ScratchUsage::default();
+        let mut pages = self.s3.list_objects_v2().bucket(&self.settings.bucket).prefix(format!("{gateway}/")).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StoreError::Unavailable(format!("S3 ListObjectsV2: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+            for object in page.contents() {
+                usage.objects += 1;
+                usage.bytes += object.size().unwrap_or(0).max(0) as u64;
+            }
+        }
+        Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_fit_iam() {
+        assert_eq!(user_name("gw-1"), "ies-gw-1");
+        let long = "g".repeat(64);
+        let name = user_name(&long);
+        assert!(name.len() <= 64, "{}", name.len());
+        assert_ne!(name, user_name(&format!("{}h", "g".repeat(63))));
+    }
+}
