@@ -215,6 +215,64 @@ check "gateway status shows the fallback" 'edge gateway status fallback-gw | gre
 echo "time from QEMU start to the fallback's secret (three boots): ${fallback_time}s"
 cat "$work/history.txt"
 
+# ---------------------------------------------------------------- 5. per-boot scratch storage
+# The seed's secret on scratch-gw; its booted system reads the minted key from the secret and
+# uses it with curl's own SigV4 signing over HTTPS to store a file and read it back, and is
+# refused in another gateway's space.
+scratch_root="$work/initramfs-scratch"
+cp -a "$root" "$scratch_root"
+# curl and the libraries it links, at their own paths; the deployment CA to trust the endpoint.
+for lib in /usr/bin/curl $(ldd /usr/bin/curl | grep -o '/[^ ]*'); do cp --parents -L "$lib" "$scratch_root/"; done
+cp "$data/pki/ca.crt" "$scratch_root/ca.crt"
+cat >"$scratch_root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "EDGE-LINUX-UP"
+url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
+wget -q -O /tmp/secret "$url" || echo "EDGE-SECRET-FAILED"
+minio=$(sed -n 's/.*b2c.minio="\([^"]*\)".*/\1/p' /tmp/secret)
+endpoint=$(echo "$minio" | cut -d, -f2); id=$(echo "$minio" | cut -d, -f3); key=$(echo "$minio" | cut -d, -f4)
+bucket=$(sed -n 's/.*mirror=bbz\/\([^,"]*\).*/\1/p' /tmp/secret)
+s3() { /usr/bin/curl -s --cacert /ca.crt --aws-sigv4 aws:amz:us-east-1:s3 --user "$id:$key" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"; }
+echo "state written by the booted gateway" >/tmp/payload
+put=$(s3 -o /dev/null -w '%{http_code}' -T /tmp/payload "$endpoint/$bucket/state/hello.txt")
+back=$(s3 "$endpoint/$bucket/state/hello.txt")
+echo "EDGE-SCRATCH put=$put back=$back"
+other=$(s3 -o /dev/null -w '%{http_code}' "$endpoint/scratch/qemu-gw/state/hello.txt")
+echo "EDGE-SCRATCH-OTHER status=$other"
+sleep 1
+poweroff -f
+INIT
+chmod +x "$scratch_root/init"
+(cd "$scratch_root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-scratch.img"
+edge release create qemu-scratch --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-scratch.img" \
+  --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
+edge gateway enroll scratch-gw >/dev/null
+edge gateway pin scratch-gw qemu-scratch >/dev/null
+printf '%s\n' 'b2c.minio="bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}"' \
+  'b2c.volume="perm,mirror=bbz/${s3_bucket_name},pull_on=pipeline_start,push_on=changes,overwrite,delete"' >"$work/scratch-secrets.txt"
+edge gateway set-secrets scratch-gw --file "$work/scratch-secrets.txt" >/dev/null
+edge image script scratch-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >"$work/www/scratch-gw.ipxe"
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+start=$(date +%s.%N)
+run_kernel_boot scratch-gw "$work/serial-5.log" "$QEMU_TIMEOUT"
+scratch_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+serial=$(tr -d '\r' <"$work/serial-5.log")
+check "the booted system stored and read back a file with its minted key" 'grep -q "EDGE-SCRATCH put=200 back=state written by the booted gateway" <<<"$serial"'
+check "the minted key is refused in another gateway's space" 'grep -q "EDGE-SCRATCH-OTHER status=403" <<<"$serial"'
+check "the file is in scratch-gw's space on the server" '[ "$(cat "$data/s3/scratch/scratch-gw/state/hello.txt")" = "state written by the booted gateway" ]'
+check "gateway scratch shows the object and the live key" 'edge gateway scratch scratch-gw | grep -q "1 object(s)" && edge gateway scratch scratch-gw | grep -q "key: *IPXESCRATCH"'
+check "the server minted the key at the redemption" 'grep "scratch key minted" "$work/serve.log" | grep -q "\"gateway\":\"scratch-gw\""'
+echo "time from QEMU start to the scratch round trip: ${scratch_time}s"
+
 if [ "$failed" -gt 0 ]; then
   for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done
   echo "== server log"; tail -n 30 "$work/serve.log"

@@ -137,6 +137,7 @@ impl Moto {
             ("AWS_ENDPOINT_URL_S3", self.env.endpoint.clone()),
             ("AWS_ENDPOINT_URL_DYNAMODB", self.env.endpoint.clone()),
             ("AWS_ENDPOINT_URL_SSM", self.env.endpoint.clone()),
+            ("AWS_ENDPOINT_URL_IAM", self.env.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID", self.env.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.env.secret_key.clone()),
             ("AWS_REGION", "us-east-1".into()),
@@ -414,6 +415,66 @@ async fn shipped_functions_boot_and_redeem_against_moto() {
     println!("|---|---|---|---|");
     println!("| boot | {} | {} | {} |", ms(boot_init), ms(boot_times[0]), ms(boot_times[9]));
     println!("| redeem | {} | {} | {} |", ms(redeem_init), ms(redeem_times[0]), ms(redeem_times[9]));
+}
+
+/// The shipped redeem function with scratch storage: the seed's secret gets a key of an IAM
+/// user (on moto) minted at each redemption, the previous one deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_redeem_mints_scratch_keys_against_moto() {
+    let Some((lambda_dir, moto)) = setup("shipped_redeem_mints_scratch_keys_against_moto") else { return };
+    let deployment = deploy(&moto).await;
+    let seed = b"b2c.minio=\"bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}\" b2c.volume=\"perm,mirror=bbz/${s3_bucket_name},pull_on=pipeline_start\"";
+    cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "set-secrets", "gw1", "--file", "-"], Some(seed));
+    let scratch_bucket = unique_name("lambda-zips-scratch");
+    s3_client(&moto.env).await.create_bucket().bucket(&scratch_bucket).send().await.unwrap();
+    let iam = aws_sdk_iam::Client::new(&sdk_config(&moto.env).await);
+    let boundary = iam
+        .create_policy()
+        .policy_name(unique_name("zips-boundary"))
+        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let mut env = deployment.function_env(&moto);
+    env.extend([
+        ("SCRATCH_BUCKET", scratch_bucket.clone()),
+        ("SCRATCH_BOUNDARY_ARN", boundary.policy().unwrap().arn().unwrap().to_string()),
+        ("SCRATCH_USER_PATH", "/ipxe-edge/zips/scratch/".into()),
+        ("SCRATCH_ENDPOINT", moto.env.endpoint.clone()),
+    ]);
+    let boot = Function::start(&bootstrap(&lambda_dir, "boot"), "boot", &env).await;
+    let redeem = Function::start(&bootstrap(&lambda_dir, "redeem"), "redeem", &env).await;
+    boot.ready().await;
+    redeem.ready().await;
+    let cert = std::fs::read_to_string(deployment.data.join("pki/gateways/gw1.crt")).unwrap();
+    let token_of = |script: &str| script.split("/secrets/").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let live_keys = || async {
+        let listed = iam.list_access_keys().user_name("ies-gw1").send().await.unwrap();
+        listed.access_key_metadata().iter().filter_map(|k| k.access_key_id().map(str::to_string)).collect::<Vec<_>>()
+    };
+    let mut previous: Option<String> = None;
+    for _ in 0..2 {
+        let (_, script) = http(boot.api.invoke(boot_event(Some(&cert))).await);
+        let (status, secret) = http(redeem.api.invoke(redeem_event(&token_of(&script))).await);
+        assert_eq!(status, 200, "{secret}");
+        let live = live_keys().await;
+        assert_eq!(live.len(), 1, "one live key: {live:?}");
+        assert!(secret.starts_with(&format!("b2c.minio=\"bbz,{},{},", moto.env.endpoint, live[0])), "{secret}");
+        assert!(secret.contains(&format!("mirror=bbz/{scratch_bucket}/gw1,")), "{secret}");
+        assert_ne!(previous.as_ref(), Some(&live[0]), "a new key per redemption");
+        previous = Some(live[0].clone());
+    }
+    let user = iam.get_user().user_name("ies-gw1").send().await.unwrap();
+    assert_eq!(user.user().unwrap().path(), "/ipxe-edge/zips/scratch/");
+
+    // The operator sees the live key, and revoking the gateway deletes it.
+    let (data, bucket) = (&deployment.data, &deployment.bucket);
+    let shown: Value =
+        serde_json::from_str(&cli(&moto, data, bucket, &["gateway", "scratch", "gw1", "--json", "--scratch-bucket", &scratch_bucket], None)).unwrap();
+    assert_eq!(shown["keys"][0]["access_key_id"].as_str(), previous.as_deref(), "{shown}");
+    let revoked = cli(&moto, data, bucket, &["gateway", "revoke", "gw1", "--scratch-bucket", &scratch_bucket], None);
+    assert!(revoked.contains("revoked 1 scratch key"), "{revoked}");
+    assert!(live_keys().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

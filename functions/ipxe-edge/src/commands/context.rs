@@ -7,9 +7,11 @@ use crate::embedded::fs_store::FsStore;
 use crate::embedded::scratch::EmbeddedScratch;
 use ipxe_edge_core::domain::identity::IdentityError;
 use ipxe_edge_core::domain::model::GatewayRecord;
-use ipxe_edge_core::lambda::init::{s3_client, sdk_config, Timeouts};
+use ipxe_edge_core::lambda::config::ScratchConfig;
+use ipxe_edge_core::lambda::init::{iam_scratch, s3_client, sdk_config, Timeouts};
 use ipxe_edge_core::service::boot::BootError;
 use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DEFAULT_BOOT_RETENTION};
+use ipxe_edge_core::storage::adapters::iam::DEFAULT_USER_PATH;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::{RecordError, Records};
 use ipxe_edge_core::storage::{BootJournal, ObjectStore, ScratchKeys, StoreError};
@@ -83,6 +85,8 @@ pub struct Context {
     pub records: Records,
     /// Boots and outcomes: the embedded journal, or the DynamoDB table (`--table`).
     journal: Option<Arc<dyn BootJournal>>,
+    /// Scratch keys of a bucket deployment (`--scratch-bucket`).
+    scratch: Option<Arc<dyn ScratchKeys>>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,6 +97,10 @@ pub struct StoreArgs {
     /// DynamoDB table holding boot records (AWS_ENDPOINT_URL_DYNAMODB for compatible servers); the embedded journal without it.
     #[arg(long, global = true, env = "IPXE_EDGE_TABLE")]
     pub table: Option<String>,
+    /// The scratch bucket of a bucket deployment (the stack's ScratchBucketName output), for
+    /// `gateway scratch` and for revoking a gateway's scratch keys (its IAM access keys).
+    #[arg(long, global = true, env = "IPXE_EDGE_SCRATCH_BUCKET")]
+    pub scratch_bucket: Option<String>,
 }
 
 impl Context {
@@ -116,14 +124,25 @@ impl Context {
             (None, Backend::Embedded) => Some(Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION)?)),
             (None, Backend::S3(_)) => None,
         };
-        Ok(Context { dir, backend, records: Records::new(store), journal })
+        // Operators read and revoke scratch keys; only the redeem function mints them, so the
+        // boundary is not needed here.
+        let scratch: Option<Arc<dyn ScratchKeys>> = match (&store_args.scratch_bucket, &backend) {
+            (Some(bucket), Backend::S3(_)) => {
+                let sdk = sdk_config(None, Timeouts::Operator).await;
+                let config = ScratchConfig { bucket: bucket.clone(), boundary_arn: String::new(), user_path: DEFAULT_USER_PATH.into(), endpoint: None };
+                Some(Arc::new(iam_scratch(&sdk, &config, std::env::var_os("AWS_ENDPOINT_URL_S3").is_some())))
+            }
+            _ => None,
+        };
+        Ok(Context { dir, backend, records: Records::new(store), journal, scratch })
     }
 
-    /// The scratch keys of the embedded endpoint (what `serve` hosts); `None` on a bucket.
+    /// The scratch keys: the embedded endpoint's (what `serve` hosts), or on a bucket
+    /// deployment the IAM users' (with `--scratch-bucket`; `None` without).
     pub fn scratch(&self) -> Result<Option<Arc<dyn ScratchKeys>>, CliError> {
         match self.backend {
             Backend::Embedded => Ok(Some(EmbeddedScratch::open(&self.dir, "")?)),
-            Backend::S3(_) => Ok(None),
+            Backend::S3(_) => Ok(self.scratch.clone()),
         }
     }
 

@@ -38,6 +38,9 @@ pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -
 pub async fn revoke_all(ctx: &Context, name: &str) -> Result<usize, CliError> {
     match ctx.scratch()? {
         Some(keys) => Ok(keys.revoke_others(name, None).await?),
-        None => Ok(0),
+        None => {
+            eprintln!("warning: scratch keys not revoked: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment");
+            Ok(0)
+        }
     }
 }
