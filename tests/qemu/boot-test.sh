@@ -56,7 +56,8 @@ mods=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 
 for m in "${mods[@]}"; do
   find "$CACHE"/linux/root/lib/modules/*/kernel -name "$m.ko" -exec cp {} "$root/lib/modules/" \;
 done
-cat >"$root/init" <<'INIT'
+# What every booted test system does first: network up, then a marker on the console.
+guest_up=$(cat <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -68,6 +69,9 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "EDGE-LINUX-UP"
+INIT
+)
+{ echo "$guest_up"; cat <<'INIT'
 url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
 [ -n "$url" ] || echo "EDGE-NO-SECRETS-URL"
 if wget -q -O /tmp/secret "$url" 2>/tmp/err; then
@@ -80,6 +84,7 @@ echo "EDGE-REPLAY status=$status"
 sleep 1
 poweroff -f
 INIT
+} >"$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
 
@@ -224,18 +229,7 @@ cp -a "$root" "$scratch_root"
 # curl and the libraries it links, at their own paths; the deployment CA to trust the endpoint.
 for lib in /usr/bin/curl $(ldd /usr/bin/curl | grep -o '/[^ ]*'); do cp --parents -L "$lib" "$scratch_root/"; done
 cp "$data/pki/ca.crt" "$scratch_root/ca.crt"
-cat >"$scratch_root/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
-  insmod /lib/modules/$m.ko 2>/dev/null
-done
-ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-ip route add default via 10.0.2.2
-echo "EDGE-LINUX-UP"
+{ echo "$guest_up"; cat <<'INIT'
 url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
 wget -q -O /tmp/secret "$url" || echo "EDGE-SECRET-FAILED"
 minio=$(sed -n 's/.*b2c.minio="\([^"]*\)".*/\1/p' /tmp/secret)
@@ -251,6 +245,7 @@ echo "EDGE-SCRATCH-OTHER status=$other"
 sleep 1
 poweroff -f
 INIT
+} >"$scratch_root/init"
 chmod +x "$scratch_root/init"
 (cd "$scratch_root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-scratch.img"
 edge release create qemu-scratch --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-scratch.img" \
