@@ -87,16 +87,34 @@ impl FsStore {
         Ok(store)
     }
 
+    /// Where s3s-fs keeps what it knows of an object besides its bytes (`internal.json`:
+    /// checksums and ETag; `metadata.json`).
+    fn s3s_sidecar(&self, key: &str, suffix: &str) -> Option<PathBuf> {
+        use base64::Engine;
+        let (root, bucket) = self.s3s.as_ref()?;
+        let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        Some(root.join(format!(".bucket-{}.object-{}.{suffix}", encode(bucket), encode(key))))
+    }
+
     /// Removes what s3s-fs remembers of an object (checksums, metadata), which would no longer
     /// match content written here.
     fn forget_s3s_sidecars(&self, key: &str) {
-        use base64::Engine;
-        if let Some((root, bucket)) = &self.s3s {
-            let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-            for suffix in ["internal.json", "metadata.json"] {
-                let _ = fs::remove_file(root.join(format!(".bucket-{}.object-{}.{suffix}", encode(bucket), encode(key))));
+        for suffix in ["internal.json", "metadata.json"] {
+            if let Some(path) = self.s3s_sidecar(key, suffix) {
+                let _ = fs::remove_file(path);
             }
         }
+    }
+
+    /// Gives s3s-fs the ETag (MD5) of an object gateways download, which it would otherwise
+    /// compute by reading the whole file on every GET (an initrd's megabytes per boot). Small
+    /// objects are left to it: hashing them is cheap, a second file per record write is not.
+    fn remember_s3s_etag(&self, key: &str, body: &[u8]) {
+        const HASHED_ONCE_FROM: usize = 64 * 1024;
+        let Some(path) = self.s3s_sidecar(key, "internal.json").filter(|_| body.len() >= HASHED_ONCE_FROM) else { return };
+        let info = serde_json::json!({ "e_tag": hex::encode(<md5::Md5 as md5::Digest>::digest(body)) });
+        // Best effort: without it s3s-fs hashes the file itself.
+        let _ = write_replacing(&path, info.to_string().as_bytes(), 0o600, self.durable);
     }
 
     /// The file of a key; keys that could leave the bucket directory are refused.
@@ -120,6 +138,9 @@ impl FsStore {
         self.forget_s3s_sidecars(key);
         let result = self.write_file(path, body, key);
         self.forget_s3s_sidecars(key);
+        if result.is_ok() {
+            self.remember_s3s_etag(key, body);
+        }
         result
     }
 
@@ -250,6 +271,27 @@ mod tests {
         assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json".to_string()]);
         s.delete("a/b.json").await.unwrap();
         assert!(!s.exists("a/b.json").await.unwrap());
+    }
+
+    /// Large objects of the endpoint's bucket carry their MD5 for s3s-fs, so that a GET does not
+    /// hash the whole file; small ones and rewritten ones carry nothing stale.
+    #[tokio::test]
+    async fn large_objects_tell_s3s_their_etag() {
+        let root = std::env::temp_dir().join(format!("ipxe-edge-fsstore-etag-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let s = FsStore::open_s3s_bucket(&root, "b").unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        s.put("assets/sha256/big", big.clone(), WriteCondition::Always).await.unwrap();
+        let sidecar = s.s3s_sidecar("assets/sha256/big", "internal.json").unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&fs::read(&sidecar).unwrap()).unwrap();
+        let file = root.join("b/assets/sha256/big");
+        let md5sum = std::process::Command::new("md5sum").arg(&file).output().unwrap();
+        let expected = String::from_utf8(md5sum.stdout).unwrap().split(' ').next().unwrap().to_string();
+        assert_eq!(info["e_tag"], expected.as_str());
+        s.put("assets/sha256/big", b"small now".to_vec(), WriteCondition::Always).await.unwrap();
+        assert!(!sidecar.exists(), "no stale ETag after a rewrite");
+        s.put("records/small.json", b"{}".to_vec(), WriteCondition::Always).await.unwrap();
+        assert!(!s.s3s_sidecar("records/small.json", "internal.json").unwrap().exists());
     }
 
     #[tokio::test]

@@ -49,6 +49,35 @@ pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratc
     Ok(builder.build())
 }
 
+/// [`run`] on a runtime of its own (one thread): kernel and initrd downloads are long and
+/// CPU-bound (TLS of megabytes each), and on a shared runtime a thousand of them delay the
+/// boot and secrets listeners' handshakes past their deadline. The returned future ends when
+/// the endpoint has stopped.
+pub fn run_isolated(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    acceptor: Option<TlsAcceptor>,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("s3-endpoint").build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new().name("s3-endpoint".into()).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => run(listener, service, acceptor, limits, stats, shutdown).await,
+                Err(e) => tracing::error!(error = %e, "embedded S3 endpoint could not start"),
+            }
+        });
+        let _ = done_tx.send(());
+    })?;
+    Ok(async move {
+        let _ = done_rx.await;
+    })
+}
+
 /// Serves the endpoint: over TLS with `acceptor`, plain HTTP without (`--s3-http`).
 pub async fn run(
     listener: TcpListener,
@@ -64,7 +93,9 @@ pub async fn run(
         async move {
             let http = || {
                 let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                // 64 KiB of buffered response per connection: a thousand downloads at once
+                // stay within memory, and the socket, not the buffer, paces each one.
+                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(64 * 1024);
                 builder
             };
             match acceptor {

@@ -285,7 +285,10 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     if let Some((s3_listener, service)) = embedded_s3 {
         let acceptor = (!args.s3_http).then(|| TlsAcceptor::from(s3_tls));
         let s3_limits = Limits { connection_lifetime: s3_endpoint::S3_CONNECTION_LIFETIME, ..limits };
-        tasks.spawn(s3_endpoint::run(s3_listener, service, acceptor, s3_limits, stats.s3.clone(), shutdown_rx.clone()));
+        tasks.spawn(
+            s3_endpoint::run_isolated(s3_listener, service, acceptor, s3_limits, stats.s3.clone(), shutdown_rx.clone())
+                .map_err(|e| ServeError::Bootstrap(format!("embedded S3 endpoint: {e}")))?,
+        );
     }
 
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
