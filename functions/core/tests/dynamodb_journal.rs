@@ -36,6 +36,7 @@ fn boot(id: u64, seq: u64, issued_at: u64) -> BootRecord {
         arch: "x86_64".into(),
         platform: None,
         mac: Some("52:54:00:12:34:56".into()),
+        cert: Some(ipxe_edge_core::domain::identity::Fingerprint::of_der(b"cert")),
         issued_at,
         deadline: issued_at + 600,
         secrets_token: Some("00ff".into()),

@@ -5,4 +5,5 @@
 pub mod commands;
 pub mod datadir;
 pub mod embedded;
+pub mod renewal;
 pub mod serve;

@@ -130,6 +130,9 @@ pub struct BootRecord {
     pub platform: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The client certificate the gateway booted with (a gateway holds two during a renewal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<crate::domain::identity::Fingerprint>,
     pub issued_at: u64,
     /// The gate must be reached by then (unix seconds).
     pub deadline: u64,
@@ -372,6 +375,7 @@ mod tests {
             arch: "x86_64".into(),
             platform: None,
             mac: None,
+            cert: None,
             issued_at: now,
             deadline: now + DEADLINE,
             secrets_token: Some(format!("s{n}")),

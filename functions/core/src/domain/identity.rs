@@ -373,6 +373,11 @@ pub fn decode_escaped_pem(value: &str) -> Result<Vec<u8>, IdentityError> {
 }
 
 /// Subject and issuer of a certificate, for log lines about refused or unknown clients.
+/// End of a certificate's validity (unix seconds), when it parses.
+pub fn not_after_der(der: &[u8]) -> Option<i64> {
+    X509Certificate::from_der(der).ok().map(|(_, c)| c.validity().not_after.timestamp())
+}
+
 pub fn describe_der(der: &[u8]) -> Option<(String, String)> {
     X509Certificate::from_der(der).ok().map(|(_, c)| (c.subject().to_string(), c.issuer().to_string()))
 }

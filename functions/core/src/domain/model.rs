@@ -54,6 +54,90 @@ pub struct GatewayRecord {
     /// Certificate subject at enrollment, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The certificates this gateway boots with. Empty on records written before renewals
+    /// existed: then the one accepted certificate is `fingerprint`, expiry unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<GatewayCertificate>,
+}
+
+/// One certificate a gateway may boot with. During a renewal the gateway holds two: the one
+/// in its image and the renewed one it has been handed, until the old one is retired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayCertificate {
+    pub fingerprint: Fingerprint,
+    /// End of validity (unix seconds), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    /// When it was enrolled (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_at: Option<u64>,
+    /// The certificate this one renews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renews: Option<Fingerprint>,
+    /// The first boot with it (set when the older certificates are retired on that boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_boot_at: Option<u64>,
+}
+
+impl GatewayCertificate {
+    pub fn new(fingerprint: Fingerprint, not_after: Option<i64>, added_at: Option<u64>) -> Self {
+        GatewayCertificate { fingerprint, not_after, added_at, renews: None, first_boot_at: None }
+    }
+
+    /// Whole days of validity left at `now` (negative once expired), when the expiry is known.
+    pub fn days_left(&self, now: u64) -> Option<i64> {
+        self.not_after.map(|t| days_until(t, now))
+    }
+}
+
+/// Whole days from `now` until `not_after`, rounded down (negative once past).
+pub fn days_until(not_after: i64, now: u64) -> i64 {
+    (not_after - now as i64).div_euclid(86_400)
+}
+
+/// Where a renewed certificate's fingerprint points: the record of the gateway it belongs to,
+/// stored at `gateways/<new fingerprint>/alias.json` so a boot finds its gateway in one read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateAlias {
+    /// The fingerprint the gateway's record is kept under.
+    pub gateway: Fingerprint,
+}
+
+/// A renewed certificate and key waiting for the gateway to fetch them in band, once. Only the
+/// redeem side reads it, like secrets: it holds a private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingRenewal {
+    /// The renewed certificate (enrolled before this record is written).
+    pub fingerprint: Fingerprint,
+    /// The certificate it renews.
+    pub renews: Fingerprint,
+    pub not_after: i64,
+    pub created_at: u64,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The gateway's new `autoexec.ipxe` (what `image script` prints), holding the new identity.
+    pub autoexec: String,
+}
+
+impl std::fmt::Debug for PendingRenewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRenewal").field("fingerprint", &self.fingerprint).field("renews", &self.renews).finish_non_exhaustive()
+    }
+}
+
+impl PendingRenewal {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.autoexec.starts_with("#!ipxe") {
+            return Err("autoexec is not an iPXE script".into());
+        }
+        if !self.cert_pem.contains("BEGIN CERTIFICATE") || !self.key_pem.contains("PRIVATE KEY") {
+            return Err("certificate or key is not PEM".into());
+        }
+        Ok(())
+    }
 }
 
 impl GatewayRecord {
@@ -76,7 +160,33 @@ impl GatewayRecord {
                 return Err(format!("variable name {name:?} is invalid"));
             }
         }
+        for (i, cert) in self.certificates.iter().enumerate() {
+            if self.certificates[..i].iter().any(|c| c.fingerprint == cert.fingerprint) {
+                return Err(format!("certificate {} is listed twice", cert.fingerprint));
+            }
+        }
         Ok(())
+    }
+
+    /// The certificates the gateway boots with (the record's own fingerprint for older records).
+    pub fn certificates(&self) -> Vec<GatewayCertificate> {
+        if self.certificates.is_empty() {
+            vec![GatewayCertificate::new(self.fingerprint.clone(), None, None)]
+        } else {
+            self.certificates.clone()
+        }
+    }
+
+    /// The accepted certificate with this fingerprint; `None` once it is retired.
+    pub fn certificate(&self, fp: &Fingerprint) -> Option<GatewayCertificate> {
+        self.certificates().into_iter().find(|c| &c.fingerprint == fp)
+    }
+
+    /// The certificate a renewal replaces: the one valid longest (the newest).
+    pub fn newest_certificate(&self) -> GatewayCertificate {
+        let mut certs = self.certificates();
+        certs.sort_by_key(|c| (c.not_after.unwrap_or(i64::MIN), c.added_at.unwrap_or(0)));
+        certs.pop().expect("at least one certificate")
     }
 
     pub fn channel(&self) -> &str {
@@ -223,6 +333,7 @@ pub fn new_gateway(name: &str, fingerprint: Fingerprint) -> GatewayRecord {
         state: GatewayState::Enabled,
         arch: None,
         subject: None,
+        certificates: Vec::new(),
     }
 }
 

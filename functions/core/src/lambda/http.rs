@@ -9,7 +9,7 @@ use crate::domain::query::{BootQuery, QueryError};
 use crate::domain::token::TokenError;
 use crate::lambda::metrics::{Counter, Metrics};
 use crate::service::boot::{BootError, BootScript, BootService};
-use crate::service::redeem::{CheckinError, RedeemError, RedeemService, SignalOutcome};
+use crate::service::redeem::{CheckinError, RedeemError, RedeemService, RenewalError, SignalOutcome};
 use crate::storage::records::RecordError;
 use crate::storage::StoreError;
 use lambda_http::http::header::{HeaderName, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
@@ -22,6 +22,7 @@ use std::time::Instant;
 pub const BOOT_PATH: &str = "/boot.ipxe";
 pub const SECRETS_PREFIX: &str = "/secrets/";
 pub const CHECKIN_PREFIX: &str = "/checkin/";
+pub const RENEWAL_PREFIX: &str = "/renewal/";
 /// Seconds a client should wait before retrying after a storage outage.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -111,7 +112,9 @@ impl From<RecordError> for Failure {
             | RecordError::BadName(_)
             | RecordError::ReleaseExists(_)
             | RecordError::UnknownRelease(_)
-            | RecordError::AlreadyEnrolled(_) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs"),
+            | RecordError::AlreadyEnrolled(_)
+            | RecordError::UnknownCertificate { .. }
+            | RecordError::LastCertificate { .. } => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs"),
         }
     }
 }
@@ -158,6 +161,20 @@ impl From<RedeemError> for Failure {
             RedeemError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
             RedeemError::ScratchNotConfigured => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "secrets configuration error; see server logs"),
             RedeemError::ScratchUnavailable(_) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "scratch storage unavailable, retry later"),
+        }
+    }
+}
+
+impl From<RenewalError> for Failure {
+    fn from(e: RenewalError) -> Self {
+        match e {
+            RenewalError::Token(TokenError::Malformed) => Failure::new(StatusCode::BAD_REQUEST, "malformed token"),
+            RenewalError::Token(TokenError::Forged) => Failure::new(StatusCode::FORBIDDEN, "invalid token"),
+            RenewalError::Token(TokenError::Expired) => Failure::new(StatusCode::GONE, "token expired"),
+            RenewalError::Replayed(_) => Failure::new(StatusCode::GONE, "token already used"),
+            RenewalError::Gone(_) => Failure::new(StatusCode::GONE, "no renewal pending for this token"),
+            RenewalError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
+            RenewalError::Record(r) => r.into(),
         }
     }
 }
@@ -293,6 +310,24 @@ pub async fn boot_handler(app: &BootApp, req: Request) -> Response<Body> {
                     target = %script.target, failures = script.failures, detail = %why, "no usable last known good release: the target is served"
                 );
             }
+            if script.cert.expiring {
+                tracing::warn!(
+                    request_id = %rid, route = "boot", boot_event = "cert_expiring", fingerprint, gateway = %script.gateway,
+                    days_left = script.cert.days_left, "the gateway's certificate expires soon: renew it (ipxe-edge gateway renew)"
+                );
+                counters.push(Counter::CertExpiring);
+            }
+            if let Some(old) = &script.cert.renewed_from {
+                let retired: Vec<&str> = script.cert.retired.iter().map(|f| f.as_str()).collect();
+                tracing::info!(
+                    request_id = %rid, route = "boot", boot_event = "cert_renewed", fingerprint, gateway = %script.gateway,
+                    renews = old.as_str(), retired = %retired.join(","), days_left = script.cert.days_left,
+                    "first boot with a renewed certificate"
+                );
+            }
+            if let Some(why) = &script.cert.retire_error {
+                tracing::error!(request_id = %rid, route = "boot", fingerprint, gateway = %script.gateway, detail = %why, "older certificates not retired; retire them with gateway revoke-cert");
+            }
             if let Some(why) = &script.journal_error {
                 tracing::error!(request_id = %rid, route = "boot", fingerprint, gateway = %script.gateway, detail = %why, "boot not recorded; the script was served");
                 counters.push(Counter::JournalFailures);
@@ -359,6 +394,9 @@ async fn handle_boot(app: &BootApp, req: &Request, identity: &mut Option<ClientI
 pub async fn redeem_handler(app: &RedeemApp, req: Request) -> Response<Body> {
     if route_path(&req).starts_with(CHECKIN_PREFIX) {
         return checkin_handler(app, req).await;
+    }
+    if route_path(&req).starts_with(RENEWAL_PREFIX) {
+        return renewal_handler(app, req).await;
     }
     let started = Instant::now();
     let rid = request_id(&req);
@@ -452,6 +490,98 @@ pub async fn checkin_handler(app: &RedeemApp, req: Request) -> Response<Body> {
         Err(failure) => {
             tracing::info!(request_id = %rid, route = "checkin", outcome = failure.outcome(), status = failure.status.as_u16(), latency_ms, "check-in not recorded");
             app.metrics.record(failure.outcome(), &[Counter::Checkins]);
+            failure.into_response()
+        }
+    }
+}
+
+/// What a renewal fetch answers: the gateway's new `autoexec.ipxe`, or its certificate and key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RenewalFormat {
+    Autoexec,
+    Pem,
+}
+
+fn renewal_format(req: &Request) -> Result<RenewalFormat, Failure> {
+    let params = req.query_string_parameters_ref();
+    let mut values = params.map(|p| p.all("format").unwrap_or_default()).unwrap_or_default().into_iter();
+    let format = match (values.next(), values.next()) {
+        (None, _) => RenewalFormat::Autoexec,
+        (Some("ipxe"), None) => RenewalFormat::Autoexec,
+        (Some("pem"), None) => RenewalFormat::Pem,
+        _ => return Err(Failure::new(StatusCode::BAD_REQUEST, "format must be ipxe or pem")),
+    };
+    Ok(format)
+}
+
+/// `GET /renewal/{token}`: the gateway's renewed identity, exactly once: its `autoexec.ipxe`,
+/// or with `?format=pem` its certificate and private key. `410` once fetched (or replaced or
+/// retired), `403` when forged; a refusal spends nothing.
+pub async fn renewal_handler(app: &RedeemApp, req: Request) -> Response<Body> {
+    let started = Instant::now();
+    let rid = request_id(&req);
+    let token = route_path(&req).strip_prefix(RENEWAL_PREFIX).filter(|t| !t.is_empty() && !t.contains('/'));
+    let mut security = None;
+    let result = match token {
+        None => Err(Failure::new(StatusCode::NOT_FOUND, "not found")),
+        Some(_) if req.method() != Method::GET => Err(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+        Some(token) => match renewal_format(&req) {
+            Err(failure) => Err(failure),
+            Ok(format) => app.service.fetch_renewal(token, clock::unix_now()).await.map(|f| (f, format)).map_err(|e| {
+                match &e {
+                    RenewalError::Token(TokenError::Forged) => {
+                        security = Some(Counter::ForgedTokens);
+                        tracing::warn!(
+                            request_id = %rid, route = "renewal", security_event = "token_forged", outcome = "forbidden",
+                            "renewal token with an invalid signature refused"
+                        )
+                    }
+                    RenewalError::Replayed(id) => {
+                        security = Some(Counter::TokenReplays);
+                        tracing::warn!(
+                            request_id = %rid, route = "renewal", security_event = "token_replay", token_id = %id, outcome = "replay",
+                            "replayed renewal token refused"
+                        )
+                    }
+                    RenewalError::Record(r) => {
+                        tracing::error!(request_id = %rid, route = "renewal", outcome = "unavailable", detail = %r, "renewal not served, token left redeemable")
+                    }
+                    _ => {}
+                }
+                Failure::from(e)
+            }),
+        },
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok((fetched, format)) => {
+            tracing::info!(
+                request_id = %rid, route = "renewal", token_id = %fetched.claims.id, gateway = %fetched.gateway,
+                fingerprint = fetched.claims.fingerprint.as_str(), renewed = fetched.renewal.fingerprint.as_str(),
+                format = if format == RenewalFormat::Pem { "pem" } else { "ipxe" }, outcome = "ok", status = 200u16, latency_ms,
+                "renewal handed over"
+            );
+            if let Some(why) = &fetched.delete_error {
+                tracing::error!(request_id = %rid, route = "renewal", gateway = %fetched.gateway, detail = %why, "pending renewal not deleted after hand-over; its token is spent");
+            }
+            app.metrics.record("ok", &[Counter::Renewals]);
+            let (body, content_type) = match format {
+                RenewalFormat::Autoexec => (fetched.renewal.autoexec, "text/plain; charset=utf-8"),
+                RenewalFormat::Pem => (format!("{}{}", fetched.renewal.cert_pem, fetched.renewal.key_pem), "application/x-pem-file"),
+            };
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, content_type)
+                .header(CACHE_CONTROL, "no-store")
+                .body(body.into())
+                .expect("static response parts are valid")
+        }
+        Err(failure) => {
+            tracing::info!(request_id = %rid, route = "renewal", outcome = failure.outcome(), status = failure.status.as_u16(), latency_ms, "renewal not served");
+            match security {
+                Some(counter) => app.metrics.record(failure.outcome(), &[Counter::Renewals, counter]),
+                None => app.metrics.record(failure.outcome(), &[Counter::Renewals]),
+            }
             failure.into_response()
         }
     }

@@ -26,6 +26,10 @@ pub enum Counter {
     Fallbacks,
     /// Boots or outcomes that could not be recorded (the answer went out anyway).
     JournalFailures,
+    /// Boots with a certificate that expires within the renewal window.
+    CertExpiring,
+    /// Every renewal fetch, by outcome.
+    Renewals,
 }
 
 impl Counter {
@@ -39,13 +43,15 @@ impl Counter {
             Counter::Checkins => "Checkins",
             Counter::Fallbacks => "Fallbacks",
             Counter::JournalFailures => "JournalFailures",
+            Counter::CertExpiring => "CertExpiring",
+            Counter::Renewals => "Renewals",
         }
     }
 
     /// Per-request totals carry the outcome as a dimension; security counters have none, so
     /// one alarm covers them whatever the outcome wording.
     fn has_outcome_dimension(self) -> bool {
-        matches!(self, Counter::Boots | Counter::Redemptions | Counter::Checkins)
+        matches!(self, Counter::Boots | Counter::Redemptions | Counter::Checkins | Counter::Renewals)
     }
 }
 

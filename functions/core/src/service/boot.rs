@@ -1,8 +1,8 @@
 //! Deciding what a verified gateway boots, and writing its boot script.
 
 use crate::domain::health::{BootPlan, BootReason, BootRecord, Choice, Outcome};
-use crate::domain::identity::{ClientIdentity, DEFAULT_CLOCK_SKEW};
-use crate::domain::model::{GatewayRecord, GatewayState, ReleaseManifest};
+use crate::domain::identity::{ClientIdentity, Fingerprint, DEFAULT_CLOCK_SKEW};
+use crate::domain::model::{days_until, GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
 use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
 use crate::domain::token::{Keyring, MintError, TokenId};
@@ -35,6 +35,11 @@ pub struct BootSettings {
     pub fallback_after: u32,
     /// Time a boot has to reach its health gate; also the lifetime of its check-in URL.
     pub health_deadline: Duration,
+    /// A gateway booting with a certificate that expires within this window is logged
+    /// (`cert_expiring`) and counted, and is due for renewal.
+    pub renewal_window: Duration,
+    /// On the first boot with a renewed certificate, retire the gateway's other certificates.
+    pub retire_old_after_first_boot: bool,
 }
 
 impl BootSettings {
@@ -47,6 +52,8 @@ impl BootSettings {
     pub const FALLBACK_AFTER_RANGE: RangeInclusive<u64> = 0..=100;
     pub const DEFAULT_HEALTH_DEADLINE_SECS: u64 = 600;
     pub const HEALTH_DEADLINE_RANGE: RangeInclusive<u64> = 10..=86_400;
+    pub const DEFAULT_RENEWAL_WINDOW_DAYS: u64 = 60;
+    pub const RENEWAL_WINDOW_DAYS_RANGE: RangeInclusive<u64> = 1..=3650;
 
     /// The defaults, with the one value that has none.
     pub fn new(secrets_base_url: impl Into<String>) -> Self {
@@ -57,6 +64,8 @@ impl BootSettings {
             secrets_base_url: secrets_base_url.into(),
             fallback_after: Self::DEFAULT_FALLBACK_AFTER,
             health_deadline: Duration::from_secs(Self::DEFAULT_HEALTH_DEADLINE_SECS),
+            renewal_window: Duration::from_secs(Self::DEFAULT_RENEWAL_WINDOW_DAYS * 86_400),
+            retire_old_after_first_boot: false,
         }
     }
 
@@ -114,6 +123,24 @@ pub struct BootScript {
     pub journal_error: Option<String>,
     /// Why a planned fallback was not served.
     pub fallback_refused: Option<String>,
+    /// The certificate the gateway presented, and what its dates say.
+    pub cert: CertificateUse,
+}
+
+/// The client certificate a boot used: which one, how long it has left, whether it is the
+/// first boot with a renewed one.
+#[derive(Debug, Clone)]
+pub struct CertificateUse {
+    pub fingerprint: Fingerprint,
+    pub days_left: i64,
+    /// It expires within the renewal window.
+    pub expiring: bool,
+    /// The gateway's first boot with this renewed certificate: the certificate it renews.
+    pub renewed_from: Option<Fingerprint>,
+    /// Certificates retired on this boot (`retire_old_after_first_boot`).
+    pub retired: Vec<Fingerprint>,
+    /// Why the older certificates could not be retired (the boot is served anyway).
+    pub retire_error: Option<String>,
 }
 
 /// The release a gateway is meant to boot, and the fallback threshold that applies to it.
@@ -211,8 +238,13 @@ impl BootService {
 
     /// The boot script for a verified client, as of `now` (unix seconds).
     pub async fn boot(&self, client: &ClientIdentity, query: &BootQuery, now: u64) -> Result<BootScript, BootError> {
-        let fp = &client.fingerprint;
-        let gateway = self.records.gateway(fp).await?.ok_or(BootError::UnknownGateway)?;
+        let presented = &client.fingerprint;
+        let gateway = self.records.gateway_for_certificate(presented).await?.ok_or(BootError::UnknownGateway)?;
+        // Everything else is kept under the gateway's own fingerprint, whichever certificate
+        // it booted with.
+        let home = gateway.fingerprint.clone();
+        let fp = &home;
+        let cert_entry = gateway.certificate(presented).ok_or(BootError::UnknownGateway)?;
         match gateway.state {
             GatewayState::Enabled => {}
             GatewayState::Disabled => return Err(BootError::Disabled(gateway.name)),
@@ -265,7 +297,7 @@ impl BootService {
         vars.set_own("kernel_url", kernel_url)?;
         vars.set_own("initrd_url", initrd_url)?;
         vars.set_own("gateway", gateway.name.as_str())?;
-        vars.set_own("fingerprint", fp.as_str())?;
+        vars.set_own("fingerprint", presented.as_str())?;
         vars.set_own("release", manifest.id.as_str())?;
         vars.set_own("arch", arch)?;
         vars.set_own("platform", query.platform.unwrap_or("unknown"))?;
@@ -295,6 +327,28 @@ impl BootService {
         }
 
         let script = render::render(&template, &vars)?;
+
+        let days_left = days_until(client.not_after, now);
+        let mut cert = CertificateUse {
+            fingerprint: presented.clone(),
+            days_left,
+            expiring: client.not_after - (now as i64) <= self.settings.renewal_window.as_secs() as i64,
+            renewed_from: None,
+            retired: Vec::new(),
+            retire_error: None,
+        };
+        // The first boot with a renewed certificate: the previous boot used another one.
+        let previous_cert = stored.as_ref().and_then(|s| s.health.latest.as_ref()).and_then(|b| b.cert.as_ref());
+        if cert_entry.first_boot_at.is_none() && previous_cert != Some(presented) {
+            cert.renewed_from = cert_entry.renews.clone();
+        }
+        if cert.renewed_from.is_some() && self.settings.retire_old_after_first_boot {
+            match self.retire_others(&gateway, presented, now).await {
+                Ok(retired) => cert.retired = retired,
+                Err(e) => cert.retire_error = Some(e.to_string()),
+            }
+        }
+
         let mut failures = 0;
         if let (Some(stored), Some(plan)) = (stored, plan) {
             failures = plan.failures;
@@ -308,6 +362,7 @@ impl BootService {
                 arch: arch.to_string(),
                 platform: query.platform.map(str::to_string),
                 mac: query.mac.clone(),
+                cert: Some(presented.clone()),
                 issued_at: now,
                 deadline,
                 secrets_token: token_id.map(|t| t.to_string()),
@@ -332,6 +387,30 @@ impl BootService {
             failures,
             journal_error,
             fallback_refused,
+            cert,
         })
+    }
+
+    /// Marks the first boot with `presented` and retires the gateway's other certificates.
+    async fn retire_others(&self, gateway: &GatewayRecord, presented: &Fingerprint, now: u64) -> Result<Vec<Fingerprint>, RecordError> {
+        let mut retired = Vec::new();
+        self.records
+            .update_gateway::<RecordError>(&gateway.fingerprint, |record| {
+                let mut certs = record.certificates();
+                retired = certs.iter().filter(|c| &c.fingerprint != presented).map(|c| c.fingerprint.clone()).collect();
+                certs.retain(|c| &c.fingerprint == presented);
+                if let Some(c) = certs.first_mut() {
+                    c.first_boot_at = Some(now);
+                }
+                record.certificates = certs;
+                Ok(())
+            })
+            .await?;
+        for fp in &retired {
+            if fp != &gateway.fingerprint {
+                self.records.store().delete(&keys::alias(fp)).await?;
+            }
+        }
+        Ok(retired)
     }
 }

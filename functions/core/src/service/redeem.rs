@@ -2,7 +2,8 @@
 //! a boot came up.
 
 use crate::domain::health::{BootRecord, Signal, SignalRefused};
-use crate::domain::model::{GatewayRecord, GatewayState};
+use crate::domain::identity::Fingerprint;
+use crate::domain::model::{GatewayRecord, GatewayState, PendingRenewal};
 use crate::domain::secret_template;
 use crate::domain::token::{Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
@@ -34,6 +35,39 @@ impl From<StoreError> for RedeemError {
     fn from(e: StoreError) -> Self {
         RedeemError::Record(e.into())
     }
+}
+
+/// Why a renewal fetch was refused. None of these spends the token.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("renewal token {0} was already used")]
+    Replayed(TokenId),
+    /// Nothing is pending for this token any more: fetched, replaced by a newer renewal, or
+    /// its certificate retired.
+    #[error("renewal of token {0} is no longer pending")]
+    Gone(TokenId),
+    #[error("gateway {0} is not enabled")]
+    GatewayNotEnabled(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+impl From<StoreError> for RenewalError {
+    fn from(e: StoreError) -> Self {
+        RenewalError::Record(e.into())
+    }
+}
+
+/// A renewal handed over: the token is spent and the pending renewal deleted (or, when the
+/// delete failed, `delete_error` says why; the token is spent anyway).
+#[derive(Debug)]
+pub struct FetchedRenewal {
+    pub claims: TokenClaims,
+    pub gateway: String,
+    pub renewal: PendingRenewal,
+    pub delete_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +128,79 @@ pub struct RedeemService {
     /// Where check-in URLs put in secrets point (the secrets API's own base URL).
     checkin_base_url: Option<String>,
     scratch: Option<Arc<dyn ScratchKeys>>,
+    renewal_ttl_secs: u64,
 }
 
 impl RedeemService {
+    /// Lifetime of a `${renewal_url}`: the booted system fetches it soon after it got its secret.
+    pub const DEFAULT_RENEWAL_TTL_SECS: u64 = 900;
+
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None, scratch: None }
+        RedeemService {
+            records,
+            ledger,
+            keyring,
+            journal: None,
+            checkin_base_url: None,
+            scratch: None,
+            renewal_ttl_secs: Self::DEFAULT_RENEWAL_TTL_SECS,
+        }
+    }
+
+    /// A one-time URL fetching the gateway's pending renewal, or empty when none is pending
+    /// (or the URL cannot be made; the secret is served anyway).
+    async fn renewal_url(&self, gateway: &GatewayRecord, now: u64, request_base_url: Option<&str>) -> String {
+        let Some(base) = self.checkin_base_url.as_deref().or(request_base_url) else { return String::new() };
+        if gateway.state != GatewayState::Enabled {
+            return String::new();
+        }
+        let fp = &gateway.fingerprint;
+        match self.records.renewal(fp).await {
+            Ok(Some(renewal)) if gateway.certificate(&renewal.fingerprint).is_some() => {
+                match self.keyring.mint(fp, &keys::renewal_grant(fp, &renewal.fingerprint), now + self.renewal_ttl_secs) {
+                    Ok((_, token)) => format!("{base}/renewal/{token}"),
+                    Err(_) => String::new(),
+                }
+            }
+            Ok(_) => String::new(),
+            Err(e) => {
+                tracing::error!(gateway = %gateway.name, error = %e, "pending renewal cannot be read; the renewal URL is left empty");
+                String::new()
+            }
+        }
+    }
+
+    /// `GET /renewal/{token}`: the gateway's renewed certificate, once. The new certificate is
+    /// enrolled before a renewal is staged, so whatever the gateway does with it, both its old
+    /// and its new certificate boot. Replays and fetches after the renewal was handed over,
+    /// replaced or retired are refused (410); forged tokens 403; nothing is spent on a refusal.
+    pub async fn fetch_renewal(&self, token: &str, now: u64) -> Result<FetchedRenewal, RenewalError> {
+        let claims = self.keyring.verify(token, now)?;
+        let Some(renewed) = keys::renewal_grant_target(&claims.fingerprint, &claims.secrets_key) else {
+            return Err(RenewalError::Token(TokenError::Forged));
+        };
+        let id = claims.id.to_string();
+        if self.ledger.is_used(&id).await? {
+            return Err(RenewalError::Replayed(claims.id));
+        }
+        let renewal = self.pending(&claims.fingerprint, &renewed).await?.ok_or(RenewalError::Gone(claims.id))?;
+        let gateway = self.records.gateway(&claims.fingerprint).await?.ok_or(RenewalError::Gone(claims.id))?;
+        if gateway.state != GatewayState::Enabled {
+            return Err(RenewalError::GatewayNotEnabled(gateway.name));
+        }
+        if gateway.certificate(&renewed).is_none() {
+            return Err(RenewalError::Gone(claims.id));
+        }
+        if self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await? == LedgerOutcome::AlreadyUsed {
+            return Err(RenewalError::Replayed(claims.id));
+        }
+        let delete_error = self.records.delete_renewal(&claims.fingerprint).await.err().map(|e| e.to_string());
+        Ok(FetchedRenewal { claims, gateway: gateway.name, renewal, delete_error })
+    }
+
+    /// The gateway's pending renewal, if it is the one to `renewed`.
+    async fn pending(&self, fp: &Fingerprint, renewed: &Fingerprint) -> Result<Option<PendingRenewal>, RecordError> {
+        Ok(self.records.renewal(fp).await?.filter(|r| &r.fingerprint == renewed))
     }
 
     /// Lets secrets carry `${checkin_url}`: filled at redemption with a check-in URL of the
@@ -224,9 +326,14 @@ impl RedeemService {
                 (SignalOutcome::Recorded(boot), true) => self.checkin_url(&claims, boot, request_base_url),
                 _ => String::new(),
             };
+            let renewal_url = match (&gateway, variables.iter().any(|v| v == "renewal_url")) {
+                (Some(gateway), true) => self.renewal_url(gateway, now, request_base_url).await,
+                _ => String::new(),
+            };
             secret_template::render(&secret, |name| match name {
                 "fingerprint" | "client_cert_fingerprint" => Some(claims.fingerprint.to_string()),
                 "checkin_url" => Some(checkin_url.clone()),
+                "renewal_url" => Some(renewal_url.clone()),
                 "gateway" => gateway.as_ref().map(|g| g.name.clone()),
                 "s3_endpoint" => minted.as_ref().map(|k| k.endpoint.clone()),
                 "s3_access_key_id" => minted.as_ref().map(|k| k.access_key_id.clone()),

@@ -3,6 +3,8 @@
 //! ```text
 //! gateways/<fingerprint>/gateway.json   gateway record
 //! gateways/<fingerprint>/secrets        the gateway's secrets (redeem side only)
+//! gateways/<fingerprint>/renewal.json   a renewed certificate and key to hand over (redeem side only)
+//! gateways/<fingerprint>/alias.json     a renewed certificate's fingerprint -> its gateway's record
 //! releases/<id>/manifest.json           immutable release manifest
 //! channels/<name>.json                  channel: current release and history
 //! assets/sha256/<hex>                   content-addressed kernels and initrds
@@ -32,6 +34,24 @@ pub fn gateway(fp: &Fingerprint) -> String {
 }
 pub fn secrets(fp: &Fingerprint) -> String {
     format!("{GATEWAYS_PREFIX}{fp}/secrets")
+}
+/// A renewed certificate's pointer to its gateway's record.
+pub fn alias(fp: &Fingerprint) -> String {
+    format!("{GATEWAYS_PREFIX}{fp}/alias.json")
+}
+/// The gateway's pending renewal (redeem side only: it holds a private key).
+pub fn renewal(fp: &Fingerprint) -> String {
+    format!("{GATEWAYS_PREFIX}{fp}/renewal.json")
+}
+/// Not an object: what a renewal token grants (fetching the renewal to certificate `renewed`
+/// once), in the token's key field, so it cannot pass as a secrets or check-in token.
+pub fn renewal_grant(fp: &Fingerprint, renewed: &Fingerprint) -> String {
+    format!("{GATEWAYS_PREFIX}{fp}/renewal/{renewed}")
+}
+/// The renewed fingerprint a renewal token's key field names, if it is one of this gateway's.
+pub fn renewal_grant_target(fp: &Fingerprint, key: &str) -> Option<Fingerprint> {
+    let renewed = key.strip_prefix(GATEWAYS_PREFIX)?.strip_prefix(fp.as_str())?.strip_prefix("/renewal/")?;
+    Fingerprint::parse(renewed).ok().filter(|f| f.as_str() == renewed)
 }
 /// Not an object: what a check-in token grants (one boot's check-in), in the token's key
 /// field, so that no check-in token can pass as a secrets token or the other way round.
@@ -80,6 +100,12 @@ mod tests {
         assert_eq!(checkin_boot(&Fingerprint::of_der(b"other"), &checkin(&fp, boot)), None);
         assert_eq!(checkin_boot(&fp, &secrets(&fp)), None);
         assert_eq!(checkin_boot(&fp, &checkin(&fp, "../x")), None);
+        let renewed = Fingerprint::of_der(b"renewed");
+        assert_eq!(renewal_grant_target(&fp, &renewal_grant(&fp, &renewed)), Some(renewed.clone()));
+        assert_eq!(renewal_grant_target(&renewed, &renewal_grant(&fp, &renewed)), None);
+        assert_eq!(renewal_grant_target(&fp, &secrets(&fp)), None);
+        assert_eq!(renewal_grant_target(&fp, &format!("{}/../x", renewal_grant(&fp, &renewed))), None);
+        assert!(!is_gateway_record(&alias(&fp)) && !is_gateway_record(&renewal(&fp)));
         assert_eq!(channel("stable"), "channels/stable.json");
         assert_eq!(asset("ab"), "assets/sha256/ab");
     }

@@ -5,7 +5,7 @@
 
 use super::{keys, ObjectStore, StoreError, WriteCondition};
 use crate::domain::identity::Fingerprint;
-use crate::domain::model::{valid_name, Asset, Channel, ChannelEntry, GatewayRecord, ReleaseManifest};
+use crate::domain::model::{valid_name, Asset, CertificateAlias, Channel, ChannelEntry, GatewayCertificate, GatewayRecord, PendingRenewal, ReleaseManifest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,6 +29,10 @@ pub enum RecordError {
     UnknownRelease(String),
     #[error("this certificate ({0}) is enrolled already")]
     AlreadyEnrolled(Fingerprint),
+    #[error("certificate {fingerprint} is not one of gateway {gateway}'s")]
+    UnknownCertificate { gateway: String, fingerprint: Fingerprint },
+    #[error("certificate {fingerprint} is the last one of gateway {gateway}: revoke the gateway instead")]
+    LastCertificate { gateway: String, fingerprint: Fingerprint },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -46,6 +50,16 @@ impl Record for GatewayRecord {
 impl Record for ReleaseManifest {
     fn validate(&self) -> Result<(), String> {
         ReleaseManifest::validate(self)
+    }
+}
+impl Record for CertificateAlias {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+impl Record for PendingRenewal {
+    fn validate(&self) -> Result<(), String> {
+        PendingRenewal::validate(self)
     }
 }
 impl Record for Channel {
@@ -179,6 +193,100 @@ impl Records {
             }
         }
         Ok(record)
+    }
+
+    /// The gateway a client certificate belongs to: its own record, or the record a renewed
+    /// certificate's alias points at. `None` when the certificate is not (or no longer) one of
+    /// an enrolled gateway's.
+    pub async fn gateway_for_certificate(&self, fp: &Fingerprint) -> Result<Option<GatewayRecord>, RecordError> {
+        let record = match self.gateway(fp).await? {
+            Some(record) => Some(record),
+            None => match self.read::<CertificateAlias>(&keys::alias(fp)).await? {
+                Some(alias) if &alias.gateway != fp => self.gateway(&alias.gateway).await?,
+                _ => None,
+            },
+        };
+        Ok(record.filter(|r| r.certificate(fp).is_some()))
+    }
+
+    /// Adds a certificate to an enrolled gateway: its alias first (refused if the fingerprint is
+    /// anybody's already), then the record. Returns the record as written.
+    pub async fn add_certificate(&self, gateway: &Fingerprint, cert: GatewayCertificate) -> Result<GatewayRecord, RecordError> {
+        let new = cert.fingerprint.clone();
+        if self.store.exists(&keys::gateway(&new)).await? {
+            return Err(RecordError::AlreadyEnrolled(new));
+        }
+        let alias = to_json(&CertificateAlias { gateway: gateway.clone() });
+        match self.store.put(&keys::alias(&new), alias, WriteCondition::Absent).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(RecordError::AlreadyEnrolled(new)),
+            Err(e) => return Err(e.into()),
+        }
+        let updated = self
+            .update_gateway::<RecordError>(gateway, |record| {
+                record.certificates = record.certificates();
+                record.certificates.retain(|c| c.fingerprint != new);
+                record.certificates.push(cert.clone());
+                Ok(())
+            })
+            .await;
+        match updated {
+            Ok(Some(record)) => Ok(record),
+            other => {
+                // The gateway is gone or the write failed: take the alias back.
+                let _ = self.store.delete(&keys::alias(&new)).await;
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(RecordError::Invalid { key: keys::gateway(gateway), reason: "the gateway is not enrolled".into() }),
+                }
+            }
+        }
+    }
+
+    /// Retires one of a gateway's certificates (never the last one). Returns the record as written.
+    pub async fn retire_certificate(&self, gateway: &Fingerprint, fp: &Fingerprint) -> Result<GatewayRecord, RecordError> {
+        let record = self
+            .update_gateway::<RecordError>(gateway, |record| {
+                let mut certs = record.certificates();
+                if !certs.iter().any(|c| &c.fingerprint == fp) {
+                    return Err(RecordError::UnknownCertificate { gateway: record.name.clone(), fingerprint: fp.clone() });
+                }
+                certs.retain(|c| &c.fingerprint != fp);
+                if certs.is_empty() {
+                    return Err(RecordError::LastCertificate { gateway: record.name.clone(), fingerprint: fp.clone() });
+                }
+                record.certificates = certs;
+                Ok(())
+            })
+            .await?
+            .ok_or_else(|| RecordError::Invalid { key: keys::gateway(gateway), reason: "the gateway is not enrolled".into() })?;
+        if fp != gateway {
+            self.store.delete(&keys::alias(fp)).await?;
+        }
+        Ok(record)
+    }
+
+    // --- renewals ---
+
+    /// The gateway's pending renewal (redeem side).
+    pub async fn renewal(&self, gateway: &Fingerprint) -> Result<Option<PendingRenewal>, RecordError> {
+        self.read(&keys::renewal(gateway)).await
+    }
+
+    /// Whether a renewal waits, found by listing (the boot side never reads a renewal).
+    pub async fn has_renewal(&self, gateway: &Fingerprint) -> Result<bool, RecordError> {
+        Ok(self.store.list(&keys::gateway_prefix(gateway)).await?.contains(&keys::renewal(gateway)))
+    }
+
+    pub async fn put_renewal(&self, gateway: &Fingerprint, renewal: &PendingRenewal) -> Result<(), RecordError> {
+        let key = keys::renewal(gateway);
+        renewal.validate().map_err(|reason| RecordError::Invalid { key: key.clone(), reason })?;
+        self.store.put(&key, to_json(renewal), WriteCondition::Always).await?;
+        Ok(())
+    }
+
+    pub async fn delete_renewal(&self, gateway: &Fingerprint) -> Result<(), RecordError> {
+        Ok(self.store.delete(&keys::renewal(gateway)).await?)
     }
 
     /// Every enrolled gateway, sorted by name.
@@ -442,6 +550,61 @@ mod tests {
         assert_eq!(ch.fallback_after, Some(3));
         assert_eq!(ch.history, vec![ChannelEntry { release: "r1".into(), at: "t2".into() }]);
         assert_eq!(records.channel("stable").await.unwrap().unwrap(), ch);
+    }
+
+    fn cert(fp: &Fingerprint, not_after: i64) -> GatewayCertificate {
+        GatewayCertificate::new(fp.clone(), Some(not_after), Some(1))
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_finds_its_gateway_until_it_is_retired() {
+        let (store, records) = records();
+        let old = Fingerprint::of_der(b"old");
+        let new = Fingerprint::of_der(b"new");
+        records.enroll(&new_gateway("gw", old.clone())).await.unwrap();
+        assert!(records.gateway_for_certificate(&new).await.unwrap().is_none());
+
+        let written = records.add_certificate(&old, cert(&new, 2_000)).await.unwrap();
+        // The record's implicit certificate became explicit, the new one was added beside it.
+        let fps: Vec<_> = written.certificates.iter().map(|c| c.fingerprint.clone()).collect();
+        assert_eq!(fps, vec![old.clone(), new.clone()]);
+        assert_eq!(written.newest_certificate().fingerprint, new);
+        for fp in [&old, &new] {
+            let found = records.gateway_for_certificate(fp).await.unwrap().unwrap();
+            assert_eq!((found.name.as_str(), &found.fingerprint), ("gw", &old));
+        }
+        // One fingerprint, one gateway: neither another gateway's nor an enrolled one.
+        records.enroll(&new_gateway("other", Fingerprint::of_der(b"other"))).await.unwrap();
+        assert!(matches!(records.add_certificate(&Fingerprint::of_der(b"other"), cert(&new, 1)).await, Err(RecordError::AlreadyEnrolled(_))));
+        assert!(matches!(records.add_certificate(&old, cert(&Fingerprint::of_der(b"other"), 1)).await, Err(RecordError::AlreadyEnrolled(_))));
+
+        // Retiring the old one leaves the record where it is, but the old certificate is refused.
+        let retired = records.retire_certificate(&old, &old).await.unwrap();
+        assert_eq!(retired.certificates.len(), 1);
+        assert!(records.gateway_for_certificate(&old).await.unwrap().is_none());
+        assert_eq!(records.gateway_for_certificate(&new).await.unwrap().unwrap().name, "gw");
+        assert!(matches!(records.retire_certificate(&old, &new).await, Err(RecordError::LastCertificate { .. })));
+        assert!(matches!(records.retire_certificate(&old, &old).await, Err(RecordError::UnknownCertificate { .. })));
+
+        // Retiring a renewed certificate deletes its alias too.
+        let third = Fingerprint::of_der(b"third");
+        records.add_certificate(&old, cert(&third, 3_000)).await.unwrap();
+        records.retire_certificate(&old, &third).await.unwrap();
+        assert!(store.get(&keys::alias(&third)).await.unwrap().is_none());
+        assert!(records.gateway_for_certificate(&third).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_alias_to_a_gateway_that_does_not_list_the_certificate_is_refused() {
+        let (store, records) = records();
+        let home = Fingerprint::of_der(b"home");
+        let stray = Fingerprint::of_der(b"stray");
+        records.enroll(&new_gateway("gw", home.clone())).await.unwrap();
+        // A hand-written alias cannot make a certificate the gateway does not list boot as it.
+        store.insert(&keys::alias(&stray), serde_json::to_vec(&CertificateAlias { gateway: home.clone() }).unwrap());
+        assert!(records.gateway_for_certificate(&stray).await.unwrap().is_none());
+        assert!(matches!(records.add_certificate(&Fingerprint::of_der(b"nobody"), cert(&Fingerprint::of_der(b"x"), 1)).await, Err(RecordError::Invalid { .. })));
+        assert!(store.get(&keys::alias(&Fingerprint::of_der(b"x"))).await.unwrap().is_none(), "alias taken back");
     }
 
     #[tokio::test]

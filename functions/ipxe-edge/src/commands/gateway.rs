@@ -2,8 +2,9 @@
 
 use super::context::{check_name, file_error, CliError, Context};
 use crate::datadir::write_atomic;
+use crate::renewal;
 use ipxe_edge_core::domain::identity::{describe_der, pem_certificates, ChainVerifier, Fingerprint, DEFAULT_CLOCK_SKEW};
-use ipxe_edge_core::domain::model::{new_gateway, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH};
+use ipxe_edge_core::domain::model::{new_gateway, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH};
 use ipxe_edge_core::domain::query::KNOWN_ARCHES;
 use ipxe_edge_core::domain::secret_template;
 use ipxe_edge_core::domain::{clock, identity};
@@ -45,14 +46,36 @@ pub enum GatewayCommand {
         #[arg(long, default_value = DEFAULT_ARCH)]
         arch: String,
     },
-    /// Table of gateways: name, fingerprint prefix, channel or pin, state.
+    /// Table of gateways: name, fingerprint prefix, channel or pin, state, certificate expiry
+    /// and days left.
     ///
-    /// Example: ipxe-edge gateway list
-    List,
-    /// A gateway's record.
+    /// Example: ipxe-edge gateway list --expiring-within 60d
+    List {
+        /// Only gateways whose certificate expires within this window (60d, 12h, seconds);
+        /// exits 0 either way: read the output.
+        #[arg(long, value_parser = crate::renewal::parse_window)]
+        expiring_within: Option<std::time::Duration>,
+        /// One JSON object per line: name, fingerprint, not_after, days_left, renewal_pending.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A gateway's record, with each certificate's expiry and days left.
     ///
     /// Example: ipxe-edge gateway show gw-berlin-1
     Show { name: String },
+    /// Issue a new certificate with the local CA, enroll it beside the old one and stage it
+    /// for the gateway to fetch once through ${renewal_url} in its secrets.
+    ///
+    /// Example: ipxe-edge gateway renew --expiring-within 60d --boot-url https://boot.example.org/boot.ipxe
+    Renew(super::renew::RenewArgs),
+    /// Retire one certificate of a gateway (the old one after a renewal, or a leaked one).
+    ///
+    /// Example: ipxe-edge gateway revoke-cert gw-berlin-1 3f2a9c…
+    RevokeCert {
+        name: String,
+        /// The certificate's SHA-256 fingerprint (64 hex digits, or a unique prefix of 12 or more).
+        fingerprint: String,
+    },
     /// Refuse every boot of this gateway from now on (a stolen or retired image).
     ///
     /// Example: ipxe-edge gateway revoke gw-berlin-1
@@ -122,7 +145,9 @@ pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError>
     match command {
         GatewayCommand::Enroll { name, channel, days, arch } => enroll(ctx, &name, channel.as_deref(), days, &arch).await,
         GatewayCommand::Import { name, cert, channel, arch } => import(ctx, &name, &cert, channel.as_deref(), &arch).await.map(|_| ()),
-        GatewayCommand::List => list(ctx).await,
+        GatewayCommand::List { expiring_within, json } => list(ctx, expiring_within, json).await,
+        GatewayCommand::Renew(args) => super::renew::renew(ctx, args).await,
+        GatewayCommand::RevokeCert { name, fingerprint } => super::renew::revoke_cert(ctx, &name, &fingerprint).await,
         GatewayCommand::Show { name } => show(ctx, &name).await,
         GatewayCommand::Revoke { name } => set_state(ctx, &name, GatewayState::Revoked).await,
         GatewayCommand::Disable { name } => set_state(ctx, &name, GatewayState::Disabled).await,
@@ -177,8 +202,9 @@ async fn check_new_gateway(ctx: &Context, name: &str, channel: Option<&str>, arc
     Ok(())
 }
 
-fn new_record(name: &str, fp: Fingerprint, channel: Option<&str>, arch: &str, subject: Option<String>) -> GatewayRecord {
-    let mut record = new_gateway(name, fp);
+fn new_record(name: &str, fp: Fingerprint, channel: Option<&str>, arch: &str, subject: Option<String>, not_after: Option<i64>) -> GatewayRecord {
+    let mut record = new_gateway(name, fp.clone());
+    record.certificates = vec![GatewayCertificate::new(fp, not_after, Some(clock::unix_now()))];
     record.channel = channel.map(str::to_string);
     record.arch = (arch != DEFAULT_ARCH).then(|| arch.to_string());
     record.subject = subject;
@@ -203,7 +229,8 @@ pub async fn enroll(ctx: &Context, name: &str, channel: Option<&str>, days: u32,
     let ca = super::ca::load(&ctx.dir)?;
     let issued = ca.issue_client(name, validity_days(days)).map_err(|e| CliError::Pki(e.to_string()))?;
     let fp = Fingerprint::of_der(&issued.cert_der);
-    let record = new_record(name, fp.clone(), channel, arch, describe_der(&issued.cert_der).map(|(s, _)| s));
+    let not_after = identity::not_after_der(&issued.cert_der);
+    let record = new_record(name, fp.clone(), channel, arch, describe_der(&issued.cert_der).map(|(s, _)| s), not_after);
     write_atomic(&key_path, issued.key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o600)?;
     register(ctx, &record).await?;
@@ -217,7 +244,7 @@ pub async fn import(ctx: &Context, name: &str, cert: &Path, channel: Option<&str
     let pem = std::fs::read(cert).map_err(file_error(cert))?;
     let verifier = ChainVerifier::new(super::ca::bundle(ctx).await?, DEFAULT_CLOCK_SKEW);
     let identity = verifier.verify_pem(&pem, clock::unix_now() as i64).map_err(|e| CliError::Refused(format!("{}: {e}", cert.display())))?;
-    let record = new_record(name, identity.fingerprint.clone(), channel, arch, Some(identity.subject.clone()));
+    let record = new_record(name, identity.fingerprint.clone(), channel, arch, Some(identity.subject.clone()), Some(identity.not_after));
     register(ctx, &record).await?;
     // Keep a copy beside the ones we issue, so `gateway show` and image builds find it.
     let leaf = pem_certificates(&pem)?.remove(0);
@@ -240,24 +267,69 @@ fn state_name(state: GatewayState) -> &'static str {
     }
 }
 
-pub async fn list(ctx: &Context) -> Result<(), CliError> {
-    let gateways = ctx.records.gateways().await?;
-    println!("{:<24} {:<18} {:<28} {:<9} LAST BOOT", "NAME", "FINGERPRINT", "CHANNEL/PIN", "STATE");
-    for g in gateways {
+pub async fn list(ctx: &Context, expiring_within: Option<std::time::Duration>, json: bool) -> Result<(), CliError> {
+    let now = clock::unix_now();
+    let standings = renewal::standings(&ctx.records).await?;
+    let shown = standings.iter().filter(|s| expiring_within.is_none_or(|w| s.expires_within(w, now)));
+    if json {
+        for s in shown {
+            let line = serde_json::json!({
+                "name": s.gateway.name,
+                "fingerprint": s.holds.fingerprint.as_str(),
+                "not_after": s.holds.not_after,
+                "days_left": s.days_left(now),
+                "renewal_pending": s.pending,
+                "state": state_name(s.gateway.state),
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    println!("{:<24} {:<18} {:<28} {:<9} {:<11} {:>9}  RENEWAL", "NAME", "FINGERPRINT", "CHANNEL/PIN", "STATE", "EXPIRES", "DAYS LEFT");
+    for s in shown {
+        let g = &s.gateway;
         let target = match &g.pinned_release {
             Some(pin) => format!("pin:{pin}"),
             None => g.channel().to_string(),
         };
-        println!("{:<24} {:<18} {:<28} {:<9} -", g.name, &g.fingerprint.as_str()[..16], target, state_name(g.state));
+        println!(
+            "{:<24} {:<18} {:<28} {:<9} {:<11} {:>9}  {}",
+            g.name,
+            &s.holds.fingerprint.as_str()[..16],
+            target,
+            state_name(g.state),
+            s.holds.not_after.map(renewal::date).unwrap_or_else(|| "-".into()),
+            renewal::days_cell(s.days_left(now)),
+            if s.pending { "pending" } else { "-" },
+        );
     }
     Ok(())
 }
 
 pub async fn show(ctx: &Context, name: &str) -> Result<(), CliError> {
     let record = ctx.gateway(name).await?;
+    let now = clock::unix_now();
     println!("{}", serde_json::to_string_pretty(&record).expect("record serialises"));
+    let standing = renewal::standing(&ctx.records, record.clone()).await?;
+    println!("certificates:");
+    for cert in record.certificates() {
+        let role = if cert.fingerprint == standing.holds.fingerprint {
+            "held"
+        } else if standing.pending && cert.renews.is_some() && cert.first_boot_at.is_none() && cert.not_after > standing.holds.not_after {
+            "pending renewal"
+        } else {
+            "accepted"
+        };
+        println!(
+            "  {}  expires {}  days left {}  ({role})",
+            cert.fingerprint,
+            cert.not_after.map(renewal::date).unwrap_or_else(|| "-".into()),
+            renewal::days_cell(cert.days_left(now)),
+        );
+    }
     let has_secrets = ctx.records.has_secrets(&record.fingerprint).await?;
     println!("secrets: {}", if has_secrets { "set" } else { "none" });
+    println!("renewal: {}", if standing.pending { "pending (fetched once through ${renewal_url})" } else { "none" });
     Ok(())
 }
 

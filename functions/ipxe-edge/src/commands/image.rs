@@ -76,7 +76,7 @@ fn hex_colons(bytes: &[u8]) -> String {
 }
 
 /// The DER of a PEM private key as iPXE reads it: PKCS#1 RSAPrivateKey.
-fn rsa_private_key_der(pem: &str, path: &Path) -> Result<Vec<u8>, CliError> {
+pub fn rsa_private_key_der(pem: &str, path: &Path) -> Result<Vec<u8>, CliError> {
     let bad = |reason: String| CliError::Refused(format!("{}: {reason}", path.display()));
     let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|e| bad(format!("not a PEM key: {e}")))?;
     match label {
@@ -145,16 +145,22 @@ pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     Ok(disk.into_inner())
 }
 
-/// The gateway's autoexec script, from its certificate and key in the data directory.
-pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option<&str>) -> Result<String, CliError> {
-    if !boot_url.starts_with("https://") || boot_url.contains(char::is_whitespace) || boot_url.contains('?') {
+/// Refuses a boot URL or cross-signing URL that cannot go into an iPXE script.
+pub fn check_boot_url(boot_url: &str, crosscert: Option<&str>) -> Result<(), CliError> {
+    if !boot_url.starts_with("https://") || boot_url.contains(|c: char| c.is_whitespace() || c.is_control()) || boot_url.contains('?') {
         return Err(CliError::Usage(format!("--boot-url must be an https:// URL without a query, got {boot_url:?}")));
     }
     if let Some(url) = crosscert {
-        if url.contains(char::is_whitespace) || !(url.starts_with("http://") || url.starts_with("https://")) {
+        if url.contains(|c: char| c.is_whitespace() || c.is_control()) || !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(CliError::Usage(format!("--crosscert must be an http(s) URL, got {url:?}")));
         }
     }
+    Ok(())
+}
+
+/// The gateway's autoexec script, from its certificate and key in the data directory.
+pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option<&str>) -> Result<String, CliError> {
+    check_boot_url(boot_url, crosscert)?;
     ctx.gateway(name).await?;
     let (cert_path, key_path) = (ctx.dir.gateway_cert(name), ctx.dir.gateway_key(name));
     let cert_der = ipxe_edge_core::domain::identity::pem_certificates(&datadir::read(&cert_path)?)?.remove(0);

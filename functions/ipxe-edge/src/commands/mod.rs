@@ -11,6 +11,7 @@ pub mod import;
 pub mod outcomes;
 pub mod preview;
 pub mod release;
+pub mod renew;
 pub mod scratch;
 pub mod upload;
 

@@ -156,6 +156,7 @@ mod tests {
             arch: "x86_64".into(),
             platform: None,
             mac: None,
+            cert: None,
             issued_at,
             deadline: issued_at + 600,
             secrets_token: None,

@@ -172,6 +172,7 @@ async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u6
     let route = match &front.route {
         Route::Boot(_) => "boot",
         Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::CHECKIN_PREFIX) => "checkin",
+        Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::RENEWAL_PREFIX) => "renewal",
         Route::Redeem(_) => "redeem",
     };
     let response = handle_request(req, conn, front, id).await;

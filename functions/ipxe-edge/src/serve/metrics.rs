@@ -52,7 +52,10 @@ pub struct ServeMetrics {
     boots: Family<OutcomeLabel, Counter>,
     redemptions: Family<OutcomeLabel, Counter>,
     checkins: Family<OutcomeLabel, Counter>,
-    plain: [(CoreCounter, Counter); 5],
+    renewals: Family<OutcomeLabel, Counter>,
+    certs_expiring: Gauge,
+    cert_min_days: Gauge,
+    plain: [(CoreCounter, Counter); 6],
     tls_refused: Family<ListenerLabel, Counter>,
     durations: DurationFamily,
     open: Family<ListenerLabel, Gauge>,
@@ -66,6 +69,16 @@ impl ServeMetrics {
         let boots = Family::<OutcomeLabel, Counter>::default();
         let redemptions = Family::<OutcomeLabel, Counter>::default();
         let checkins = Family::<OutcomeLabel, Counter>::default();
+        let renewals = Family::<OutcomeLabel, Counter>::default();
+        registry.register("ipxe_edge_renewals", "Renewal fetches by outcome", renewals.clone());
+        let certs_expiring = Gauge::default();
+        registry.register(
+            "ipxe_edge_gateway_certificates_expiring",
+            "Enrolled gateways whose certificate expires within the renewal window and that have no renewal pending (checked hourly)",
+            certs_expiring.clone(),
+        );
+        let cert_min_days = Gauge::default();
+        registry.register("ipxe_edge_gateway_certificate_min_days_left", "Fewest days of validity left among enrolled gateways' newest certificates", cert_min_days.clone());
         registry.register("ipxe_edge_boots", "Boot requests by outcome", boots.clone());
         registry.register("ipxe_edge_redemptions", "Secrets requests by outcome", redemptions.clone());
         registry.register("ipxe_edge_checkins", "Check-in requests by outcome", checkins.clone());
@@ -75,6 +88,7 @@ impl ServeMetrics {
             (CoreCounter::ForgedTokens, "ipxe_edge_forged_tokens", "Secrets tokens whose signature does not verify"),
             (CoreCounter::Fallbacks, "ipxe_edge_fallbacks", "Boots answered with the last known good release"),
             (CoreCounter::JournalFailures, "ipxe_edge_journal_failures", "Boots or outcomes that could not be recorded"),
+            (CoreCounter::CertExpiring, "ipxe_edge_cert_expiring_boots", "Boots with a certificate that expires within the renewal window"),
         ]
         .map(|(which, name, help)| {
             let counter = Counter::default();
@@ -89,7 +103,13 @@ impl ServeMetrics {
         registry.register("ipxe_edge_open_connections", "Open connections by listener", open.clone());
         let refused = Family::<ListenerLabel, Gauge>::default();
         registry.register("ipxe_edge_connections_refused", "Connections refused by the connection caps since start, by listener", refused.clone());
-        ServeMetrics { registry, boots, redemptions, checkins, plain, tls_refused, durations, open, refused, listeners }
+        ServeMetrics { registry, boots, redemptions, checkins, renewals, certs_expiring, cert_min_days, plain, tls_refused, durations, open, refused, listeners }
+    }
+
+    /// The certificate gauges, from the latest look at the gateway records.
+    pub fn set_certificates(&self, expiring: i64, min_days_left: Option<i64>) {
+        self.certs_expiring.set(expiring);
+        self.cert_min_days.set(min_days_left.unwrap_or(0));
     }
 
     pub fn tls_refused(&self, listener: &'static str) {
@@ -126,6 +146,9 @@ impl Metrics for ServeMetrics {
                 }
                 CoreCounter::Checkins => {
                     self.checkins.get_or_create(&OutcomeLabel { outcome }).inc();
+                }
+                CoreCounter::Renewals => {
+                    self.renewals.get_or_create(&OutcomeLabel { outcome }).inc();
                 }
                 other => {
                     if let Some((_, c)) = self.plain.iter().find(|(which, _)| which == other) {

@@ -5,6 +5,7 @@
 
 pub mod acme;
 mod bootstrap;
+mod certificates;
 pub mod front;
 pub mod listener;
 pub mod metrics;
@@ -117,6 +118,27 @@ pub struct ServeArgs {
     /// Lifetime of one-time secrets tokens, in seconds (TOKEN_TTL_SECONDS).
     #[arg(long, default_value_t = BootSettings::DEFAULT_TOKEN_TTL_SECS, value_parser = clap::value_parser!(u64).range(BootSettings::TOKEN_TTL_RANGE))]
     pub token_ttl: u64,
+    /// Days before a gateway certificate expires from which its boots are logged
+    /// (`cert_expiring`) and counted, and --auto-renew renews it (RENEWAL_WINDOW_DAYS).
+    #[arg(long, default_value_t = BootSettings::DEFAULT_RENEWAL_WINDOW_DAYS, value_parser = clap::value_parser!(u64).range(BootSettings::RENEWAL_WINDOW_DAYS_RANGE))]
+    pub renewal_window_days: u64,
+    /// Renew gateway certificates that expire within the renewal window with the data
+    /// directory's CA, and stage them for the gateways to fetch through ${renewal_url}.
+    #[arg(long)]
+    pub auto_renew: bool,
+    /// Validity of the certificates --auto-renew issues, in days.
+    #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub auto_renew_days: u32,
+    /// Cross-signing URL written into renewed autoexec.ipxe files (as `image script --crosscert`).
+    #[arg(long)]
+    pub renewal_crosscert: Option<String>,
+    /// Seconds between looks at the gateways' certificates (renewals and expiry gauges).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400), hide = true)]
+    pub certificate_check_interval: u64,
+    /// Retire a gateway's older certificates at its first boot with a renewed one
+    /// (RETIRE_OLD_AFTER_FIRST_BOOT).
+    #[arg(long)]
+    pub retire_old_after_first_boot: bool,
     /// Tolerance on client certificate validity dates, in seconds (CLOCK_SKEW_SECONDS).
     #[arg(long, default_value_t = ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), value_parser = clap::value_parser!(u64).range(BootSettings::CLOCK_SKEW_RANGE))]
     pub clock_skew: u64,
@@ -214,6 +236,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let records = Records::new(store);
+    let records_for_certificates = records.clone();
     let (ledger, journal): (Arc<dyn TokenLedger>, Arc<dyn BootJournal>) = match &args.table {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
@@ -301,6 +324,8 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         secrets_base_url,
         fallback_after: args.fallback_after as u32,
         health_deadline: Duration::from_secs(args.health_deadline),
+        renewal_window: Duration::from_secs(args.renewal_window_days * 86_400),
+        retire_old_after_first_boot: args.retire_old_after_first_boot,
     };
     let boot = Arc::new(BootApp {
         service: BootService::new(records.clone(), Arc::new(CachingPresigner::new(presigner)), keyring.clone(), settings).with_journal(journal.clone()),
@@ -341,6 +366,19 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     }
 
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
+    let renewals = args.auto_renew.then(|| crate::renewal::RenewOptions {
+        boot_url: boot_url.clone(),
+        crosscert: args.renewal_crosscert.clone(),
+        days: args.auto_renew_days,
+    });
+    background.spawn(certificates::watch(
+        records_for_certificates,
+        dir.clone(),
+        renewals,
+        Duration::from_secs(args.renewal_window_days * 86_400),
+        Duration::from_secs(args.certificate_check_interval),
+        serve_metrics.clone(),
+    ));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);
     tracing::info!(boot = %args.listen, secrets = %args.secrets_listen, s3 = %args.s3_listen, public_host = %public_host, "ipxe-edge serve ready");
 

@@ -168,6 +168,7 @@ mod tests {
             arch: "x86_64".into(),
             platform: Some("efi".into()),
             mac: None,
+            cert: None,
             issued_at: n,
             deadline: n + 600,
             secrets_token: None,

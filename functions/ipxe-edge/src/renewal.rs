@@ -1,0 +1,197 @@
+//! Gateway certificate renewal with the local CA: issue a new certificate, enroll it beside the
+//! old one, and stage it as a pending renewal that the gateway fetches in band, once. Used by
+//! `gateway renew` and by `serve --auto-renew`; the CA key never leaves the data directory.
+
+use crate::commands::image::{autoexec_script, rsa_private_key_der};
+use crate::commands::CliError;
+use crate::datadir::{write_atomic, DataDir};
+use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, PendingRenewal};
+use ipxe_edge_core::storage::records::{RecordError, Records};
+use ipxe_edge_pki::{validity_days, CertificateAuthority};
+use std::time::Duration;
+
+/// Default validity of a renewed certificate, as `gateway enroll`'s.
+pub const DEFAULT_DAYS: u32 = 365;
+
+/// How renewed certificates are made and what their `autoexec.ipxe` chains to.
+#[derive(Clone, Debug)]
+pub struct RenewOptions {
+    pub boot_url: String,
+    pub crosscert: Option<String>,
+    pub days: u32,
+}
+
+/// What one renewal staged.
+#[derive(Debug)]
+pub struct Renewed {
+    pub gateway: String,
+    pub renews: Fingerprint,
+    pub fingerprint: Fingerprint,
+    pub not_after: i64,
+    /// A pending renewal that was never fetched and is now replaced (its certificate retired).
+    pub replaced: Option<Fingerprint>,
+}
+
+/// A gateway's certificate standing: the certificate it holds (the newest one not waiting to
+/// be fetched) and whether a renewal is pending.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub gateway: GatewayRecord,
+    pub holds: GatewayCertificate,
+    pub pending: bool,
+}
+
+impl Standing {
+    pub fn days_left(&self, now: u64) -> Option<i64> {
+        self.holds.days_left(now)
+    }
+
+    /// Whether the certificate it holds ends within `window` of `now` (unknown expiry: no).
+    pub fn expires_within(&self, window: Duration, now: u64) -> bool {
+        self.holds.not_after.is_some_and(|t| t - (now as i64) <= window.as_secs() as i64)
+    }
+}
+
+/// Every enrolled gateway's standing, sorted by name. The pending renewal is found by listing,
+/// never read.
+pub async fn standings(records: &Records) -> Result<Vec<Standing>, RecordError> {
+    let mut out = Vec::new();
+    for gateway in records.gateways().await? {
+        out.push(standing(records, gateway).await?);
+    }
+    Ok(out)
+}
+
+pub async fn standing(records: &Records, gateway: GatewayRecord) -> Result<Standing, RecordError> {
+    let pending = match records.has_renewal(&gateway.fingerprint).await? {
+        true => records.renewal(&gateway.fingerprint).await?.map(|r| r.fingerprint),
+        false => None,
+    };
+    let mut held: Vec<GatewayCertificate> = gateway.certificates().into_iter().filter(|c| Some(&c.fingerprint) != pending.as_ref()).collect();
+    held.sort_by_key(|c| (c.not_after.unwrap_or(i64::MIN), c.added_at.unwrap_or(0)));
+    let holds = held.pop().unwrap_or_else(|| gateway.newest_certificate());
+    Ok(Standing { holds, pending: pending.is_some(), gateway })
+}
+
+/// Renews the certificate `standing` holds: issues a new one with the local CA, writes it and
+/// its key to the data directory (the previous pair kept under the old fingerprint's prefix),
+/// enrolls it, then stages the pending renewal. A pending renewal that was never fetched is
+/// replaced and its certificate retired.
+pub async fn renew(records: &Records, dir: &DataDir, ca: &CertificateAuthority, standing: &Standing, options: &RenewOptions, now: u64) -> Result<Renewed, CliError> {
+    let gateway = &standing.gateway;
+    if gateway.state == GatewayState::Revoked {
+        return Err(CliError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
+    }
+    let issued = ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| CliError::Pki(e.to_string()))?;
+    let fingerprint = Fingerprint::of_der(&issued.cert_der);
+    let not_after = ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der)
+        .ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
+    let key_der = rsa_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
+    let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, options.crosscert.as_deref());
+    let replaced = match records.renewal(&gateway.fingerprint).await? {
+        Some(previous) => Some(previous.fingerprint),
+        None => None,
+    };
+
+    keep_files(dir, &gateway.name, &standing.holds.fingerprint, &issued.cert_pem, &issued.key_pem)?;
+    // Enrolled before it can be fetched: whatever the gateway does with it, it boots.
+    let mut cert = GatewayCertificate::new(fingerprint.clone(), Some(not_after), Some(now));
+    cert.renews = Some(standing.holds.fingerprint.clone());
+    records.add_certificate(&gateway.fingerprint, cert).await?;
+    let pending = PendingRenewal {
+        fingerprint: fingerprint.clone(),
+        renews: standing.holds.fingerprint.clone(),
+        not_after,
+        created_at: now,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        autoexec,
+    };
+    records.put_renewal(&gateway.fingerprint, &pending).await?;
+    if let Some(old) = &replaced {
+        match records.retire_certificate(&gateway.fingerprint, old).await {
+            Ok(_) | Err(RecordError::UnknownCertificate { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Renewed { gateway: gateway.name.clone(), renews: standing.holds.fingerprint.clone(), fingerprint, not_after, replaced })
+}
+
+/// Writes the new pair where `image build` finds it; the previous pair is kept beside it,
+/// named after its fingerprint, for the overlap.
+fn keep_files(dir: &DataDir, name: &str, old: &Fingerprint, cert_pem: &str, key_pem: &str) -> Result<(), CliError> {
+    let (cert_path, key_path) = (dir.gateway_cert(name), dir.gateway_key(name));
+    let prefix = &old.as_str()[..16];
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("pem");
+            let kept = path.with_file_name(format!("{name}.{prefix}.{ext}"));
+            std::fs::rename(path, &kept).map_err(crate::commands::context::file_error(path))?;
+        }
+    }
+    write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cert_path, cert_pem.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Days left as a table cell.
+pub fn days_cell(days: Option<i64>) -> String {
+    match days {
+        Some(d) if d < 0 => "expired".into(),
+        Some(d) => d.to_string(),
+        None => "-".into(),
+    }
+}
+
+/// `YYYY-MM-DD` of a unix time.
+pub fn date(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t).map(|d| d.date().to_string()).unwrap_or_else(|_| "-".into())
+}
+
+/// Parses a window such as `60d`, `12h` or `3600` (seconds).
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 60d, 12h or 3600"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    }
+    .filter(|s| *s <= 3650 * 86_400)
+    .ok_or_else(|| format!("{text:?} is not a duration like 60d, 12h or 3600 (at most 3650d)"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// Days between `now` and a unix time, for the gauges.
+pub fn days_left(not_after: i64, now: u64) -> i64 {
+    days_until(not_after, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_with_units() {
+        assert_eq!(parse_window("60d").unwrap(), Duration::from_secs(60 * 86_400));
+        assert_eq!(parse_window("12h").unwrap(), Duration::from_secs(12 * 3_600));
+        assert_eq!(parse_window("90").unwrap(), Duration::from_secs(90));
+        for bad in ["", "d", "60x", "-1d", "99999d", "1.5d"] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn days_cells_say_expired() {
+        assert_eq!(days_cell(Some(-1)), "expired");
+        assert_eq!(days_cell(Some(29)), "29");
+        assert_eq!(days_cell(None), "-");
+        assert_eq!(date(0), "1970-01-01");
+    }
+}
