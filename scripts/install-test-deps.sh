@@ -59,9 +59,10 @@ if [ "$(cat "$TOOLS/.infra-venv-spec" 2>/dev/null)" != "$want_infra" ]; then
 fi
 
 # openssl for the v1-certificate tests; pebble (the ACME test CA, with pebble-challtestsrv as
-# its DNS) for the ACME tests.
+# its DNS) for the ACME tests; mtools for the renewal installer's tests on a FAT image.
 debs=()
 command -v openssl >/dev/null 2>&1 || debs+=(openssl)
+command -v mmove >/dev/null 2>&1 || debs+=(mtools)
 command -v pebble-challtestsrv >/dev/null 2>&1 || debs+=(pebble)
 if [ ${#debs[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null

@@ -78,15 +78,22 @@ pub async fn standing(records: &Records, gateway: GatewayRecord) -> Result<Stand
 /// its key to the data directory (the previous pair kept under the old fingerprint's prefix),
 /// enrolls it, then stages the pending renewal. A pending renewal that was never fetched is
 /// replaced and its certificate retired.
-pub async fn renew(records: &Records, dir: &DataDir, ca: &CertificateAuthority, standing: &Standing, options: &RenewOptions, now: u64) -> Result<Renewed, CliError> {
+pub async fn renew(
+    records: &Records,
+    dir: &DataDir,
+    ca: &CertificateAuthority,
+    standing: &Standing,
+    options: &RenewOptions,
+    now: u64,
+) -> Result<Renewed, CliError> {
     let gateway = &standing.gateway;
     if gateway.state == GatewayState::Revoked {
         return Err(CliError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
     }
     let issued = ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| CliError::Pki(e.to_string()))?;
     let fingerprint = Fingerprint::of_der(&issued.cert_der);
-    let not_after = ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der)
-        .ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
+    let not_after =
+        ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der).ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
     let key_der = rsa_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
     let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, options.crosscert.as_deref());
     let replaced = match records.renewal(&gateway.fingerprint).await? {

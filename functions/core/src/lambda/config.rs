@@ -163,7 +163,8 @@ impl BootConfig {
                 fallback_after: seconds(lookup, "FALLBACK_AFTER", BootSettings::DEFAULT_FALLBACK_AFTER.into(), BootSettings::FALLBACK_AFTER_RANGE)?.as_secs()
                     as u32,
                 health_deadline: seconds(lookup, "HEALTH_DEADLINE_SECONDS", BootSettings::DEFAULT_HEALTH_DEADLINE_SECS, BootSettings::HEALTH_DEADLINE_RANGE)?,
-                renewal_window: seconds(lookup, "RENEWAL_WINDOW_DAYS", BootSettings::DEFAULT_RENEWAL_WINDOW_DAYS, BootSettings::RENEWAL_WINDOW_DAYS_RANGE)? * 86_400,
+                renewal_window: seconds(lookup, "RENEWAL_WINDOW_DAYS", BootSettings::DEFAULT_RENEWAL_WINDOW_DAYS, BootSettings::RENEWAL_WINDOW_DAYS_RANGE)?
+                    * 86_400,
                 retire_old_after_first_boot: boolean(lookup, "RETIRE_OLD_AFTER_FIRST_BOOT")?,
             },
             trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),

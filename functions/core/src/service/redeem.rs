@@ -136,15 +136,7 @@ impl RedeemService {
     pub const DEFAULT_RENEWAL_TTL_SECS: u64 = 900;
 
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService {
-            records,
-            ledger,
-            keyring,
-            journal: None,
-            checkin_base_url: None,
-            scratch: None,
-            renewal_ttl_secs: Self::DEFAULT_RENEWAL_TTL_SECS,
-        }
+        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None, scratch: None, renewal_ttl_secs: Self::DEFAULT_RENEWAL_TTL_SECS }
     }
 
     /// A one-time URL fetching the gateway's pending renewal, or empty when none is pending

@@ -603,7 +603,10 @@ mod tests {
         // A hand-written alias cannot make a certificate the gateway does not list boot as it.
         store.insert(&keys::alias(&stray), serde_json::to_vec(&CertificateAlias { gateway: home.clone() }).unwrap());
         assert!(records.gateway_for_certificate(&stray).await.unwrap().is_none());
-        assert!(matches!(records.add_certificate(&Fingerprint::of_der(b"nobody"), cert(&Fingerprint::of_der(b"x"), 1)).await, Err(RecordError::Invalid { .. })));
+        assert!(matches!(
+            records.add_certificate(&Fingerprint::of_der(b"nobody"), cert(&Fingerprint::of_der(b"x"), 1)).await,
+            Err(RecordError::Invalid { .. })
+        ));
         assert!(store.get(&keys::alias(&Fingerprint::of_der(b"x"))).await.unwrap().is_none(), "alias taken back");
     }
 

@@ -38,9 +38,7 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
         (Some(name), _) => {
             let standing = renewal::standing(&ctx.records, ctx.gateway(name).await?).await?;
             if standing.pending && !args.replace {
-                return Err(CliError::Refused(format!(
-                    "gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one"
-                )));
+                return Err(CliError::Refused(format!("gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one")));
             }
             vec![standing]
         }

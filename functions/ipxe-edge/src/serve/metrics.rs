@@ -78,7 +78,11 @@ impl ServeMetrics {
             certs_expiring.clone(),
         );
         let cert_min_days = Gauge::default();
-        registry.register("ipxe_edge_gateway_certificate_min_days_left", "Fewest days of validity left among enrolled gateways' newest certificates", cert_min_days.clone());
+        registry.register(
+            "ipxe_edge_gateway_certificate_min_days_left",
+            "Fewest days of validity left among enrolled gateways' newest certificates",
+            cert_min_days.clone(),
+        );
         registry.register("ipxe_edge_boots", "Boot requests by outcome", boots.clone());
         registry.register("ipxe_edge_redemptions", "Secrets requests by outcome", redemptions.clone());
         registry.register("ipxe_edge_checkins", "Check-in requests by outcome", checkins.clone());
@@ -103,7 +107,21 @@ impl ServeMetrics {
         registry.register("ipxe_edge_open_connections", "Open connections by listener", open.clone());
         let refused = Family::<ListenerLabel, Gauge>::default();
         registry.register("ipxe_edge_connections_refused", "Connections refused by the connection caps since start, by listener", refused.clone());
-        ServeMetrics { registry, boots, redemptions, checkins, renewals, certs_expiring, cert_min_days, plain, tls_refused, durations, open, refused, listeners }
+        ServeMetrics {
+            registry,
+            boots,
+            redemptions,
+            checkins,
+            renewals,
+            certs_expiring,
+            cert_min_days,
+            plain,
+            tls_refused,
+            durations,
+            open,
+            refused,
+            listeners,
+        }
     }
 
     /// The certificate gauges, from the latest look at the gateway records.
