@@ -368,3 +368,56 @@ async fn records_naming_path_tricks_are_500_record_invalid() {
         assert!(body(&response).contains("record invalid"), "{what}: {}", body(&response));
     }
 }
+
+fn v2_renewal(token: &str, raw_query: &str, params: Value) -> lambda_http::Request {
+    request(
+        "apigw-http-v2-renewal.json",
+        &[
+            ("__PATH__", json!(format!("/renewal/{token}"))),
+            ("__TOKEN__", json!(token)),
+            ("__METHOD__", json!("GET")),
+            ("__RAW_QUERY__", json!(raw_query)),
+            ("__QUERY_PARAMETERS__", params),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn renewal_route_from_an_http_api_event_answers_once() {
+    use ipxe_edge_core::domain::model::{GatewayCertificate, PendingRenewal};
+    let h = harness_with(CertHeader::Off, Some(b"renew=${renewal_url}")).await;
+    let records = Records::new(h.store.clone());
+    let new = Fingerprint::of_der(b"renewed");
+    records.add_certificate(&h.fp, GatewayCertificate::new(new.clone(), Some(i64::MAX / 2), None)).await.unwrap();
+    let renewal = PendingRenewal {
+        fingerprint: new.clone(),
+        renews: h.fp.clone(),
+        not_after: i64::MAX / 2,
+        created_at: 0,
+        cert_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n".into(),
+        autoexec: "#!ipxe\nset cert:hex 00\n".into(),
+    };
+    records.put_renewal(&h.fp, &renewal).await.unwrap();
+    let now = ipxe_edge_core::domain::clock::unix_now();
+    let secrets_token = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), now + 60).unwrap().1;
+    let secret = redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{secrets_token}"), "GET")).await;
+    assert_eq!(secret.status(), 200);
+    let text = body(&secret);
+    // Under the domain the secret was fetched through (no base URL configured).
+    let token = text.strip_prefix("renew=https://abcdefghijklmnop.lambda-url.eu-west-1.on.aws/renewal/").unwrap_or_else(|| panic!("{text}")).to_string();
+
+    // A bad format is refused before anything is spent.
+    let bad = redeem_handler(&h.redeem, v2_renewal(&token, "format=zip", json!({"format": "zip"}))).await;
+    assert_eq!(bad.status(), 400);
+    let pem = redeem_handler(&h.redeem, v2_renewal(&token, "format=pem", json!({"format": "pem"}))).await;
+    assert_eq!(pem.status(), 200);
+    assert_eq!(pem.headers()["content-type"], "application/x-pem-file");
+    assert_eq!(pem.headers()["cache-control"], "no-store");
+    assert_eq!(body(&pem), format!("{}{}", renewal.cert_pem, renewal.key_pem));
+    assert_eq!(redeem_handler(&h.redeem, v2_renewal(&token, "", json!({}))).await.status(), 410);
+    let forged = format!("{}A", &token[..token.len() - 1]);
+    let forged = if forged == token { format!("{}B", &token[..token.len() - 1]) } else { forged };
+    assert_eq!(redeem_handler(&h.redeem, v2_renewal(&forged, "", json!({}))).await.status(), 403);
+    assert!(records.renewal(&h.fp).await.unwrap().is_none());
+}
