@@ -7,7 +7,11 @@
 #   3. a disk image from `ipxe-edge image build` boots the same way;
 #   4. automatic fallback: release B's initrd never redeems its secret and reboots; the machine
 #      boots again through iPXE, and after two failed boots of B it gets release A, the
-#      gateway's last known good release, and reaches Linux on its own.
+#      gateway's last known good release, and reaches Linux on its own;
+#   5. per-boot scratch storage used by the booted system with its minted key;
+#   6. certificate renewal: a disk-image gateway enrolled for 30 days fetches its renewal through
+#      ${renewal_url}, installs it on its own ESP with boot-assets/install-renewal.sh, reboots,
+#      and boots on the new certificate.
 # The only change to the real iPXE binary is its trust anchor, replaced by the test CA's
 # fingerprint (iPXE cannot take a trust anchor from a script).
 # Usage: tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
@@ -114,7 +118,14 @@ for gw in qemu-gw revoked-gw image-gw fallback-gw; do
   edge gateway set-secrets "$gw" --file "$work/secrets.txt" >/dev/null
 done
 edge gateway revoke revoked-gw >/dev/null
-fingerprint() { edge gateway show "$1" | sed -n 's/.*"fingerprint": "\([0-9a-f]*\)".*/\1/p'; }
+# Packs an initramfs tree (its /init made executable) into release NAME with the test kernel.
+make_release() { # release, initramfs root
+  chmod +x "$2/init"
+  (cd "$2" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-$1.img"
+  edge release create "$1" --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-$1.img" \
+    --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
+}
+fingerprint() { edge gateway show "$1" | sed -n 's/^  "fingerprint": "\([0-9a-f]*\)".*/\1/p'; }
 
 # ---------------------------------------------------------------- iPXE with the test CA as anchor
 ca_fp=$(openssl x509 -in "$data/pki/ca.crt" -outform DER | sha256sum | cut -d' ' -f1)
@@ -246,10 +257,7 @@ sleep 1
 poweroff -f
 INIT
 } >"$scratch_root/init"
-chmod +x "$scratch_root/init"
-(cd "$scratch_root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-scratch.img"
-edge release create qemu-scratch --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-scratch.img" \
-  --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
+make_release qemu-scratch "$scratch_root"
 edge gateway enroll scratch-gw >/dev/null
 edge gateway pin scratch-gw qemu-scratch >/dev/null
 printf '%s\n' 'b2c.minio="bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}"' \
@@ -267,6 +275,73 @@ check "the file is in scratch-gw's space on the server" '[ "$(cat "$data/s3/scra
 check "gateway scratch shows the object and the live key" 'edge gateway scratch scratch-gw | grep -q "1 object(s)" && edge gateway scratch scratch-gw | grep -q "key: *IPXESCRATCH"'
 check "the server minted the key at the redemption" 'grep "scratch key minted" "$work/serve.log" | grep -q "\"gateway\":\"scratch-gw\""'
 echo "time from QEMU start to the scratch round trip: ${scratch_time}s"
+
+# ---------------------------------------------------------------- 6. certificate renewal in band
+# The booted system redeems its secret; when it holds a renewal URL it installs the renewal on
+# the ESP of its own disk (mtools on the unmounted device) and reboots; with none, it powers off.
+renew_root="$work/initramfs-renew"
+cp -a "$root" "$renew_root"
+find "$CACHE"/linux/root/lib/modules/*/kernel -name "virtio_blk.ko" -exec cp {} "$renew_root/lib/modules/" \;
+for lib in /usr/bin/mtools $(ldd /usr/bin/mtools | grep -o '/[^ ]*'); do cp --parents -L "$lib" "$renew_root/"; done
+for tool in mcopy mmove; do ln -sf mtools "$renew_root/usr/bin/$tool"; done
+# mtools converts file names to the FAT code page (850) through glibc's iconv modules.
+gconv=/usr/lib/x86_64-linux-gnu/gconv
+for f in "$gconv/IBM850.so" "$gconv/gconv-modules" "$gconv/gconv-modules.cache" "$gconv"/gconv-modules.d/*; do
+  [ -e "$f" ] && cp --parents -L "$f" "$renew_root/"
+done
+cp boot-assets/install-renewal.sh "$renew_root/bin/install-renewal"
+{ echo "$guest_up"; cat <<'INIT'
+export PATH=/bin:/usr/bin
+insmod /lib/modules/virtio_blk.ko 2>/dev/null
+mount -t devtmpfs dev /dev
+url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
+wget -q -O /tmp/secret "$url" || echo "EDGE-SECRET-FAILED"
+renewal=$(sed -n 's/.*renew=\([^ ]*\).*/\1/p' /tmp/secret)
+if [ -n "$renewal" ]; then
+  if sh /bin/install-renewal --url "$renewal" --device /dev/vda@@1M; then echo "EDGE-RENEWAL-INSTALLED"; else echo "EDGE-RENEWAL-FAILED"; fi
+  sleep 1
+  reboot -f
+fi
+echo "EDGE-NO-RENEWAL-PENDING"
+sleep 1
+poweroff -f
+INIT
+} >"$renew_root/init"
+make_release qemu-renew "$renew_root"
+edge gateway enroll renew-gw --days 30 >/dev/null
+edge gateway pin renew-gw qemu-renew >/dev/null
+printf '%s\n' 'renew=${renewal_url} token=abc' >"$work/renew-secrets.txt"
+edge gateway set-secrets renew-gw --file "$work/renew-secrets.txt" >/dev/null
+old_fp=$(fingerprint renew-gw)
+edge image build renew-gw --boot-url "$boot_url" --out "$work/renew.img" --efi "$work/ipxe.efi" \
+  --crosscert http://127.0.0.1:9/ >/dev/null
+cp "$work/renew.img" "$work/renew-before.img"
+check "gateway list shows renew-gw expiring" 'edge gateway list --expiring-within 60d | grep -q "^renew-gw "'
+edge gateway renew renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >/dev/null
+new_fp=$(openssl x509 -in "$data/pki/gateways/renew-gw.crt" -outform DER | sha256sum | cut -d' ' -f1)
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+start=$(date +%s.%N)
+timeout $((QEMU_TIMEOUT * 2)) qemu-system-x86_64 "${qemu_reboots[@]}" \
+  -drive "if=none,id=d0,format=raw,file=$work/renew.img" -device virtio-blk-pci,drive=d0,bootindex=0 \
+  </dev/null >"$work/serial-6.log" 2>&1 || true
+renew_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+serial=$(tr -d '\r' <"$work/serial-6.log")
+esp_file() { MTOOLS_SKIP_CHECK=1 mtype -i "$1@@1M" "::/EFI/BOOT/$2"; }
+check "the booted gateway installed its renewal and rebooted" 'grep -q "EDGE-RENEWAL-INSTALLED" <<<"$serial" && [ "$(grep -c "EDGE-LINUX-UP" <<<"$serial")" -eq 2 ]'
+check "after the reboot nothing was pending any more" 'grep -q "EDGE-NO-RENEWAL-PENDING" <<<"$serial"'
+check "the second boot used the new certificate, same gateway and release" \
+  'grep "boot script served" "$work/serve.log" | grep "\"fingerprint\":\"$new_fp\"" | grep -q "\"gateway\":\"renew-gw\",\"release\":\"qemu-renew\""'
+check "the server logged the first boot with the new certificate" \
+  'grep "\"boot_event\":\"cert_renewed\"" "$work/serve.log" | grep "$new_fp" | grep -q "\"renews\":\"$old_fp\""'
+check "the ESP holds the new autoexec.ipxe and the old one as a backup" \
+  '[ "$(esp_file "$work/renew.img" autoexec.ipxe)" = "$(edge image script renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/)" ] && [ "$(esp_file "$work/renew.img" autoexec.ipxe.bak)" = "$(esp_file "$work/renew-before.img" autoexec.ipxe)" ]'
+check "the old certificate still boots until retired" \
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp:0:16}.crt" --key "$data/pki/gateways/renew-gw.${old_fp:0:16}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 200 ]'
+edge gateway revoke-cert renew-gw "$old_fp" >/dev/null
+check "once retired it is refused" \
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp:0:16}.crt" --key "$data/pki/gateways/renew-gw.${old_fp:0:16}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 403 ]'
+check "no key material in the server log" '! grep -q "PRIVATE KEY\|privkey:hex" "$work/serve.log"'
+echo "time from QEMU start to the second boot on the renewed certificate: ${renew_time}s"
 
 if [ "$failed" -gt 0 ]; then
   for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done
