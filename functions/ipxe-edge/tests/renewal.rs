@@ -148,12 +148,15 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
 
     // The new certificate boots the same gateway and release; the first boot is logged.
     let new_client = https_client(&ca_pem, Some(&identity(&gw_dir.join("renew-gw.crt"), &gw_dir.join("renew-gw.key"))));
+    let answer = new_client.get(serve.boot_url()).send().await.unwrap();
+    assert_eq!(answer.headers()["x-ipxe-edge-gateway"], "renew-gw");
+    assert_eq!(answer.headers()["x-ipxe-edge-fingerprint"], new_fp.as_str(), "the answer names the certificate used");
     let (new_script, secret) = boot_and_redeem(&new_client, &serve).await;
     assert_eq!(kernel_key(&new_script), kernel_key(&old_script));
     assert!(secret.starts_with("token=abc"));
     let logs = serve.logs();
     let renewed = logs.lines().filter(|l| l.contains("cert_renewed")).collect::<Vec<_>>();
-    assert_eq!(renewed.len(), 1, "{logs}");
+    assert_eq!(renewed.len(), 1, "logged at the first boot with it only: {logs}");
     assert!(renewed[0].contains("\"gateway\":\"renew-gw\"") && renewed[0].contains(&new_fp) && renewed[0].contains(&old_fp), "{}", renewed[0]);
     boot_and_redeem(&new_client, &serve).await;
     assert_eq!(serve.logs().lines().filter(|l| l.contains("cert_renewed")).count(), 1, "only the first boot");

@@ -23,6 +23,9 @@ pub const BOOT_PATH: &str = "/boot.ipxe";
 pub const SECRETS_PREFIX: &str = "/secrets/";
 pub const CHECKIN_PREFIX: &str = "/checkin/";
 pub const RENEWAL_PREFIX: &str = "/renewal/";
+/// Response headers of a served boot script: the gateway, and the certificate used.
+pub const GATEWAY_HEADER: &str = "x-ipxe-edge-gateway";
+pub const FINGERPRINT_HEADER: &str = "x-ipxe-edge-fingerprint";
 /// Seconds a client should wait before retrying after a storage outage.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -333,7 +336,15 @@ pub async fn boot_handler(app: &BootApp, req: Request) -> Response<Body> {
                 counters.push(Counter::JournalFailures);
             }
             app.metrics.record("ok", &counters);
-            text_response(script.script)
+            // The answer names the gateway and the certificate it was given for (a gateway
+            // holds two during a renewal). Gateway names are plain ASCII by the naming rules.
+            let mut response = text_response(script.script);
+            for (name, value) in [(GATEWAY_HEADER, script.gateway.as_str()), (FINGERPRINT_HEADER, script.cert.fingerprint.as_str())] {
+                if let Ok(value) = lambda_http::http::HeaderValue::from_str(value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
         }
         Err((failure, detail)) => {
             if failure.status == StatusCode::FORBIDDEN {
