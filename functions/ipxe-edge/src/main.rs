@@ -82,6 +82,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    /// Threads for blocking file work (see below).
+    const BLOCKING_THREADS: usize = 16;
     // Few malloc arenas: file work runs on many short-lived blocking threads, and an arena each
     // (glibc's default allows eight per core) keeps their freed memory resident.
     // SAFETY: mallopt only tunes the allocator, before any other thread exists.
@@ -93,7 +95,10 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve(_)) {
         ipxe_edge_core::lambda::logging::init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Record, ledger and journal files are read and written on blocking threads; each is short
+    // (page cache, small files), so a few threads keep up, and a boot storm queues its file work
+    // instead of growing a hundred threads whose stacks and heaps stay resident.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ipxe-edge: cannot start the async runtime: {e}");

@@ -19,6 +19,12 @@ use tokio_rustls::TlsAcceptor;
 pub const S3_CONNECTION_LIFETIME: Duration = Duration::from_secs(1800);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response bytes buffered per connection, in hyper and again in TLS: a thousand downloads at
+/// once stay within memory, and the socket, not the buffer, paces each one.
+const RESPONSE_BUFFER: usize = 8 * 1024;
+/// Threads reading object files (s3s-fs reads through tokio's blocking pool). Reads come from
+/// the page cache and are short: a few threads keep up, and a boot storm cannot grow hundreds.
+const FILE_READ_THREADS: usize = 8;
 
 pub struct S3Credentials {
     pub access_key: String,
@@ -62,7 +68,7 @@ pub fn run_isolated(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("s3-endpoint").build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("s3-endpoint").max_blocking_threads(FILE_READ_THREADS).build()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new().name("s3-endpoint".into()).spawn(move || {
         runtime.block_on(async move {
@@ -87,23 +93,29 @@ pub async fn run(
     stats: Arc<ListenerStats>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let handshakes = limits.handshake_gate();
     accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
         let service = service.clone();
         let acceptor = acceptor.clone();
+        let handshakes = handshakes.clone();
         async move {
             let http = || {
                 let mut builder = hyper::server::conn::http1::Builder::new();
-                // 64 KiB of buffered response per connection: a thousand downloads at once
-                // stay within memory, and the socket, not the buffer, paces each one.
-                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(64 * 1024);
+                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(RESPONSE_BUFFER);
                 builder
             };
             match acceptor {
                 None => {
                     let _ = http().serve_connection(TokioIo::new(stream), service).await;
                 }
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    let _permit = handshakes.acquire().await;
+                    acceptor.accept(stream).await
+                })
+                .await
+                {
+                    Ok(Ok(mut tls)) => {
+                        tls.get_mut().1.set_buffer_limit(Some(RESPONSE_BUFFER));
                         let _ = http().serve_connection(TokioIo::new(tls), service).await;
                     }
                     Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),

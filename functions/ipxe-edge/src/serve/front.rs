@@ -64,6 +64,19 @@ pub struct Front {
     /// The host name the deployment is reached at (`domainName` of the events).
     pub public_host: Arc<str>,
     pub metrics: Arc<ServeMetrics>,
+    /// Requests handled at once on this listener ([`MAX_IN_FLIGHT`]); the others wait with
+    /// their headers only, so a boot storm does not hold a thousand handlers' state at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Requests a listener handles at once. Handlers are short and CPU-bound (two cores); more at
+/// once only adds memory and latency.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+impl Front {
+    pub fn new(route: Route, acceptor: Option<TlsAcceptor>, public_host: Arc<str>, metrics: Arc<ServeMetrics>) -> Self {
+        Front { route, acceptor, public_host, metrics, in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+    }
 }
 
 /// What one connection established: the peer, and the client identity its handshake proved.
@@ -78,15 +91,23 @@ struct Connection {
 pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc<ListenerStats>, shutdown: watch::Receiver<bool>) {
     let request_ids = Arc::new(AtomicU64::new(1));
     let name = front.route.name();
-    accept_loop(listener, name, limits, stats, shutdown, move |stream, peer| serve_connection(stream, peer, front.clone(), request_ids.clone())).await
+    let handshakes = limits.handshake_gate();
+    accept_loop(listener, name, limits, stats, shutdown, move |stream, peer| {
+        serve_connection(stream, peer, front.clone(), request_ids.clone(), handshakes.clone())
+    })
+    .await
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<tokio::sync::Semaphore>) {
     let Some(acceptor) = front.acceptor.clone() else {
         let conn = Connection { peer, client: None, authentication: None };
         return serve_http(stream, conn, front, ids).await;
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = async {
+        let _permit = handshakes.acquire().await;
+        acceptor.accept(stream).await
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             front.metrics.tls_refused(front.route.name());
@@ -175,7 +196,10 @@ async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u6
         Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::RENEWAL_PREFIX) => "renewal",
         Route::Redeem(_) => "redeem",
     };
-    let response = handle_request(req, conn, front, id).await;
+    let response = match front.in_flight.acquire().await {
+        Ok(_permit) => handle_request(req, conn, front, id).await,
+        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    };
     front.metrics.observe(route, started.elapsed());
     response
 }

@@ -345,19 +345,10 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
-    let boot_front = front::Front {
-        route: front::Route::Boot(boot),
-        acceptor: Some(TlsAcceptor::from(boot_tls)),
-        public_host: public_host_arc.clone(),
-        metrics: serve_metrics.clone(),
-    };
+    let boot_front = front::Front::new(front::Route::Boot(boot), Some(TlsAcceptor::from(boot_tls)), public_host_arc.clone(), serve_metrics.clone());
     tasks.spawn(front::run(boot_listener, boot_front, limits, stats.boot.clone(), shutdown_rx.clone()));
-    let secrets_front = front::Front {
-        route: front::Route::Redeem(redeem),
-        acceptor: (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)),
-        public_host: public_host_arc,
-        metrics: serve_metrics.clone(),
-    };
+    let secrets_front =
+        front::Front::new(front::Route::Redeem(redeem), (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)), public_host_arc, serve_metrics.clone());
     tasks.spawn(front::run(secrets_listener, secrets_front, limits, stats.secrets.clone(), shutdown_rx.clone()));
 
     if let Some(manager) = acme {
