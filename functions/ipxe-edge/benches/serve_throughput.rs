@@ -163,8 +163,15 @@ impl BareMtls {
             ca = data.join("pki/ca.crt").display(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child =
-            std::process::Command::new(nginx).arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).stderr(std::process::Stdio::null()).spawn().ok()?;
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
         for _ in 0..50 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Some(BareMtls { child, url: format!("https://127.0.0.1:{port}/boot.ipxe") });
@@ -176,8 +183,12 @@ impl BareMtls {
 }
 
 impl Drop for BareMtls {
+    /// SIGTERM, so that the master stops its workers too (SIGKILL would orphan them).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill only sends a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
         let _ = self.child.wait();
     }
 }

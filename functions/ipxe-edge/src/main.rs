@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         libc::umask(0o077);
     }
     /// Threads for blocking file work (see below).
-    const BLOCKING_THREADS: usize = 16;
+    const BLOCKING_THREADS: usize = 64;
     // Few malloc arenas: file work runs on many short-lived blocking threads, and an arena each
     // (glibc's default allows eight per core) keeps their freed memory resident.
     // SAFETY: mallopt only tunes the allocator, before any other thread exists.
