@@ -387,15 +387,16 @@ async fn renewal_route_from_an_http_api_event_answers_once() {
     use ipxe_edge_core::domain::model::{GatewayCertificate, PendingRenewal};
     let h = harness_with(CertHeader::Off, Some(b"renew=${renewal_url}")).await;
     let records = Records::new(h.store.clone());
-    let new = Fingerprint::of_der(b"renewed");
+    let renewed = issue_gateway("gw1");
+    let new = Fingerprint::of_der(&renewed.cert_der);
     records.add_certificate(&h.fp, GatewayCertificate::new(new.clone(), Some(i64::MAX / 2), None)).await.unwrap();
     let renewal = PendingRenewal {
         fingerprint: new.clone(),
         renews: h.fp.clone(),
         not_after: i64::MAX / 2,
         created_at: 0,
-        cert_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-        key_pem: "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n".into(),
+        cert_pem: renewed.cert_pem.clone(),
+        key_pem: renewed.key_pem.clone(),
         autoexec: "#!ipxe\nset cert:hex 00\n".into(),
     };
     records.put_renewal(&h.fp, &renewal).await.unwrap();

@@ -59,14 +59,17 @@ fn client(fp: &Fingerprint, not_after: i64) -> ClientIdentity {
     ClientIdentity { fingerprint: fp.clone(), subject: "CN=renew-gw".into(), issuer: "CN=ca".into(), not_after }
 }
 
+/// A pending renewal to `new`, with a certificate and key issued now (their fingerprint is
+/// not checked by the hand-over, which serves them as stored).
 fn pending(new: &Fingerprint, old: &Fingerprint) -> PendingRenewal {
+    let issued = issue_gateway("renew-gw");
     PendingRenewal {
         fingerprint: new.clone(),
         renews: old.clone(),
         not_after: NOW as i64 + 365 * DAY,
         created_at: NOW,
-        cert_pem: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n".into(),
-        key_pem: "-----BEGIN PRIVATE KEY-----\nnew\n-----END PRIVATE KEY-----\n".into(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
         autoexec: "#!ipxe\nset cert:hex 01\n".into(),
     }
 }

@@ -6,7 +6,7 @@ use crate::commands::image::{autoexec_script, rsa_private_key_der};
 use crate::commands::CliError;
 use crate::datadir::{write_atomic, DataDir};
 use ipxe_edge_core::domain::identity::Fingerprint;
-use ipxe_edge_core::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, PendingRenewal};
+use ipxe_edge_core::domain::model::{newest, GatewayCertificate, GatewayRecord, GatewayState, PendingRenewal};
 use ipxe_edge_core::storage::records::{RecordError, Records};
 use ipxe_edge_pki::{validity_days, CertificateAuthority};
 use std::time::Duration;
@@ -53,8 +53,7 @@ impl Standing {
     }
 }
 
-/// Every enrolled gateway's standing, sorted by name. The pending renewal is found by listing,
-/// never read.
+/// Every enrolled gateway's standing, sorted by name.
 pub async fn standings(records: &Records) -> Result<Vec<Standing>, RecordError> {
     let mut out = Vec::new();
     for gateway in records.gateways().await? {
@@ -64,13 +63,9 @@ pub async fn standings(records: &Records) -> Result<Vec<Standing>, RecordError> 
 }
 
 pub async fn standing(records: &Records, gateway: GatewayRecord) -> Result<Standing, RecordError> {
-    let pending = match records.has_renewal(&gateway.fingerprint).await? {
-        true => records.renewal(&gateway.fingerprint).await?.map(|r| r.fingerprint),
-        false => None,
-    };
-    let mut held: Vec<GatewayCertificate> = gateway.certificates().into_iter().filter(|c| Some(&c.fingerprint) != pending.as_ref()).collect();
-    held.sort_by_key(|c| (c.not_after.unwrap_or(i64::MIN), c.added_at.unwrap_or(0)));
-    let holds = held.pop().unwrap_or_else(|| gateway.newest_certificate());
+    let pending = records.renewal(&gateway.fingerprint).await?.map(|r| r.fingerprint);
+    let held = gateway.certificates().into_iter().filter(|c| Some(&c.fingerprint) != pending.as_ref());
+    let holds = newest(held).unwrap_or_else(|| gateway.newest_certificate());
     Ok(Standing { holds, pending: pending.is_some(), gateway })
 }
 
@@ -173,11 +168,6 @@ pub fn parse_window(text: &str) -> Result<Duration, String> {
     .filter(|s| *s <= 3650 * 86_400)
     .ok_or_else(|| format!("{text:?} is not a duration like 60d, 12h or 3600 (at most 3650d)"))?;
     Ok(Duration::from_secs(secs))
-}
-
-/// Days between `now` and a unix time, for the gauges.
-pub fn days_left(not_after: i64, now: u64) -> i64 {
-    days_until(not_after, now)
 }
 
 #[cfg(test)]

@@ -91,6 +91,11 @@ impl GatewayCertificate {
     }
 }
 
+/// The certificate valid longest (latest added among equals), if any.
+pub fn newest(certs: impl IntoIterator<Item = GatewayCertificate>) -> Option<GatewayCertificate> {
+    certs.into_iter().max_by_key(|c| (c.not_after.unwrap_or(i64::MIN), c.added_at.unwrap_or(0)))
+}
+
 /// Whole days from `now` until `not_after`, rounded down (negative once past).
 pub fn days_until(not_after: i64, now: u64) -> i64 {
     (not_after - now as i64).div_euclid(86_400)
@@ -184,9 +189,7 @@ impl GatewayRecord {
 
     /// The certificate a renewal replaces: the one valid longest (the newest).
     pub fn newest_certificate(&self) -> GatewayCertificate {
-        let mut certs = self.certificates();
-        certs.sort_by_key(|c| (c.not_after.unwrap_or(i64::MIN), c.added_at.unwrap_or(0)));
-        certs.pop().expect("at least one certificate")
+        newest(self.certificates()).expect("at least one certificate")
     }
 
     pub fn channel(&self) -> &str {

@@ -273,11 +273,6 @@ impl Records {
         self.read(&keys::renewal(gateway)).await
     }
 
-    /// Whether a renewal waits, found by listing (the boot side never reads a renewal).
-    pub async fn has_renewal(&self, gateway: &Fingerprint) -> Result<bool, RecordError> {
-        Ok(self.store.list(&keys::gateway_prefix(gateway)).await?.contains(&keys::renewal(gateway)))
-    }
-
     pub async fn put_renewal(&self, gateway: &Fingerprint, renewal: &PendingRenewal) -> Result<(), RecordError> {
         let key = keys::renewal(gateway);
         renewal.validate().map_err(|reason| RecordError::Invalid { key: key.clone(), reason })?;

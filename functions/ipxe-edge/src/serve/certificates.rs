@@ -3,7 +3,7 @@
 
 use super::metrics::ServeMetrics;
 use crate::datadir::DataDir;
-use crate::renewal::{self, RenewOptions};
+use crate::renewal::{self, RenewOptions, Standing};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::model::GatewayState;
 use ipxe_edge_core::storage::records::Records;
@@ -28,9 +28,7 @@ async fn check(records: &Records, dir: &DataDir, renewals: Option<&RenewOptions>
             return;
         }
     };
-    let live: Vec<_> = standings.into_iter().filter(|s| s.gateway.state != GatewayState::Revoked).collect();
-    let expiring = live.iter().filter(|s| s.expires_within(window, now) && !s.pending).count();
-    metrics.set_certificates(expiring as i64, live.iter().filter_map(|s| s.days_left(now)).min());
+    let live = gauge(metrics, standings, window, now);
     let Some(options) = renewals else { return };
     let due: Vec<_> = live.into_iter().filter(|s| s.expires_within(window, now) && !s.pending).collect();
     if due.is_empty() {
@@ -59,9 +57,15 @@ async fn check(records: &Records, dir: &DataDir, renewals: Option<&RenewOptions>
     // Gauges again, now that renewals are pending.
     if renewed > 0 {
         if let Ok(after) = renewal::standings(records).await {
-            let live: Vec<_> = after.into_iter().filter(|s| s.gateway.state != GatewayState::Revoked).collect();
-            let expiring = live.iter().filter(|s| s.expires_within(window, now) && !s.pending).count();
-            metrics.set_certificates(expiring as i64, live.iter().filter_map(|s| s.days_left(now)).min());
+            gauge(metrics, after, window, now);
         }
     }
+}
+
+/// Sets the certificate gauges from the gateways' standings; returns those not revoked.
+fn gauge(metrics: &ServeMetrics, standings: Vec<Standing>, window: Duration, now: u64) -> Vec<Standing> {
+    let live: Vec<_> = standings.into_iter().filter(|s| s.gateway.state != GatewayState::Revoked).collect();
+    let expiring = live.iter().filter(|s| s.expires_within(window, now) && !s.pending).count();
+    metrics.set_certificates(expiring as i64, live.iter().filter_map(|s| s.days_left(now)).min());
+    live
 }
