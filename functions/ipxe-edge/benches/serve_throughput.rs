@@ -3,7 +3,12 @@
 //! same keep-alive boots with 10,000 enrolled gateways, to show a boot's cost does not depend
 //! on the farm's size. Prints tables.
 //!
+//! Each row also prints the CPU time `serve` spent per boot (user + system, all its threads) and
+//! the client's own, since both share this machine's cores: `2 cores / serve CPU per boot` is
+//! the rate `serve` could answer with the cores to itself.
+//!
 //! Run: cargo bench -p ipxe-edge --bench serve_throughput
+//! (`BENCH_SCALE=10` runs ten times as many boots per row, e.g. under `perf record -p`.)
 
 use ipxe_edge_tests::*;
 use std::time::{Duration, Instant};
@@ -61,11 +66,22 @@ async fn main() {
     let ca = std::fs::read(data.join("pki/ca.crt")).unwrap();
     let identity = gateways(&data, 50);
     run(&serve, &ca, &identity, 4, 25, true).await; // warm-up
-    println!("\n| mode                         | conns | boots | boots/s | p50 (ms) | p99 (ms) |");
-    println!("|------------------------------|-------|-------|---------|----------|----------|");
-    for (label, conns, per, keep) in [("keep-alive", 16, 200, true), ("keep-alive", 50, 40, true), ("new TLS connection per boot", 16, 40, false)] {
+    let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    println!("\n| mode                         | conns | boots | boots/s | p50 (ms) | p99 (ms) | serve CPU/boot (µs) | client CPU/boot (µs) |");
+    println!("|------------------------------|-------|-------|---------|----------|----------|---------------------|----------------------|");
+    for (label, conns, per, keep) in [("keep-alive", 16, 500, true), ("keep-alive", 50, 100, true), ("new TLS connection per boot", 16, 40, false)] {
+        let per = per * scale;
+        let (serve_before, client_before) = (cpu_time(serve.child.id()), cpu_time(std::process::id()));
         let (rate, p50, p99) = run(&serve, &ca, &identity, conns, per, keep).await;
-        println!("| {label:<28} | {conns:>5} | {:>5} | {rate:>7.0} | {:>8.1} | {:>8.1} |", conns * per, p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        let boots = (conns * per) as f64;
+        let serve_us = (cpu_time(serve.child.id()) - serve_before).as_secs_f64() * 1e6 / boots;
+        let client_us = (cpu_time(std::process::id()) - client_before).as_secs_f64() * 1e6 / boots;
+        println!(
+            "| {label:<28} | {conns:>5} | {:>5} | {rate:>7.0} | {:>8.1} | {:>8.1} | {serve_us:>19.0} | {client_us:>20.0} |",
+            conns * per,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
     }
 
     // The handshake dominates a boot on a new connection: the same clients against a bare mTLS
@@ -98,6 +114,19 @@ async fn main() {
     println!("p99 ratio (10,050 / 50): {:.2}", many_p99.as_secs_f64() / few_p99.as_secs_f64());
     drop(serve);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// CPU time (user + system, every thread) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the 3rd field overall,
+    // utime and stime the 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
 /// Enrolls `n` gateways (the demo gateway first) and returns each one's certificate and key.

@@ -79,6 +79,11 @@ pub fn is_gateway_record(key: &str) -> bool {
     key.starts_with(GATEWAYS_PREFIX) && key.ends_with(&format!("/{GATEWAY_FILE}"))
 }
 
+/// Whether an object holds secrets or a private key: caches must not keep it.
+pub fn holds_key_material(key: &str) -> bool {
+    key.starts_with(GATEWAYS_PREFIX) && (key.ends_with("/secrets") || key.ends_with("/renewal.json"))
+}
+
 /// Whether a listed key is a release manifest.
 pub fn is_release_manifest(key: &str) -> bool {
     key.starts_with(RELEASES_PREFIX) && key.ends_with(&format!("/{RELEASE_FILE}"))

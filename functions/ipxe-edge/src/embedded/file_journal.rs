@@ -4,12 +4,13 @@
 //! <fp>/state.json    the gateway's boot state: conditional writes through [`FsStore`]
 //! <fp>/boots.jsonl   its boots, one JSON line per version of a boot record, appended
 //! ```
-//! Appending a line instead of writing a file per boot record keeps a boot to one new file
-//! (the state's replacement): on ext4, creating and deleting files is what a boot costs most.
-//! A later line of a boot supersedes the earlier ones. The states, and the commit lock held
-//! across the state write and the appends, are the core's [`GatewayStates`]. Old boots
-//! are pruned by rewriting the log ([`FileJournal::prune`], hourly in `serve`). Writes are not
-//! fsynced: a crash may lose the latest boots, and a torn state starts over.
+//! A boot creates no file: its state overwrites the old one in place (a volatile
+//! [`FsStore`]) and its record is a line appended to the log. On ext4, creating and deleting
+//! files is what a boot would cost most. A later line of a boot supersedes the earlier ones.
+//! The states, and the commit lock held across the state write and the appends, are the core's
+//! [`GatewayStates`]. Old boots are pruned by rewriting the log ([`FileJournal::prune`], hourly
+//! in `serve`). Writes are not fsynced: a crash may lose the latest boots, and a torn state
+//! starts over.
 
 use crate::embedded::fs_store::{create_private_dirs, write_replacing, FsStore};
 use async_trait::async_trait;
@@ -29,6 +30,8 @@ const LOG: &str = "boots.jsonl";
 
 pub struct FileJournal {
     root: PathBuf,
+    /// The states' store, also written directly so that a commit is one blocking task.
+    store: FsStore,
     states: GatewayStates,
     retention: Duration,
 }
@@ -58,8 +61,9 @@ impl FileJournal {
     /// Opens (creating if needed) the journal folder; boots older than `retention` are pruned.
     pub fn open(root: impl Into<PathBuf>, retention: Duration) -> Result<Self, StoreError> {
         let root = root.into();
-        let states = GatewayStates::new(Arc::new(FsStore::open_volatile(&root)?));
-        Ok(FileJournal { root, states, retention })
+        let store = FsStore::open_volatile(&root)?;
+        let states = GatewayStates::new(Arc::new(store.clone()));
+        Ok(FileJournal { root, store, states, retention })
     }
 
     fn log_path(&self, fp: &Fingerprint) -> PathBuf {
@@ -122,13 +126,21 @@ impl BootJournal for FileJournal {
 
     async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
         let _guard = self.states.lock(fp).lock().await;
-        self.states.put(fp, version, next).await?;
-        if !boots.is_empty() {
-            let path = self.log_path(fp);
-            let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
-            tokio::task::spawn_blocking(move || Self::append(&path, &boots)).await.map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))??;
-        }
-        Ok(())
+        let (key, body, condition) = GatewayStates::write_of(fp, version, next)?;
+        let (store, path) = (self.store.clone(), self.log_path(fp));
+        let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
+        // The state and the log lines in one task: each hand-off to the blocking pool costs a
+        // boot more than the write.
+        tokio::task::spawn_blocking(move || {
+            store.put_blocking(&key, body, condition)?;
+            if boots.is_empty() {
+                Ok(())
+            } else {
+                Self::append(&path, &boots)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))?
     }
 
     async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {

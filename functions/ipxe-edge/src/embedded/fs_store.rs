@@ -5,13 +5,19 @@
 //! Writes are atomic (temporary file, fsync, rename). Conditional writes hold an exclusive lock
 //! on the bucket's lock file while they compare and write, so concurrent operators on one
 //! machine cannot lose an update. Version tags are the SHA-256 of the content.
+//!
+//! Records are kept in memory ([`FileCache`]) and checked with one `stat` per read, done in
+//! place: on the page-cached data dir a hand-off to the blocking pool costs more than the
+//! lookup. Misses, folder walks and writes run on the blocking pool.
 
+use crate::embedded::file_cache::{Cached, FileCache, MAX_CACHED_FILE};
 use async_trait::async_trait;
-use ipxe_edge_core::storage::{ObjectStore, StoreError, Versioned, WriteCondition};
+use ipxe_edge_core::storage::{keys, ObjectStore, StoreError, Versioned, WriteCondition};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// Creates a folder and its missing parents, readable by the owner only (0700).
 pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
@@ -22,12 +28,13 @@ pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
 /// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
 /// rename, fsync of the directory. Missing folders are created 0700.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    write_replacing(path, bytes, mode, true)
+    write_replacing(path, bytes, mode, true).map(drop)
 }
 
 /// [`write_atomic`], with the two fsyncs only when `durable`: readers still see the old or the
-/// new content, never a mix, but a crash may lose the latest writes.
-pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+/// new content, never a mix, but a crash may lose the latest writes. Returns the metadata of
+/// the file written, as it is after the rename.
+pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<fs::Metadata> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     create_private_dirs(dir)?;
@@ -43,12 +50,25 @@ pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> s
         if durable {
             File::open(dir)?.sync_all()?;
         }
-        Ok(())
+        file.metadata()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Overwrites a file's content without a new inode: for volatile stores, whose writers hold the
+/// store's lock and whose readers share it. A crash may leave the file torn.
+fn overwrite_in_place(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<fs::Metadata> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        create_private_dirs(dir)?;
+    }
+    let file = OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(path)?;
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    file.metadata()
 }
 
 #[derive(Clone, Debug)]
@@ -57,9 +77,11 @@ pub struct FsStore {
     /// When the directory is a bucket of the embedded S3 endpoint (s3s-fs): its root and the
     /// bucket name, so that a write can drop the endpoint's cached checksums of the object.
     s3s: Option<(PathBuf, String)>,
-    /// Whether writes are fsynced before they count (records: yes; the boot journal, whose
-    /// latest entries may be lost in a crash without harm: no).
+    /// Whether writes are renamed into place and fsynced before they count (records: yes; the
+    /// boot journal, whose latest entries may be lost in a crash without harm: no, its files
+    /// are overwritten in place).
     durable: bool,
+    cache: Arc<FileCache>,
 }
 
 fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -70,11 +92,12 @@ impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         create_private_dirs(&root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
-        Ok(FsStore { root, s3s: None, durable: true })
+        Ok(FsStore { root, s3s: None, durable: true, cache: Arc::default() })
     }
 
-    /// A store whose writes are atomic but not fsynced: for data a crash may lose the latest of
-    /// (the boot journal), where an fsync per boot would bound the boot rate by the disk.
+    /// A store whose writes are neither fsynced nor renamed into place but overwrite the file
+    /// under the store's lock (readers share it): for data a crash may lose or tear (the boot
+    /// journal), where an fsync, or a new inode, per boot would bound the boot rate.
     pub fn open_volatile(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Ok(FsStore { durable: false, ..Self::open(root)? })
     }
@@ -145,16 +168,107 @@ impl FsStore {
     }
 
     fn write_file(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
-        write_replacing(path, body, 0o600, self.durable).map_err(io(key))
+        self.cache.forget(path);
+        let written = if self.durable { write_replacing(path, body, 0o600, true) } else { overwrite_in_place(path, body, 0o600) };
+        let meta = written.map_err(io(key))?;
+        if Self::cacheable(key, body.len()) {
+            self.cache.keep_written(path, &meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
+        }
+        Ok(())
     }
 
-    fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
+    /// Records are kept in memory; large objects and anything holding key material are not.
+    fn cacheable(key: &str, len: usize) -> bool {
+        len <= MAX_CACHED_FILE && !keys::holds_key_material(key)
+    }
+
+    /// The object at `path` from the cache when its file is unchanged.
+    fn cached(&self, path: &Path, meta: &fs::Metadata) -> Option<Versioned> {
+        match self.cache.get(path, meta)? {
+            Cached::File { body, etag } => Some(Versioned { body, etag: Some(etag) }),
+            Cached::Folder(_) => None,
+        }
+    }
+
+    /// Reads an object (or `None` when there is none), through the cache.
+    fn read_blocking(&self, path: &Path, key: &str) -> Result<Option<Versioned>, StoreError> {
+        use std::io::Read;
+        // A volatile store's files are overwritten in place: read none halfway through.
+        let _lock = if self.durable { None } else { Some(self.lock(false, key)?) };
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(io(key)(e)),
+        };
+        // The metadata of the file read, not of whatever the path names a moment later.
+        let meta = file.metadata().map_err(io(key))?;
+        if meta.is_dir() {
+            return Ok(None);
+        }
+        if let Some(hit) = self.cached(path, &meta) {
+            return Ok(Some(hit));
+        }
+        let mut body = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut body).map_err(io(key))?;
+        let etag = Self::tag(&body);
+        if Self::cacheable(key, body.len()) {
+            self.cache.keep_read(path, &meta, Cached::File { body: body.clone(), etag: etag.clone() });
+        }
+        Ok(Some(Versioned { body, etag: Some(etag) }))
+    }
+
+    /// The keys under `start` that begin with `prefix`, sorted. A folder without subfolders (a
+    /// gateway's) is kept in the cache, checked by the folder's own metadata.
+    fn list_blocking(&self, start: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let start_meta = fs::metadata(start).ok();
+        let mut keys = Vec::new();
+        let mut flat = true;
+        let mut stack = vec![start.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(StoreError::Unavailable(format!("{}: {e}", dir.display()))),
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".ipxe-edge") || name.starts_with(".tmp") {
+                    continue;
+                }
+                if path.is_dir() {
+                    flat = false;
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    keys.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        keys.sort();
+        if let (true, Some(meta)) = (flat, start_meta.filter(|m| m.is_dir())) {
+            self.cache.keep_read(start, &meta, Cached::Folder(keys.clone()));
+        }
+        keys.retain(|k| k.starts_with(prefix));
+        Ok(keys)
+    }
+
+    /// The store's lock file, locked: exclusive for writes that compare or overwrite in
+    /// place, shared for reads of a volatile store. Closing the file releases the lock.
+    fn lock(&self, exclusive: bool, key: &str) -> Result<File, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
+        if exclusive { lock.lock() } else { lock.lock_shared() }.map_err(io(key))?;
+        Ok(lock)
+    }
+
+    pub(crate) fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        if condition == WriteCondition::Always {
+        if condition == WriteCondition::Always && self.durable {
             return self.write_object(&path, &body, key);
         }
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
-        lock.lock().map_err(io(key))?;
+        let _lock = self.lock(true, key)?;
+        // The file itself, not the cache: a write in place by another process within one tick
+        // of the clock could leave the cache's stamp unchanged.
         let current = match fs::read(&path) {
             Ok(b) => Some(Self::tag(&b)),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -165,9 +279,12 @@ impl FsStore {
             WriteCondition::Absent => current.is_none(),
             WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
         };
-        let result = if allowed { self.write_object(&path, &body, key) } else { Err(StoreError::Conflict(key.to_string())) };
-        let _ = lock.unlock();
-        result
+        if allowed {
+            self.write_object(&path, &body, key)
+        } else {
+            self.cache.forget(&path);
+            Err(StoreError::Conflict(key.to_string()))
+        }
     }
 }
 
@@ -175,19 +292,24 @@ impl FsStore {
 impl ObjectStore for FsStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let path = self.path(key)?;
-        match tokio::fs::read(&path).await {
-            Ok(body) => {
-                let etag = Some(Self::tag(&body));
-                Ok(Some(Versioned { body, etag }))
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => return Ok(None),
+            Ok(meta) => {
+                if let Some(hit) = self.cached(&path, &meta) {
+                    return Ok(Some(hit));
+                }
             }
-            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => Ok(None),
-            Err(e) => Err(io(key)(e)),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(io(key)(e)),
         }
+        let this = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || this.read_blocking(&path, &key)).await.map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         let path = self.path(key)?;
-        Ok(tokio::fs::metadata(&path).await.map(|m| m.is_file()).unwrap_or(false))
+        Ok(fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false))
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
@@ -197,7 +319,7 @@ impl ObjectStore for FsStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let root = self.root.clone();
+        let root = &self.root;
         let prefix = prefix.to_string();
         // Walk only the directory the prefix names (`gateways/<fp>/` reads one folder), so a
         // listing costs what it returns, not the size of the bucket.
@@ -206,41 +328,19 @@ impl ObjectStore for FsStore {
             Some(_) => return Err(StoreError::InvalidKey(prefix)),
             None => root.clone(),
         };
-        tokio::task::spawn_blocking(move || {
-            let mut keys = Vec::new();
-            let mut stack = vec![start];
-            while let Some(dir) = stack.pop() {
-                let entries = match fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
-                    Err(e) => return Err(StoreError::Unavailable(format!("{}: {e}", dir.display()))),
-                };
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(".ipxe-edge") || name.starts_with(".tmp") {
-                        continue;
-                    }
-                    if path.is_dir() {
-                        stack.push(path);
-                    } else if let Ok(rel) = path.strip_prefix(&root) {
-                        let key = rel.to_string_lossy().into_owned();
-                        if key.starts_with(&prefix) {
-                            keys.push(key);
-                        }
-                    }
-                }
+        if let Ok(meta) = fs::metadata(&start) {
+            if let Some(Cached::Folder(keys)) = self.cache.get(&start, &meta) {
+                return Ok(keys.into_iter().filter(|k| k.starts_with(&prefix)).collect());
             }
-            keys.sort();
-            Ok(keys)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("list task: {e}")))?
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.list_blocking(&start, &prefix)).await.map_err(|e| StoreError::Unavailable(format!("list task: {e}")))?
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
         self.forget_s3s_sidecars(key);
+        self.cache.forget(&path);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -292,6 +392,32 @@ mod tests {
         assert!(!sidecar.exists(), "no stale ETag after a rewrite");
         s.put("records/small.json", b"{}".to_vec(), WriteCondition::Always).await.unwrap();
         assert!(!s.s3s_sidecar("records/small.json", "internal.json").unwrap().exists());
+    }
+
+    /// The journal's store overwrites its files (no new inode per write); a conflict found on
+    /// the file itself drops what the cache held, so the next read sees the other writer.
+    #[tokio::test]
+    async fn a_volatile_store_overwrites_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("ipxe-edge-fsstore-volatile-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = FsStore::open_volatile(&dir).unwrap();
+        let file = dir.join("g/state.json");
+        s.put("g/state.json", b"a longer first state".to_vec(), WriteCondition::Absent).await.unwrap();
+        let inode = fs::metadata(&file).unwrap().ino();
+        let first = s.get("g/state.json").await.unwrap().unwrap();
+        s.put("g/state.json", b"short".to_vec(), WriteCondition::Matches(first.etag.unwrap())).await.unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"short");
+        assert_eq!(fs::metadata(&file).unwrap().ino(), inode);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&file).unwrap().permissions()) & 0o777;
+        assert_eq!(mode, 0o600);
+        let second = s.get("g/state.json").await.unwrap().unwrap();
+        assert_eq!(second.body, b"short");
+        // Another writer, same size, same inode, same clock tick.
+        fs::OpenOptions::new().write(true).open(&file).unwrap().write_all(b"other").unwrap();
+        assert!(matches!(s.put("g/state.json", b"mine".to_vec(), WriteCondition::Matches(second.etag.unwrap())).await, Err(StoreError::Conflict(_))));
+        assert_eq!(s.get("g/state.json").await.unwrap().unwrap().body, b"other");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! journal as files ([`file_journal`]), and the S3-compatible endpoint that serves that bucket
 //! to gateways ([`s3_endpoint`]) with each gateway's scratch space ([`scratch`]).
 
+pub mod file_cache;
 pub mod file_journal;
 pub mod file_ledger;
 pub mod fs_store;

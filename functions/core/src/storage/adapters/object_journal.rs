@@ -64,12 +64,19 @@ impl GatewayStates {
 
     /// Writes `next` if the stored state still carries `version`; the caller holds the lock.
     pub async fn put(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth) -> Result<(), StoreError> {
+        let (key, body, condition) = Self::write_of(fp, version, next)?;
+        self.store.put(&key, body, condition).await
+    }
+
+    /// The key, body and condition of that write, for a store that makes it together with
+    /// other work.
+    pub fn write_of(fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth) -> Result<(String, Vec<u8>, WriteCondition), StoreError> {
         let condition = match version {
             None => WriteCondition::Absent,
             Some(tag) => WriteCondition::Matches(tag.to_string()),
         };
         let body = serde_json::to_vec(next).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
-        self.store.put(&Self::key(fp), body, condition).await
+        Ok((Self::key(fp), body, condition))
     }
 }
 
