@@ -46,6 +46,17 @@ pub enum WriteCondition {
     Matches(String),
 }
 
+impl WriteCondition {
+    /// Whether a write may happen over an object with version `current` (`None`: no object).
+    pub fn allows(&self, current: Option<&str>) -> bool {
+        match self {
+            WriteCondition::Always => true,
+            WriteCondition::Absent => current.is_none(),
+            WriteCondition::Matches(tag) => current == Some(tag.as_str()),
+        }
+    }
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// The object's bytes, or `None` when it does not exist.

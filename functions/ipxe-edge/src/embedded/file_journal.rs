@@ -71,16 +71,25 @@ impl FileJournal {
     }
 
     fn append(path: &Path, boots: &[BootRecord]) -> Result<(), StoreError> {
+        if boots.is_empty() {
+            return Ok(());
+        }
         let mut lines = Vec::new();
         for boot in boots {
             serde_json::to_writer(&mut lines, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
             lines.push(b'\n');
         }
-        if let Some(dir) = path.parent() {
-            create_private_dirs(dir).map_err(io(dir))?;
-        }
         // One write of whole lines: appends of concurrent commits never interleave within a line.
-        let mut file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io(path))?;
+        let open = || OpenOptions::new().append(true).create(true).mode(0o600).open(path);
+        let mut file = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                create_private_dirs(dir).map_err(io(dir))?;
+                open()
+            }
+            opened => opened,
+        }
+        .map_err(io(path))?;
         file.write_all(&lines).map_err(io(path))
     }
 
@@ -129,15 +138,14 @@ impl BootJournal for FileJournal {
         let (key, body, condition) = GatewayStates::write_of(fp, version, next)?;
         let (store, path) = (self.store.clone(), self.log_path(fp));
         let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
-        // The state and the log lines in one task: each hand-off to the blocking pool costs a
-        // boot more than the write.
+        // A few page-cache writes: done here unless another process (the CLI) holds the state's
+        // lock, since a hand-off to the blocking pool would cost a boot more than the writes.
+        if store.try_put_now(&key, &body, &condition)? {
+            return Self::append(&path, &boots);
+        }
         tokio::task::spawn_blocking(move || {
             store.put_blocking(&key, body, condition)?;
-            if boots.is_empty() {
-                Ok(())
-            } else {
-                Self::append(&path, &boots)
-            }
+            Self::append(&path, &boots)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))?
@@ -184,6 +192,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ipxe-edge-journal-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// While another process (the CLI) holds a state's lock, a commit waits for it on the
+    /// blocking pool instead of writing at once, then writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_waits_for_another_writer_of_the_state() {
+        let dir = temp("locked");
+        let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
+        let fp = Fingerprint::of_der(b"gw");
+        let first = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        journal.commit(&fp, None, &first, &[&boot(1, 100)]).await.unwrap();
+        let version = journal.load(&fp).await.unwrap().version;
+        let state = dir.join(fp.as_str()).join("state.json");
+        let other = fs::File::open(&state).unwrap();
+        other.lock().unwrap();
+        let second = GatewayHealth { target: Some("r2".into()), ..Default::default() };
+        let task = tokio::spawn({
+            let (journal, fp, second) = (journal.clone(), fp.clone(), second.clone());
+            async move { journal.commit(&fp, version.as_deref(), &second, &[&boot(2, 200)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished(), "the commit wrote through another process's lock");
+        assert_eq!(journal.load(&fp).await.map(|s| s.health), Ok(first), "read while locked");
+        other.unlock().unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(journal.load(&fp).await.unwrap().health, second);
+        assert_eq!(journal.history(&fp, 10).await.unwrap().len(), 2);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

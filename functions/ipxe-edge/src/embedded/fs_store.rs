@@ -58,19 +58,6 @@ pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> s
     result
 }
 
-/// Overwrites a file's content without a new inode: for volatile stores, whose writers hold the
-/// store's lock and whose readers share it. A crash may leave the file torn.
-fn overwrite_in_place(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<fs::Metadata> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        create_private_dirs(dir)?;
-    }
-    let file = OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(path)?;
-    file.write_all_at(bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
-    file.metadata()
-}
-
 #[derive(Clone, Debug)]
 pub struct FsStore {
     root: PathBuf,
@@ -169,8 +156,7 @@ impl FsStore {
 
     fn write_file(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
         self.cache.forget(path);
-        let written = if self.durable { write_replacing(path, body, 0o600, true) } else { overwrite_in_place(path, body, 0o600) };
-        let meta = written.map_err(io(key))?;
+        let meta = write_replacing(path, body, 0o600, true).map_err(io(key))?;
         if Self::cacheable(key, body.len()) {
             self.cache.keep_written(path, &meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
         }
@@ -193,13 +179,15 @@ impl FsStore {
     /// Reads an object (or `None` when there is none), through the cache.
     fn read_blocking(&self, path: &Path, key: &str) -> Result<Option<Versioned>, StoreError> {
         use std::io::Read;
-        // A volatile store's files are overwritten in place: read none halfway through.
-        let _lock = if self.durable { None } else { Some(self.lock(false, key)?) };
         let mut file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => return Ok(None),
             Err(e) => return Err(io(key)(e)),
         };
+        if !self.durable {
+            // Overwritten in place under this file's lock: read none halfway through.
+            file.lock_shared().map_err(io(key))?;
+        }
         // The metadata of the file read, not of whatever the path names a moment later.
         let meta = file.metadata().map_err(io(key))?;
         if meta.is_dir() {
@@ -210,6 +198,9 @@ impl FsStore {
         }
         let mut body = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut body).map_err(io(key))?;
+        if body.is_empty() && !self.durable {
+            return Ok(None); // created by a writer that has not written yet
+        }
         let etag = Self::tag(&body);
         if Self::cacheable(key, body.len()) {
             self.cache.keep_read(path, &meta, Cached::File { body: body.clone(), etag: etag.clone() });
@@ -252,39 +243,82 @@ impl FsStore {
         Ok(keys)
     }
 
-    /// The store's lock file, locked: exclusive for writes that compare or overwrite in
-    /// place, shared for reads of a volatile store. Closing the file releases the lock.
-    fn lock(&self, exclusive: bool, key: &str) -> Result<File, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
-        if exclusive { lock.lock() } else { lock.lock_shared() }.map_err(io(key))?;
-        Ok(lock)
-    }
-
     pub(crate) fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        if condition == WriteCondition::Always && self.durable {
+        if !self.durable {
+            return self.put_in_place(&path, key, &body, &condition, true).map(drop);
+        }
+        if condition == WriteCondition::Always {
             return self.write_object(&path, &body, key);
         }
-        let _lock = self.lock(true, key)?;
-        // The file itself, not the cache: a write in place by another process within one tick
-        // of the clock could leave the cache's stamp unchanged.
+        use std::os::unix::fs::OpenOptionsExt;
+        // The bucket's lock: a renamed file cannot carry its own lock across the replacement.
+        // Closing the lock file (any return) releases it.
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
+        lock.lock().map_err(io(key))?;
         let current = match fs::read(&path) {
             Ok(b) => Some(Self::tag(&b)),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(io(key)(e)),
         };
-        let allowed = match &condition {
-            WriteCondition::Always => true,
-            WriteCondition::Absent => current.is_none(),
-            WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
-        };
-        if allowed {
+        if condition.allows(current.as_deref()) {
             self.write_object(&path, &body, key)
         } else {
-            self.cache.forget(&path);
             Err(StoreError::Conflict(key.to_string()))
         }
+    }
+
+    /// A volatile store's write: the file is overwritten in place (no new inode) under its own
+    /// lock, which readers share; an empty file counts as none. With `wait` false, gives up
+    /// (`Ok(false)`) instead of waiting for another process's lock.
+    pub(crate) fn put_in_place(&self, path: &Path, key: &str, body: &[u8], condition: &WriteCondition, wait: bool) -> Result<bool, StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
+        let mut file = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(&self.root);
+                create_private_dirs(dir).map_err(io(key))?;
+                open()
+            }
+            opened => opened,
+        }
+        .map_err(io(key))?;
+        if wait {
+            file.lock().map_err(io(key))?;
+        } else {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(key)(e)),
+            }
+        }
+        // The file itself, not the cache: another process's write within one tick of the
+        // clock could leave the cache's stamp unchanged.
+        let mut current = Vec::new();
+        file.read_to_end(&mut current).map_err(io(key))?;
+        let tag = (!current.is_empty()).then(|| Self::tag(&current));
+        if !condition.allows(tag.as_deref()) {
+            self.cache.forget(path);
+            return Err(StoreError::Conflict(key.to_string()));
+        }
+        file.write_all_at(body, 0).map_err(io(key))?;
+        if body.len() < current.len() {
+            file.set_len(body.len() as u64).map_err(io(key))?;
+        }
+        let meta = file.metadata().map_err(io(key))?;
+        if Self::cacheable(key, body.len()) && !body.is_empty() {
+            self.cache.keep_written(path, &meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
+        }
+        Ok(true)
+    }
+
+    /// [`Self::put_in_place`] for a key, on the calling thread, unless another process holds
+    /// the file's lock (`Ok(false)`): for callers that would rather not hand a page-cache
+    /// write to the blocking pool.
+    pub(crate) fn try_put_now(&self, key: &str, body: &[u8], condition: &WriteCondition) -> Result<bool, StoreError> {
+        debug_assert!(!self.durable, "only volatile stores write in place");
+        self.put_in_place(&self.path(key)?, key, body, condition, false)
     }
 }
 
@@ -309,7 +343,7 @@ impl ObjectStore for FsStore {
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         let path = self.path(key)?;
-        Ok(fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false))
+        Ok(fs::metadata(&path).map(|m| m.is_file() && (self.durable || m.len() > 0)).unwrap_or(false))
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {

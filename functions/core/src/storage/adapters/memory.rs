@@ -52,12 +52,7 @@ impl ObjectStore for MemoryStore {
         self.check()?;
         let mut objects = self.objects.lock().unwrap();
         let current = objects.get(key).map(|(_, v)| v.to_string());
-        let allowed = match &condition {
-            WriteCondition::Always => true,
-            WriteCondition::Absent => current.is_none(),
-            WriteCondition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
-        };
-        if !allowed {
+        if !condition.allows(current.as_deref()) {
             return Err(StoreError::Conflict(key.to_string()));
         }
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
