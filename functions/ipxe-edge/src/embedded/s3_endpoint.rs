@@ -84,6 +84,59 @@ pub fn run_isolated(
     })
 }
 
+/// The endpoint's service with a bound on the responses it streams at once: a response holds
+/// its permit until its body is sent (or dropped), and other requests wait for one, parsed.
+#[derive(Clone)]
+struct Gated {
+    inner: s3s::service::S3Service,
+    responses: Arc<tokio::sync::Semaphore>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Gated {
+    type Response = hyper::Response<GatedBody>;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.respond(request.map(s3s::Body::from)).await })
+    }
+}
+
+impl Gated {
+    async fn respond(self, request: s3s::HttpRequest) -> Result<hyper::Response<GatedBody>, s3s::HttpError> {
+        let permit = self.responses.acquire_owned().await.ok();
+        let response = self.inner.call(request).await?;
+        Ok(response.map(|body| GatedBody { body, _permit: permit }))
+    }
+}
+
+/// A response body and the permit it holds while it is sent.
+struct GatedBody {
+    body: s3s::Body,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for GatedBody {
+    type Data = bytes::Bytes;
+    type Error = <s3s::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serves the endpoint: over TLS with `acceptor`, plain HTTP without (`--s3-http`).
 pub async fn run(
     listener: TcpListener,
@@ -93,7 +146,8 @@ pub async fn run(
     stats: Arc<ListenerStats>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let handshakes = limits.handshake_gate();
+    let (handshakes, responses) = (limits.gate(), limits.gate());
+    let service = Gated { inner: service, responses };
     accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
         let service = service.clone();
         let acceptor = acceptor.clone();
@@ -125,4 +179,30 @@ pub async fn run(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With every permit held by a response still being sent, the next request waits; it is
+    /// answered once that response's body is gone.
+    #[tokio::test]
+    async fn responses_beyond_the_gate_wait_for_a_body_to_finish() {
+        let root = std::env::temp_dir().join(format!("ipxe-edge-s3-gate-{}", std::process::id()));
+        let data = crate::datadir::DataDir::open(&root).unwrap();
+        let creds = S3Credentials::generate("TEST");
+        let scratch = EmbeddedScratch::open(&data, "https://127.0.0.1").unwrap();
+        let gated = Gated { inner: service(data.s3_root(), &creds, scratch).unwrap(), responses: Arc::new(tokio::sync::Semaphore::new(1)) };
+        let request = || hyper::Request::get("http://127.0.0.1/bucket/key").body(s3s::Body::empty()).unwrap();
+        let first = gated.clone().respond(request()).await.unwrap();
+        assert_eq!(first.status(), 403, "unsigned request");
+        let second = tokio::spawn(gated.clone().respond(request()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "answered while the gate was full");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), second).await.expect("answered once a body finished").unwrap().unwrap();
+        assert_eq!(second.status(), 403);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

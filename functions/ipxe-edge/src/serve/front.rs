@@ -91,7 +91,7 @@ struct Connection {
 pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc<ListenerStats>, shutdown: watch::Receiver<bool>) {
     let request_ids = Arc::new(AtomicU64::new(1));
     let name = front.route.name();
-    let handshakes = limits.handshake_gate();
+    let handshakes = limits.gate();
     accept_loop(listener, name, limits, stats, shutdown, move |stream, peer| {
         serve_connection(stream, peer, front.clone(), request_ids.clone(), handshakes.clone())
     })

@@ -25,17 +25,18 @@ impl Limits {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
     pub const DEFAULT_MAX_PER_CLIENT: usize = 64;
 
-    /// TLS handshakes a listener runs at once. A storm opens a thousand connections within a
-    /// second and two cores finish only a few handshakes at a time, so the others wait as bare
-    /// sockets instead of each holding handshake state. At least twice the per-address cap: no
-    /// single address can hold every permit.
-    pub fn concurrent_handshakes(&self) -> usize {
+    /// Work of one kind a listener does at once: TLS handshakes (a storm opens a thousand
+    /// connections within a second and two cores finish only a few handshakes at a time) and
+    /// S3 responses (each streams a file through its own buffers). The others wait, as bare
+    /// sockets or parsed requests, holding little memory. At least twice the per-address cap:
+    /// no single address can hold every permit.
+    pub fn concurrent_work(&self) -> usize {
         (2 * self.max_per_client).max(256)
     }
 
-    /// A gate of [`Limits::concurrent_handshakes`] permits.
-    pub fn handshake_gate(&self) -> std::sync::Arc<tokio::sync::Semaphore> {
-        std::sync::Arc::new(tokio::sync::Semaphore::new(self.concurrent_handshakes()))
+    /// A gate of [`Limits::concurrent_work`] permits.
+    pub fn gate(&self) -> std::sync::Arc<tokio::sync::Semaphore> {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(self.concurrent_work()))
     }
 }
 
