@@ -139,6 +139,12 @@ mod tests {
     use super::*;
     use std::fs;
 
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ipxe-edge-file-cache-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn file(body: &[u8]) -> Cached {
         Cached::File { body: body.to_vec(), etag: "t".into() }
     }
@@ -152,8 +158,7 @@ mod tests {
 
     #[test]
     fn a_replaced_file_is_read_again() {
-        let dir = std::env::temp_dir().join(format!("ipxe-edge-file-cache-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = temp("replaced");
         let path = dir.join("gateway.json");
         fs::write(&path, b"one").unwrap();
         age(&path);
@@ -178,8 +183,7 @@ mod tests {
 
     #[test]
     fn large_files_are_not_kept_and_the_budget_holds() {
-        let dir = std::env::temp_dir().join(format!("ipxe-edge-file-cache-big-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = temp("big");
         let path = dir.join("kernel");
         fs::write(&path, b"x").unwrap();
         let meta = fs::metadata(&path).unwrap();

@@ -12,7 +12,7 @@
 //! in `serve`). Writes are not fsynced: a crash may lose the latest boots, and a torn state
 //! starts over.
 
-use crate::embedded::fs_store::{create_private_dirs, write_replacing, FsStore};
+use crate::embedded::fs_store::{open_creating_dirs, write_replacing, FsStore};
 use async_trait::async_trait;
 use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth};
 use ipxe_edge_core::domain::identity::Fingerprint;
@@ -70,7 +70,7 @@ impl FileJournal {
         self.root.join(fp.as_str()).join(LOG)
     }
 
-    fn append(path: &Path, boots: &[BootRecord]) -> Result<(), StoreError> {
+    fn append(path: &Path, boots: &[&BootRecord]) -> Result<(), StoreError> {
         if boots.is_empty() {
             return Ok(());
         }
@@ -80,16 +80,7 @@ impl FileJournal {
             lines.push(b'\n');
         }
         // One write of whole lines: appends of concurrent commits never interleave within a line.
-        let open = || OpenOptions::new().append(true).create(true).mode(0o600).open(path);
-        let mut file = match open() {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                create_private_dirs(dir).map_err(io(dir))?;
-                open()
-            }
-            opened => opened,
-        }
-        .map_err(io(path))?;
+        let mut file = open_creating_dirs(path, OpenOptions::new().append(true).create(true).mode(0o600)).map_err(io(path))?;
         file.write_all(&lines).map_err(io(path))
     }
 
@@ -137,15 +128,15 @@ impl BootJournal for FileJournal {
         let _guard = self.states.lock(fp).lock().await;
         let (key, body, condition) = GatewayStates::write_of(fp, version, next)?;
         let (store, path) = (self.store.clone(), self.log_path(fp));
-        let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
         // A few page-cache writes: done here unless another process (the CLI) holds the state's
         // lock, since a hand-off to the blocking pool would cost a boot more than the writes.
         if store.try_put_now(&key, &body, &condition)? {
-            return Self::append(&path, &boots);
+            return Self::append(&path, boots);
         }
+        let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
         tokio::task::spawn_blocking(move || {
             store.put_blocking(&key, body, condition)?;
-            Self::append(&path, &boots)
+            Self::append(&path, &boots.iter().collect::<Vec<_>>())
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))?

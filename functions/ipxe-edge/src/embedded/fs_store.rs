@@ -25,6 +25,18 @@ pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
+/// Opens `path` with `options`, creating its missing folders (0700) only when the open finds
+/// none: a write to an existing folder costs no `mkdir`.
+pub fn open_creating_dirs(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
+    match options.open(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            create_private_dirs(path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+            options.open(path)
+        }
+        opened => opened,
+    }
+}
+
 /// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
 /// rename, fsync of the directory. Missing folders are created 0700.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
@@ -83,7 +95,7 @@ impl FsStore {
     }
 
     /// A store whose writes are neither fsynced nor renamed into place but overwrite the file
-    /// under the store's lock (readers share it): for data a crash may lose or tear (the boot
+    /// under the file's own lock (readers share it): for data a crash may lose or tear (the boot
     /// journal), where an fsync, or a new inode, per boot would bound the boot rate.
     pub fn open_volatile(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Ok(FsStore { durable: false, ..Self::open(root)? })
@@ -157,10 +169,15 @@ impl FsStore {
     fn write_file(&self, path: &Path, body: &[u8], key: &str) -> Result<(), StoreError> {
         self.cache.forget(path);
         let meta = write_replacing(path, body, 0o600, true).map_err(io(key))?;
-        if Self::cacheable(key, body.len()) {
-            self.cache.keep_written(path, &meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
-        }
+        self.keep_written(path, key, &meta, body);
         Ok(())
+    }
+
+    /// Keeps what this store just wrote at `path`, if it is a record.
+    fn keep_written(&self, path: &Path, key: &str, meta: &fs::Metadata, body: &[u8]) {
+        if Self::cacheable(key, body.len()) {
+            self.cache.keep_written(path, meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
+        }
     }
 
     /// Records are kept in memory; large objects and anything holding key material are not.
@@ -274,16 +291,7 @@ impl FsStore {
     pub(crate) fn put_in_place(&self, path: &Path, key: &str, body: &[u8], condition: &WriteCondition, wait: bool) -> Result<bool, StoreError> {
         use std::io::Read;
         use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
-        let mut file = match open() {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let dir = path.parent().unwrap_or(&self.root);
-                create_private_dirs(dir).map_err(io(key))?;
-                open()
-            }
-            opened => opened,
-        }
-        .map_err(io(key))?;
+        let mut file = open_creating_dirs(path, OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600)).map_err(io(key))?;
         if wait {
             file.lock().map_err(io(key))?;
         } else {
@@ -307,8 +315,8 @@ impl FsStore {
             file.set_len(body.len() as u64).map_err(io(key))?;
         }
         let meta = file.metadata().map_err(io(key))?;
-        if Self::cacheable(key, body.len()) && !body.is_empty() {
-            self.cache.keep_written(path, &meta, Cached::File { body: body.to_vec(), etag: Self::tag(body) });
+        if !body.is_empty() {
+            self.keep_written(path, key, &meta, body);
         }
         Ok(true)
     }
