@@ -8,10 +8,11 @@ use crate::embedded::scratch::{EmbeddedScratch, EndpointAccess, EndpointAuth};
 use crate::serve::listener::{accept_loop, Limits, ListenerStats};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::service::S3ServiceBuilder;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -73,7 +74,7 @@ pub fn run_isolated(
     std::thread::Builder::new().name("s3-endpoint".into()).spawn(move || {
         runtime.block_on(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => run(listener, service, acceptor, limits, stats, shutdown).await,
+                Ok(listener) => run(listener, service, acceptor, limits, stats, shutdown, limits.gate()).await,
                 Err(e) => tracing::error!(error = %e, "embedded S3 endpoint could not start"),
             }
         });
@@ -84,125 +85,92 @@ pub fn run_isolated(
     })
 }
 
-/// The endpoint's service with a bound on the responses it streams at once: a response holds
-/// its permit until its body is sent (or dropped), and other requests wait for one, parsed.
-#[derive(Clone)]
-struct Gated {
-    inner: s3s::service::S3Service,
-    responses: Arc<tokio::sync::Semaphore>,
-}
-
-impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Gated {
-    type Response = hyper::Response<GatedBody>;
-    type Error = s3s::HttpError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.respond(request.map(s3s::Body::from)).await })
-    }
-}
-
-impl Gated {
-    async fn respond(self, request: s3s::HttpRequest) -> Result<hyper::Response<GatedBody>, s3s::HttpError> {
-        let permit = self.responses.acquire_owned().await.ok();
-        let response = self.inner.call(request).await?;
-        Ok(response.map(|body| GatedBody { body, _permit: permit }))
-    }
-}
-
-/// A response body and the permit it holds while it is sent.
-struct GatedBody {
-    body: s3s::Body,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl http_body::Body for GatedBody {
-    type Data = bytes::Bytes;
-    type Error = <s3s::Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// Serves the endpoint: over TLS with `acceptor`, plain HTTP without (`--s3-http`).
-pub async fn run(
+///
+/// At most `slots` ([`Limits::concurrent_work`]) connections are served at once, from the TLS handshake
+/// to their close; the others wait before their handshake, as bare sockets. A storm's thousand
+/// downloads then hold a thousand sockets but only that many TLS sessions, HTTP buffers and open
+/// files. An idle keep-alive connection gives its slot back after [`HEADER_TIMEOUT`], and one
+/// address holds at most its per-address cap, which is at most half the slots.
+async fn run(
     listener: TcpListener,
     service: s3s::service::S3Service,
     acceptor: Option<TlsAcceptor>,
     limits: Limits,
     stats: Arc<ListenerStats>,
     shutdown: watch::Receiver<bool>,
+    slots: Arc<tokio::sync::Semaphore>,
 ) {
-    let (handshakes, responses) = (limits.gate(), limits.gate());
-    let service = Gated { inner: service, responses };
     accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
-        let service = service.clone();
-        let acceptor = acceptor.clone();
-        let handshakes = handshakes.clone();
+        let (service, acceptor, slots) = (service.clone(), acceptor.clone(), slots.clone());
         async move {
-            let http = || {
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(RESPONSE_BUFFER);
-                builder
-            };
-            match acceptor {
-                None => {
-                    let _ = http().serve_connection(TokioIo::new(stream), service).await;
-                }
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    let _permit = handshakes.acquire().await;
-                    acceptor.accept(stream).await
-                })
-                .await
-                {
-                    Ok(Ok(mut tls)) => {
-                        tls.get_mut().1.set_buffer_limit(Some(RESPONSE_BUFFER));
-                        let _ = http().serve_connection(TokioIo::new(tls), service).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(listener = "s3", peer = %peer, "TLS handshake timed out"),
-                },
-            }
+            let Ok(_slot) = slots.acquire_owned().await else { return };
+            // Boxed: the TLS and HTTP state is allocated only once the connection has a slot,
+            // so a waiting connection's task stays small.
+            Box::pin(serve_connection(stream, peer, service, acceptor)).await
         }
     })
     .await
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: s3s::service::S3Service, acceptor: Option<TlsAcceptor>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(RESPONSE_BUFFER);
+    let Some(acceptor) = acceptor else {
+        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        return;
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(mut tls)) => {
+            tls.get_mut().1.set_buffer_limit(Some(RESPONSE_BUFFER));
+            let _ = http.serve_connection(TokioIo::new(tls), service).await;
+        }
+        Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(listener = "s3", peer = %peer, "TLS handshake timed out"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// With every permit held by a response still being sent, the next request waits; it is
-    /// answered once that response's body is gone.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn send_request(stream: &mut TcpStream) {
+        stream.write_all(b"GET /bucket/key HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await.unwrap();
+    }
+
+    async fn read_status(stream: &mut TcpStream) -> String {
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[9..12]).into_owned()
+    }
+
+    /// With every slot held by an open connection, the next connection is not served; it is
+    /// once that connection closes.
     #[tokio::test]
-    async fn responses_beyond_the_gate_wait_for_a_body_to_finish() {
-        let root = std::env::temp_dir().join(format!("ipxe-edge-s3-gate-{}", std::process::id()));
+    async fn a_connection_beyond_the_slots_waits_for_one_to_close() {
+        let root = std::env::temp_dir().join(format!("ipxe-edge-s3-slots-{}", std::process::id()));
         let data = crate::datadir::DataDir::open(&root).unwrap();
-        let creds = S3Credentials::generate("TEST");
-        let scratch = EmbeddedScratch::open(&data, "https://127.0.0.1").unwrap();
-        let gated = Gated { inner: service(data.s3_root(), &creds, scratch).unwrap(), responses: Arc::new(tokio::sync::Semaphore::new(1)) };
-        let request = || hyper::Request::get("http://127.0.0.1/bucket/key").body(s3s::Body::empty()).unwrap();
-        let first = gated.clone().respond(request()).await.unwrap();
-        assert_eq!(first.status(), 403, "unsigned request");
-        let second = tokio::spawn(gated.clone().respond(request()));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!second.is_finished(), "answered while the gate was full");
+        let scratch = EmbeddedScratch::open(&data, "http://127.0.0.1").unwrap();
+        let service = service(data.s3_root(), &S3Credentials::generate("TEST"), scratch).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        tokio::spawn(run(listener, service, None, Limits::default(), Arc::default(), shutdown, slots));
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        send_request(&mut first).await;
+        assert_eq!(read_status(&mut first).await, "403", "unsigned request");
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        send_request(&mut second).await;
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+        assert!(early.is_err(), "served while every slot was held");
         drop(first);
-        let second = tokio::time::timeout(Duration::from_secs(5), second).await.expect("answered once a body finished").unwrap().unwrap();
-        assert_eq!(second.status(), 403);
+        let status = tokio::time::timeout(Duration::from_secs(5), read_status(&mut second)).await.expect("served once a slot was free");
+        assert_eq!(status, "403");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

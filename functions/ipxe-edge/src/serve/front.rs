@@ -101,11 +101,13 @@ pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<tokio::sync::Semaphore>) {
     let Some(acceptor) = front.acceptor.clone() else {
         let conn = Connection { peer, client: None, authentication: None };
-        return serve_http(stream, conn, front, ids).await;
+        return Box::pin(serve_http(stream, conn, front, ids)).await;
     };
+    // The handshake and the HTTP state are boxed: a connection waiting for a handshake permit
+    // (a storm's thousand at once) then holds a small task and its socket, not their buffers.
     let handshake = async {
         let _permit = handshakes.acquire().await;
-        acceptor.accept(stream).await
+        Box::pin(acceptor.accept(stream)).await
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => tls,
@@ -146,7 +148,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
         }
         conn.authentication = authentication(leaf);
     }
-    serve_http(tls, conn, front, ids).await
+    Box::pin(serve_http(tls, conn, front, ids)).await
 }
 
 async fn serve_http<S>(io: S, conn: Connection, front: Front, ids: Arc<AtomicU64>)

@@ -27,9 +27,9 @@ impl Limits {
 
     /// Work of one kind a listener does at once: TLS handshakes (a storm opens a thousand
     /// connections within a second and two cores finish only a few handshakes at a time) and
-    /// S3 responses (each streams a file through its own buffers). The others wait, as bare
-    /// sockets or parsed requests, holding little memory. At least twice the per-address cap:
-    /// no single address can hold every permit.
+    /// S3 connections (each streams a file through its own buffers). The others wait as bare
+    /// sockets, holding little memory. At least twice the per-address cap: no single address
+    /// can hold every permit.
     pub fn concurrent_work(&self) -> usize {
         (2 * self.max_per_client).max(256)
     }
