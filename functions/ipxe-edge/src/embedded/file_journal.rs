@@ -85,7 +85,8 @@ impl FileJournal {
     }
 
     /// Rewrites every gateway's log without boots older than the retention (counted from
-    /// `now`) and beyond [`MAX_BOOTS_KEPT`]; returns how many boots it dropped.
+    /// `now`) and beyond [`MAX_BOOTS_KEPT`]; returns how many boots it dropped. Blocks on each
+    /// gateway's commit lock in turn: call it from a blocking thread.
     pub fn prune(&self, now: u64) -> Result<usize, StoreError> {
         let cutoff = now.saturating_sub(self.retention.as_secs());
         let mut removed = 0;
@@ -96,9 +97,13 @@ impl FileJournal {
         };
         for entry in entries.flatten() {
             let path = entry.path().join(LOG);
+            let Some(fp) = entry.file_name().to_str().and_then(|name| Fingerprint::parse(name).ok()) else { continue };
             if !path.is_file() {
                 continue;
             }
+            // The gateway's commit lock: a boot appended between the read and the rename below
+            // would go to the file the rename replaces, and be lost.
+            let _commit = self.states.lock(&fp).blocking_lock();
             let lines = fs::read_to_string(&path).map_err(io(&path))?.lines().count();
             let boots = read_log(&path)?;
             let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
@@ -233,10 +238,34 @@ mod tests {
         // A torn last line (a crash mid-append) is skipped.
         fs::OpenOptions::new().append(true).open(journal.log_path(&fp)).unwrap().write_all(b"{\"id\":\"00").unwrap();
         assert_eq!(journal.history(&fp, 10).await.unwrap().len(), 3);
-        assert_eq!(journal.prune(1_000).unwrap(), 1);
+        let journal = Arc::new(journal);
+        let pruning = journal.clone();
+        assert_eq!(tokio::task::spawn_blocking(move || pruning.prune(1_000)).await.unwrap().unwrap(), 1);
         assert_eq!(journal.history(&fp, 10).await.unwrap().iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3, 2]);
         let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(journal.log_path(&fp)).unwrap().permissions()) & 0o777;
         assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Pruning waits for a commit in progress: the commit's appended line is never written to
+    /// a log the prune then replaces.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruning_waits_for_the_gateways_commit_lock() {
+        let dir = temp("prune-lock");
+        let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
+        let fp = Fingerprint::of_der(b"gw");
+        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
+        let commit_in_progress = journal.states.lock(&fp).lock().await;
+        let pruning = tokio::task::spawn_blocking({
+            let journal = journal.clone();
+            move || journal.prune(1_000)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!pruning.is_finished(), "pruned while a commit held the gateway's lock");
+        drop(commit_in_progress);
+        assert_eq!(pruning.await.unwrap().unwrap(), 1);
+        assert!(journal.history(&fp, 10).await.unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
