@@ -15,6 +15,9 @@ trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
 scripts/test-servers.sh start "$state"
 # shellcheck disable=SC1091
 . "$state/env"
+# Every test's temporary files go under the state folder, removed on exit with the servers.
+export TMPDIR="$state/tmp"
+mkdir -p "$TMPDIR"
 export IPXE_EDGE_REQUIRE_TEST_SERVERS=1
 cargo test --workspace --locked "$@"
 scripts/check-function-deps.sh

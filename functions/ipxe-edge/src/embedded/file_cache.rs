@@ -44,7 +44,7 @@ impl Stamp {
     }
 
     /// Whether the file changed so recently that a further change could keep this stamp.
-    fn is_racy(&self) -> bool {
+    pub fn is_racy(&self) -> bool {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(i128::MAX);
         now - self.mtime_ns.max(self.ctime_ns) < RACY_WINDOW_NS
     }

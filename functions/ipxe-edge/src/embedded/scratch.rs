@@ -8,6 +8,7 @@
 //! next request on.
 
 use crate::datadir;
+use crate::embedded::file_cache::Stamp;
 use crate::embedded::s3_endpoint::S3Credentials;
 use async_trait::async_trait;
 use ipxe_edge_core::storage::{ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError};
@@ -18,7 +19,7 @@ use s3s::path::S3Path;
 use s3s::{s3_error, S3Request, S3Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// The embedded bucket that holds every gateway's scratch space.
@@ -32,25 +33,19 @@ struct StoredKey {
 }
 
 type Keys = BTreeMap<String, StoredKey>;
-type FileStamp = (std::time::SystemTime, u64, u64);
-
 pub struct EmbeddedScratch {
     file: PathBuf,
     lock: PathBuf,
     bucket_dir: PathBuf,
     /// `${s3_endpoint}`: the endpoint's public URL.
     endpoint: String,
-    cache: Mutex<(Option<FileStamp>, Arc<Keys>)>,
+    /// The keys file as last read, with its stamp; empty while the file is missing or changed
+    /// too recently for its stamp to tell the next change.
+    cache: Mutex<Option<(Stamp, Arc<Keys>)>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("scratch keys: {e}"))
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 impl EmbeddedScratch {
@@ -63,19 +58,24 @@ impl EmbeddedScratch {
             lock: data.root().join("scratch-keys.lock"),
             bucket_dir,
             endpoint: endpoint.into(),
-            cache: Mutex::new((None, Arc::default())),
+            cache: Mutex::new(None),
         }))
     }
 
-    /// The keys as the file holds them now (re-read only when it changed).
+    /// The keys as the file holds them now: re-read when its stamp changed, and on every call
+    /// while it changed within the racy window of [`Stamp`] (a second change in the same clock
+    /// tick, to the same size and inode, would keep the stamp: a revoked key must not live on).
     fn current(&self) -> Arc<Keys> {
-        let now = stamp(&self.file);
+        let stamp = std::fs::metadata(&self.file).ok().map(|meta| Stamp::of(&meta));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if now != cache.0 || now.is_none() {
-            let keys: Keys = std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            *cache = (now, Arc::new(keys));
+        if let (Some(now), Some((kept, keys))) = (stamp, cache.as_ref()) {
+            if now == *kept {
+                return keys.clone();
+            }
         }
-        cache.1.clone()
+        let keys: Arc<Keys> = Arc::new(std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default());
+        *cache = stamp.filter(|s| !s.is_racy()).map(|s| (s, keys.clone()));
+        keys
     }
 
     /// `(gateway, secret)` of a live key.
@@ -266,5 +266,31 @@ impl S3Access for EndpointAccess {
         } else {
             Err(s3_error!(AccessDenied))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A key revoked by a rewrite that keeps the file's size, inode and modification time is
+    /// refused at once.
+    #[tokio::test]
+    async fn a_key_revoked_within_one_clock_tick_is_refused() {
+        let root = std::env::temp_dir().join(format!("ipxe-edge-scratch-keys-{}", std::process::id()));
+        let data = datadir::DataDir::open(&root).unwrap();
+        let scratch = EmbeddedScratch::open(&data, "https://127.0.0.1").unwrap();
+        let key = scratch.mint("gw-a", 100).await.unwrap();
+        assert!(scratch.lookup(&key.access_key_id).is_some());
+        let meta = std::fs::metadata(&scratch.file).unwrap();
+        let text = String::from_utf8(std::fs::read(&scratch.file).unwrap()).unwrap();
+        let renamed = text.replace(&key.access_key_id, &key.access_key_id.to_lowercase());
+        assert_eq!(renamed.len(), text.len());
+        let file = std::fs::OpenOptions::new().write(true).open(&scratch.file).unwrap();
+        file.write_all_at(renamed.as_bytes(), 0).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        assert!(scratch.lookup(&key.access_key_id).is_none(), "a revoked key was still accepted");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
