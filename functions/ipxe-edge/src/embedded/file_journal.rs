@@ -42,11 +42,15 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// The boots of a log, latest version of each, oldest first.
 fn read_log(path: &Path) -> Result<Vec<BootRecord>, StoreError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(path)(e)),
-    };
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(parse_log(&text)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// [`read_log`] of a log's text.
+fn parse_log(text: &str) -> Vec<BootRecord> {
     let mut latest: HashMap<String, BootRecord> = HashMap::new();
     // A line a crash cut short is skipped; every other line is a whole record.
     for boot in text.lines().filter_map(|line| serde_json::from_str::<BootRecord>(line).ok()) {
@@ -54,7 +58,17 @@ fn read_log(path: &Path) -> Result<Vec<BootRecord>, StoreError> {
     }
     let mut boots: Vec<BootRecord> = latest.into_values().collect();
     boots.sort_by_key(|b| (b.seq, b.issued_at));
-    Ok(boots)
+    boots
+}
+
+/// Boot records as log lines, one JSON object each.
+fn log_lines<'a>(boots: impl IntoIterator<Item = &'a BootRecord>) -> Result<Vec<u8>, StoreError> {
+    let mut lines = Vec::new();
+    for boot in boots {
+        serde_json::to_writer(&mut lines, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+        lines.push(b'\n');
+    }
+    Ok(lines)
 }
 
 impl FileJournal {
@@ -74,11 +88,7 @@ impl FileJournal {
         if boots.is_empty() {
             return Ok(());
         }
-        let mut lines = Vec::new();
-        for boot in boots {
-            serde_json::to_writer(&mut lines, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
-            lines.push(b'\n');
-        }
+        let lines = log_lines(boots.iter().copied())?;
         // One write of whole lines: appends of concurrent commits never interleave within a line.
         let mut file = open_creating_dirs(path, OpenOptions::new().append(true).create(true).mode(0o600)).map_err(io(path))?;
         file.write_all(&lines).map_err(io(path))
@@ -104,20 +114,15 @@ impl FileJournal {
             // The gateway's commit lock: a boot appended between the read and the rename below
             // would go to the file the rename replaces, and be lost.
             let _commit = self.states.lock(&fp).blocking_lock();
-            let lines = fs::read_to_string(&path).map_err(io(&path))?.lines().count();
-            let boots = read_log(&path)?;
+            let text = fs::read_to_string(&path).map_err(io(&path))?;
+            let (lines, boots) = (text.lines().count(), parse_log(&text));
             let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
             let kept: Vec<&BootRecord> = boots.iter().enumerate().filter(|(i, b)| *i >= excess && b.issued_at >= cutoff).map(|(_, b)| b).collect();
             if kept.len() == lines {
                 continue;
             }
             removed += boots.len() - kept.len();
-            let mut text = Vec::new();
-            for boot in kept {
-                serde_json::to_writer(&mut text, boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
-                text.push(b'\n');
-            }
-            write_replacing(&path, &text, 0o600, false).map_err(io(&path))?;
+            write_replacing(&path, &log_lines(kept)?, 0o600, false).map_err(io(&path))?;
         }
         Ok(removed)
     }
@@ -190,15 +195,22 @@ mod tests {
         dir
     }
 
+    /// A journal in a fresh folder whose gateway has committed one boot (seq 1, issued at 100),
+    /// with retention 500 s; and that gateway's state.
+    async fn journal_with_one_boot(name: &str) -> (PathBuf, Arc<FileJournal>, Fingerprint, GatewayHealth) {
+        let dir = temp(name);
+        let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
+        let fp = Fingerprint::of_der(b"gw");
+        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
+        (dir, journal, fp, state)
+    }
+
     /// While another process (the CLI) holds a state's lock, a commit waits for it on the
     /// blocking pool instead of writing at once, then writes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_waits_for_another_writer_of_the_state() {
-        let dir = temp("locked");
-        let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
-        let fp = Fingerprint::of_der(b"gw");
-        let first = GatewayHealth { target: Some("r1".into()), ..Default::default() };
-        journal.commit(&fp, None, &first, &[&boot(1, 100)]).await.unwrap();
+        let (dir, journal, fp, first) = journal_with_one_boot("locked").await;
         let version = journal.load(&fp).await.unwrap().version;
         let state = dir.join(fp.as_str()).join("state.json");
         let other = fs::File::open(&state).unwrap();
@@ -251,11 +263,7 @@ mod tests {
     /// a log the prune then replaces.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruning_waits_for_the_gateways_commit_lock() {
-        let dir = temp("prune-lock");
-        let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
-        let fp = Fingerprint::of_der(b"gw");
-        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
-        journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
+        let (dir, journal, fp, _) = journal_with_one_boot("prune-lock").await;
         let commit_in_progress = journal.states.lock(&fp).lock().await;
         let pruning = tokio::task::spawn_blocking({
             let journal = journal.clone();
