@@ -99,7 +99,7 @@ async fn keys_rotate_within_iams_limit_and_are_revoked() {
     let live: Vec<String> = scratch.keys(&gateway).await.unwrap().into_iter().map(|k| k.access_key_id).collect();
     assert_eq!(live.len(), 2);
     assert!(live.contains(&first.access_key_id) && live.contains(&second.access_key_id));
-    assert_eq!(scratch.revoke_others(&gateway, Some(&second.access_key_id)).await.unwrap(), 1);
+    assert_eq!(scratch.revoke_older(&gateway, &second.access_key_id).await.unwrap(), 1);
     assert_eq!(scratch.keys(&gateway).await.unwrap().iter().map(|k| &k.access_key_id).collect::<Vec<_>>(), vec![&second.access_key_id]);
     // Redemptions that never revoked (crashes) do not hit IAM's two-key limit.
     for at in 3..6 {
@@ -109,7 +109,7 @@ async fn keys_rotate_within_iams_limit_and_are_revoked() {
     let newest = scratch.mint(&gateway, 6).await.unwrap();
     scratch.revoke(&gateway, &newest.access_key_id).await.unwrap();
     assert!(!scratch.keys(&gateway).await.unwrap().iter().any(|k| k.access_key_id == newest.access_key_id));
-    scratch.revoke_others(&gateway, None).await.unwrap();
+    scratch.revoke_all(&gateway).await.unwrap();
     assert!(scratch.keys(&gateway).await.unwrap().is_empty());
     assert!(scratch.keys("never-minted").await.unwrap().is_empty(), "no user, no keys");
 }

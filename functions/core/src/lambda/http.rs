@@ -190,6 +190,8 @@ impl From<CheckinError> for Failure {
             CheckinError::Token(TokenError::Expired) => Failure::new(StatusCode::GONE, "token expired"),
             CheckinError::Refused { .. } => Failure::new(StatusCode::GONE, "check-in already recorded or no longer accepted"),
             CheckinError::NotRecorded => Failure::new(StatusCode::NOT_FOUND, "check-ins are not recorded by this deployment"),
+            CheckinError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
+            CheckinError::Record(r) => r.into(),
             CheckinError::Store(s) => s.into(),
         }
     }
@@ -482,6 +484,10 @@ pub async fn checkin_handler(app: &RedeemApp, req: Request) -> Response<Body> {
                 CheckinError::Store(s) => {
                     tracing::error!(request_id = %rid, route = "checkin", outcome = "unavailable", detail = %s, "check-in not recorded; it can be retried")
                 }
+                CheckinError::GatewayNotEnabled(name) => tracing::warn!(
+                    request_id = %rid, route = "checkin", security_event = "gateway_not_enabled", gateway = %name, outcome = "forbidden",
+                    "check-in of a disabled or revoked gateway refused"
+                ),
                 _ => {}
             }
             Failure::from(e)

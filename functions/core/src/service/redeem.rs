@@ -80,6 +80,11 @@ pub enum CheckinError {
     /// This deployment records no boots.
     #[error("check-ins are not recorded here")]
     NotRecorded,
+    /// The gateway is disabled, revoked or gone: its check-in changes nothing.
+    #[error("gateway {0} is not enabled")]
+    GatewayNotEnabled(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -246,6 +251,11 @@ impl RedeemService {
         if self.journal.is_none() {
             return Err(CheckinError::NotRecorded);
         }
+        match self.records.gateway(&claims.fingerprint).await? {
+            Some(gateway) if gateway.state == GatewayState::Enabled => {}
+            Some(gateway) => return Err(CheckinError::GatewayNotEnabled(gateway.name)),
+            None => return Err(CheckinError::GatewayNotEnabled(claims.fingerprint.to_string())),
+        }
         match self.signal(&claims, &boot_id, Signal::Checkin, now).await {
             Ok(boot) => Ok(CheckedIn { claims, boot }),
             Err(SignalError::Refused(why)) => Err(CheckinError::Refused { id: claims.id, why }),
@@ -293,8 +303,9 @@ impl RedeemService {
             return Err(RedeemError::Replayed(claims.id));
         }
         if let (Some(gateway), Some(key), Some(scratch)) = (&gateway, &minted, &self.scratch) {
-            // The previous boot's key stops working now that this one was delivered.
-            match scratch.revoke_others(&gateway.name, Some(&key.access_key_id)).await {
+            // The keys minted before this one stop working now that it was delivered; a newer
+            // redemption's key, minted while this one ran, stays.
+            match scratch.revoke_older(&gateway.name, &key.access_key_id).await {
                 Ok(revoked) => tracing::info!(gateway = %gateway.name, access_key_id = %key.access_key_id, revoked, "scratch key minted"),
                 Err(e) => {
                     tracing::error!(gateway = %gateway.name, error = %e, "scratch key minted, but the previous keys could not be revoked; they stay valid until the next redemption or `gateway scratch --revoke-keys`")

@@ -128,14 +128,24 @@ pub struct ScratchUsage {
 
 /// Per-gateway scratch storage and the keys to it. A key is limited to list, read, write and
 /// delete inside its gateway's space; minting one leaves the older keys alive until
-/// [`ScratchKeys::revoke_others`], so that a failure between minting and delivery never leaves
+/// [`ScratchKeys::revoke_older`], so that a failure between minting and delivery never leaves
 /// a gateway without a working key, and a key nobody received is deleted again
 /// ([`ScratchKeys::revoke`]).
+///
+/// Keys of one gateway are ordered by when they were minted, the same order for every caller:
+/// of redemptions that race, each revokes only the keys minted before its own, so exactly the
+/// newest delivered key stays live, and none revokes a key minted after it.
 #[async_trait]
 pub trait ScratchKeys: Send + Sync {
     async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError>;
-    /// Deletes the gateway's keys except `keep` (every key with `None`); how many it deleted.
-    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError>;
+    /// Deletes the gateway's keys minted before `keep`; none when `keep` is no longer live (a
+    /// newer redemption or the operator revoked it). How many it deleted.
+    async fn revoke_older(&self, gateway: &str, keep: &str) -> Result<usize, StoreError>;
+    /// Deletes every key of the gateway; how many.
+    async fn revoke_all(&self, gateway: &str) -> Result<usize, StoreError>;
+    /// Makes the gateway's keys refuse every request (`true`, while it is disabled) or work
+    /// again (`false`); how many keys it changed.
+    async fn set_suspended(&self, gateway: &str, suspended: bool) -> Result<usize, StoreError>;
     async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError>;
     /// The gateway's live keys, oldest first.
     async fn keys(&self, gateway: &str) -> Result<Vec<ScratchKeyInfo>, StoreError>;

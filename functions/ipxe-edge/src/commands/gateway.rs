@@ -342,10 +342,19 @@ pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result
         Ok(())
     })
     .await?;
-    if state == GatewayState::Revoked {
-        let revoked = super::scratch::revoke_all(ctx, name).await?;
-        if revoked > 0 {
-            println!("revoked {revoked} scratch key(s) of gateway {name}");
+    match state {
+        GatewayState::Revoked => {
+            let revoked = super::scratch::revoke_all(ctx, name).await?;
+            if revoked > 0 {
+                println!("revoked {revoked} scratch key(s) of gateway {name}");
+            }
+        }
+        GatewayState::Disabled | GatewayState::Enabled => {
+            let suspended = state == GatewayState::Disabled;
+            let changed = super::scratch::set_suspended(ctx, name, suspended).await?;
+            if changed > 0 {
+                println!("{} {changed} scratch key(s) of gateway {name}", if suspended { "suspended" } else { "reactivated" });
+            }
         }
     }
     println!(

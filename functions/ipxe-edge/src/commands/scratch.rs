@@ -8,7 +8,7 @@ pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -
     let keys =
         ctx.scratch()?.ok_or_else(|| CliError::Usage("scratch keys of a bucket deployment are IAM access keys: manage them with the AWS tools".into()))?;
     if revoke_keys {
-        let revoked = keys.revoke_others(&record.name, None).await?;
+        let revoked = keys.revoke_all(&record.name).await?;
         println!("revoked {revoked} scratch key(s) of gateway {name}; the next redemption mints a new one");
         return Ok(());
     }
@@ -37,9 +37,23 @@ pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -
 /// Revoking a gateway also kills its scratch keys.
 pub async fn revoke_all(ctx: &Context, name: &str) -> Result<usize, CliError> {
     match ctx.scratch()? {
-        Some(keys) => Ok(keys.revoke_others(name, None).await?),
+        Some(keys) => Ok(keys.revoke_all(name).await?),
         None => {
             eprintln!("warning: scratch keys not revoked: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment");
+            Ok(0)
+        }
+    }
+}
+
+/// Disabling a gateway suspends its scratch keys (refused until it is enabled again).
+pub async fn set_suspended(ctx: &Context, name: &str, suspended: bool) -> Result<usize, CliError> {
+    match ctx.scratch()? {
+        Some(keys) => Ok(keys.set_suspended(name, suspended).await?),
+        None => {
+            eprintln!(
+                "warning: scratch keys not {}: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment",
+                if suspended { "suspended" } else { "reactivated" }
+            );
             Ok(0)
         }
     }

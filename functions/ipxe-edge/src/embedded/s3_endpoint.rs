@@ -2,10 +2,13 @@
 //! directory, and every request, presigned URLs included, is checked for a valid SigV4
 //! signature and expiry, exactly as S3 would. It speaks HTTPS with the server certificate (a
 //! presigned URL protects the request, not the bytes: over plain HTTP anyone on the path could
-//! swap a kernel), under the same connection limits as the other listeners.
+//! swap a kernel), under the same connection limits as the other listeners. Every request is
+//! logged once answered, with who asked for what ([`AuditEntry`]).
 
-use crate::embedded::scratch::{EmbeddedScratch, EndpointAccess, EndpointAuth};
-use crate::serve::listener::{accept_loop, Limits, ListenerStats};
+use crate::embedded::s3_access::{AuditEntry, EndpointAccess, EndpointAuth};
+use crate::embedded::s3_location::ConfinedFs;
+use crate::embedded::scratch::EmbeddedScratch;
+use crate::serve::listener::{accept_loop, FairGate, Limits, ListenerStats};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::service::S3ServiceBuilder;
 use std::net::SocketAddr;
@@ -20,6 +23,11 @@ use tokio_rustls::TlsAcceptor;
 pub const S3_CONNECTION_LIFETIME: Duration = Duration::from_secs(1800);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted socket may wait for its slot before it is closed: a client retries a
+/// fresh connection sooner than it would give up on a silent one.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A gateway's scratch space unless `--scratch-quota` says otherwise.
+pub const DEFAULT_SCRATCH_QUOTA: u64 = 1 << 30;
 /// Response bytes buffered per connection, in hyper and again in TLS: a thousand downloads at
 /// once stay within memory, and the socket, not the buffer, paces each one.
 const RESPONSE_BUFFER: usize = 8 * 1024;
@@ -47,12 +55,11 @@ impl S3Credentials {
 }
 
 /// The endpoint over `root`: the deployment's key may do anything, each gateway's scratch keys
-/// only what its scratch space needs.
-pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratch>) -> std::io::Result<s3s::service::S3Service> {
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-    let mut builder = S3ServiceBuilder::new(fs);
+/// only what its scratch space needs, up to `scratch_quota` bytes each.
+pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratch>, scratch_quota: u64) -> std::io::Result<s3s::service::S3Service> {
+    let mut builder = S3ServiceBuilder::new(ConfinedFs::new(root)?);
     builder.set_auth(EndpointAuth { admin_access_key: creds.access_key.clone(), admin_secret_key: creds.secret_key.clone(), scratch: scratch.clone() });
-    builder.set_access(EndpointAccess { admin_access_key: creds.access_key.clone(), scratch });
+    builder.set_access(EndpointAccess { admin_access_key: creds.access_key.clone(), scratch, quota_bytes: scratch_quota });
     Ok(builder.build())
 }
 
@@ -90,8 +97,9 @@ pub fn run_isolated(
 /// At most `slots` ([`Limits::concurrent_work`]) connections are served at once, from the TLS handshake
 /// to their close; the others wait before their handshake, as bare sockets. A storm's thousand
 /// downloads then hold a thousand sockets but only that many TLS sessions, HTTP buffers and open
-/// files. An idle keep-alive connection gives its slot back after [`HEADER_TIMEOUT`], and one
-/// address holds at most its per-address cap, which is at most half the slots.
+/// files. A socket takes its place in the queue once the client has spoken, and is closed if no
+/// slot is free within [`QUEUE_TIMEOUT`]; an idle keep-alive connection gives its slot back
+/// after [`HEADER_TIMEOUT`]; one address holds at most a quarter of the slots.
 async fn run(
     listener: TcpListener,
     service: s3s::service::S3Service,
@@ -99,12 +107,19 @@ async fn run(
     limits: Limits,
     stats: Arc<ListenerStats>,
     shutdown: watch::Receiver<bool>,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<FairGate>,
 ) {
     accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
         let (service, acceptor, slots) = (service.clone(), acceptor.clone(), slots.clone());
         async move {
-            let Ok(_slot) = slots.acquire_owned().await else { return };
+            let queued = async {
+                stream.readable().await.ok()?;
+                slots.acquire(peer.ip()).await
+            };
+            let Ok(Some(_slot)) = tokio::time::timeout(QUEUE_TIMEOUT, queued).await else {
+                tracing::debug!(listener = "s3", peer = %peer, "closed while waiting for a slot");
+                return;
+            };
             // Boxed: the TLS and HTTP state is allocated only once the connection has a slot,
             // so a waiting connection's task stays small.
             Box::pin(serve_connection(stream, peer, service, acceptor)).await
@@ -116,6 +131,7 @@ async fn run(
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: s3s::service::S3Service, acceptor: Option<TlsAcceptor>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(RESPONSE_BUFFER);
+    let service = audited(service, peer);
     let Some(acceptor) = acceptor else {
         let _ = http.serve_connection(TokioIo::new(stream), service).await;
         return;
@@ -128,6 +144,66 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: s3s::ser
         Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(listener = "s3", peer = %peer, "TLS handshake timed out"),
     }
+}
+
+/// The endpoint with its audit trail: each request carries an [`AuditEntry`] that the access
+/// rules fill in, and is logged once answered, at info, or at warn when refused.
+fn audited(
+    service: s3s::service::S3Service,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = s3s::HttpResponse, Error = s3s::HttpError, Future = impl Send> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let service = service.clone();
+        async move {
+            let entry = Arc::new(AuditEntry::default());
+            req.extensions_mut().insert(entry.clone());
+            let method = req.method().clone();
+            let key_id = signing_key_id(&req);
+            let started = std::time::Instant::now();
+            let result = service.call(req.map(s3s::Body::from)).await;
+            let status = result.as_ref().map_or(500, |r| r.status().as_u16());
+            log_request(&entry, &method, key_id.as_deref(), status, peer, started.elapsed());
+            result
+        }
+    })
+}
+
+fn log_request(entry: &AuditEntry, method: &hyper::Method, key_id: Option<&str>, status: u16, peer: SocketAddr, elapsed: Duration) {
+    let fields = entry.fields();
+    let operation = fields.operation.as_deref().unwrap_or("unknown");
+    let (bucket, key) = (fields.bucket.as_deref().unwrap_or(""), fields.key.as_deref().unwrap_or(""));
+    let (gateway, key_id) = (fields.gateway.as_deref().unwrap_or(""), key_id.unwrap_or(""));
+    let elapsed_ms = elapsed.as_millis() as u64;
+    let refused = fields.denied.or(match status {
+        401 | 403 => Some("signature or key refused"),
+        _ => None,
+    });
+    match refused {
+        Some(reason) => {
+            tracing::warn!(listener = "s3", outcome = "s3_denied", peer = %peer, key_id, gateway, method = %method, operation, bucket, key, status, reason, elapsed_ms, "S3 request refused")
+        }
+        None => {
+            tracing::info!(listener = "s3", outcome = "s3_request", peer = %peer, key_id, gateway, method = %method, operation, bucket, key, status, elapsed_ms, "S3 request")
+        }
+    }
+}
+
+/// The access key id a request names (from its `Authorization` header or, when presigned, its
+/// `X-Amz-Credential`), only the id: never the rest of the credential scope or the signature.
+fn signing_key_id<B>(req: &hyper::Request<B>) -> Option<String> {
+    let from_header = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let credential = v.split_once("Credential=")?.1;
+        Some(credential.split(['/', ',', ' ']).next()?.to_string())
+    });
+    let from_query = || {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(name, _)| name == "X-Amz-Credential")
+            .and_then(|(_, v)| v.split('/').next().map(str::to_string))
+    };
+    let id = from_header.or_else(from_query)?;
+    // An id is a short run of letters and digits; anything else is not logged as given.
+    let plausible = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    Some(if plausible { id } else { "(malformed)".to_string() })
 }
 
 #[cfg(test)]
@@ -153,11 +229,11 @@ mod tests {
         let root = std::env::temp_dir().join(format!("ipxe-edge-s3-slots-{}", std::process::id()));
         let data = crate::datadir::DataDir::open(&root).unwrap();
         let scratch = EmbeddedScratch::open(&data, "http://127.0.0.1").unwrap();
-        let service = service(data.s3_root(), &S3Credentials::generate("TEST"), scratch).unwrap();
+        let service = service(data.s3_root(), &S3Credentials::generate("TEST"), scratch, DEFAULT_SCRATCH_QUOTA).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_stop, shutdown) = watch::channel(false);
-        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slots = FairGate::new(1, 1);
         tokio::spawn(run(listener, service, None, Limits::default(), Arc::default(), shutdown, slots));
 
         let mut first = TcpStream::connect(addr).await.unwrap();

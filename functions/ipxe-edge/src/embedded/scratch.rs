@@ -12,11 +12,6 @@ use crate::embedded::file_cache::Stamp;
 use crate::embedded::s3_endpoint::S3Credentials;
 use async_trait::async_trait;
 use ipxe_edge_core::storage::{ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError};
-use s3s::access::{S3Access, S3AccessContext};
-use s3s::auth::{S3Auth, SecretKey};
-use s3s::dto::DeleteObjectsInput;
-use s3s::path::S3Path;
-use s3s::{s3_error, S3Request, S3Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +25,19 @@ struct StoredKey {
     gateway: String,
     secret: String,
     minted_at: u64,
+    /// Mint order: greater than every key live when this one was minted.
+    #[serde(default)]
+    seq: u64,
+    /// Set while the gateway is disabled: the key opens nothing.
+    #[serde(default)]
+    suspended: bool,
+}
+
+/// A live key as the endpoint checks it.
+pub struct LiveKey {
+    pub gateway: String,
+    pub secret: String,
+    pub suspended: bool,
 }
 
 type Keys = BTreeMap<String, StoredKey>;
@@ -78,9 +86,38 @@ impl EmbeddedScratch {
         keys
     }
 
-    /// `(gateway, secret)` of a live key.
-    fn lookup(&self, access_key_id: &str) -> Option<(String, String)> {
-        self.current().get(access_key_id).map(|k| (k.gateway.clone(), k.secret.clone()))
+    /// A live key by its id.
+    pub fn lookup(&self, access_key_id: &str) -> Option<LiveKey> {
+        self.current().get(access_key_id).map(|k| LiveKey { gateway: k.gateway.clone(), secret: k.secret.clone(), suspended: k.suspended })
+    }
+
+    /// Bytes the gateway's space holds, with the parts of multipart uploads its keys started
+    /// and have not completed (they live outside the space until then).
+    pub fn bytes_used(&self, gateway: &str) -> u64 {
+        let keys = self.current();
+        let mine = |ak: &str| keys.get(ak).is_some_and(|k| k.gateway == gateway);
+        let mut bytes = space_usage(&self.bucket_dir.join(gateway)).bytes;
+        let Some(root) = self.bucket_dir.parent() else { return bytes };
+        let Ok(entries) = std::fs::read_dir(root) else { return bytes };
+        let uploads: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_prefix(".upload-")?.strip_suffix(".json")?.to_string();
+                let owner: Option<String> = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                owner.is_some_and(|ak| mine(&ak)).then_some(id)
+            })
+            .collect();
+        if uploads.is_empty() {
+            return bytes;
+        }
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if uploads.iter().any(|id| name.starts_with(&format!(".upload_id-{id}.part-"))) {
+                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        bytes
     }
 
     /// Changes the key file under an exclusive lock shared with other processes.
@@ -113,9 +150,13 @@ impl EmbeddedScratch {
 impl ScratchKeys for EmbeddedScratch {
     async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError> {
         let S3Credentials { access_key, secret_key } = S3Credentials::generate("IPXESCRATCH");
-        let stored = StoredKey { gateway: gateway.to_string(), secret: secret_key.clone(), minted_at: now };
+        let mut stored = StoredKey { gateway: gateway.to_string(), secret: secret_key.clone(), minted_at: now, seq: 0, suspended: false };
         let key_id = access_key.clone();
-        self.change(move |keys| keys.insert(key_id, stored)).await?;
+        self.change(move |keys| {
+            stored.seq = keys.values().map(|k| k.seq).max().unwrap_or(0) + 1;
+            keys.insert(key_id, stored)
+        })
+        .await?;
         Ok(ScratchKey {
             access_key_id: access_key,
             secret_access_key: secret_key,
@@ -125,12 +166,32 @@ impl ScratchKeys for EmbeddedScratch {
         })
     }
 
-    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError> {
-        let (gateway, keep) = (gateway.to_string(), keep.map(str::to_string));
+    async fn revoke_older(&self, gateway: &str, keep: &str) -> Result<usize, StoreError> {
+        let (gateway, keep) = (gateway.to_string(), keep.to_string());
+        self.change(move |keys| {
+            let Some(kept) = keys.get(&keep).filter(|k| k.gateway == gateway).map(|k| k.seq) else { return 0 };
+            let before = keys.len();
+            keys.retain(|_, k| k.gateway != gateway || k.seq >= kept);
+            before - keys.len()
+        })
+        .await
+    }
+
+    async fn revoke_all(&self, gateway: &str) -> Result<usize, StoreError> {
+        let gateway = gateway.to_string();
         self.change(move |keys| {
             let before = keys.len();
-            keys.retain(|id, k| k.gateway != gateway || Some(id) == keep.as_ref());
+            keys.retain(|_, k| k.gateway != gateway);
             before - keys.len()
+        })
+        .await
+    }
+
+    async fn set_suspended(&self, gateway: &str, suspended: bool) -> Result<usize, StoreError> {
+        let gateway = gateway.to_string();
+        self.change(move |keys| {
+            let mine = keys.values_mut().filter(|k| k.gateway == gateway);
+            mine.map(|k| k.suspended = suspended).count()
         })
         .await
     }
@@ -158,115 +219,27 @@ impl ScratchKeys for EmbeddedScratch {
 
     async fn usage(&self, gateway: &str) -> Result<ScratchUsage, StoreError> {
         let root = self.bucket_dir.join(gateway);
-        tokio::task::spawn_blocking(move || {
-            let mut usage = ScratchUsage::default();
-            let mut pending = vec![root];
-            while let Some(dir) = pending.pop() {
-                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-                for entry in entries.flatten() {
-                    let Ok(meta) = entry.metadata() else { continue };
-                    if meta.is_dir() {
-                        pending.push(entry.path());
-                    } else if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
-                        usage.objects += 1;
-                        usage.bytes += meta.len();
-                    }
-                }
+        tokio::task::spawn_blocking(move || space_usage(&root)).await.map_err(unavailable)
+    }
+}
+
+/// Objects and bytes below `root` (the store's hidden sidecar files left out).
+fn space_usage(root: &std::path::Path) -> ScratchUsage {
+    let mut usage = ScratchUsage::default();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
+                usage.objects += 1;
+                usage.bytes += meta.len();
             }
-            usage
-        })
-        .await
-        .map_err(unavailable)
-    }
-}
-
-/// The endpoint's key lookup: the deployment's own key, or a live scratch key.
-pub struct EndpointAuth {
-    pub admin_access_key: String,
-    pub admin_secret_key: String,
-    pub scratch: Arc<EmbeddedScratch>,
-}
-
-#[async_trait]
-impl S3Auth for EndpointAuth {
-    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        if access_key == self.admin_access_key {
-            return Ok(SecretKey::from(self.admin_secret_key.as_str()));
-        }
-        match self.scratch.lookup(access_key) {
-            Some((_, secret)) => Ok(SecretKey::from(secret)),
-            None => Err(s3_error!(InvalidAccessKeyId)),
         }
     }
-}
-
-/// Per-request access: the deployment's key may do anything; a scratch key only what its
-/// gateway's space needs.
-pub struct EndpointAccess {
-    pub admin_access_key: String,
-    pub scratch: Arc<EmbeddedScratch>,
-}
-
-/// Object operations a scratch key may use inside its own prefix (no server-side copy: its
-/// source could be anywhere).
-const OBJECT_OPERATIONS: [&str; 9] = [
-    "GetObject",
-    "HeadObject",
-    "PutObject",
-    "DeleteObject",
-    "CreateMultipartUpload",
-    "UploadPart",
-    "CompleteMultipartUpload",
-    "AbortMultipartUpload",
-    "ListParts",
-];
-
-impl EndpointAccess {
-    /// The gateway a request's scratch key belongs to; `None` for the deployment's key.
-    fn gateway_of(&self, access_key: Option<&str>) -> S3Result<Option<String>> {
-        let access_key = access_key.ok_or_else(|| s3_error!(AccessDenied))?;
-        if access_key == self.admin_access_key {
-            return Ok(None);
-        }
-        self.scratch.lookup(access_key).map(|(gateway, _)| Some(gateway)).ok_or_else(|| s3_error!(AccessDenied))
-    }
-}
-
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
-
-#[async_trait]
-impl S3Access for EndpointAccess {
-    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        let Some(gateway) = self.gateway_of(cx.credentials().map(|c| c.access_key.as_str()))? else { return Ok(()) };
-        let prefix = format!("{gateway}/");
-        let op = cx.s3_op().name();
-        let allowed = match cx.s3_path() {
-            S3Path::Object { bucket, key } => &**bucket == SCRATCH_BUCKET && key.starts_with(&prefix) && OBJECT_OPERATIONS.contains(&op),
-            S3Path::Bucket { bucket } if &**bucket == SCRATCH_BUCKET => match op {
-                "HeadBucket" | "GetBucketLocation" | "DeleteObjects" => true,
-                "ListObjects" | "ListObjectsV2" => query_value(cx.uri().query(), "prefix").is_some_and(|p| p.starts_with(&prefix) || p == gateway),
-                _ => false,
-            },
-            _ => false,
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(s3_error!(AccessDenied))
-        }
-    }
-
-    async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
-        let Some(gateway) = self.gateway_of(req.credentials.as_ref().map(|c| c.access_key.as_str()))? else { return Ok(()) };
-        let prefix = format!("{gateway}/");
-        if req.input.delete.objects.iter().all(|o| o.key.starts_with(&prefix)) {
-            Ok(())
-        } else {
-            Err(s3_error!(AccessDenied))
-        }
-    }
+    usage
 }
 
 #[cfg(test)]

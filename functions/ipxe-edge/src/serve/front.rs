@@ -4,7 +4,7 @@
 //! the same handler the Lambda function runs. Only the request path and query route a request:
 //! the client's `Host` and `X-Forwarded-*` never reach the event.
 
-use crate::serve::listener::{accept_loop, Limits, ListenerStats};
+use crate::serve::listener::{accept_loop, FairGate, Limits, ListenerStats};
 use crate::serve::metrics::ServeMetrics;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -64,18 +64,23 @@ pub struct Front {
     /// The host name the deployment is reached at (`domainName` of the events).
     pub public_host: Arc<str>,
     pub metrics: Arc<ServeMetrics>,
-    /// Requests handled at once on this listener ([`MAX_IN_FLIGHT`]); the others wait with
-    /// their headers only, so a boot storm does not hold a thousand handlers' state at once.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests handled at once on this listener ([`MAX_IN_FLIGHT`], a quarter of them at most
+    /// for one address); the others wait with their request read, so a boot storm does not
+    /// hold a thousand handlers' state at once.
+    pub in_flight: Arc<FairGate>,
 }
 
 /// Requests a listener handles at once. Handlers are short and CPU-bound (two cores); more at
 /// once only adds memory and latency.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Of those, what one client address may hold.
+pub const MAX_IN_FLIGHT_PER_ADDRESS: usize = MAX_IN_FLIGHT / 4;
+/// The longest query string a request may carry (a boot's is a few dozen bytes).
+pub const MAX_QUERY_BYTES: usize = 2048;
 
 impl Front {
     pub fn new(route: Route, acceptor: Option<TlsAcceptor>, public_host: Arc<str>, metrics: Arc<ServeMetrics>) -> Self {
-        Front { route, acceptor, public_host, metrics, in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+        Front { route, acceptor, public_host, metrics, in_flight: FairGate::new(MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ADDRESS) }
     }
 }
 
@@ -98,15 +103,17 @@ pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc
     .await
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<tokio::sync::Semaphore>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<FairGate>) {
     let Some(acceptor) = front.acceptor.clone() else {
         let conn = Connection { peer, client: None, authentication: None };
         return Box::pin(serve_http(stream, conn, front, ids)).await;
     };
     // The handshake and the HTTP state are boxed: a connection waiting for a handshake permit
     // (a storm's thousand at once) then holds a small task and its socket, not their buffers.
+    // A permit is taken only once the client has spoken: idle sockets hold none.
     let handshake = async {
-        let _permit = handshakes.acquire().await;
+        stream.readable().await?;
+        let _permit = handshakes.acquire(peer.ip()).await;
         Box::pin(acceptor.accept(stream)).await
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -198,26 +205,41 @@ async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u6
         Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::RENEWAL_PREFIX) => "renewal",
         Route::Redeem(_) => "redeem",
     };
-    let response = match front.in_flight.acquire().await {
-        Ok(_permit) => handle_request(req, conn, front, id).await,
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    let response = match read_request(req, conn, front).await {
+        // The whole request is here: only now does it wait for a handler slot, so a slow body
+        // holds a connection but never a slot.
+        Ok((parts, body)) => match front.in_flight.acquire(conn.peer.ip()).await {
+            Some(_permit) => handle_request(parts, body, conn, front, id).await,
+            None => plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        },
+        Err(response) => response,
     };
     front.metrics.observe(route, started.elapsed());
     response
 }
 
-async fn handle_request(req: Request<Incoming>, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
+/// The request's head and its whole body, read under [`BODY_TIMEOUT`], or the answer that
+/// refuses it.
+async fn read_request(req: Request<Incoming>, conn: &Connection, front: &Front) -> Result<(hyper::http::request::Parts, Bytes), Response<Full<Bytes>>> {
+    let query_bytes = req.uri().query().map_or(0, str::len);
+    if query_bytes > MAX_QUERY_BYTES {
+        tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "bad_request", status = 414u16, query_bytes, "query string too long");
+        return Err(plain(StatusCode::URI_TOO_LONG, "query string too long"));
+    }
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Ok(Ok(collected)) => Ok((parts, collected.to_bytes())),
+        Ok(Err(_)) => Err(plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
         Err(_) => {
             tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "request_timeout", status = 408u16, "request body too slow");
             let mut response = plain(StatusCode::REQUEST_TIMEOUT, "request body too slow");
             response.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("close"));
-            return response;
+            Err(response)
         }
-    };
+    }
+}
+
+async fn handle_request(parts: hyper::http::request::Parts, body: Bytes, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
     let request = match lambda_request(&parts, body, conn, &front.public_host, id) {
         Ok(r) => r,
         Err(reason) => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +22,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Waiting connections are small (a socket and a task): room for sixteen addresses at
+    /// their cap and as many real clients again.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
     pub const DEFAULT_MAX_PER_CLIENT: usize = 64;
 
     /// Work of one kind a listener does at once: TLS handshakes (a storm opens a thousand
@@ -34,9 +36,10 @@ impl Limits {
         (2 * self.max_per_client).max(256)
     }
 
-    /// A gate of [`Limits::concurrent_work`] permits.
-    pub fn gate(&self) -> std::sync::Arc<tokio::sync::Semaphore> {
-        std::sync::Arc::new(tokio::sync::Semaphore::new(self.concurrent_work()))
+    /// A gate of [`Limits::concurrent_work`] permits, a quarter of them at most for one
+    /// address.
+    pub fn gate(&self) -> Arc<FairGate> {
+        FairGate::new(self.concurrent_work(), self.concurrent_work() / 4)
     }
 }
 
@@ -46,11 +49,89 @@ impl Default for Limits {
     }
 }
 
-/// What a listener reports to the metrics: open connections and refusals.
+/// What a listener reports to the metrics and `/healthz`: open connections and refusals.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     pub open: AtomicI64,
     pub refused: AtomicU64,
+    /// When (monotonic milliseconds since start) the listener last refused a connection
+    /// because it was at its total cap; 0 for never.
+    pub last_full_ms: AtomicU64,
+}
+
+impl ListenerStats {
+    /// Whether the listener refused a connection at its total cap within the last `window`.
+    pub fn full_within(&self, window: Duration) -> bool {
+        let last = self.last_full_ms.load(Ordering::Relaxed);
+        last != 0 && monotonic_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+}
+
+/// Milliseconds since the first call (never 0).
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// `total` permits of which one client address holds at most `per_address`: a few busy
+/// addresses cannot take all of them. Waiters are served in arrival order on each level.
+pub struct FairGate {
+    total: Arc<Semaphore>,
+    per_address: usize,
+    addresses: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// A permit of a [`FairGate`]; both levels are given back when it drops.
+pub struct FairPermit {
+    _total: OwnedSemaphorePermit,
+    _own: OwnedSemaphorePermit,
+    _share: AddressShare,
+}
+
+/// An address's entry in use; the last user removes it.
+struct AddressShare {
+    gate: Arc<FairGate>,
+    ip: IpAddr,
+    semaphore: Option<Arc<Semaphore>>,
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        let mut addresses = self.gate.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        drop(self.semaphore.take());
+        if addresses.get(&self.ip).is_some_and(|s| Arc::strong_count(s) == 1) {
+            addresses.remove(&self.ip);
+        }
+    }
+}
+
+impl FairGate {
+    pub fn new(total: usize, per_address: usize) -> Arc<Self> {
+        Arc::new(FairGate { total: Arc::new(Semaphore::new(total)), per_address: per_address.max(1), addresses: Mutex::default() })
+    }
+
+    /// Waits for a permit: first one of `ip`'s share, then one of the total. `None` once the
+    /// gate is closed.
+    pub async fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<FairPermit> {
+        let semaphore = {
+            let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+            addresses.entry(ip).or_insert_with(|| Arc::new(Semaphore::new(self.per_address))).clone()
+        };
+        let share = AddressShare { gate: self.clone(), ip, semaphore: Some(semaphore.clone()) };
+        let own = semaphore.acquire_owned().await.ok()?;
+        let total = self.total.clone().acquire_owned().await.ok()?;
+        Some(FairPermit { _total: total, _own: own, _share: share })
+    }
+
+    /// Permits of the total not held.
+    pub fn available(&self) -> usize {
+        self.total.available_permits()
+    }
+
+    /// Addresses holding or waiting for a permit.
+    pub fn addresses(&self) -> usize {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// How long open connections get to finish once the server is told to stop.
@@ -160,6 +241,7 @@ pub async fn accept_loop<F, Fut>(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.last_full_ms.store(monotonic_ms(), Ordering::Relaxed);
             refusals.refused(name, peer, "too many connections");
             continue;
         };
@@ -190,5 +272,22 @@ mod tests {
         drop(held);
         assert!(table.acquire(a, 3).is_some());
         assert!(table.open.lock().unwrap().get(&b).is_none(), "empty entries are removed");
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_a_fair_gate() {
+        let gate = FairGate::new(8, 2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.1".parse().unwrap();
+        let held = [gate.acquire(a).await.unwrap(), gate.acquire(a).await.unwrap()];
+        let third = tokio::time::timeout(Duration::from_millis(100), gate.acquire(a)).await;
+        assert!(third.is_err(), "a third permit for one address");
+        let other = tokio::time::timeout(Duration::from_millis(100), gate.acquire(b)).await;
+        assert!(matches!(other, Ok(Some(_))), "another address still gets one");
+        assert_eq!(gate.available(), 5, "two for a, one for b");
+        drop(held);
+        drop(other);
+        assert_eq!(gate.available(), 8);
+        assert_eq!(gate.addresses(), 0, "entries of addresses that hold nothing are removed, waiters that gave up included");
     }
 }

@@ -178,11 +178,16 @@ impl Metrics for ServeMetrics {
     }
 }
 
-/// What `/healthz` checks: each listener accepts a connection, and the store answers a read.
+/// What `/healthz` checks: each listener accepts a connection and has not refused one at its
+/// cap within [`FULL_WINDOW`], and the store answers a read.
 pub struct Health {
     pub listeners: Vec<(&'static str, SocketAddr)>,
+    pub caps: Vec<(&'static str, Arc<ListenerStats>)>,
     pub store: Arc<dyn ObjectStore>,
 }
+
+/// A listener that refused a connection at its cap this recently is reported degraded.
+pub const FULL_WINDOW: Duration = Duration::from_secs(10);
 
 impl Health {
     /// `Ok` or the list of what failed.
@@ -196,6 +201,11 @@ impl Health {
             match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(target)).await {
                 Ok(Ok(_)) => {}
                 _ => failed.push(format!("{name} listener does not accept connections")),
+            }
+        }
+        for (name, stats) in &self.caps {
+            if stats.full_within(FULL_WINDOW) {
+                failed.push(format!("{name} listener degraded: refusing connections at its cap"));
             }
         }
         match tokio::time::timeout(Duration::from_secs(5), self.store.exists(keys::TRUST_BUNDLE)).await {

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// share an address: keep it above how many of them boot at once).
     #[arg(long, default_value_t = Limits::DEFAULT_MAX_PER_CLIENT, value_parser = parse_connections)]
     pub max_connections_per_client: usize,
+    /// Bytes each gateway's scratch space may hold on the embedded endpoint, uploads in
+    /// progress included (`1GiB`, `500MiB`, or bytes).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub scratch_quota: u64,
     /// Present this certificate chain (PEM, leaf first, e.g. certbot's fullchain.pem) on every
     /// listener instead of the self-made one; reloaded when the file changes. RSA for iPXE
     /// before 2.0.
@@ -144,6 +148,26 @@ pub struct ServeArgs {
     pub clock_skew: u64,
 }
 
+/// A size in bytes, with an optional binary unit (`KiB`, `MiB`, `GiB`, `TiB`).
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    let error = || format!("{value:?}: a size such as 1GiB, 500MiB or 1048576 (bytes), at least 1MiB");
+    let digits = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        "TiB" | "T" => 40,
+        _ => return Err(error()),
+    };
+    let bytes = number.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift)).ok_or_else(error)?;
+    if bytes < 1 << 20 {
+        return Err(error());
+    }
+    Ok(bytes)
+}
+
 fn parse_connections(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (1..=65_536).contains(&n) => Ok(n),
@@ -219,7 +243,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             let scheme = if args.s3_http { "http" } else { "https" };
             let public = format!("{scheme}://{}", authority(&public_host, args.s3_listen.port()));
             let scratch = EmbeddedScratch::open(&dir, public.clone())?;
-            let service = s3_endpoint::service(dir.s3_root(), &creds, scratch.clone()).map_err(datadir::io_error(&dir.s3_root()))?;
+            let service = s3_endpoint::service(dir.s3_root(), &creds, scratch.clone(), args.scratch_quota).map_err(datadir::io_error(&dir.s3_root()))?;
             embedded_s3 = Some((s3_listener, service));
             scratch_keys = Some(scratch);
             // Records are read straight from the files the endpoint serves (no loopback HTTP
@@ -302,7 +326,8 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     }
     if let Some(addr) = args.metrics_listen {
         let listener = bind(addr, "metrics").await?;
-        let health = Arc::new(metrics::Health { listeners: health_listeners, store: records.store().clone() });
+        let caps = vec![("boot", stats.boot.clone()), ("secrets", stats.secrets.clone()), ("s3", stats.s3.clone())];
+        let health = Arc::new(metrics::Health { listeners: health_listeners, caps, store: records.store().clone() });
         tasks.spawn(metrics::run(listener, serve_metrics.clone(), health, stats.metrics.clone(), shutdown_rx.clone()));
     }
     if let Some((s3_listener, service)) = embedded_s3 {
@@ -362,6 +387,8 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         crosscert: args.renewal_crosscert.clone(),
         days: args.auto_renew_days,
     });
+    let window = Duration::from_secs(args.renewal_window_days * 86_400);
+    certificates::check(&records_for_certificates, &dir, renewals.as_ref(), window, &serve_metrics).await;
     background.spawn(certificates::watch(
         records_for_certificates,
         dir.clone(),

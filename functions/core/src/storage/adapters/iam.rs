@@ -68,7 +68,8 @@ impl IamScratch {
                     "Effect": "Allow",
                     "Action": "s3:ListBucket",
                     "Resource": bucket,
-                    "Condition": {"StringLike": {"s3:prefix": [format!("{gateway}/*"), format!("{gateway}/"), gateway]}}
+                    // Only prefixes inside `<gateway>/`: the bare name would list `<gateway>0/…` too.
+                    "Condition": {"StringLike": {"s3:prefix": [format!("{gateway}/*")]}}
                 },
                 {"Sid": "LocateBucket", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": bucket},
                 {
@@ -156,16 +157,38 @@ impl ScratchKeys for IamScratch {
         })
     }
 
-    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError> {
+    async fn revoke_older(&self, gateway: &str, keep: &str) -> Result<usize, StoreError> {
         let user = user_name(gateway);
-        let mut revoked = 0;
-        for key in self.list(&user).await? {
-            if Some(key.access_key_id.as_str()) != keep {
-                self.delete_key(&user, &key.access_key_id).await?;
-                revoked += 1;
+        // Oldest first, by creation time and then id: every racing redemption sees one order.
+        let live = self.list(&user).await?;
+        let Some(older) = live.iter().position(|k| k.access_key_id == keep) else { return Ok(0) };
+        for key in &live[..older] {
+            self.delete_key(&user, &key.access_key_id).await?;
+        }
+        Ok(older)
+    }
+
+    async fn revoke_all(&self, gateway: &str) -> Result<usize, StoreError> {
+        let user = user_name(gateway);
+        let live = self.list(&user).await?;
+        for key in &live {
+            self.delete_key(&user, &key.access_key_id).await?;
+        }
+        Ok(live.len())
+    }
+
+    async fn set_suspended(&self, gateway: &str, suspended: bool) -> Result<usize, StoreError> {
+        let user = user_name(gateway);
+        let status = if suspended { aws_sdk_iam::types::StatusType::Inactive } else { aws_sdk_iam::types::StatusType::Active };
+        let live = self.list(&user).await?;
+        for key in &live {
+            match self.iam.update_access_key().user_name(&user).access_key_id(&key.access_key_id).status(status.clone()).send().await {
+                Ok(_) => {}
+                Err(e) if no_such_entity(&e) => {}
+                Err(e) => return Err(unavailable("UpdateAccessKey", e)),
             }
         }
-        Ok(revoked)
+        Ok(live.len())
     }
 
     async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError> {

@@ -133,12 +133,22 @@ pub struct MemoryScratch {
     pub fail_mint: AtomicBool,
     pub fail_revoke: AtomicBool,
     minted: AtomicU64,
+    /// Gateways whose keys refuse every request.
+    suspended: Mutex<std::collections::HashSet<String>>,
 }
 
 impl MemoryScratch {
-    /// Whether `access_key_id` with `secret` is a live key of `gateway`.
+    /// Whether `access_key_id` with `secret` is a live key of `gateway`, and not suspended.
     pub fn accepts(&self, gateway: &str, access_key_id: &str, secret: &str) -> bool {
-        self.keys.lock().unwrap().get(gateway).is_some_and(|keys| keys.iter().any(|(id, s, _)| id == access_key_id && s == secret))
+        !self.suspended.lock().unwrap().contains(gateway)
+            && self.keys.lock().unwrap().get(gateway).is_some_and(|keys| keys.iter().any(|(id, s, _)| id == access_key_id && s == secret))
+    }
+
+    fn check_revoke(&self) -> Result<(), StoreError> {
+        match self.fail_revoke.load(Ordering::SeqCst) {
+            true => Err(StoreError::Unavailable("simulated key service outage".into())),
+            false => Ok(()),
+        }
     }
 
     /// Keys minted since creation, delivered or not.
@@ -165,21 +175,34 @@ impl ScratchKeys for MemoryScratch {
         })
     }
 
-    async fn revoke_others(&self, gateway: &str, keep: Option<&str>) -> Result<usize, StoreError> {
-        if self.fail_revoke.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("simulated key service outage".into()));
-        }
+    async fn revoke_older(&self, gateway: &str, keep: &str) -> Result<usize, StoreError> {
+        self.check_revoke()?;
         let mut all = self.keys.lock().unwrap();
         let keys = all.entry(gateway.to_string()).or_default();
-        let before = keys.len();
-        keys.retain(|(id, _, _)| Some(id.as_str()) == keep);
-        Ok(before - keys.len())
+        // Oldest first: everything before `keep`.
+        let older = keys.iter().position(|(id, _, _)| id == keep).unwrap_or(0);
+        keys.drain(..older);
+        Ok(older)
+    }
+
+    async fn revoke_all(&self, gateway: &str) -> Result<usize, StoreError> {
+        self.check_revoke()?;
+        self.suspended.lock().unwrap().remove(gateway);
+        Ok(self.keys.lock().unwrap().remove(gateway).map_or(0, |keys| keys.len()))
+    }
+
+    async fn set_suspended(&self, gateway: &str, suspended: bool) -> Result<usize, StoreError> {
+        self.check_revoke()?;
+        let mut set = self.suspended.lock().unwrap();
+        match suspended {
+            true => set.insert(gateway.to_string()),
+            false => set.remove(gateway),
+        };
+        Ok(self.keys.lock().unwrap().get(gateway).map_or(0, Vec::len))
     }
 
     async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError> {
-        if self.fail_revoke.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("simulated key service outage".into()));
-        }
+        self.check_revoke()?;
         self.keys.lock().unwrap().entry(gateway.to_string()).or_default().retain(|(id, _, _)| id != access_key_id);
         Ok(())
     }
