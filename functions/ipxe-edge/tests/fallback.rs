@@ -141,3 +141,33 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
     assert_eq!(status["latest_boot"]["outcome"], "healthy");
     assert!(serve.terminate().success());
 }
+
+#[tokio::test]
+async fn check_ins_of_disabled_or_revoked_gateways_are_refused_and_change_nothing() {
+    let data = temp_dir("checkin-refused");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let template = data.with_extension("checkin.ipxe");
+    std::fs::write(&template, "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg} checkin=${checkin_url}\ninitrd ${initrd_url}\nboot\n").unwrap();
+    release(&data, "rel-c", &["--health-gate", "checkin", "--template", template.to_str().unwrap()]);
+    edge(&data, &["channel", "promote", "stable", "rel-c"]);
+    let gw = Gateway::new(&serve);
+    let script = gw.boot().await;
+    assert_eq!(gw.redeem(&script).await, 200);
+    let outcome = |data: &Path| edge_json(data, &["gateway", "status", "demo", "--json"])["latest_boot"]["outcome"].clone();
+    assert_eq!(outcome(&data), "reached_linux");
+
+    edge(&data, &["gateway", "disable", "demo"]);
+    assert_eq!(gw.checkin(&script).await, 403, "a disabled gateway's check-in");
+    assert_eq!(outcome(&data), "reached_linux", "a refused check-in records nothing");
+    edge(&data, &["gateway", "enable", "demo"]);
+    let script = gw.boot().await;
+    assert_eq!(gw.redeem(&script).await, 200);
+    edge(&data, &["gateway", "revoke", "demo"]);
+    assert_eq!(gw.checkin(&script).await, 403, "a revoked gateway's check-in");
+    let status = edge_json(&data, &["gateway", "status", "demo", "--json"]);
+    assert_eq!(status["latest_boot"]["outcome"], "reached_linux", "{status}");
+    assert!(status["last_known_good"].is_null() || status["last_known_good"]["release"] != "rel-c", "no check-in made rel-c good: {status}");
+    let logs = serve.logs();
+    assert_eq!(logs.matches("\"security_event\":\"gateway_not_enabled\"").count(), 2, "{logs}");
+    assert!(serve.terminate().success());
+}
