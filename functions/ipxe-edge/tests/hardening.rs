@@ -292,3 +292,218 @@ async fn metrics_and_health_endpoints() {
     assert_eq!(health.status(), 503);
     assert!(health.text().await.unwrap().contains("trust bundle"));
 }
+
+/// What one attacking connection does, again each time the server ends it.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// Connects and says nothing.
+    Idle,
+    /// Sends the first bytes of a TLS ClientHello and stops: holds a handshake permit (on the
+    /// S3 listener, a slot) until the handshake deadline.
+    PartialHello,
+    /// Completes TLS, sends headers promising a body and two bytes of it.
+    SlowBody,
+    /// Completes TLS, sends half a request line.
+    SlowHeaders,
+}
+
+struct Attacker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Connections that completed their TLS handshake.
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Attacker {
+    fn new() -> Self {
+        Attacker { stop: Arc::default(), handshakes: Arc::default(), tasks: Vec::new() }
+    }
+
+    fn launch(&mut self, source: std::net::IpAddr, port: u16, attack: Attack, count: usize, tls: Option<tokio_rustls::TlsConnector>) {
+        use std::sync::atomic::Ordering;
+        for _ in 0..count {
+            let (stop, handshakes, tls) = (self.stop.clone(), self.handshakes.clone(), tls.clone());
+            self.tasks.push(tokio::spawn(async move {
+                let source = format!("{source}:0");
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut tcp) = connect_from(&source, port).await else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    let mut sink = Vec::new();
+                    match (attack, &tls) {
+                        (Attack::Idle, _) | (_, None) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut sink)).await;
+                        }
+                        (Attack::PartialHello, _) => {
+                            let _ = tcp.write_all(b"\x16\x03\x01\x02\x00\x01").await;
+                            let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut sink)).await;
+                        }
+                        (Attack::SlowBody | Attack::SlowHeaders, Some(tls)) => {
+                            let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(20), tls.connect("localhost".try_into().unwrap(), tcp)).await
+                            else {
+                                continue;
+                            };
+                            handshakes.fetch_add(1, Ordering::Relaxed);
+                            let request: &[u8] = match attack {
+                                Attack::SlowBody => b"POST /checkin/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nab",
+                                _ => b"GET /ipxe-edge/x HTTP/1.1\r\nhost: loc",
+                            };
+                            let _ = stream.write_all(request).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut sink)).await;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A TLS connector presenting `identity_pem` (certificate then key).
+fn tls_connector_with(ca_pem: &[u8], identity_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let chain = rustls_pki_types_certs(identity_pem);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(identity_pem).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The bound a real client's request must meet while sixteen addresses attack: under the
+/// handshake deadline, where before a redemption waited more than 15 s.
+const UNDER_ATTACK_BOUND: Duration = Duration::from_secs(8);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn floods_from_sixteen_addresses_do_not_lock_out_real_clients() {
+    let data = temp_dir("flood16");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let ca = read(&data.join("pki/ca.crt"));
+    let mut identity = read(&data.join("pki/gateways/demo.crt"));
+    identity.extend(read(&data.join("pki/gateways/demo.key")));
+    let (anonymous, gateway) = (tls_connector(&ca), tls_connector_with(&ca, &identity));
+
+    // Each of 127.0.0.2-17 holds, continuously, on every listener: idle sockets, stalled
+    // handshakes, and slow bodies or headers (on the boot listener with the gateway's own
+    // certificate): 100 connections per address, 1,600 in all.
+    let mut attacker = Attacker::new();
+    for last in 2..=17u8 {
+        let source = std::net::IpAddr::from([127, 0, 0, last]);
+        for port in [serve.boot_port, serve.secrets_port, serve.s3_port] {
+            attacker.launch(source, port, Attack::Idle, 16, None);
+            attacker.launch(source, port, Attack::PartialHello, 3, Some(anonymous.clone()));
+        }
+        attacker.launch(source, serve.boot_port, Attack::SlowBody, 8, Some(gateway.clone()));
+        attacker.launch(source, serve.secrets_port, Attack::SlowBody, 16, Some(anonymous.clone()));
+        attacker.launch(source, serve.s3_port, Attack::SlowHeaders, 16, Some(anonymous.clone()));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 127.0.0.1 boots, redeems and downloads, on new connections each time.
+    let mut timings = Vec::new();
+    for round in 0..5 {
+        let started = Instant::now();
+        let (status, script) = boot(&demo_client(&data), &serve).await;
+        let booted = started.elapsed();
+        assert_eq!(status, 200, "round {round}: {script}");
+        let started = Instant::now();
+        let secrets = https_client(&ca, None).get(secrets_url(&script)).send().await.expect("redeem under attack");
+        assert_eq!(secrets.status(), 200, "round {round}");
+        let redeemed = started.elapsed();
+        let kernel_url = script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
+        let started = Instant::now();
+        let download = https_client(&ca, None).get(&kernel_url).send().await.expect("download under attack");
+        assert_eq!(download.status(), 200, "round {round}");
+        assert!(!download.bytes().await.unwrap().is_empty());
+        let downloaded = started.elapsed();
+        for (what, took) in [("boot", booted), ("redeem", redeemed), ("download", downloaded)] {
+            assert!(took < UNDER_ATTACK_BOUND, "round {round}: {what} took {took:?} under attack");
+        }
+        timings.push((booted, redeemed, downloaded));
+    }
+    // The attack was real: its slow bodies reached the handlers and were ended by their
+    // deadline, from many of its addresses.
+    let timed_out = |logs: &str| -> std::collections::BTreeSet<String> {
+        logs.lines()
+            .filter(|l| l.contains("\"outcome\":\"request_timeout\""))
+            .filter_map(|l| Some(l.split("\"peer\":\"127.0.0.").nth(1)?.split(':').next()?.to_string()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reached = || attacker.handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    while (timed_out(&serve.logs()).len() < 8 || reached() <= 64) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let handshakes = attacker.handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    attacker.stop();
+    // More slow bodies than a listener handles requests at once: had they held handler
+    // slots, the rounds above would have waited for their deadline.
+    assert!(handshakes > 64, "the attack reached the handlers ({handshakes} attacking handshakes)");
+    let attacked = timed_out(&serve.logs());
+    assert!(attacked.len() >= 8, "slow bodies from many addresses were ended by their deadline: {attacked:?}");
+    println!("under attack from 16 addresses ({handshakes} attacking handshakes):");
+    println!("{:>6} {:>10} {:>10} {:>10}", "round", "boot", "redeem", "download");
+    for (round, (b, r, d)) in timings.iter().enumerate() {
+        println!("{round:>6} {:>8.0}ms {:>8.0}ms {:>8.0}ms", b.as_secs_f64() * 1e3, r.as_secs_f64() * 1e3, d.as_secs_f64() * 1e3);
+    }
+}
+
+#[tokio::test]
+async fn healthz_is_degraded_while_a_listener_refuses_at_its_cap_and_gauges_are_right_at_once() {
+    let data = temp_dir("degraded");
+    let metrics_port = free_port();
+    let serve = ServeProcess::start(BIN, &data, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--max-connections", "8"]).expect("serve starts");
+    let plain = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    // The first scrape already knows the gateway certificates (the demo's runs for years).
+    let text = plain.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let days: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ipxe_edge_gateway_certificate_min_days_left "))
+        .unwrap_or_else(|| panic!("no min_days_left gauge:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(days > 30, "min_days_left at the first scrape: {days}");
+    assert_eq!(plain.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+
+    // Two addresses fill the boot listener's eight connections; the ninth is refused.
+    let mut held = Vec::new();
+    for source in ["127.0.0.2:0", "127.0.0.3:0"] {
+        for _ in 0..4 {
+            held.push(connect_from(source, serve.boot_port).await.unwrap());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = connect_from("127.0.0.4:0", serve.boot_port).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection over the cap is closed: {closed:?}");
+    let health = plain.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let text = health.text().await.unwrap();
+    assert!(text.contains("boot listener degraded"), "{text}");
+    assert!(!text.contains("secrets listener"), "only the listener at its cap: {text}");
+
+    // Once it stops refusing, the report clears within its window.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while plain.get(format!("{base}/healthz")).send().await.unwrap().status() != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(plain.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "healthy again");
+}

@@ -237,6 +237,14 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
         assert!(r.status().as_u16() == 431 || r.status().as_u16() == 400, "{}", r.status())
     }
     assert_eq!(boot(&demo_client(&data), &serve.boot_url()).await.0, 200);
+    // A boot query over 2 KiB is refused as such, on both listeners; 2 KiB still passes.
+    let long = format!("{}?buildarch=x86_64&x={}", serve.boot_url(), "a".repeat(15 * 1024));
+    let response = client.get(&long).send().await.unwrap();
+    assert_eq!(response.status(), 414, "{:?}", response.text().await);
+    let secrets_long = format!("https://127.0.0.1:{}/secrets/x?{}", serve.secrets_port, "a".repeat(4096));
+    assert_eq!(https_client(&read(&data.join("pki/ca.crt")), None).get(&secrets_long).send().await.unwrap().status(), 414);
+    let fits = format!("{}?buildarch=x86_64&x={}", serve.boot_url(), "a".repeat(2000));
+    assert_eq!(client.get(&fits).send().await.unwrap().status(), 200);
     // The idle connection is eventually closed by the server (handshake timeout).
     idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 1];

@@ -99,7 +99,7 @@ pub fn run_isolated(
 /// downloads then hold a thousand sockets but only that many TLS sessions, HTTP buffers and open
 /// files. A socket takes its place in the queue once the client has spoken, and is closed if no
 /// slot is free within [`QUEUE_TIMEOUT`]; an idle keep-alive connection gives its slot back
-/// after [`HEADER_TIMEOUT`]; one address holds at most a quarter of the slots.
+/// after [`HEADER_TIMEOUT`]; one address holds at most a thirty-second of the slots.
 async fn run(
     listener: TcpListener,
     service: s3s::service::S3Service,

@@ -152,6 +152,9 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if records.gateway(&fp).await.map_err(record_err)?.is_none() {
         let mut record = model::new_gateway(DEMO_GATEWAY, fp.clone());
         record.subject = ipxe_edge_core::domain::identity::describe_der(&demo_der).map(|(s, _)| s);
+        // Its expiry is known like any enrolled gateway's: the metrics and renewals count it.
+        let not_after = ipxe_edge_core::domain::identity::not_after_der(&demo_der);
+        record.certificates = vec![model::GatewayCertificate::new(fp.clone(), not_after, Some(ipxe_edge_core::domain::clock::unix_now()))];
         records.put_gateway(&record).await.map_err(record_err)?;
         records.put_secrets(&fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec()).await.map_err(record_err)?;
         outcome.created.push(format!("enrolled gateway {DEMO_GATEWAY} ({fp}) with demo secrets"));

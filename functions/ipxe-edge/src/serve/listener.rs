@@ -36,10 +36,11 @@ impl Limits {
         (2 * self.max_per_client).max(256)
     }
 
-    /// A gate of [`Limits::concurrent_work`] permits, a quarter of them at most for one
-    /// address.
+    /// A gate of [`Limits::concurrent_work`] permits, a thirty-second of them at most for one
+    /// address: sixteen addresses at their share hold half, and a client over its share waits
+    /// in line rather than being refused (two cores finish a few handshakes at a time anyway).
     pub fn gate(&self) -> Arc<FairGate> {
-        FairGate::new(self.concurrent_work(), self.concurrent_work() / 4)
+        FairGate::new(self.concurrent_work(), (self.concurrent_work() / 32).max(1))
     }
 }
 
