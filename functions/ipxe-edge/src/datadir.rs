@@ -32,6 +32,14 @@ pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_
     move |source| DataDirError::Io { path: path.to_path_buf(), source }
 }
 
+/// How long [`DataDir::lock`] waits for another process to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// An exclusive lock of [`DataDir::lock`], released when dropped.
+pub struct DirLock {
+    _file: File,
+}
+
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
@@ -84,6 +92,32 @@ impl DataDir {
     pub fn ledger(&self) -> PathBuf {
         self.root.join("ledger")
     }
+    /// Waits for the exclusive lock `DIR/NAME.lock`, shared with every process that opens this
+    /// data directory; held until the guard drops. Serializes changes that read several
+    /// records and files before they write (a renewal).
+    pub async fn lock(&self, name: &str) -> Result<DirLock, DataDirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let path = self.root.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io_error(&path))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // SAFETY: flock on a descriptor this guard owns; the lock ends when it closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(DirLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(DataDirError::Io { path, source: error });
+            }
+            if std::time::Instant::now() > deadline {
+                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("held by another process for more than {}s", LOCK_WAIT.as_secs()));
+                return Err(DataDirError::Io { path, source });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Boots and their outcomes, per gateway (when no DynamoDB table is used).
     pub fn journal(&self) -> PathBuf {
         self.root.join("journal")

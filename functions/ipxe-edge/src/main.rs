@@ -101,6 +101,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // An operator command whose reader went away (`gateway list | head`) ends quietly, as
+        // other command-line tools do, instead of failing on its next write. `serve` keeps the
+        // default of ignoring the signal: its sockets report a closed peer as an error.
+        // SAFETY: restores the default disposition of one signal before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Everything this process creates (data directory, embedded bucket, ledger, journal, files
     // the embedded S3 endpoint writes) is for its owner only; files meant to be shared are
     // given their mode explicitly.

@@ -20,6 +20,8 @@ pub struct RenewOptions {
     pub boot_url: String,
     pub crosscert: Option<String>,
     pub days: u32,
+    /// Replace a pending renewal the gateway has not fetched (otherwise it is left alone).
+    pub replace: bool,
 }
 
 /// What one renewal staged.
@@ -69,10 +71,14 @@ pub async fn standing(records: &Records, gateway: GatewayRecord) -> Result<Stand
     Ok(Standing { holds, pending: pending.is_some(), gateway })
 }
 
-/// Renews the certificate `standing` holds: issues a new one with the local CA, writes it and
-/// its key to the data directory (the previous pair kept under the old fingerprint's prefix),
-/// enrolls it, then stages the pending renewal. A pending renewal that was never fetched is
-/// replaced and its certificate retired.
+/// Renews the certificate the gateway of `standing` holds: issues a new one with the local CA,
+/// writes it and its key to the data directory (the pair there before kept, named by its own
+/// fingerprint), enrolls it, then stages the pending renewal. A pending renewal that was never
+/// fetched is refused, or with `replace` replaced and its certificate retired.
+///
+/// Renewals are serialized by the data directory's `renew` lock, and the gateway is read again
+/// under it: of runs started together, one renews and the others find its renewal pending
+/// (`Ok(None)`: nothing was done).
 pub async fn renew(
     records: &Records,
     dir: &DataDir,
@@ -80,8 +86,17 @@ pub async fn renew(
     standing: &Standing,
     options: &RenewOptions,
     now: u64,
-) -> Result<Renewed, CliError> {
+) -> Result<Option<Renewed>, CliError> {
+    let _lock = dir.lock("renew").await?;
+    let fresh = match records.gateway(&standing.gateway.fingerprint).await? {
+        Some(gateway) => self::standing(records, gateway).await?,
+        None => return Err(CliError::Refused(format!("gateway {} is no longer enrolled", standing.gateway.name))),
+    };
+    let standing = &fresh;
     let gateway = &standing.gateway;
+    if standing.pending && !options.replace {
+        return Ok(None);
+    }
     if gateway.state == GatewayState::Revoked {
         return Err(CliError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
     }
@@ -96,7 +111,7 @@ pub async fn renew(
         None => None,
     };
 
-    keep_files(dir, &gateway.name, &standing.holds.fingerprint, &issued.cert_pem, &issued.key_pem)?;
+    keep_files(dir, &gateway.name, &issued.cert_pem, &issued.key_pem)?;
     // Enrolled before it can be fetched: whatever the gateway does with it, it boots.
     let mut cert = GatewayCertificate::new(fingerprint.clone(), Some(not_after), Some(now));
     cert.renews = Some(standing.holds.fingerprint.clone());
@@ -117,24 +132,50 @@ pub async fn renew(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Renewed { gateway: gateway.name.clone(), renews: standing.holds.fingerprint.clone(), fingerprint, not_after, replaced })
+    Ok(Some(Renewed { gateway: gateway.name.clone(), renews: standing.holds.fingerprint.clone(), fingerprint, not_after, replaced }))
 }
 
-/// Writes the new pair where `image build` finds it; the previous pair is kept beside it,
-/// named after its fingerprint, for the overlap.
-fn keep_files(dir: &DataDir, name: &str, old: &Fingerprint, cert_pem: &str, key_pem: &str) -> Result<(), CliError> {
+/// Writes the new pair where `image build` finds it. The pair there before is kept beside it
+/// as `NAME.<fingerprint>.crt/.key`, named by the certificate the file holds (not the one the
+/// records say the gateway holds: after a replaced renewal they differ), and a kept pair is
+/// never overwritten: the gateway may still boot with it.
+fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Result<(), CliError> {
     let (cert_path, key_path) = (dir.gateway_cert(name), dir.gateway_key(name));
-    let prefix = &old.as_str()[..16];
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
+    if cert_path.exists() {
+        let current = crate::datadir::read(&cert_path)?;
+        let fingerprint = ipxe_edge_core::domain::identity::pem_certificates(&current)
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .map(|der| Fingerprint::of_der(&der).to_string())
+            .ok_or_else(|| CliError::Refused(format!("{} holds no certificate: move it aside, then renew", cert_path.display())))?;
+        for path in [&cert_path, &key_path] {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("pem");
-            let kept = path.with_file_name(format!("{name}.{prefix}.{ext}"));
-            std::fs::rename(path, &kept).map_err(crate::commands::context::file_error(path))?;
+            let kept = path.with_file_name(format!("{name}.{fingerprint}.{ext}"));
+            keep_once(path, &kept)?;
         }
     }
     write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), 0o600)?;
     Ok(())
+}
+
+/// Moves `path` to `kept` unless `kept` exists already (then `path` is a copy of it, written
+/// from the same pair, and is removed). A link cannot replace a file: nothing kept is lost to
+/// a race either.
+fn keep_once(path: &std::path::Path, kept: &std::path::Path) -> Result<(), CliError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match std::fs::hard_link(path, kept) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read(path).ok() != std::fs::read(kept).ok() {
+                return Err(CliError::Refused(format!("{} exists and differs from {}: move one aside, then renew", kept.display(), path.display())));
+            }
+        }
+        Err(e) => return Err(crate::commands::context::file_error(kept)(e)),
+    }
+    std::fs::remove_file(path).map_err(crate::commands::context::file_error(path))
 }
 
 /// Days left as a table cell.

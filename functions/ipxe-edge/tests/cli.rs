@@ -324,3 +324,103 @@ mod sha1_check {
         String::from_utf8(out.unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string()
     }
 }
+
+fn run_with_stdout(data: &Path, args: &[&str], stdout: Stdio) -> Output {
+    Command::new(BIN).arg("--data").arg(data).args(args).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped()).output().unwrap()
+}
+
+/// Out-of-range numbers in every command that takes one are refused with a usage error and
+/// change nothing; every read-only command, its stdout closed, ends quietly. Nothing panics.
+#[test]
+fn no_input_panics_and_a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let data = temp_dir("cli-hostile");
+    let ok = |args: &[&str]| {
+        let out = run_with_stdout(&data, args, Stdio::piped());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok(&["ca", "init"]);
+    ok(&["gateway", "enroll", "gw"]);
+    let (kernel, initrd, empty) = (data.with_extension("vmlinuz"), data.with_extension("initrd"), data.with_extension("empty"));
+    std::fs::write(&kernel, b"KERNEL").unwrap();
+    std::fs::write(&initrd, b"INITRD").unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    let (kernel, initrd, empty) = (kernel.to_str().unwrap(), initrd.to_str().unwrap(), empty.to_str().unwrap());
+    ok(&["release", "create", "r1", "--kernel", kernel, "--initrd", initrd]);
+    ok(&["channel", "promote", "stable", "r1"]);
+    let boot = "https://boot.example.net/boot.ipxe";
+    let refused: &[&[&str]] = &[
+        &["gateway", "enroll", "x", "--days", "0"],
+        &["gateway", "enroll", "x", "--days", "3651"],
+        &["gateway", "enroll", "x", "--days", "2932896"],
+        &["gateway", "enroll", "x", "--days", "-1"],
+        &["gateway", "enroll", "x", "--days", "99999999999999999999999"],
+        &["ca", "init", "--days", "0"],
+        &["ca", "init", "--days", "4294967296"],
+        &["gateway", "renew", "gw", "--boot-url", boot, "--days", "0"],
+        &["gateway", "renew", "gw", "--boot-url", boot, "--days", "3651"],
+        &["gateway", "renew", "--expiring-within", "99999999999999999d", "--boot-url", boot],
+        &["gateway", "list", "--expiring-within", "18446744073709551616"],
+        &["gateway", "history", "gw", "--limit", "0"],
+        &["gateway", "history", "gw", "--limit", "18446744073709551615"],
+        &["channel", "promote", "stable", "r", "--fallback-after", "101"],
+        &["channel", "promote", "stable", "r", "--fallback-after", "-5"],
+        &["serve", "--max-connections", "0"],
+        &["serve", "--max-connections-per-client", "65537"],
+        &["serve", "--token-ttl", "0"],
+        &["serve", "--presign-ttl", "99999999999999"],
+        &["serve", "--scratch-quota", "1"],
+        &["serve", "--scratch-quota", "99999999999TiB"],
+        &["serve", "--scratch-quota", "-1GiB"],
+        &["serve", "--auto-renew-days", "3651"],
+        &["serve", "--renewal-window-days", "99999999999"],
+        &["serve", "--fallback-after", "4294967296"],
+        &["serve", "--listen", "127.0.0.1:99999"],
+        &["release", "create", "r0", "--kernel", empty, "--initrd", initrd],
+        &["release", "create", "r0", "--kernel", kernel, "--initrd", empty],
+        &["release", "create", "r0", "--kernel", kernel, "--initrd", "/"],
+    ];
+    for args in refused {
+        let out = run_with_stdout(&data, args, Stdio::piped());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error: {err}");
+        assert!(!err.contains("panicked") && !err.trim().is_empty(), "{args:?}: {err}");
+    }
+    let out = run_with_stdout(&data, &["gateway", "show", "x"], Stdio::piped());
+    assert!(!out.status.success(), "no refused enrollment left a gateway behind");
+    let out = run_with_stdout(&data, &["release", "show", "r0"], Stdio::piped());
+    assert!(!out.status.success(), "no refused release was written");
+
+    let readers: &[&[&str]] = &[
+        &["gateway", "show", "gw"],
+        &["gateway", "list"],
+        &["gateway", "list", "--json"],
+        &["gateway", "history", "gw"],
+        &["gateway", "status", "gw"],
+        &["gateway", "scratch", "gw"],
+        &["release", "list"],
+        &["release", "show", "r1"],
+        &["preview", "gw"],
+        &["channel", "history", "stable"],
+        &["ca", "truststore"],
+        &["image", "script", "gw", "--boot-url", boot],
+        &["--help"],
+        &["gateway", "--help"],
+        &["serve", "--help"],
+        &["--version"],
+    ];
+    for args in readers {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = run_with_stdout(&data, args, Stdio::from(writer));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("failed printing"), "{args:?}: {err}");
+        let quiet = out.status.success() || out.status.signal() == Some(libc_sigpipe());
+        assert!(quiet, "{args:?} with a closed stdout: {:?} {err}", out.status);
+    }
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -115,7 +115,7 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     assert!(out.contains("renewed gateway renew-gw"), "{out}");
     let new_fp = fingerprint(&gw_dir.join("renew-gw.crt"));
     assert_ne!(new_fp, old_fp);
-    assert!(gw_dir.join(format!("renew-gw.{}.crt", &old_fp[..16])).exists());
+    assert!(gw_dir.join(format!("renew-gw.{old_fp}.crt")).exists());
     let (ok, _, err) = edge(&data, &["gateway", "renew", "renew-gw", "--boot-url", &serve.boot_url()]);
     assert!(!ok && err.contains("pending"), "a second renewal needs --replace: {err}");
     let shown = edge_ok(&data, &["gateway", "show", "renew-gw"]);
@@ -265,7 +265,7 @@ async fn serve_auto_renews_gateways_entering_the_window() {
     // --retire-old-after-first-boot: the first boot with the new one retires the old one.
     let ca_pem = read(&data.join("pki/ca.crt"));
     let dir = data.join("pki/gateways");
-    let old = https_client(&ca_pem, Some(&identity(&dir.join(format!("soon-gw.{}.crt", &old_fp[..16])), &dir.join(format!("soon-gw.{}.key", &old_fp[..16])))));
+    let old = https_client(&ca_pem, Some(&identity(&dir.join(format!("soon-gw.{old_fp}.crt")), &dir.join(format!("soon-gw.{old_fp}.key")))));
     let new = https_client(&ca_pem, Some(&identity(&dir.join("soon-gw.crt"), &dir.join("soon-gw.key"))));
     assert_eq!(old.get(serve.boot_url()).send().await.unwrap().status(), 200);
     assert_eq!(new.get(serve.boot_url()).send().await.unwrap().status(), 200);
@@ -273,4 +273,93 @@ async fn serve_auto_renews_gateways_entering_the_window() {
     let logs = serve.logs();
     assert!(logs.lines().any(|l| l.contains("cert_renewed") && l.contains(&format!("\"retired\":\"{old_fp}\""))), "{logs}");
     serve.terminate();
+}
+
+/// The pair a gateway boots with survives every way of renewing it: `--replace` over an
+/// unfetched renewal, and four runs started at once (with and without `--replace`). Backups are
+/// named by the full fingerprint of the certificate they hold and never overwritten; of runs
+/// without `--replace`, one renews and the others find its renewal pending.
+#[test]
+fn renewals_never_lose_the_pair_in_use() {
+    let data = temp_dir("renew-keep");
+    edge_ok(&data, &["ca", "init"]);
+    edge_ok(&data, &["gateway", "enroll", "gw", "--days", "30"]);
+    let dir = data.join("pki/gateways");
+    let (cert, key) = (dir.join("gw.crt"), dir.join("gw.key"));
+    let in_use = (read(&cert), read(&key));
+    let fp0 = fingerprint(&cert);
+    let url = "https://boot.example.net/boot.ipxe";
+    let concurrently = |extra: &[&str]| -> Vec<(bool, String, String)> {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                let mut args = vec!["gateway", "renew", "gw", "--boot-url", url];
+                args.extend_from_slice(extra);
+                Command::new(BIN)
+                    .arg("--data")
+                    .arg(&data)
+                    .args(&args)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        runs.into_iter()
+            .map(|child| {
+                let out = child.wait_with_output().unwrap();
+                (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+            .collect()
+    };
+    let kept_pair_is_intact = |what: &str| {
+        assert_eq!(read(&dir.join(format!("gw.{fp0}.crt"))), in_use.0, "{what}: the certificate in use");
+        assert_eq!(read(&dir.join(format!("gw.{fp0}.key"))), in_use.1, "{what}: its key");
+    };
+    let certificates = || -> Vec<String> {
+        let shown = edge_ok(&data, &["gateway", "show", "gw"]);
+        shown
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(String::from)
+            .collect()
+    };
+
+    // Four at once: one renews, three find the renewal pending and change nothing.
+    let runs = concurrently(&[]);
+    let renewed: Vec<_> = runs.iter().filter(|r| r.0).collect();
+    assert_eq!(renewed.len(), 1, "{runs:?}");
+    for (ok, out, err) in runs.iter().filter(|r| !r.0) {
+        assert!(!ok && err.contains("pending") && !err.contains("panicked"), "{out}{err}");
+    }
+    kept_pair_is_intact("after four concurrent renewals");
+    let fp1 = fingerprint(&cert);
+    assert_ne!(fp1, fp0);
+    let listed = certificates();
+    assert!(listed.contains(&fp0) && listed.contains(&fp1) && !listed.iter().any(|f| *f != fp0 && *f != fp1), "two certificates: {listed:?}");
+
+    // --replace: the unfetched renewal's pair is kept under its own name and retired; the pair
+    // in use is untouched.
+    let out = edge_ok(&data, &["gateway", "renew", "gw", "--boot-url", url, "--replace"]);
+    assert!(out.contains("replaced the unfetched renewal"), "{out}");
+    kept_pair_is_intact("after --replace");
+    assert!(dir.join(format!("gw.{fp1}.crt")).exists() && dir.join(format!("gw.{fp1}.key")).exists(), "the replaced pair is kept too");
+    let fp2 = fingerprint(&cert);
+    let listed = certificates();
+    assert!(listed.contains(&fp0) && listed.contains(&fp2) && !listed.contains(&fp1), "{listed:?}");
+
+    // Four --replace at once: serialized, each replacing the one before.
+    let runs = concurrently(&["--replace"]);
+    assert!(runs.iter().all(|r| r.0), "{runs:?}");
+    kept_pair_is_intact("after four concurrent --replace");
+    let newest = fingerprint(&cert);
+    let listed = certificates();
+    assert_eq!(listed.len(), 2, "the pair in use and the newest renewal: {listed:?}");
+    assert!(listed.contains(&fp0) && listed.contains(&newest), "{listed:?}");
+    let kept = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("gw.") && e.file_name().to_string_lossy().ends_with(".crt"))
+        .count();
+    assert_eq!(kept, 7, "gw.crt, the pair in use and the five renewals replaced since, each under its own name");
 }

@@ -44,10 +44,14 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
+/// The longest validity the tools issue, in days (ten years).
+pub const MAX_VALIDITY_DAYS: u32 = 3650;
+
 /// Validity from a little before now (clock skew between machines) for `days` days.
 pub fn validity_days(days: u32) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    (now - Duration::minutes(5), now + Duration::days(days as i64))
+    // Commands refuse longer validities; the clamp keeps any other caller from a date overflow.
+    (now - Duration::minutes(5), now + Duration::days(days.min(MAX_VALIDITY_DAYS) as i64))
 }
 
 impl CertificateAuthority {

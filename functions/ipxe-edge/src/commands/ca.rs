@@ -21,8 +21,8 @@ pub enum CaCommand {
     ///
     /// Example: ipxe-edge ca init
     Init {
-        /// Validity in days.
-        #[arg(long, default_value_t = CA_DAYS)]
+        /// Validity in days (1 to 3650).
+        #[arg(long, default_value_t = CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
         days: u32,
     },
     /// Print (or write) the PEM bundle to upload as the API Gateway mTLS truststore.

@@ -28,7 +28,8 @@ pub enum GatewayCommand {
         name: String,
         #[arg(long)]
         channel: Option<String>,
-        #[arg(long, default_value_t = 365)]
+        /// Validity of the certificate in days (1 to 3650).
+        #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
         days: u32,
         /// The gateway's architecture (checked against releases it is given).
         #[arg(long, default_value = DEFAULT_ARCH)]

@@ -98,7 +98,12 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
     for (arch, kernel, initrd) in &request.arches {
         check_arch_key(arch)?;
         for path in [kernel, initrd] {
-            std::fs::metadata(path).map_err(file_error(path))?;
+            let meta = std::fs::metadata(path).map_err(file_error(path))?;
+            // An empty or truncated copy is the usual mistake; no gateway boots it.
+            if !meta.is_file() || meta.len() == 0 {
+                let what = if meta.is_file() { "is empty" } else { "is not a regular file" };
+                return Err(CliError::Usage(format!("{} {what}: a release needs a kernel and an initrd with content", path.display())));
+            }
         }
     }
     let template = request.template.clone();

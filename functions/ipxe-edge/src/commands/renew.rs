@@ -22,7 +22,7 @@ pub struct RenewArgs {
     #[arg(long)]
     pub crosscert: Option<String>,
     /// Validity of the new certificate, in days.
-    #[arg(long, default_value_t = renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    #[arg(long, default_value_t = renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
     pub days: u32,
     /// Replace a pending renewal that was not fetched yet (its certificate is retired).
     #[arg(long)]
@@ -33,7 +33,7 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
     super::image::check_boot_url(&args.boot_url, args.crosscert.as_deref())?;
     let now = clock::unix_now();
     let ca = super::ca::load(&ctx.dir)?;
-    let options = RenewOptions { boot_url: args.boot_url.clone(), crosscert: args.crosscert.clone(), days: args.days };
+    let options = RenewOptions { boot_url: args.boot_url.clone(), crosscert: args.crosscert.clone(), days: args.days, replace: args.replace };
     let chosen: Vec<Standing> = match (&args.name, args.expiring_within) {
         (Some(name), _) => {
             let standing = renewal::standing(&ctx.records, ctx.gateway(name).await?).await?;
@@ -60,7 +60,12 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
     let mut failed = 0;
     for standing in &chosen {
         match renewal::renew(&ctx.records, &ctx.dir, &ca, standing, &options, now).await {
-            Ok(done) => {
+            Ok(None) if args.name.is_some() => {
+                let name = &standing.gateway.name;
+                return Err(CliError::Refused(format!("gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one")));
+            }
+            Ok(None) => println!("gateway {}: renewal already pending, skipped", standing.gateway.name),
+            Ok(Some(done)) => {
                 println!(
                     "renewed gateway {}: {} (expires {}) renews {}; staged for the gateway to fetch once through ${{renewal_url}}",
                     done.gateway,

@@ -46,7 +46,9 @@ pub async fn check(records: &Records, dir: &DataDir, renewals: Option<&RenewOpti
     let mut renewed = 0;
     for standing in &due {
         match renewal::renew(records, dir, &ca, standing, options, now).await {
-            Ok(done) => {
+            // Renewed by an operator command meanwhile.
+            Ok(None) => {}
+            Ok(Some(done)) => {
                 renewed += 1;
                 tracing::info!(
                     gateway = %done.gateway, fingerprint = done.fingerprint.as_str(), renews = done.renews.as_str(),

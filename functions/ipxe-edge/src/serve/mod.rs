@@ -131,7 +131,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub auto_renew: bool,
     /// Validity of the certificates --auto-renew issues, in days.
-    #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
     pub auto_renew_days: u32,
     /// Cross-signing URL written into renewed autoexec.ipxe files (as `image script --crosscert`).
     #[arg(long)]
@@ -386,6 +386,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         boot_url: boot_url.clone(),
         crosscert: args.renewal_crosscert.clone(),
         days: args.auto_renew_days,
+        replace: false,
     });
     let window = Duration::from_secs(args.renewal_window_days * 86_400);
     certificates::check(&records_for_certificates, &dir, renewals.as_ref(), window, &serve_metrics).await;
