@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 TOOLS="${IPXE_EDGE_TOOLS:-$HOME/.cache/ipxe-edge-tools}"
 export PATH="$TOOLS/bin:$PATH"
 FUZZ_TARGET_DIR="${IPXE_EDGE_FUZZ_TARGET_DIR:-$HOME/.cache/ipxe-edge-fuzz-target}"
-TARGETS=(cert_chain token render boot_query valve_template serve_front)
+TARGETS=(cert_chain token render boot_query valve_template serve_front s3_location)
 
 target="${1:?usage: scripts/fuzz.sh TARGET|all SECONDS}"
 seconds="${2:?usage: scripts/fuzz.sh TARGET|all SECONDS}"
