@@ -217,6 +217,50 @@ impl ScratchKeys for IamScratch {
 mod tests {
     use super::*;
 
+    /// IAM's `StringLike`: `*` any run of characters, `?` one character.
+    fn string_like(pattern: &str, value: &str) -> bool {
+        match (pattern.chars().next(), value.chars().next()) {
+            (None, None) => true,
+            (Some('*'), _) => {
+                string_like(&pattern[1..], value) || (!value.is_empty() && string_like(pattern, &value[value.chars().next().unwrap().len_utf8()..]))
+            }
+            (Some('?'), Some(v)) => string_like(&pattern[1..], &value[v.len_utf8()..]),
+            (Some(p), Some(v)) if p == v => string_like(&pattern[p.len_utf8()..], &value[v.len_utf8()..]),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_gateway_lists_only_below_its_own_slash() {
+        let config = aws_sdk_iam::Config::builder()
+            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+            .region(aws_sdk_iam::config::Region::new("us-east-1"))
+            .build();
+        let s3 = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        let settings = ScratchSettings {
+            bucket: "scratch".into(),
+            boundary_arn: "arn:aws:iam::1:policy/b".into(),
+            user_path: DEFAULT_USER_PATH.into(),
+            endpoint: String::new(),
+            partition: "arn:aws".into(),
+        };
+        let scratch = IamScratch::new(aws_sdk_iam::Client::from_conf(config), aws_sdk_s3::Client::from_conf(s3), settings);
+        let policy: serde_json::Value = serde_json::from_str(&scratch.policy("gw-1")).unwrap();
+        let list = policy["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "s3:ListBucket").unwrap();
+        let patterns: Vec<&str> = list["Condition"]["StringLike"]["s3:prefix"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let allowed = |prefix: &str| patterns.iter().any(|p| string_like(p, prefix));
+        assert!(allowed("gw-1/") && allowed("gw-1/state/"), "{patterns:?}");
+        for neighbour in ["gw-1", "gw-", "", "gw-10", "gw-10/", "gw-10/state/", "gw-2/"] {
+            assert!(!allowed(neighbour), "gw-1 may list {neighbour:?}: {patterns:?}");
+        }
+        let objects = policy["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "OwnObjects").unwrap();
+        assert_eq!(objects["Resource"], "arn:aws:s3:::scratch/gw-1/*");
+        assert!(!string_like(objects["Resource"].as_str().unwrap(), "arn:aws:s3:::scratch/gw-10/x"));
+    }
+
     #[test]
     fn user_names_fit_iam() {
         assert_eq!(user_name("gw-1"), "ies-gw-1");
