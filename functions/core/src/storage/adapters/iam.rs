@@ -31,6 +31,10 @@ pub struct IamScratch {
     iam: aws_sdk_iam::Client,
     s3: aws_sdk_s3::Client,
     settings: ScratchSettings,
+    /// For each key this process minted, the gateway's keys that existed just before it: the
+    /// ones its delivery revokes. IAM dates keys to the second, too coarse to order two
+    /// redemptions of one boot loop.
+    older: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(what: &str, e: SdkError<E, R>) -> StoreError {
@@ -54,7 +58,7 @@ pub fn user_name(gateway: &str) -> String {
 
 impl IamScratch {
     pub fn new(iam: aws_sdk_iam::Client, s3: aws_sdk_s3::Client, settings: ScratchSettings) -> Self {
-        IamScratch { iam, s3, settings }
+        IamScratch { iam, s3, settings, older: Default::default() }
     }
 
     /// List, read, write and delete under `<gateway>/` of the scratch bucket, nothing else.
@@ -142,12 +146,15 @@ impl ScratchKeys for IamScratch {
         let user = self.ensure_user(gateway).await?;
         // IAM allows two keys per user: make room by deleting the oldest, which the previous
         // redemption would have revoked had it finished.
-        let live = self.list(&user).await?;
+        let mut live = self.list(&user).await?;
         if live.len() >= 2 {
             self.delete_key(&user, &live[0].access_key_id).await?;
+            live.remove(0);
         }
         let created = self.iam.create_access_key().user_name(&user).send().await.map_err(|e| unavailable("CreateAccessKey", e))?;
         let key = created.access_key().ok_or_else(|| StoreError::Unavailable("IAM CreateAccessKey returned no key".into()))?;
+        let before = live.into_iter().map(|k| k.access_key_id).collect();
+        self.older.lock().unwrap_or_else(|p| p.into_inner()).insert(key.access_key_id().to_string(), before);
         Ok(ScratchKey {
             access_key_id: key.access_key_id().to_string(),
             secret_access_key: key.secret_access_key().to_string(),
@@ -159,13 +166,19 @@ impl ScratchKeys for IamScratch {
 
     async fn revoke_older(&self, gateway: &str, keep: &str) -> Result<usize, StoreError> {
         let user = user_name(gateway);
-        // Oldest first, by creation time and then id: every racing redemption sees one order.
         let live = self.list(&user).await?;
-        let Some(older) = live.iter().position(|k| k.access_key_id == keep) else { return Ok(0) };
-        for key in &live[..older] {
+        let Some(kept) = live.iter().find(|k| k.access_key_id == keep) else { return Ok(0) };
+        // The keys that existed when this one was minted; for a key another process minted,
+        // those created in an earlier second (a tie is left for the next redemption).
+        let known = self.older.lock().unwrap_or_else(|p| p.into_inner()).remove(keep);
+        let older: Vec<&ScratchKeyInfo> = match &known {
+            Some(before) => live.iter().filter(|k| before.contains(&k.access_key_id)).collect(),
+            None => live.iter().filter(|k| k.minted_at < kept.minted_at).collect(),
+        };
+        for key in &older {
             self.delete_key(&user, &key.access_key_id).await?;
         }
-        Ok(older)
+        Ok(older.len())
     }
 
     async fn revoke_all(&self, gateway: &str) -> Result<usize, StoreError> {
@@ -192,6 +205,7 @@ impl ScratchKeys for IamScratch {
     }
 
     async fn revoke(&self, gateway: &str, access_key_id: &str) -> Result<(), StoreError> {
+        self.older.lock().unwrap_or_else(|p| p.into_inner()).remove(access_key_id);
         self.delete_key(&user_name(gateway), access_key_id).await
     }
 
