@@ -336,10 +336,10 @@ check "the server logged the first boot with the new certificate" \
 check "the ESP holds the new autoexec.ipxe and the old one as a backup" \
   '[ "$(esp_file "$work/renew.img" autoexec.ipxe)" = "$(edge image script renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/)" ] && [ "$(esp_file "$work/renew.img" autoexec.ipxe.bak)" = "$(esp_file "$work/renew-before.img" autoexec.ipxe)" ]'
 check "the old certificate still boots until retired" \
-  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp:0:16}.crt" --key "$data/pki/gateways/renew-gw.${old_fp:0:16}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 200 ]'
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp}.crt" --key "$data/pki/gateways/renew-gw.${old_fp}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 200 ]'
 edge gateway revoke-cert renew-gw "$old_fp" >/dev/null
 check "once retired it is refused" \
-  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp:0:16}.crt" --key "$data/pki/gateways/renew-gw.${old_fp:0:16}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 403 ]'
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp}.crt" --key "$data/pki/gateways/renew-gw.${old_fp}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 403 ]'
 check "no key material in the server log" '! grep -q "PRIVATE KEY\|privkey:hex" "$work/serve.log"'
 echo "time from QEMU start to the second boot on the renewed certificate: ${renew_time}s"
 
