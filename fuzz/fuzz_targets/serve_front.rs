@@ -1,5 +1,5 @@
 //! `serve`'s request front: raw HTTP/1.1 request heads from the network, parsed as hyper's
-//! parser would and turned into the API Gateway request the handlers see. Never panics, and
+//! parser would and turned into the request the pipeline sees. Never panics, and
 //! the client's Host and X-Forwarded-* never reach the request.
 #![no_main]
 
@@ -17,9 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = builder.body(()) else { return };
     let (parts, ()) = request.into_parts();
     let body = bytes::Bytes::copy_from_slice(&data[head_len..]);
-    if let Ok(event) = request_for_fuzzing(&parts, body) {
-        assert!(event.headers().get("host").is_none());
-        assert!(!event.headers().keys().any(|k| k.as_str().starts_with("x-forwarded-")));
+    if let Ok(request) = request_for_fuzzing(&parts, body) {
+        assert!(request.headers().get("host").is_none());
+        assert!(!request.headers().keys().any(|k| k.as_str().starts_with("x-forwarded-")));
     }
 });
 

@@ -5,9 +5,12 @@
 //! - [`service`]: the two use cases (boot, redeem) over the storage ports.
 //! - [`storage`]: the ports (object store, presigner, token ledger), the typed records layer and
 //!   object keys, and the adapters (S3, DynamoDB, in-memory fakes for tests).
-//! - [`lambda`]: the entry wiring: settings, client set-up at init, the HTTP handlers with their
-//!   single error-to-status mapping, and JSON logging.
+//! - [`api`]: the HTTP API as one request pipeline (routes, handlers, the wrapper that logs and
+//!   counts, the error-to-status table), shared by the functions and `serve`.
+//! - [`lambda`]: the Lambda edge: settings, client set-up at init, events turned into requests
+//!   for the pipeline, and JSON logging.
 
+pub mod api;
 pub mod domain;
 pub mod lambda;
 pub mod service;

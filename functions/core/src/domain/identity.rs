@@ -77,7 +77,7 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     #[error("no client certificate was presented")]
     Missing,

@@ -59,6 +59,9 @@ impl Counter {
 pub trait Metrics: Send + Sync {
     /// One request with `outcome` (`ok`, `forbidden`, `gone`, …) counted once in each counter.
     fn record(&self, outcome: &'static str, counters: &[Counter]);
+    /// How long the request on `route` took (sinks that keep latencies; CloudWatch has
+    /// Lambda's own duration metric).
+    fn observe(&self, _route: &'static str, _elapsed: std::time::Duration) {}
 }
 
 /// Counters dropped (tests, and servers that have no sink configured).

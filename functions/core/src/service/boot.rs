@@ -2,13 +2,13 @@
 
 use crate::domain::health::{BootPlan, BootReason, BootRecord, Choice, Outcome};
 use crate::domain::identity::{ClientIdentity, Fingerprint, DEFAULT_CLOCK_SKEW};
-use crate::domain::model::{days_until, GatewayRecord, GatewayState, ReleaseManifest};
+use crate::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
 use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
 use crate::domain::token::{Keyring, MintError, TokenId};
 use crate::storage::keys;
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{BootJournal, Presigner, StoreError, StoredHealth, HEALTH_UPDATE_ATTEMPTS};
+use crate::storage::{update_health_from, BootJournal, Presigner, StoreError, StoredHealth};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +143,60 @@ pub struct CertificateUse {
     pub retire_error: Option<String>,
 }
 
+/// The release a boot serves, and why.
+struct Chosen {
+    manifest: ReleaseManifest,
+    reason: BootReason,
+    /// Why a planned fallback was not served.
+    fallback_refused: Option<String>,
+}
+
+/// The tokens a boot's script carries.
+struct Tokens {
+    has_secrets: bool,
+    /// Boots are recorded, so a check-in can be.
+    check_in: bool,
+    boot_id: String,
+    /// The boot's health deadline, which its check-in token shares.
+    deadline: u64,
+}
+
+/// One served boot, as the journal records it.
+struct Boot<'a> {
+    chosen: &'a Chosen,
+    target: &'a Target,
+    query: &'a BootQuery,
+    client: &'a ClientIdentity,
+    tokens: Tokens,
+    token_id: Option<TokenId>,
+    now: u64,
+}
+
+impl Boot<'_> {
+    fn record(&self) -> BootRecord {
+        BootRecord {
+            id: self.tokens.boot_id.clone(),
+            seq: 0,
+            release: self.chosen.manifest.id.clone(),
+            target: self.target.manifest.id.clone(),
+            reason: self.chosen.reason,
+            gate: self.chosen.manifest.health_gate,
+            arch: self.query.arch().to_string(),
+            platform: self.query.platform.map(str::to_string),
+            mac: self.query.mac.clone(),
+            cert: Some(self.client.fingerprint.clone()),
+            issued_at: self.now,
+            deadline: self.tokens.deadline,
+            secrets_token: self.token_id.as_ref().map(|t| t.to_string()),
+            outcome: Outcome::Issued,
+            reached_linux_at: None,
+            healthy_at: None,
+            failed_at: None,
+            fail_reason: None,
+        }
+    }
+}
+
 /// The release a gateway is meant to boot, and the fallback threshold that applies to it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -209,85 +263,109 @@ impl BootService {
 
     /// Writes the boot and closes the previous one. On a lost race (another boot or a signal
     /// of this gateway), the state is read again and the same boot applied to it.
-    async fn record_boot(
-        &self,
-        gateway: &GatewayRecord,
-        mut stored: StoredHealth,
-        mut plan: BootPlan,
-        boot: BootRecord,
-        fallback_after: u32,
-    ) -> Result<(), String> {
+    async fn record_boot(&self, gateway: &GatewayRecord, stored: StoredHealth, plan: BootPlan, boot: BootRecord, fallback_after: u32) -> Result<(), String> {
         let Some(journal) = &self.journal else { return Ok(()) };
-        let fp = &gateway.fingerprint;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let next = stored.health.after_boot(&plan, boot.clone());
-            let mut boots: Vec<&BootRecord> = plan.closed.iter().collect();
-            boots.extend(next.latest.as_ref());
-            match journal.commit(fp, stored.version.as_deref(), &next, &boots).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict(_)) if attempt < HEALTH_UPDATE_ATTEMPTS => {
-                    stored = journal.load(fp).await.map_err(|e| e.to_string())?;
-                    plan = stored.health.plan(&boot.target, fallback_after, boot.issued_at);
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+        let mut first_plan = Some(plan);
+        update_health_from(journal.as_ref(), &gateway.fingerprint, Some(stored), |health| {
+            let plan = first_plan.take().unwrap_or_else(|| health.plan(&boot.target, fallback_after, boot.issued_at));
+            let next = health.after_boot(&plan, boot.clone());
+            let mut boots: Vec<BootRecord> = plan.closed.iter().cloned().collect();
+            boots.extend(next.latest.clone());
+            Ok::<_, StoreError>((next, boots, ()))
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
-    /// The boot script for a verified client, as of `now` (unix seconds).
+    /// The boot script for a verified client, as of `now` (unix seconds): admit the gateway,
+    /// choose the release, write the script, then note what its certificate says and record
+    /// the boot.
     pub async fn boot(&self, client: &ClientIdentity, query: &BootQuery, now: u64) -> Result<BootScript, BootError> {
-        let presented = &client.fingerprint;
-        let gateway = self.records.gateway_for_certificate(presented).await?.ok_or(BootError::UnknownGateway)?;
-        // Everything else is kept under the gateway's own fingerprint, whichever certificate
-        // it booted with.
-        let home = gateway.fingerprint.clone();
-        let fp = &home;
-        let cert_entry = gateway.certificate(presented).ok_or(BootError::UnknownGateway)?;
-        match gateway.state {
-            GatewayState::Enabled => {}
-            GatewayState::Disabled => return Err(BootError::Disabled(gateway.name)),
-            GatewayState::Revoked => return Err(BootError::Revoked(gateway.name)),
-        }
-        let secrets_key = keys::secrets(fp);
-        let (target, has_secrets, (stored, mut journal_error)) =
+        let (gateway, cert_entry) = self.admit(client).await?;
+        let fp = &gateway.fingerprint;
+        let (target, has_secrets, (stored, journal_error)) =
             tokio::try_join!(self.resolve_target(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) }, async {
                 Ok::<_, BootError>(self.load_health(&gateway).await)
             },)?;
-        let arch = query.arch();
-        let target_id = target.manifest.id.clone();
-        let plan = stored.as_ref().map(|s| s.health.plan(&target_id, target.fallback_after, now));
-
-        // A planned fallback is served only if its release still exists and boots this arch.
-        let mut manifest = target.manifest;
-        let mut reason = target.reason;
-        let mut fallback_refused = None;
-        if let Some(Choice::Fallback { release }) = plan.as_ref().map(|p| &p.choice) {
-            match self.records.release(release).await {
-                Ok(Some(good)) if good.assets_for(arch, query.platform).is_some() => {
-                    manifest = good;
-                    reason = BootReason::Fallback;
-                }
-                Ok(Some(_)) => fallback_refused = Some(format!("release {release} has no assets for {arch}")),
-                Ok(None) => fallback_refused = Some(format!("release {release} no longer exists")),
-                Err(e) => fallback_refused = Some(format!("release {release} cannot be read: {e}")),
+        let plan = stored.as_ref().map(|s| s.health.plan(&target.manifest.id, target.fallback_after, now));
+        let chosen = self.choose(&target, plan.as_ref(), query).await;
+        let tokens =
+            Tokens { has_secrets, check_in: plan.is_some(), boot_id: TokenId::random().to_string(), deadline: now + self.settings.health_deadline.as_secs() };
+        let (script, token_id) = self.write_script(&gateway, client, &chosen.manifest, query, &tokens, now).await?;
+        let cert = self.certificate_use(client, &gateway, cert_entry, stored.as_ref(), now).await;
+        let boot = Boot { chosen: &chosen, target: &target, query, client, tokens, token_id, now };
+        let (failures, journal_error) = match (stored, plan) {
+            (Some(stored), Some(plan)) => {
+                (plan.failures, self.record_boot(&gateway, stored, plan, boot.record(), target.fallback_after).await.err().or(journal_error))
             }
+            _ => (0, journal_error),
+        };
+        Ok(BootScript {
+            script,
+            gateway: gateway.name.clone(),
+            release: chosen.manifest.id,
+            arch: query.arch(),
+            token_id,
+            reason: chosen.reason,
+            target: target.manifest.id,
+            failures,
+            journal_error,
+            fallback_refused: chosen.fallback_refused,
+            cert,
+        })
+    }
+
+    /// The enrolled, enabled gateway that holds the presented certificate, and that
+    /// certificate's entry. Everything else is kept under the gateway's own fingerprint,
+    /// whichever certificate it booted with.
+    async fn admit(&self, client: &ClientIdentity) -> Result<(GatewayRecord, GatewayCertificate), BootError> {
+        let gateway = self.records.gateway_for_certificate(&client.fingerprint).await?.ok_or(BootError::UnknownGateway)?;
+        let cert_entry = gateway.certificate(&client.fingerprint).ok_or(BootError::UnknownGateway)?.clone();
+        match gateway.state {
+            GatewayState::Enabled => Ok((gateway, cert_entry)),
+            GatewayState::Disabled => Err(BootError::Disabled(gateway.name)),
+            GatewayState::Revoked => Err(BootError::Revoked(gateway.name)),
         }
+    }
+
+    /// The target, or the planned fallback when its release still exists and boots this
+    /// architecture.
+    async fn choose(&self, target: &Target, plan: Option<&BootPlan>, query: &BootQuery) -> Chosen {
+        let serve_target = |fallback_refused| Chosen { manifest: target.manifest.clone(), reason: target.reason, fallback_refused };
+        let Some(Choice::Fallback { release }) = plan.map(|p| &p.choice) else { return serve_target(None) };
+        let arch = query.arch();
+        match self.records.release(release).await {
+            Ok(Some(good)) if good.assets_for(arch, query.platform).is_some() => {
+                Chosen { manifest: good, reason: BootReason::Fallback, fallback_refused: None }
+            }
+            Ok(Some(_)) => serve_target(Some(format!("release {release} has no assets for {arch}"))),
+            Ok(None) => serve_target(Some(format!("release {release} no longer exists"))),
+            Err(e) => serve_target(Some(format!("release {release} cannot be read: {e}"))),
+        }
+    }
+
+    /// The rendered script for `manifest`, with its presigned URLs and the tokens it carries;
+    /// the secrets token's id.
+    async fn write_script(
+        &self,
+        gateway: &GatewayRecord,
+        client: &ClientIdentity,
+        manifest: &ReleaseManifest,
+        query: &BootQuery,
+        tokens: &Tokens,
+        now: u64,
+    ) -> Result<(String, Option<TokenId>), BootError> {
+        let arch = query.arch();
         let assets =
             manifest.assets_for(arch, query.platform).ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
-
         let (kernel_url, initrd_url) = tokio::try_join!(
             self.presigner.presign_get(&assets.kernel.key, self.settings.presign_ttl),
             self.presigner.presign_get(&assets.initrd.key, self.settings.presign_ttl),
         )?;
-
         // The records layer validated the template and command line when it read the manifest.
         let template = manifest.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
         // The command line is part of the template: it may use our variables and iPXE's.
         let template = template.replacen("${cmdline}", &manifest.cmdline, 1);
-        let wants_secrets = template.contains("${secrets_url}");
-
         let mut vars = Vars::new();
         for (name, value) in &gateway.vars {
             if !RESERVED_VARS.contains(&name.as_str()) {
@@ -297,120 +375,82 @@ impl BootService {
         vars.set_own("kernel_url", kernel_url)?;
         vars.set_own("initrd_url", initrd_url)?;
         vars.set_own("gateway", gateway.name.as_str())?;
-        vars.set_own("fingerprint", presented.as_str())?;
+        vars.set_own("fingerprint", client.fingerprint.as_str())?;
         vars.set_own("release", manifest.id.as_str())?;
         vars.set_own("arch", arch)?;
         vars.set_own("platform", query.platform.unwrap_or("unknown"))?;
+        let token_id = self.token_urls(&mut vars, &gateway.fingerprint, template.contains("${secrets_url}"), manifest, tokens, now)?;
+        Ok((render::render(&template, &vars)?, token_id))
+    }
 
+    /// The secrets URL (when the gateway has secrets) and the check-in URL (when boots are
+    /// recorded; empty otherwise), each with a token of its own.
+    fn token_urls(
+        &self,
+        vars: &mut Vars,
+        fp: &Fingerprint,
+        wants_secrets: bool,
+        manifest: &ReleaseManifest,
+        tokens: &Tokens,
+        now: u64,
+    ) -> Result<Option<TokenId>, BootError> {
         let base = self.settings.secrets_base_url.trim_end_matches('/');
         let mut token_id = None;
-        if has_secrets {
-            let expires_at = now + self.settings.token_ttl.as_secs();
-            let (id, token) = self.keyring.mint(fp, &secrets_key, expires_at)?;
+        if tokens.has_secrets {
+            let (id, token) = self.keyring.mint(fp, &keys::secrets(fp), now + self.settings.token_ttl.as_secs())?;
             let url = format!("{base}/secrets/{token}");
             vars.set_own("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
             vars.set_own("secrets_url", url)?;
             token_id = Some(id);
         } else if wants_secrets {
-            return Err(BootError::SecretsMissing(manifest.id));
+            return Err(BootError::SecretsMissing(manifest.id.clone()));
         } else {
             vars.set_own("secrets_arg", "")?;
         }
-        // Check-ins can only be recorded with a journal; without one the URL is empty.
-        let deadline = now + self.settings.health_deadline.as_secs();
-        let boot_id = TokenId::random().to_string();
-        if plan.is_some() {
-            let (_, token) = self.keyring.mint(fp, &keys::checkin(fp, &boot_id), deadline)?;
+        if tokens.check_in {
+            let (_, token) = self.keyring.mint(fp, &keys::checkin(fp, &tokens.boot_id), tokens.deadline)?;
             vars.set_own("checkin_url", format!("{base}/checkin/{token}"))?;
         } else {
             vars.set_own("checkin_url", "")?;
         }
+        Ok(token_id)
+    }
 
-        let script = render::render(&template, &vars)?;
-
-        let days_left = days_until(client.not_after, now);
+    /// What the presented certificate's dates say, and on the first boot with a renewed one,
+    /// the certificates it retires (when the deployment retires them then).
+    async fn certificate_use(
+        &self,
+        client: &ClientIdentity,
+        gateway: &GatewayRecord,
+        entry: GatewayCertificate,
+        stored: Option<&StoredHealth>,
+        now: u64,
+    ) -> CertificateUse {
+        let presented = &client.fingerprint;
         let mut cert = CertificateUse {
             fingerprint: presented.clone(),
-            days_left,
+            days_left: days_until(client.not_after, now),
             expiring: client.not_after - (now as i64) <= self.settings.renewal_window.as_secs() as i64,
             renewed_from: None,
             retired: Vec::new(),
             retire_error: None,
         };
         // The first boot with a renewed certificate: the previous boot used another one.
-        let previous_cert = stored.as_ref().and_then(|s| s.health.latest.as_ref()).and_then(|b| b.cert.as_ref());
-        if cert_entry.first_boot_at.is_none() && previous_cert != Some(presented) {
-            cert.renewed_from = cert_entry.renews.clone();
+        let previous_cert = stored.and_then(|s| s.health.latest.as_ref()).and_then(|b| b.cert.as_ref());
+        if entry.first_boot_at.is_none() && previous_cert != Some(presented) {
+            cert.renewed_from = entry.renews.clone();
         }
         if cert.renewed_from.is_some() && self.settings.retire_old_after_first_boot {
-            match self.retire_others(&gateway, presented, now).await {
+            match self.retire_others(gateway, presented, now).await {
                 Ok(retired) => cert.retired = retired,
                 Err(e) => cert.retire_error = Some(e.to_string()),
             }
         }
-
-        let mut failures = 0;
-        if let (Some(stored), Some(plan)) = (stored, plan) {
-            failures = plan.failures;
-            let boot = BootRecord {
-                id: boot_id,
-                seq: 0,
-                release: manifest.id.clone(),
-                target: target_id.clone(),
-                reason,
-                gate: manifest.health_gate,
-                arch: arch.to_string(),
-                platform: query.platform.map(str::to_string),
-                mac: query.mac.clone(),
-                cert: Some(presented.clone()),
-                issued_at: now,
-                deadline,
-                secrets_token: token_id.map(|t| t.to_string()),
-                outcome: Outcome::Issued,
-                reached_linux_at: None,
-                healthy_at: None,
-                failed_at: None,
-                fail_reason: None,
-            };
-            if let Err(e) = self.record_boot(&gateway, stored, plan, boot, target.fallback_after).await {
-                journal_error = Some(e);
-            }
-        }
-        Ok(BootScript {
-            script,
-            gateway: gateway.name,
-            release: manifest.id,
-            arch,
-            token_id,
-            reason,
-            target: target_id,
-            failures,
-            journal_error,
-            fallback_refused,
-            cert,
-        })
+        cert
     }
 
     /// Marks the first boot with `presented` and retires the gateway's other certificates.
     async fn retire_others(&self, gateway: &GatewayRecord, presented: &Fingerprint, now: u64) -> Result<Vec<Fingerprint>, RecordError> {
-        let mut retired = Vec::new();
-        self.records
-            .update_gateway::<RecordError>(&gateway.fingerprint, |record| {
-                let mut certs = record.certificates();
-                retired = certs.iter().filter(|c| &c.fingerprint != presented).map(|c| c.fingerprint.clone()).collect();
-                certs.retain(|c| &c.fingerprint == presented);
-                if let Some(c) = certs.first_mut() {
-                    c.first_boot_at = Some(now);
-                }
-                record.certificates = certs;
-                Ok(())
-            })
-            .await?;
-        for fp in &retired {
-            if fp != &gateway.fingerprint {
-                self.records.store().delete(&keys::alias(fp)).await?;
-            }
-        }
-        Ok(retired)
+        self.records.retire_all_but(&gateway.fingerprint, presented, now).await
     }
 }

@@ -181,12 +181,26 @@ pub const HEALTH_UPDATE_ATTEMPTS: u32 = 4;
 pub async fn update_health<T, E: From<StoreError>>(
     journal: &dyn BootJournal,
     fp: &Fingerprint,
+    change: impl FnMut(&GatewayHealth) -> Result<(GatewayHealth, Vec<BootRecord>, T), E>,
+) -> Result<T, E> {
+    update_health_from(journal, fp, None, change).await
+}
+
+/// [`update_health`] starting from a state the caller read already (`first`), which saves the
+/// first read.
+pub async fn update_health_from<T, E: From<StoreError>>(
+    journal: &dyn BootJournal,
+    fp: &Fingerprint,
+    mut first: Option<StoredHealth>,
     mut change: impl FnMut(&GatewayHealth) -> Result<(GatewayHealth, Vec<BootRecord>, T), E>,
 ) -> Result<T, E> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let stored = journal.load(fp).await?;
+        let stored = match first.take() {
+            Some(stored) => stored,
+            None => journal.load(fp).await?,
+        };
         let (next, boots, value) = change(&stored.health)?;
         let refs: Vec<&BootRecord> = boots.iter().collect();
         match journal.commit(fp, stored.version.as_deref(), &next, &refs).await {

@@ -266,6 +266,29 @@ impl Records {
         Ok(record)
     }
 
+    /// The first boot with a renewed certificate: marks it (`first_boot_at`) and retires every
+    /// other certificate of the gateway, in one update, then their aliases. The retired ones.
+    pub async fn retire_all_but(&self, gateway: &Fingerprint, presented: &Fingerprint, now: u64) -> Result<Vec<Fingerprint>, RecordError> {
+        let mut retired = Vec::new();
+        self.update_gateway::<RecordError>(gateway, |record| {
+            let mut certs = record.certificates();
+            retired = certs.iter().filter(|c| &c.fingerprint != presented).map(|c| c.fingerprint.clone()).collect();
+            certs.retain(|c| &c.fingerprint == presented);
+            if let Some(c) = certs.first_mut() {
+                c.first_boot_at = Some(now);
+            }
+            record.certificates = certs;
+            Ok(())
+        })
+        .await?;
+        for fp in &retired {
+            if fp != gateway {
+                self.store.delete(&keys::alias(fp)).await?;
+            }
+        }
+        Ok(retired)
+    }
+
     // --- renewals ---
 
     /// The gateway's pending renewal (redeem side).

@@ -1,8 +1,8 @@
-//! The HTTPS front of `serve`: plays API Gateway. The client chain is verified once per
-//! connection (in the TLS handshake, then turned into the identity the handler receives), and
-//! each request becomes a typed HTTP API 2.0 request, built from `lambda_http`'s own types, for
-//! the same handler the Lambda function runs. Only the request path and query route a request:
-//! the client's `Host` and `X-Forwarded-*` never reach the event.
+//! The HTTPS edge of `serve`: each listener feeds one function's request pipeline
+//! ([`ipxe_edge_core::api`]). The client chain is verified once per connection, in the TLS
+//! handshake, and the identity it proved goes straight to the pipeline with each request. Only
+//! the request path and query route a request: the client's `Host` and `X-Forwarded-*` never
+//! reach it.
 
 use crate::serve::listener::{accept_loop, FairGate, Limits, ListenerStats};
 use crate::serve::metrics::ServeMetrics;
@@ -11,25 +11,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ipxe_edge_core::api::{pipeline, route, BootApp, ClientCert, RedeemApp, RequestInfo};
 use ipxe_edge_core::domain::clock;
-use ipxe_edge_core::domain::identity::der_to_pem;
-use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, RedeemApp, VerifiedClient};
-use lambda_http::aws_lambda_events::apigw::{
-    ApiGatewayV2httpRequestContext, ApiGatewayV2httpRequestContextAuthentication, ApiGatewayV2httpRequestContextAuthenticationClientCert,
-    ApiGatewayV2httpRequestContextHttpDescription,
-};
-use lambda_http::request::RequestContext;
-use lambda_http::RequestExt;
-use std::collections::HashMap;
+use ipxe_edge_core::domain::identity::ClientIdentity;
+use ipxe_edge_core::lambda::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Limits that keep one slow or greedy client from hurting the others.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -54,6 +46,14 @@ impl Route {
             Route::Redeem(_) => "secrets",
         }
     }
+
+    /// The metric label of a request this listener refuses before its pipeline.
+    fn label(&self, path: &str) -> &'static str {
+        match self {
+            Route::Boot(_) => "boot",
+            Route::Redeem(_) => route::label(path).filter(|l| *l != "boot").unwrap_or("redeem"),
+        }
+    }
 }
 
 /// What a listener knows about itself, for the events it builds.
@@ -61,7 +61,7 @@ impl Route {
 pub struct Front {
     pub route: Route,
     pub acceptor: Option<TlsAcceptor>,
-    /// The host name the deployment is reached at (`domainName` of the events).
+    /// The host name the deployment is reached at (the base of URLs handed out).
     pub public_host: Arc<str>,
     pub metrics: Arc<ServeMetrics>,
     /// Requests handled at once on this listener ([`MAX_IN_FLIGHT`], a quarter of them at most
@@ -87,9 +87,7 @@ impl Front {
 /// What one connection established: the peer, and the client identity its handshake proved.
 struct Connection {
     peer: SocketAddr,
-    client: Option<VerifiedClient>,
-    /// The event's `authentication` block, built once per connection.
-    authentication: Option<ApiGatewayV2httpRequestContextAuthentication>,
+    client: Option<ClientIdentity>,
 }
 
 /// Accepts connections (TLS when the front has an acceptor) until `shutdown` flips.
@@ -105,7 +103,7 @@ pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<FairGate>) {
     let Some(acceptor) = front.acceptor.clone() else {
-        let conn = Connection { peer, client: None, authentication: None };
+        let conn = Connection { peer, client: None };
         return Box::pin(serve_http(stream, conn, front, ids)).await;
     };
     // The handshake and the HTTP state are boxed: a connection waiting for a handshake permit
@@ -142,18 +140,17 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
         tracing::warn!(listener = "boot", peer = %peer, outcome = "tls_refused", "no client certificate");
         return;
     }
-    let mut conn = Connection { peer, client: None, authentication: None };
-    if let (Route::Boot(app), Some(leaf)) = (&front.route, chain.first()) {
+    let mut conn = Connection { peer, client: None };
+    if let (Route::Boot(app), false) = (&front.route, chain.is_empty()) {
         // The handshake accepted this chain with the same verifier; this gives its identity.
         match app.verifier.verify_der_chain(&chain, clock::unix_now() as i64) {
-            Ok(identity) => conn.client = Some(VerifiedClient(identity)),
+            Ok(identity) => conn.client = Some(identity),
             Err(e) => {
                 front.metrics.tls_refused("boot");
                 tracing::warn!(listener = "boot", peer = %peer, error = %e, outcome = "tls_refused", "client chain refused after the handshake");
                 return;
             }
         }
-        conn.authentication = authentication(leaf);
     }
     Box::pin(serve_http(tls, conn, front, ids)).await
 }
@@ -199,22 +196,21 @@ fn plain(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
-    let route = match &front.route {
-        Route::Boot(_) => "boot",
-        Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::CHECKIN_PREFIX) => "checkin",
-        Route::Redeem(_) if req.uri().path().starts_with(ipxe_edge_core::lambda::http::RENEWAL_PREFIX) => "renewal",
-        Route::Redeem(_) => "redeem",
-    };
-    let response = match read_request(req, conn, front).await {
+    let label = front.route.label(req.uri().path());
+    match read_request(req, conn, front).await {
         // The whole request is here: only now does it wait for a handler slot, so a slow body
-        // holds a connection but never a slot.
+        // holds a connection but never a slot. The pipeline times what it handles.
         Ok((parts, body)) => match front.in_flight.acquire(conn.peer.ip()).await {
             Some(_permit) => handle_request(parts, body, conn, front, id).await,
-            None => plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            None => refused(front, label, started, plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
         },
-        Err(response) => response,
-    };
-    front.metrics.observe(route, started.elapsed());
+        Err(response) => refused(front, label, started, response),
+    }
+}
+
+/// A request answered here, before the pipeline: timed under the route it was for.
+fn refused(front: &Front, label: &'static str, started: std::time::Instant, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    front.metrics.observe(label, started.elapsed());
     response
 }
 
@@ -240,45 +236,20 @@ async fn read_request(req: Request<Incoming>, conn: &Connection, front: &Front) 
 }
 
 async fn handle_request(parts: hyper::http::request::Parts, body: Bytes, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
-    let request = match lambda_request(&parts, body, conn, &front.public_host, id) {
+    let started = std::time::Instant::now();
+    let request = match pipeline_request(&parts, body, conn, &front.public_host, id) {
         Ok(r) => r,
         Err(reason) => {
             tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "bad_request", status = 400u16, reason, "request refused");
-            return plain(StatusCode::BAD_REQUEST, "bad request");
+            let label = front.route.label(parts.uri.path());
+            return refused(front, label, started, plain(StatusCode::BAD_REQUEST, "bad request"));
         }
     };
     let response = match &front.route {
-        Route::Boot(app) => boot_handler(app, request).await,
-        Route::Redeem(app) => redeem_handler(app, request).await,
+        Route::Boot(app) => pipeline::boot(app, &request).await,
+        Route::Redeem(app) => pipeline::redeem(app, &request).await,
     };
-    let (parts, body) = response.into_parts();
-    let bytes = match body {
-        lambda_http::Body::Text(t) => Bytes::from(t),
-        lambda_http::Body::Binary(b) => Bytes::from(b),
-        _ => Bytes::new(),
-    };
-    Response::from_parts(parts, Full::new(bytes))
-}
-
-/// API Gateway's date format for certificate validity (`May 28 12:30:02 2019 GMT`).
-fn gateway_date(t: OffsetDateTime) -> String {
-    let format = time::macros::format_description!("[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT");
-    t.format(format).unwrap_or_default()
-}
-
-/// The `authentication.clientCert` block API Gateway puts in events for a client certificate.
-fn authentication(leaf_der: &[u8]) -> Option<ApiGatewayV2httpRequestContextAuthentication> {
-    let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
-    let mut client_cert = ApiGatewayV2httpRequestContextAuthenticationClientCert::default();
-    client_cert.client_cert_pem = Some(der_to_pem(leaf_der));
-    client_cert.subject_dn = Some(cert.subject().to_string());
-    client_cert.issuer_dn = Some(cert.issuer().to_string());
-    client_cert.serial_number = Some(cert.raw_serial_as_string());
-    client_cert.validity.not_before = Some(gateway_date(cert.validity().not_before.to_datetime()));
-    client_cert.validity.not_after = Some(gateway_date(cert.validity().not_after.to_datetime()));
-    let mut authentication = ApiGatewayV2httpRequestContextAuthentication::default();
-    authentication.client_cert = Some(client_cert);
-    Some(authentication)
+    response.map(Full::new)
 }
 
 /// Headers that describe how the client reached us; a client may send them, but only a proxy
@@ -287,72 +258,43 @@ fn is_hop_header(name: &str) -> bool {
     name == "host" || name == "forwarded" || name.starts_with("x-forwarded-")
 }
 
-/// The request as the Lambda function receives it from an HTTP API (payload 2.0).
-fn lambda_request(
-    parts: &hyper::http::request::Parts,
-    body: Bytes,
-    conn: &Connection,
-    public_host: &str,
-    id: u64,
-) -> Result<lambda_http::Request, &'static str> {
+/// The request for the pipeline: method, path, the headers a client may speak for, the body,
+/// and what this connection knows in [`RequestInfo`].
+fn pipeline_request(parts: &hyper::http::request::Parts, body: Bytes, conn: &Connection, public_host: &str, id: u64) -> Result<Request<Bytes>, &'static str> {
     let path = parts.uri.path();
     if !path.starts_with('/') {
         return Err("request target is not a path");
     }
-    let raw_query = parts.uri.query().unwrap_or("");
-    let mut query: HashMap<String, Vec<String>> = HashMap::new();
-    for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
-        query.entry(k.into_owned()).or_default().push(v.into_owned());
-    }
-    let mut builder = lambda_http::http::Request::builder().method(parts.method.clone()).uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path));
+    let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = path.parse().map_err(|_| "request target is not a path")?;
     for (name, value) in &parts.headers {
         if !is_hop_header(name.as_str()) {
-            builder = builder.header(name, value);
+            request.headers_mut().append(name, value.clone());
         }
     }
-    let body = if body.is_empty() { lambda_http::Body::Empty } else { lambda_http::Body::Binary(body.to_vec()) };
-    let mut request = builder.body(body).map_err(|_| "request cannot be expressed as an event")?;
-    if let Some(client) = &conn.client {
-        request.extensions_mut().insert(client.clone());
-    }
-
-    let now = OffsetDateTime::now_utc();
-    let mut http = ApiGatewayV2httpRequestContextHttpDescription::default();
-    http.method = parts.method.clone();
-    http.path = Some(path.to_string());
-    http.protocol = Some("HTTP/1.1".into());
-    http.source_ip = Some(conn.peer.ip().to_string());
-    http.user_agent = parts.headers.get("user-agent").and_then(|h| h.to_str().ok()).map(str::to_string);
-    let mut context = ApiGatewayV2httpRequestContext::default();
-    context.route_key = Some("$default".into());
-    context.stage = Some("$default".into());
-    context.account_id = Some("local".into());
-    context.apiid = Some("ipxe-edge-serve".into());
-    context.domain_name = Some(public_host.to_string());
-    context.domain_prefix = public_host.split('.').next().map(str::to_string);
-    context.request_id = Some(format!("local-{:x}-{id}", now.unix_timestamp()));
-    context.time_epoch = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-    context.http = http;
-    context.authentication = conn.authentication.clone();
-
-    let mut request = request.with_request_context(RequestContext::ApiGatewayV2(context)).with_raw_http_path(path);
-    if !query.is_empty() {
-        request = request.with_query_string_parameters(query);
-    }
+    let client = conn.client.clone().map_or(ClientCert::None, ClientCert::Verified);
+    let info = RequestInfo {
+        request_id: format!("local-{:x}-{id}", time::OffsetDateTime::now_utc().unix_timestamp()),
+        client,
+        base_url: route::base_url(public_host, None),
+        query,
+    };
+    request.extensions_mut().insert(info);
     Ok(request)
 }
 
-/// The request the handlers would see for these request parts, from an anonymous peer:
-/// the entry point of the `serve_front` fuzz target.
-pub fn request_for_fuzzing(parts: &hyper::http::request::Parts, body: Bytes) -> Result<lambda_http::Request, &'static str> {
-    let conn = Connection { peer: SocketAddr::from(([127, 0, 0, 1], 1)), client: None, authentication: None };
-    lambda_request(parts, body, &conn, "fuzz.invalid", 1)
+/// The request the pipeline would see for these request parts, from an anonymous peer: the
+/// entry point of the `serve_front` fuzz target.
+pub fn request_for_fuzzing(parts: &hyper::http::request::Parts, body: Bytes) -> Result<Request<Bytes>, &'static str> {
+    let conn = Connection { peer: SocketAddr::from(([127, 0, 0, 1], 1)), client: None };
+    pipeline_request(parts, body, &conn, "fuzz.invalid", 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipxe_edge_core::lambda::http::route_path;
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> hyper::http::request::Parts {
         let mut b = Request::builder().uri(uri);
@@ -363,7 +305,11 @@ mod tests {
     }
 
     fn conn() -> Connection {
-        Connection { peer: "127.0.0.1:5555".parse().unwrap(), client: None, authentication: None }
+        Connection { peer: "127.0.0.1:5555".parse().unwrap(), client: None }
+    }
+
+    fn info(req: &Request<Bytes>) -> &RequestInfo {
+        req.extensions().get::<RequestInfo>().expect("the edge attaches its request info")
     }
 
     #[test]
@@ -372,27 +318,26 @@ mod tests {
             "/definitely-not-boot?mac=52%3A54%3A00%3A12%3A34%3A56&x=1&x=2",
             &[("host", "localhost/boot.ipxe#"), ("x-forwarded-proto", "1http"), ("forwarded", "for=1.2.3.4"), ("user-agent", "iPXE/1.21.1")],
         );
-        let req = lambda_request(&p, Bytes::new(), &conn(), "boot.example.org", 1).unwrap();
-        assert_eq!(route_path(&req), "/definitely-not-boot");
+        let req = pipeline_request(&p, Bytes::new(), &conn(), "boot.example.org", 1).unwrap();
+        assert_eq!(req.uri().path(), "/definitely-not-boot");
+        assert!(req.uri().query().is_none(), "the query travels decoded, in the request info");
         assert!(req.headers().get("host").is_none());
         assert!(req.headers().get("x-forwarded-proto").is_none());
         assert!(req.headers().get("forwarded").is_none());
         assert_eq!(req.headers().get("user-agent").unwrap(), "iPXE/1.21.1");
-        let q = req.query_string_parameters_ref().unwrap();
-        assert_eq!(q.first("mac"), Some("52:54:00:12:34:56"));
-        assert_eq!(q.all("x").unwrap().len(), 2);
-        match req.request_context_ref() {
-            Some(RequestContext::ApiGatewayV2(ctx)) => assert_eq!(ctx.domain_name.as_deref(), Some("boot.example.org")),
-            _ => panic!("not an HTTP API request"),
-        }
+        let info = info(&req);
+        assert!(info.query.contains(&("mac".into(), "52:54:00:12:34:56".into())));
+        assert_eq!(info.query.iter().filter(|(k, _)| k == "x").count(), 2);
+        assert_eq!(info.base_url.as_deref(), Some("https://boot.example.org"));
+        assert!(matches!(info.client, ClientCert::None), "no handshake identity, none claimed");
     }
 
     #[test]
     fn hostile_host_values_build_a_request() {
         for host in ["a b", "127.0.0.1:99999", "[::1"] {
             let p = parts("/boot.ipxe", &[("host", host)]);
-            let req = lambda_request(&p, Bytes::new(), &conn(), "127.0.0.1", 1).unwrap();
-            assert_eq!(route_path(&req), "/boot.ipxe");
+            let req = pipeline_request(&p, Bytes::new(), &conn(), "127.0.0.1", 1).unwrap();
+            assert_eq!(req.uri().path(), "/boot.ipxe");
         }
     }
 }

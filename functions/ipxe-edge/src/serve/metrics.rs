@@ -134,10 +134,6 @@ impl ServeMetrics {
         self.tls_refused.get_or_create(&ListenerLabel { listener }).inc();
     }
 
-    pub fn observe(&self, route: &'static str, elapsed: Duration) {
-        self.durations.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
-    }
-
     /// The exposition text, with the connection gauges read now.
     pub fn render(&self) -> String {
         for (listener, stats) in &self.listeners {
@@ -153,6 +149,10 @@ impl ServeMetrics {
 }
 
 impl Metrics for ServeMetrics {
+    fn observe(&self, route: &'static str, elapsed: Duration) {
+        self.durations.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
+    }
+
     fn record(&self, outcome: &'static str, counters: &[CoreCounter]) {
         for counter in counters {
             match counter {
