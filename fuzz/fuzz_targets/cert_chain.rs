@@ -3,13 +3,17 @@
 //! verifies.
 #![no_main]
 
-use ipxe_edge_core::domain::identity::{decode_escaped_pem, pem_certificates, ChainVerifier, TrustBundle, DEFAULT_CLOCK_SKEW};
+use ipxe_edge_core::domain::identity::{
+    decode_escaped_pem, pem_certificates, ChainVerifier, TrustBundle, DEFAULT_CLOCK_SKEW,
+};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
 fn verifier() -> &'static ChainVerifier {
     static V: OnceLock<ChainVerifier> = OnceLock::new();
-    V.get_or_init(|| ChainVerifier::new(TrustBundle::from_pem(include_bytes!("../fixtures/ca.pem")).unwrap(), DEFAULT_CLOCK_SKEW))
+    V.get_or_init(|| {
+        ChainVerifier::new(TrustBundle::from_pem(include_bytes!("../fixtures/ca.pem")).unwrap(), DEFAULT_CLOCK_SKEW)
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

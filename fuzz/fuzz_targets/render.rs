@@ -24,7 +24,8 @@ fn special(word: &str) -> bool {
 
 fuzz_target!(|input: Input| {
     let lines: Vec<String> = input.lines.into_iter().filter(|l| !l.contains('\n')).take(8).collect();
-    let template: String = std::iter::once("#!ipxe").chain(lines.iter().map(String::as_str)).map(|l| format!("{l}\n")).collect();
+    let template: String =
+        std::iter::once("#!ipxe").chain(lines.iter().map(String::as_str)).map(|l| format!("{l}\n")).collect();
     let mut vars = Vars::new();
     if vars.set("a", input.a.as_str()).is_err() || vars.set("b", input.b.as_str()).is_err() {
         return;

@@ -22,4 +22,3 @@ fuzz_target!(|data: &[u8]| {
         assert!(!request.headers().keys().any(|k| k.as_str().starts_with("x-forwarded-")));
     }
 });
-

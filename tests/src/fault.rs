@@ -70,7 +70,8 @@ impl FaultProxy {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (plan, forwarded, faulted, upstream, client, bodies) = (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone(), bs.clone());
+                let (plan, forwarded, faulted, upstream, client, bodies) =
+                    (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone(), bs.clone());
                 let one_at_a_time = one_at_a_time.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -88,7 +89,8 @@ impl FaultProxy {
                         } else {
                             forwarded.fetch_add(1, Ordering::SeqCst);
                         }
-                        let (upstream, client, one_at_a_time, bodies) = (upstream.clone(), client.clone(), one_at_a_time.clone(), bodies.clone());
+                        let (upstream, client, one_at_a_time, bodies) =
+                            (upstream.clone(), client.clone(), one_at_a_time.clone(), bodies.clone());
                         async move {
                             let _turn = match &one_at_a_time {
                                 Some(lock) => Some(lock.clone().lock_owned().await),
@@ -97,7 +99,9 @@ impl FaultProxy {
                             proxy(req, fault, upstream, client, bodies).await
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -148,7 +152,10 @@ impl FaultProxy {
 fn error_body(req_is_dynamodb: bool, status: u16) -> (String, &'static str) {
     if req_is_dynamodb {
         let kind = if status == 503 { "ThrottlingException" } else { "InternalServerError" };
-        (format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{kind}","message":"injected fault"}}"#), "application/x-amz-json-1.0")
+        (
+            format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{kind}","message":"injected fault"}}"#),
+            "application/x-amz-json-1.0",
+        )
     } else {
         let code = if status == 503 { "SlowDown" } else { "InternalError" };
         (format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected fault</Message></Error>"), "application/xml")
@@ -167,8 +174,10 @@ async fn proxy(
         Some(Fault::Refuse) => return Err(std::io::Error::other("injected: connection closed unanswered")),
         Some(Fault::Status(status)) => {
             let (body, content_type) = error_body(is_dynamodb, status);
-            let response =
-                Response::builder().status(status).header("content-type", content_type).body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
             return Ok(response.unwrap());
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
@@ -188,7 +197,8 @@ async fn proxy(
     if fault == Some(Fault::Reset) {
         // Promise the whole body, send a little of it, then fail: the connection is cut.
         let head = bytes.slice(..bytes.len().min(8));
-        let frames = futures_stream(vec![Ok(Frame::data(head)), Err(std::io::Error::other("injected: reset mid-response"))]);
+        let frames =
+            futures_stream(vec![Ok(Frame::data(head)), Err(std::io::Error::other("injected: reset mid-response"))]);
         let mut response = Response::from_parts(parts, StreamBody::new(frames).boxed());
         response.headers_mut().insert("content-length", bytes.len().max(16).into());
         return Ok(response);
@@ -197,11 +207,16 @@ async fn proxy(
 }
 
 /// A stream of ready frames.
-fn futures_stream(items: Vec<Result<Frame<Bytes>, std::io::Error>>) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync {
+fn futures_stream(
+    items: Vec<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync {
     struct Ready(VecDeque<Result<Frame<Bytes>, std::io::Error>>);
     impl futures_core::Stream for Ready {
         type Item = Result<Frame<Bytes>, std::io::Error>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             std::task::Poll::Ready(self.0.pop_front())
         }
     }

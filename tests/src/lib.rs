@@ -76,7 +76,12 @@ pub fn chain_root(cn: &str, path_len: Option<u8>) -> ChainCa {
 }
 
 /// An intermediate issued by `issuer`; `is_ca: false` makes one that must not issue anything.
-pub fn chain_intermediate(issuer: &ChainCa, cn: &str, is_ca: bool, validity: (time::OffsetDateTime, time::OffsetDateTime)) -> ChainCa {
+pub fn chain_intermediate(
+    issuer: &ChainCa,
+    cn: &str,
+    is_ca: bool,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+) -> ChainCa {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
     let mut params = chain_params(cn, validity);
     if is_ca {
@@ -115,10 +120,20 @@ pub struct SeedRelease<'a> {
 
 /// Writes assets, a release with x86_64 assets, channel `stable` pointing at it, and an
 /// enrolled gateway (with secrets when given).
-pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], release: SeedRelease<'_>, secrets: Option<&[u8]>) -> Seeded {
+pub async fn seed_gateway(
+    store: &dyn ObjectStore,
+    name: &str,
+    cert_der: &[u8],
+    release: SeedRelease<'_>,
+    secrets: Option<&[u8]>,
+) -> Seeded {
     let SeedRelease { id: release_id, kernel, initrd, cmdline } = release;
     let fp = Fingerprint::of_der(cert_der);
-    let asset = |bytes: &[u8]| Asset { key: keys::asset(&sha256_hex(bytes)), sha256: sha256_hex(bytes), size: bytes.len() as u64 };
+    let asset = |bytes: &[u8]| Asset {
+        key: keys::asset(&sha256_hex(bytes)),
+        sha256: sha256_hex(bytes),
+        size: bytes.len() as u64,
+    };
     let (k, i) = (asset(kernel), asset(initrd));
     store.put(&k.key, kernel.to_vec(), WriteCondition::Always).await.unwrap();
     store.put(&i.key, initrd.to_vec(), WriteCondition::Always).await.unwrap();
@@ -134,7 +149,12 @@ pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], 
         health_gate: Default::default(),
     };
     put_json(store, &keys::release(release_id), &manifest).await;
-    put_json(store, &keys::channel("stable"), &Channel { name: "stable".into(), release: release_id.into(), history: vec![], fallback_after: None }).await;
+    put_json(
+        store,
+        &keys::channel("stable"),
+        &Channel { name: "stable".into(), release: release_id.into(), history: vec![], fallback_after: None },
+    )
+    .await;
     let mut record = ipxe_edge_core::domain::model::new_gateway(name, fp.clone());
     record.vars.insert("site".into(), "lab-1".into());
     put_json(store, &keys::gateway(&fp), &record).await;
@@ -145,8 +165,17 @@ pub async fn seed_gateway(store: &dyn ObjectStore, name: &str, cert_der: &[u8], 
 }
 
 /// Writes another x86_64 release (assets and manifest), without touching any channel.
-pub async fn seed_release(store: &dyn ObjectStore, release: SeedRelease<'_>, template: Option<&str>, gate: ipxe_edge_core::domain::health::HealthGate) {
-    let asset = |bytes: &[u8]| Asset { key: keys::asset(&sha256_hex(bytes)), sha256: sha256_hex(bytes), size: bytes.len() as u64 };
+pub async fn seed_release(
+    store: &dyn ObjectStore,
+    release: SeedRelease<'_>,
+    template: Option<&str>,
+    gate: ipxe_edge_core::domain::health::HealthGate,
+) {
+    let asset = |bytes: &[u8]| Asset {
+        key: keys::asset(&sha256_hex(bytes)),
+        sha256: sha256_hex(bytes),
+        size: bytes.len() as u64,
+    };
     let (k, i) = (asset(release.kernel), asset(release.initrd));
     store.put(&k.key, release.kernel.to_vec(), WriteCondition::Always).await.unwrap();
     store.put(&i.key, release.initrd.to_vec(), WriteCondition::Always).await.unwrap();
@@ -166,8 +195,14 @@ pub async fn seed_release(store: &dyn ObjectStore, release: SeedRelease<'_>, tem
 
 /// Points channel `stable` at `release` (the previous one into its history).
 pub async fn point_stable(store: &dyn ObjectStore, release: &str) {
-    let current: Option<Channel> = store.get(&keys::channel("stable")).await.unwrap().map(|o| serde_json::from_slice(&o.body).unwrap());
-    let mut channel = current.unwrap_or(Channel { name: "stable".into(), release: release.into(), history: vec![], fallback_after: None });
+    let current: Option<Channel> =
+        store.get(&keys::channel("stable")).await.unwrap().map(|o| serde_json::from_slice(&o.body).unwrap());
+    let mut channel = current.unwrap_or(Channel {
+        name: "stable".into(),
+        release: release.into(),
+        history: vec![],
+        fallback_after: None,
+    });
     channel.release = release.into();
     put_json(store, &keys::channel("stable"), &channel).await;
 }
@@ -200,7 +235,10 @@ fn server_env(endpoint_var: &str, test: &str) -> Option<ServerEnv> {
         }
         // Written past the test harness's capture, so the skip shows in every run.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped {test}: {endpoint_var} is not set (scripts/test.sh starts the test servers)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped {test}: {endpoint_var} is not set (scripts/test.sh starts the test servers)"
+        );
         return None;
     };
     Some(ServerEnv {
@@ -242,10 +280,15 @@ pub async fn dynamodb_client(env: &ServerEnv) -> aws_sdk_dynamodb::Client {
 
 /// Creates the table layout the template declares (`pk`/`sk`, TTL on `expires_at`).
 pub async fn create_ledger_table(client: &aws_sdk_dynamodb::Client, table: &str) {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
     use ipxe_edge_core::storage::adapters::dynamodb::{PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
-    let attribute = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().unwrap();
-    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
+    let attribute = |name: &str| {
+        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().unwrap()
+    };
+    let key =
+        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
     client
         .create_table()
         .table_name(table)
@@ -260,7 +303,9 @@ pub async fn create_ledger_table(client: &aws_sdk_dynamodb::Client, table: &str)
     client
         .update_time_to_live()
         .table_name(table)
-        .time_to_live_specification(TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL_ATTRIBUTE).build().unwrap())
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL_ATTRIBUTE).build().unwrap(),
+        )
         .send()
         .await
         .expect("enable TTL");
@@ -294,7 +339,12 @@ impl ServeProcess {
         Self::start_on(binary, data, (free_port(), free_port(), free_port()), extra)
     }
 
-    pub fn start_on(binary: &str, data: &std::path::Path, ports: (u16, u16, u16), extra: &[&str]) -> Result<Self, String> {
+    pub fn start_on(
+        binary: &str,
+        data: &std::path::Path,
+        ports: (u16, u16, u16),
+        extra: &[&str],
+    ) -> Result<Self, String> {
         use std::io::{BufRead, BufReader};
         let (boot_port, secrets_port, s3_port) = ports;
         let stderr_path = data.with_extension(format!("stderr-{boot_port}.log"));

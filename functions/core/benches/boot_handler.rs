@@ -40,7 +40,13 @@ fn setup(recording: bool) -> Bench {
         SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "console=ttyS0" },
         Some(b"s"),
     ));
-    let creds = aws_sdk_s3::config::Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("session-token".into()), None, "bench");
+    let creds = aws_sdk_s3::config::Credentials::new(
+        "AKIDEXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        Some("session-token".into()),
+        None,
+        "bench",
+    );
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("eu-west-1"))
@@ -60,7 +66,10 @@ fn setup(recording: bool) -> Bench {
     }
     let boot = BootApp {
         service,
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };
@@ -97,9 +106,13 @@ fn redeem_once(b: &Bench, path: &str) {
 
 fn criterion_benches(c: &mut Criterion) {
     let b = setup(false);
-    c.bench_function("boot_handler (event parse + verify + render + 2 presigns + token)", |bench| bench.iter(|| boot_once(&b)));
+    c.bench_function("boot_handler (event parse + verify + render + 2 presigns + token)", |bench| {
+        bench.iter(|| boot_once(&b))
+    });
     let b = setup(true);
-    c.bench_function("boot_handler with outcome recording (+ journal read and write)", |bench| bench.iter(|| boot_once(&b)));
+    c.bench_function("boot_handler with outcome recording (+ journal read and write)", |bench| {
+        bench.iter(|| boot_once(&b))
+    });
 }
 
 fn percentiles(name: &str, samples: &mut [Duration]) {

@@ -8,7 +8,9 @@ use ipxe_edge_core::domain::query::BootQuery;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::{gateway_pk, DynamoJournal, DynamoLedger, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
+use ipxe_edge_core::storage::adapters::dynamodb::{
+    gateway_pk, DynamoJournal, DynamoLedger, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
+};
 use ipxe_edge_core::storage::adapters::memory::{MemoryPresigner, MemoryStore};
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::{update_health, BootJournal, StoreError};
@@ -48,8 +50,16 @@ fn boot(id: u64, seq: u64, issued_at: u64) -> BootRecord {
     }
 }
 
-async fn item(client: &aws_sdk_dynamodb::Client, table: &str, pk: &str, sk: &str) -> Option<std::collections::HashMap<String, AttributeValue>> {
-    let key = [(PARTITION_KEY.to_string(), AttributeValue::S(pk.into())), (SORT_KEY.to_string(), AttributeValue::S(sk.into()))];
+async fn item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: &str,
+    sk: &str,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    let key = [
+        (PARTITION_KEY.to_string(), AttributeValue::S(pk.into())),
+        (SORT_KEY.to_string(), AttributeValue::S(sk.into())),
+    ];
     client.get_item().table_name(table).set_key(Some(key.into_iter().collect())).send().await.unwrap().item
 }
 
@@ -89,14 +99,20 @@ async fn items_commits_and_history() {
     // History: newest first, one item per boot, the pass replaced the issued record; TTL set.
     let second = boot(2, 2, 1_700_000_100);
     let v = journal.load(&fp).await.unwrap().version;
-    journal.commit(&fp, v.as_deref(), &GatewayHealth { latest: Some(second.clone()), ..good.clone() }, &[&second]).await.unwrap();
+    journal
+        .commit(&fp, v.as_deref(), &GatewayHealth { latest: Some(second.clone()), ..good.clone() }, &[&second])
+        .await
+        .unwrap();
     let history = journal.history(&fp, 10).await.unwrap();
     assert_eq!(history, vec![second.clone(), passed]);
     assert_eq!(journal.history(&fp, 1).await.unwrap(), vec![second.clone()]);
     let sk = format!("boot#{:010}#{:010}#{}", second.issued_at, second.seq, second.id);
     let boot_item = item(&client, &table, &pk, &sk).await.expect("boot item");
     assert_eq!(boot_item["outcome"].as_s().unwrap(), "issued");
-    assert_eq!(boot_item[TTL_ATTRIBUTE].as_n().unwrap().parse::<u64>().unwrap(), second.issued_at + RETENTION.as_secs());
+    assert_eq!(
+        boot_item[TTL_ATTRIBUTE].as_n().unwrap().parse::<u64>().unwrap(),
+        second.issued_at + RETENTION.as_secs()
+    );
 
     // Another gateway's items are separate.
     assert_eq!(journal.history(&Fingerprint::of_der(b"other"), 10).await.unwrap(), vec![]);
@@ -116,7 +132,10 @@ async fn racing_updates_through_a_serializing_proxy_lose_nothing() {
             let journal = journal.clone();
             let fp = fp.clone();
             tokio::spawn(async move {
-                update_health(journal.as_ref(), &fp, |h| Ok::<_, StoreError>((GatewayHealth { failures: h.failures + 1, ..h.clone() }, vec![], ()))).await
+                update_health(journal.as_ref(), &fp, |h| {
+                    Ok::<_, StoreError>((GatewayHealth { failures: h.failures + 1, ..h.clone() }, vec![], ()))
+                })
+                .await
             })
         })
         .collect();
@@ -138,20 +157,46 @@ async fn services_fall_back_on_the_real_table() {
     let journal = Arc::new(journal);
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("gw-ddb");
-    let seeded = seed_gateway(store.as_ref(), "gw-ddb", &gw.cert_der, SeedRelease { id: "A", kernel: b"KA", initrd: b"IA", cmdline: "" }, Some(b"s=1")).await;
-    seed_release(store.as_ref(), SeedRelease { id: "B", kernel: b"KB", initrd: b"IB", cmdline: "" }, None, HealthGate::ReachedLinux).await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "gw-ddb",
+        &gw.cert_der,
+        SeedRelease { id: "A", kernel: b"KA", initrd: b"IA", cmdline: "" },
+        Some(b"s=1"),
+    )
+    .await;
+    seed_release(
+        store.as_ref(),
+        SeedRelease { id: "B", kernel: b"KB", initrd: b"IB", cmdline: "" },
+        None,
+        HealthGate::ReachedLinux,
+    )
+    .await;
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
-    let boots = BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), BootSettings::new("https://s.example"))
+    let boots = BootService::new(
+        Records::new(store.clone()),
+        Arc::new(MemoryPresigner::default()),
+        keyring.clone(),
+        BootSettings::new("https://s.example"),
+    )
+    .with_journal(journal.clone());
+    let redeem = RedeemService::new(Records::new(store.clone()), Arc::new(DynamoLedger::new(client, table)), keyring)
         .with_journal(journal.clone());
-    let redeem = RedeemService::new(Records::new(store.clone()), Arc::new(DynamoLedger::new(client, table)), keyring).with_journal(journal.clone());
-    let client_id = ClientIdentity { fingerprint: seeded.fingerprint.clone(), subject: "CN=gw-ddb".into(), issuer: "CN=ca".into(), not_after: i64::MAX };
+    let client_id = ClientIdentity {
+        fingerprint: seeded.fingerprint.clone(),
+        subject: "CN=gw-ddb".into(),
+        issuer: "CN=ca".into(),
+        not_after: i64::MAX,
+    };
     let now = ipxe_edge_core::domain::clock::unix_now();
 
     let first = boots.boot(&client_id, &BootQuery::default(), now).await.unwrap();
     assert_eq!(first.journal_error, None);
     let token = first.script.split("/secrets/").nth(1).unwrap().split('"').next().unwrap().to_string();
     let redeemed = redeem.redeem(&token, now + 5).await.unwrap();
-    assert!(matches!(redeemed.signal, ipxe_edge_core::service::redeem::SignalOutcome::Recorded(ref b) if b.outcome == Outcome::ReachedLinux));
+    assert!(
+        matches!(redeemed.signal, ipxe_edge_core::service::redeem::SignalOutcome::Recorded(ref b) if b.outcome == Outcome::ReachedLinux)
+    );
     point_stable(store.as_ref(), "B").await;
     let served: Vec<_> = [
         boots.boot(&client_id, &BootQuery::default(), now + 10).await.unwrap(),
@@ -161,8 +206,18 @@ async fn services_fall_back_on_the_real_table() {
     .into_iter()
     .map(|s| (s.release, s.reason, s.journal_error))
     .collect();
-    assert_eq!(served, vec![("B".into(), BootReason::Channel, None), ("B".into(), BootReason::Channel, None), ("A".into(), BootReason::Fallback, None)]);
+    assert_eq!(
+        served,
+        vec![
+            ("B".into(), BootReason::Channel, None),
+            ("B".into(), BootReason::Channel, None),
+            ("A".into(), BootReason::Fallback, None)
+        ]
+    );
     let history = journal.history(&seeded.fingerprint, 10).await.unwrap();
     let outcomes: Vec<_> = history.iter().map(|b| (b.release.as_str(), b.outcome)).collect();
-    assert_eq!(outcomes, vec![("A", Outcome::Issued), ("B", Outcome::Failed), ("B", Outcome::Failed), ("A", Outcome::ReachedLinux)]);
+    assert_eq!(
+        outcomes,
+        vec![("A", Outcome::Issued), ("B", Outcome::Failed), ("B", Outcome::Failed), ("A", Outcome::ReachedLinux)]
+    );
 }

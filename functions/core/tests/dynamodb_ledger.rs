@@ -44,13 +44,30 @@ fn now() -> u64 {
 }
 
 fn redeem_request(token: &str) -> lambda_http::Request {
-    request("function-url-redeem.json", &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))])
+    request(
+        "function-url-redeem.json",
+        &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))],
+    )
 }
 
 /// The ledger's item for a used token, if any.
-async fn used_entry(ledger: &DynamoLedger, token_id: &str) -> Option<std::collections::HashMap<String, AttributeValue>> {
-    let key = [(PARTITION_KEY.to_string(), AttributeValue::S(token_pk(token_id))), (SORT_KEY.to_string(), AttributeValue::S("used".into()))];
-    ledger.client().get_item().table_name(ledger.table()).set_key(Some(key.into_iter().collect())).send().await.unwrap().item
+async fn used_entry(
+    ledger: &DynamoLedger,
+    token_id: &str,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    let key = [
+        (PARTITION_KEY.to_string(), AttributeValue::S(token_pk(token_id))),
+        (SORT_KEY.to_string(), AttributeValue::S("used".into())),
+    ];
+    ledger
+        .client()
+        .get_item()
+        .table_name(ledger.table())
+        .set_key(Some(key.into_iter().collect()))
+        .send()
+        .await
+        .unwrap()
+        .item
 }
 
 #[tokio::test]
@@ -106,21 +123,32 @@ async fn failed_secret_read_leaves_the_token_redeemable() {
     let ledger = ledger(&ddb).await;
     let good = secrets_store(&env, &fp).await;
     // Same bucket, but credentials the server refuses: every read fails.
-    let bad_env = ServerEnv { endpoint: env.endpoint.clone(), access_key: env.access_key.clone(), secret_key: "wrong-secret".into() };
+    let bad_env = ServerEnv {
+        endpoint: env.endpoint.clone(),
+        access_key: env.access_key.clone(),
+        secret_key: "wrong-secret".into(),
+    };
     let broken = Arc::new(S3Store::new(s3_client(&bad_env).await, good.bucket().to_string()));
     let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now() + 120).unwrap();
 
-    let failing = RedeemApp { service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()), metrics: Arc::new(NoMetrics) };
+    let failing = RedeemApp {
+        service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    };
     let response = redeem_handler(&failing, redeem_request(&token)).await;
     assert_eq!(response.status(), 503);
     assert!(used_entry(&ledger, &id.to_string()).await.is_none(), "token recorded although its secret was not served");
 
     // A ledger that cannot be written also leaves it redeemable.
     let missing_table = Arc::new(DynamoLedger::new(ledger.client().clone(), "no-such-table"));
-    let no_ledger = RedeemApp { service: RedeemService::new(Records::new(good.clone()), missing_table, keyring.clone()), metrics: Arc::new(NoMetrics) };
+    let no_ledger = RedeemApp {
+        service: RedeemService::new(Records::new(good.clone()), missing_table, keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    };
     assert_eq!(redeem_handler(&no_ledger, redeem_request(&token)).await.status(), 503);
 
-    let working = RedeemApp { service: RedeemService::new(Records::new(good), ledger, keyring), metrics: Arc::new(NoMetrics) };
+    let working =
+        RedeemApp { service: RedeemService::new(Records::new(good), ledger, keyring), metrics: Arc::new(NoMetrics) };
     let response = redeem_handler(&working, redeem_request(&token)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.body().as_ref(), SECRET);

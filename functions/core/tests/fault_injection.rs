@@ -28,7 +28,10 @@ fn faults() -> Vec<Fault> {
 }
 
 fn redeem_request(token: &str) -> lambda_http::Request {
-    request("function-url-redeem.json", &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))])
+    request(
+        "function-url-redeem.json",
+        &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))],
+    )
 }
 
 async fn is_recorded(ledger: &DynamoLedger, token_id: &str) -> bool {
@@ -36,7 +39,16 @@ async fn is_recorded(ledger: &DynamoLedger, token_id: &str) -> bool {
         (PARTITION_KEY.to_string(), aws_sdk_dynamodb::types::AttributeValue::S(token_pk(token_id))),
         (SORT_KEY.to_string(), aws_sdk_dynamodb::types::AttributeValue::S("used".into())),
     ];
-    ledger.client().get_item().table_name(ledger.table()).set_key(Some(key.into_iter().collect())).send().await.unwrap().item.is_some()
+    ledger
+        .client()
+        .get_item()
+        .table_name(ledger.table())
+        .set_key(Some(key.into_iter().collect()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +60,10 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
     let bucket = unique_name("faults");
     let direct_s3 = s3_client(&s3).await;
     direct_s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    S3Store::new(direct_s3, bucket.clone()).put(&keys::secrets(&fp), SECRET.to_vec(), WriteCondition::Always).await.unwrap();
+    S3Store::new(direct_s3, bucket.clone())
+        .put(&keys::secrets(&fp), SECRET.to_vec(), WriteCondition::Always)
+        .await
+        .unwrap();
     let table = unique_name("faults-ledger");
     let direct_ddb = dynamodb_client(&ddb).await;
     create_ledger_table(&direct_ddb, &table).await;
@@ -62,7 +77,10 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
     };
     let store = Arc::new(S3Store::new(s3_client(&through(&s3, &s3_proxy)).await, bucket));
     let ledger = Arc::new(DynamoLedger::new(dynamodb_client(&through(&ddb, &ddb_proxy)).await, table));
-    let app = RedeemApp { service: RedeemService::new(Records::new(store), ledger, keyring.clone()), metrics: Arc::new(NoMetrics) };
+    let app = RedeemApp {
+        service: RedeemService::new(Records::new(store), ledger, keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    };
 
     let now = ipxe_edge_core::domain::clock::unix_now();
     for (step, proxy) in [("secret read (S3)", &s3_proxy), ("ledger write (DynamoDB)", &ddb_proxy)] {
@@ -74,9 +92,16 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
             let response = redeem_handler(&app, redeem_request(&token)).await;
             proxy.clear();
             assert_eq!(response.status(), 503, "{step}, {fault:?}");
-            assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("5"), "{step}, {fault:?}");
+            assert_eq!(
+                response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+                Some("5"),
+                "{step}, {fault:?}"
+            );
             assert!(proxy.faulted() > before, "{step}, {fault:?}: the fault was not met");
-            assert!(!is_recorded(&direct_ledger, &id.to_string()).await, "{step}, {fault:?}: token spent without its secret");
+            assert!(
+                !is_recorded(&direct_ledger, &id.to_string()).await,
+                "{step}, {fault:?}: token spent without its secret"
+            );
             // Fault cleared: exactly one answer.
             let response = redeem_handler(&app, redeem_request(&token)).await;
             assert_eq!(response.status(), 200, "{step}, {fault:?}: after the fault");
@@ -102,10 +127,20 @@ async fn boot_faults_answer_503_never_a_broken_script() {
     let direct = Arc::new(S3Store::new(s3_client(&s3).await, bucket.clone()));
     direct.client().create_bucket().bucket(&bucket).send().await.unwrap();
     let gw = issue_gateway("gw-faults");
-    seed_gateway(direct.as_ref(), "gw-faults", &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "console=ttyS0" }, Some(SECRET))
-        .await;
+    seed_gateway(
+        direct.as_ref(),
+        "gw-faults",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "console=ttyS0" },
+        Some(SECRET),
+    )
+    .await;
     let proxy = FaultProxy::start(&s3.endpoint).await;
-    let env = ServerEnv { endpoint: proxy.endpoint.clone(), access_key: s3.access_key.clone(), secret_key: s3.secret_key.clone() };
+    let env = ServerEnv {
+        endpoint: proxy.endpoint.clone(),
+        access_key: s3.access_key.clone(),
+        secret_key: s3.secret_key.clone(),
+    };
     let store = Arc::new(S3Store::new(s3_client(&env).await, bucket));
     let app = BootApp {
         service: BootService::new(
@@ -114,7 +149,10 @@ async fn boot_faults_answer_503_never_a_broken_script() {
             Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
             BootSettings::new("https://secrets.example.org"),
         ),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };

@@ -42,18 +42,34 @@ async fn harness_with(cert_header: CertHeader, secrets: Option<&[u8]>) -> Harnes
         store.as_ref(),
         "gw1",
         &gw.cert_der,
-        SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "console=ttyS0 b2c.container=\"docker://x\"" },
+        SeedRelease {
+            id: "r1",
+            kernel: b"KERNEL",
+            initrd: b"INITRD",
+            cmdline: "console=ttyS0 b2c.container=\"docker://x\"",
+        },
         secrets,
     )
     .await;
     let settings = BootSettings::new("https://secrets.example.org");
     let boot = BootApp {
-        service: BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), settings),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        service: BootService::new(
+            Records::new(store.clone()),
+            Arc::new(MemoryPresigner::default()),
+            keyring.clone(),
+            settings,
+        ),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header,
         metrics: Arc::new(NoMetrics),
     };
-    let redeem = RedeemApp { service: RedeemService::new(Records::new(store.clone()), ledger.clone(), keyring.clone()), metrics: Arc::new(NoMetrics) };
+    let redeem = RedeemApp {
+        service: RedeemService::new(Records::new(store.clone()), ledger.clone(), keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    };
     Harness { store, ledger, keyring, boot, redeem, gw, fp: seeded.fingerprint }
 }
 
@@ -68,7 +84,12 @@ fn v2_boot(cert_pem: &str, raw_query: &str, params: Value) -> lambda_http::Reque
 fn v2_boot_method(cert_pem: &str, raw_query: &str, params: Value, method: &str) -> lambda_http::Request {
     request(
         "apigw-http-v2-boot.json",
-        &[("__CLIENT_CERT_PEM__", json!(cert_pem)), ("__RAW_QUERY__", json!(raw_query)), ("__QUERY_PARAMETERS__", params), ("__METHOD__", json!(method))],
+        &[
+            ("__CLIENT_CERT_PEM__", json!(cert_pem)),
+            ("__RAW_QUERY__", json!(raw_query)),
+            ("__QUERY_PARAMETERS__", params),
+            ("__METHOD__", json!(method)),
+        ],
     )
 }
 
@@ -98,7 +119,11 @@ fn secrets_path(script: &str) -> String {
 #[tokio::test]
 async fn http_api_event_gets_a_presigned_boot_script() {
     let h = harness().await;
-    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "mac=52:54:00:12:34:56&platform=efi&buildarch=x86_64", default_params())).await;
+    let response = boot_handler(
+        &h.boot,
+        v2_boot(&h.gw.cert_pem, "mac=52:54:00:12:34:56&platform=efi&buildarch=x86_64", default_params()),
+    )
+    .await;
     let text = body(&response);
     assert_eq!(response.status(), 200, "{text}");
     assert!(header(&response, "content-type").starts_with("text/plain"));
@@ -112,7 +137,10 @@ async fn http_api_event_gets_a_presigned_boot_script() {
         "{}",
         lines[1]
     );
-    assert_eq!(lines[2], format!("initrd https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"INITRD"))));
+    assert_eq!(
+        lines[2],
+        format!("initrd https://objects.invalid/{}?expires=300&sig=0123", keys::asset(&sha256_hex(b"INITRD")))
+    );
     assert_eq!(lines[3], "boot");
     assert_eq!(lines.len(), 4);
 }
@@ -121,7 +149,14 @@ async fn http_api_event_gets_a_presigned_boot_script() {
 async fn rest_api_event_with_x509_v1_certificate_boots() {
     let h = harness().await;
     let legacy = issue_v1_client_with_openssl(test_ca(), "ci-gateway-legacy", 30).expect("openssl is installed");
-    seed_gateway(h.store.as_ref(), "legacy", &legacy.cert_der, SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "quiet" }, None).await;
+    seed_gateway(
+        h.store.as_ref(),
+        "legacy",
+        &legacy.cert_der,
+        SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "quiet" },
+        None,
+    )
+    .await;
     let req = request("apigw-rest-boot.json", &[("__CLIENT_CERT_PEM__", json!(legacy.cert_pem))]);
     let response = boot_handler(&h.boot, req).await;
     let text = body(&response);
@@ -141,14 +176,19 @@ async fn missing_certificate_is_forbidden_and_header_ignored_unless_configured()
     assert!(body(&response).contains("client certificate required"));
 
     let with_header = harness_with(CertHeader::Trusted("x-amzn-mtls-clientcert".parse().unwrap()), Some(SECRET)).await;
-    let escaped = percent_encoding::utf8_percent_encode(&with_header.gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let escaped =
+        percent_encoding::utf8_percent_encode(&with_header.gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
     let req = request("apigw-http-v2-no-cert.json", &[("__HEADER_CERT__", json!(escaped))]);
     let response = boot_handler(&with_header.boot, req).await;
     assert_eq!(response.status(), 200, "{}", body(&response));
 
     // Header mode on still verifies the chain: a certificate from another CA is refused.
-    let other = CertificateAuthority::generate("rogue", 30).unwrap().issue_client("gw1", ipxe_edge_pki::validity_days(5)).unwrap();
-    let escaped = percent_encoding::utf8_percent_encode(&other.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let other = CertificateAuthority::generate("rogue", 30)
+        .unwrap()
+        .issue_client("gw1", ipxe_edge_pki::validity_days(5))
+        .unwrap();
+    let escaped =
+        percent_encoding::utf8_percent_encode(&other.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
     let req = request("apigw-http-v2-no-cert.json", &[("__HEADER_CERT__", json!(escaped))]);
     assert_eq!(boot_handler(&with_header.boot, req).await.status(), 403);
 }
@@ -194,7 +234,8 @@ async fn bad_query_and_missing_architecture() {
     let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "mac=zz", json!({"mac": "zz"}))).await;
     assert_eq!(response.status(), 400);
     assert!(body(&response).contains("mac"));
-    let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "buildarch=arm64", json!({"buildarch": "arm64"}))).await;
+    let response =
+        boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "buildarch=arm64", json!({"buildarch": "arm64"}))).await;
     assert_eq!(response.status(), 404);
     assert_eq!(body(&response), "release r1 has no assets for architecture arm64\n");
 }
@@ -212,7 +253,8 @@ async fn wrong_path_and_method() {
 async fn unsafe_gateway_variable_or_template_is_an_error_not_a_script() {
     let h = harness().await;
     let manifest_key = keys::release("r1");
-    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    let mut manifest: ReleaseManifest =
+        serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
     manifest.template = Some("#!ipxe\necho ${site}\nkernel ${kernel_url} ${cmdline}\nboot\n".into());
     put_json(h.store.as_ref(), &manifest_key, &manifest).await;
     update_gateway(h.store.as_ref(), &h.fp, |r| {
@@ -228,7 +270,8 @@ async fn unsafe_gateway_variable_or_template_is_an_error_not_a_script() {
 async fn template_needing_secrets_without_secrets_is_an_error() {
     let h = harness_with(CertHeader::Off, None).await;
     let manifest_key = keys::release("r1");
-    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    let mut manifest: ReleaseManifest =
+        serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
     manifest.cmdline = "b2c.extra_args_url=\"${secrets_url}\"".into();
     put_json(h.store.as_ref(), &manifest_key, &manifest).await;
     let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
@@ -239,7 +282,8 @@ async fn template_needing_secrets_without_secrets_is_an_error() {
 async fn cmdline_can_place_the_secrets_url_itself() {
     let h = harness().await;
     let manifest_key = keys::release("r1");
-    let mut manifest: ReleaseManifest = serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
+    let mut manifest: ReleaseManifest =
+        serde_json::from_slice(&h.store.get(&manifest_key).await.unwrap().unwrap().body).unwrap();
     manifest.cmdline = "b2c.extra_args_url=\"${secrets_url}\" hostname=${gateway} mac=${netX/mac}".into();
     put_json(h.store.as_ref(), &manifest_key, &manifest).await;
     let response = boot_handler(&h.boot, v2_boot(&h.gw.cert_pem, "", Value::Null)).await;
@@ -331,10 +375,19 @@ async fn concurrent_redemptions_in_memory_give_one_success() {
 #[tokio::test]
 async fn presign_lifetime_is_configurable() {
     let h = harness().await;
-    let settings = BootSettings { presign_ttl: Duration::from_secs(60), ..BootSettings::new("https://secrets.example.org") };
+    let settings =
+        BootSettings { presign_ttl: Duration::from_secs(60), ..BootSettings::new("https://secrets.example.org") };
     let app = BootApp {
-        service: BootService::new(Records::new(h.store.clone()), Arc::new(MemoryPresigner::default()), h.keyring.clone(), settings),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        service: BootService::new(
+            Records::new(h.store.clone()),
+            Arc::new(MemoryPresigner::default()),
+            h.keyring.clone(),
+            settings,
+        ),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };
@@ -348,8 +401,18 @@ async fn presign_lifetime_is_configurable() {
 async fn records_naming_path_tricks_are_500_record_invalid() {
     type Edit = Box<dyn Fn(&Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>>;
     let edits: Vec<(&str, Edit)> = vec![
-        ("pinned_release", Box::new(|h: &Harness| Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.pinned_release = Some("../x".into()))))),
-        ("channel", Box::new(|h: &Harness| Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.channel = Some("../x".into()))))),
+        (
+            "pinned_release",
+            Box::new(|h: &Harness| {
+                Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.pinned_release = Some("../x".into())))
+            }),
+        ),
+        (
+            "channel",
+            Box::new(|h: &Harness| {
+                Box::pin(update_gateway(h.store.as_ref(), &h.fp, |r| r.channel = Some("../x".into())))
+            }),
+        ),
         (
             "channel release",
             Box::new(|h: &Harness| {
@@ -406,7 +469,10 @@ async fn renewal_route_from_an_http_api_event_answers_once() {
     assert_eq!(secret.status(), 200);
     let text = body(&secret);
     // Under the domain the secret was fetched through (no base URL configured).
-    let token = text.strip_prefix("renew=https://abcdefghijklmnop.lambda-url.eu-west-1.on.aws/renewal/").unwrap_or_else(|| panic!("{text}")).to_string();
+    let token = text
+        .strip_prefix("renew=https://abcdefghijklmnop.lambda-url.eu-west-1.on.aws/renewal/")
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string();
 
     // A bad format is refused before anything is spent.
     let bad = redeem_handler(&h.redeem, v2_renewal(&token, "format=zip", json!({"format": "zip"}))).await;

@@ -26,7 +26,11 @@ async fn moto(test: &str) -> Option<Moto> {
     let env = moto_env(test)?;
     let config = sdk_config(&env).await;
     let proxy = FaultProxy::start(&env.endpoint).await;
-    let proxied = ServerEnv { endpoint: proxy.endpoint.clone(), access_key: env.access_key.clone(), secret_key: env.secret_key.clone() };
+    let proxied = ServerEnv {
+        endpoint: proxy.endpoint.clone(),
+        access_key: env.access_key.clone(),
+        secret_key: env.secret_key.clone(),
+    };
     let iam = aws_sdk_iam::Client::new(&sdk_config(&proxied).await);
     let s3 = ipxe_edge_core::lambda::init::s3_client(&config, true);
     let bucket = unique_name("scratch").to_lowercase();
@@ -52,7 +56,9 @@ fn form_fields(body: &str) -> Vec<(String, String)> {
     body.split('&')
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| {
-            let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().unwrap().into_owned();
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().unwrap().into_owned()
+            };
             (decode(k), decode(v))
         })
         .collect()
@@ -76,11 +82,13 @@ async fn users_carry_the_boundary_and_a_policy_limited_to_their_prefix() {
     let user = m.iam.get_user().user_name(user_name(&gateway)).send().await.unwrap();
     assert_eq!(user.user().unwrap().path(), DEFAULT_USER_PATH);
     // moto keeps no permissions boundary on users: read the CreateUser call itself.
-    let create_user = m.proxy.bodies().into_iter().find(|b| b.starts_with("Action=CreateUser&")).expect("a CreateUser call");
+    let create_user =
+        m.proxy.bodies().into_iter().find(|b| b.starts_with("Action=CreateUser&")).expect("a CreateUser call");
     let fields: Vec<(String, String)> = form_fields(&create_user);
     assert!(fields.contains(&("PermissionsBoundary".into(), m.settings.boundary_arn.clone())), "{create_user}");
     assert!(fields.contains(&("Path".into(), DEFAULT_USER_PATH.into())), "{create_user}");
-    let policy = m.iam.get_user_policy().user_name(user_name(&gateway)).policy_name("scratch-space").send().await.unwrap();
+    let policy =
+        m.iam.get_user_policy().user_name(user_name(&gateway)).policy_name("scratch-space").send().await.unwrap();
     let document = percent_encoding::percent_decode_str(policy.policy_document()).decode_utf8().unwrap().to_string();
     let document: serde_json::Value = serde_json::from_str(&document).unwrap();
     assert_eq!(document, serde_json::from_str::<serde_json::Value>(&scratch.policy(&gateway)).unwrap());
@@ -100,7 +108,10 @@ async fn keys_rotate_within_iams_limit_and_are_revoked() {
     assert_eq!(live.len(), 2);
     assert!(live.contains(&first.access_key_id) && live.contains(&second.access_key_id));
     assert_eq!(scratch.revoke_older(&gateway, &second.access_key_id).await.unwrap(), 1);
-    assert_eq!(scratch.keys(&gateway).await.unwrap().iter().map(|k| &k.access_key_id).collect::<Vec<_>>(), vec![&second.access_key_id]);
+    assert_eq!(
+        scratch.keys(&gateway).await.unwrap().iter().map(|k| &k.access_key_id).collect::<Vec<_>>(),
+        vec![&second.access_key_id]
+    );
     // Redemptions that never revoked (crashes) do not hit IAM's two-key limit.
     for at in 3..6 {
         scratch.mint(&gateway, at).await.expect("room is made");
@@ -131,10 +142,18 @@ async fn redemption_mints_an_iam_key_and_revokes_the_previous_one() {
     let gw = issue_gateway("iam-gw");
     let gateway = unique_name("iam-gw");
     let secret = b"b2c.minio=\"bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}\" mirror=bbz/${s3_bucket_name}";
-    let seeded = seed_gateway(store.as_ref(), &gateway, &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" }, Some(secret)).await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        &gateway,
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" },
+        Some(secret),
+    )
+    .await;
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let scratch = Arc::new(m.scratch());
-    let service = RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring.clone()).with_scratch(scratch.clone());
+    let service = RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring.clone())
+        .with_scratch(scratch.clone());
     let token = || keyring.mint(&seeded.fingerprint, &keys::secrets(&seeded.fingerprint), 2_000_000_000).unwrap().1;
 
     let first_token = token();

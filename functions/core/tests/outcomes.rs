@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const BASE: &str = "https://secrets.example.org";
-const CHECKIN_TEMPLATE: &str = "#!ipxe\nkernel ${kernel_url} ${cmdline} checkin=\"${checkin_url}\"\ninitrd ${initrd_url}\nboot\n";
+const CHECKIN_TEMPLATE: &str =
+    "#!ipxe\nkernel ${kernel_url} ${cmdline} checkin=\"${checkin_url}\"\ninitrd ${initrd_url}\nboot\n";
 
 #[derive(Default)]
 struct CountingMetrics(Mutex<Vec<(&'static str, Vec<&'static str>)>>);
@@ -55,16 +56,41 @@ async fn harness(secrets: Option<&[u8]>) -> Harness {
     let journal = Arc::new(ObjectJournal::new(journal_store.clone(), Duration::from_secs(86_400)));
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let gw = issue_gateway("gw-outcomes");
-    let seeded =
-        seed_gateway(store.as_ref(), "gw1", &gw.cert_der, SeedRelease { id: "A", kernel: b"KERNEL-A", initrd: b"INITRD-A", cmdline: "" }, secrets).await;
-    seed_release(store.as_ref(), SeedRelease { id: "B", kernel: b"KERNEL-B", initrd: b"INITRD-B", cmdline: "" }, None, HealthGate::ReachedLinux).await;
-    seed_release(store.as_ref(), SeedRelease { id: "C", kernel: b"KERNEL-C", initrd: b"INITRD-C", cmdline: "" }, Some(CHECKIN_TEMPLATE), HealthGate::Checkin)
-        .await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "gw1",
+        &gw.cert_der,
+        SeedRelease { id: "A", kernel: b"KERNEL-A", initrd: b"INITRD-A", cmdline: "" },
+        secrets,
+    )
+    .await;
+    seed_release(
+        store.as_ref(),
+        SeedRelease { id: "B", kernel: b"KERNEL-B", initrd: b"INITRD-B", cmdline: "" },
+        None,
+        HealthGate::ReachedLinux,
+    )
+    .await;
+    seed_release(
+        store.as_ref(),
+        SeedRelease { id: "C", kernel: b"KERNEL-C", initrd: b"INITRD-C", cmdline: "" },
+        Some(CHECKIN_TEMPLATE),
+        HealthGate::Checkin,
+    )
+    .await;
     let metrics = Arc::new(CountingMetrics::default());
     let boot = BootApp {
-        service: BootService::new(Records::new(store.clone()), Arc::new(MemoryPresigner::default()), keyring.clone(), BootSettings::new(BASE))
-            .with_journal(journal.clone()),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        service: BootService::new(
+            Records::new(store.clone()),
+            Arc::new(MemoryPresigner::default()),
+            keyring.clone(),
+            BootSettings::new(BASE),
+        )
+        .with_journal(journal.clone()),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header: CertHeader::Off,
         metrics: metrics.clone(),
     };
@@ -96,12 +122,19 @@ impl Harness {
         let response = boot_handler(&self.boot, request).await;
         let text = body(&response);
         assert_eq!(response.status(), 200, "{text}");
-        let release = ["A", "B", "C"].into_iter().find(|r| text.contains(&sha256_hex(format!("KERNEL-{r}").as_bytes()))).expect("a known kernel");
+        let release = ["A", "B", "C"]
+            .into_iter()
+            .find(|r| text.contains(&sha256_hex(format!("KERNEL-{r}").as_bytes())))
+            .expect("a known kernel");
         (text, release)
     }
 
     async fn call(&self, path: &str, method: &str) -> Response<Body> {
-        redeem_handler(&self.redeem, request("function-url-redeem.json", &[("__PATH__", json!(path)), ("__METHOD__", json!(method))])).await
+        redeem_handler(
+            &self.redeem,
+            request("function-url-redeem.json", &[("__PATH__", json!(path)), ("__METHOD__", json!(method))]),
+        )
+        .await
     }
 
     async fn redeem(&self, script: &str) -> Response<Body> {
@@ -156,7 +189,13 @@ async fn two_failed_boots_fall_back_to_the_last_good_release_until_the_target_ch
     assert_eq!(history[4].platform.as_deref(), Some("efi"));
 
     // A promote clears the fallback.
-    seed_release(h.store.as_ref(), SeedRelease { id: "D", kernel: b"KERNEL-B", initrd: b"INITRD-B", cmdline: "" }, None, HealthGate::ReachedLinux).await;
+    seed_release(
+        h.store.as_ref(),
+        SeedRelease { id: "D", kernel: b"KERNEL-B", initrd: b"INITRD-B", cmdline: "" },
+        None,
+        HealthGate::ReachedLinux,
+    )
+    .await;
     point_stable(h.store.as_ref(), "D").await;
     let (text, _) = h.boot().await;
     assert!(!text.contains(&sha256_hex(b"KERNEL-A")));

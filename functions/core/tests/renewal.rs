@@ -49,8 +49,11 @@ async fn setup(retire_old_after_first_boot: bool) -> Setup {
     let ledger = Arc::new(MemoryLedger::default());
     let mut settings = BootSettings::new(BASE);
     settings.retire_old_after_first_boot = retire_old_after_first_boot;
-    let boot = BootService::new(records.clone(), Arc::new(MemoryPresigner::default()), keyring.clone(), settings).with_journal(journal.clone());
-    let redeem = RedeemService::new(records.clone(), ledger.clone(), keyring.clone()).with_journal(journal).with_checkin_base_url(BASE);
+    let boot = BootService::new(records.clone(), Arc::new(MemoryPresigner::default()), keyring.clone(), settings)
+        .with_journal(journal.clone());
+    let redeem = RedeemService::new(records.clone(), ledger.clone(), keyring.clone())
+        .with_journal(journal)
+        .with_checkin_base_url(BASE);
     let new = Fingerprint::of_der(b"renewed certificate");
     Setup { store, records, boot, redeem, ledger, keyring, old: seeded.fingerprint, new }
 }
@@ -124,10 +127,16 @@ async fn forged_and_misused_tokens_are_refused_and_spend_nothing() {
     let last = forged.len() - 1;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
-    assert!(matches!(s.redeem.fetch_renewal(&forged, NOW + 1).await, Err(RenewalError::Token(TokenError::Forged | TokenError::Malformed))));
+    assert!(matches!(
+        s.redeem.fetch_renewal(&forged, NOW + 1).await,
+        Err(RenewalError::Token(TokenError::Forged | TokenError::Malformed))
+    ));
     // A secrets token cannot fetch a renewal, and a renewal token cannot fetch secrets.
     let secrets_token = s.keyring.mint(&s.old, &keys::secrets(&s.old), NOW + 100).unwrap().1;
-    assert!(matches!(s.redeem.fetch_renewal(&secrets_token, NOW + 1).await, Err(RenewalError::Token(TokenError::Forged))));
+    assert!(matches!(
+        s.redeem.fetch_renewal(&secrets_token, NOW + 1).await,
+        Err(RenewalError::Token(TokenError::Forged))
+    ));
     assert!(s.redeem.redeem(&token, NOW + 1).await.is_err());
     // Another gateway's grant naming this renewal is not this gateway's.
     let other = Fingerprint::of_der(b"other gateway");
@@ -172,7 +181,10 @@ async fn the_renewed_certificate_boots_the_same_gateway_and_is_told_apart_once()
     assert!(before.cert.expiring, "30 days left is within the 60-day window");
     assert_eq!(before.cert.days_left, 30);
     assert!(before.cert.renewed_from.is_none());
-    assert!(matches!(s.boot.boot(&client(&s.new, i64::MAX), &BootQuery::default(), NOW).await, Err(BootError::UnknownGateway)));
+    assert!(matches!(
+        s.boot.boot(&client(&s.new, i64::MAX), &BootQuery::default(), NOW).await,
+        Err(BootError::UnknownGateway)
+    ));
     s.stage().await;
 
     let first = s.boot.boot(&client(&s.new, NOW as i64 + 365 * DAY), &BootQuery::default(), NOW + 100).await.unwrap();
@@ -190,7 +202,10 @@ async fn the_renewed_certificate_boots_the_same_gateway_and_is_told_apart_once()
     // The old one still boots until it is retired.
     s.boot.boot(&client(&s.old, NOW as i64 + 30 * DAY), &BootQuery::default(), NOW + 300).await.unwrap();
     s.records.retire_certificate(&s.old, &s.old).await.unwrap();
-    assert!(matches!(s.boot.boot(&client(&s.old, NOW as i64 + 30 * DAY), &BootQuery::default(), NOW + 400).await, Err(BootError::UnknownGateway)));
+    assert!(matches!(
+        s.boot.boot(&client(&s.old, NOW as i64 + 30 * DAY), &BootQuery::default(), NOW + 400).await,
+        Err(BootError::UnknownGateway)
+    ));
     s.boot.boot(&client(&s.new, NOW as i64 + 365 * DAY), &BootQuery::default(), NOW + 500).await.unwrap();
 }
 
@@ -202,7 +217,10 @@ async fn retire_old_after_first_boot_retires_the_old_certificate() {
     let first = s.boot.boot(&client(&s.new, NOW as i64 + 365 * DAY), &BootQuery::default(), NOW + 100).await.unwrap();
     assert_eq!(first.cert.retired, vec![s.old.clone()]);
     assert!(first.cert.retire_error.is_none());
-    assert!(matches!(s.boot.boot(&client(&s.old, NOW as i64 + 30 * DAY), &BootQuery::default(), NOW + 200).await, Err(BootError::UnknownGateway)));
+    assert!(matches!(
+        s.boot.boot(&client(&s.old, NOW as i64 + 30 * DAY), &BootQuery::default(), NOW + 200).await,
+        Err(BootError::UnknownGateway)
+    ));
     let record = s.records.gateway(&s.old).await.unwrap().unwrap();
     assert_eq!(record.certificates.len(), 1);
     assert_eq!(record.certificates[0].first_boot_at, Some(NOW + 100));

@@ -27,8 +27,16 @@ async fn store(test: &str) -> Option<Arc<S3Store>> {
 fn app(store: Arc<S3Store>, presign_ttl: Duration) -> BootApp {
     let settings = BootSettings { presign_ttl, ..BootSettings::new("https://secrets.example.org") };
     BootApp {
-        service: BootService::new(Records::new(store.clone()), store, Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()), settings),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        service: BootService::new(
+            Records::new(store.clone()),
+            store,
+            Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
+            settings,
+        ),
+        verifier: ChainVerifier::new(
+            TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     }
@@ -49,7 +57,8 @@ fn boot_event(cert_pem: &str) -> lambda_http::Request {
 /// The kernel and initrd URLs of a rendered default script.
 fn urls(script: &str) -> (String, String) {
     let word = |prefix: &str| {
-        let line = script.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line in {script}"));
+        let line =
+            script.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line in {script}"));
         line.split(' ').nth(1).unwrap().to_string()
     };
     (word("kernel "), word("initrd "))
@@ -66,9 +75,14 @@ async fn presigned_urls_download_exactly_the_uploaded_assets() {
     let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let initrd: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
     let gw = issue_gateway("gw-s3");
-    let seeded =
-        seed_gateway(store.as_ref(), "gw-s3", &gw.cert_der, SeedRelease { id: "r1", kernel: &kernel, initrd: &initrd, cmdline: "console=ttyS0" }, Some(b"s=1"))
-            .await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "gw-s3",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: &kernel, initrd: &initrd, cmdline: "console=ttyS0" },
+        Some(b"s=1"),
+    )
+    .await;
 
     let response = boot_handler(&app(store.clone(), Duration::from_secs(300)), boot_event(&gw.cert_pem)).await;
     let script = String::from_utf8(response.body().to_vec()).unwrap();
@@ -104,7 +118,14 @@ async fn presigned_urls_download_exactly_the_uploaded_assets() {
 async fn expired_presigned_urls_are_refused() {
     let Some(store) = store("expired_presigned_urls_are_refused").await else { return };
     let gw = issue_gateway("gw-exp");
-    seed_gateway(store.as_ref(), "gw-exp", &gw.cert_der, SeedRelease { id: "r1", kernel: b"kernel-bytes", initrd: b"initrd-bytes", cmdline: "" }, None).await;
+    seed_gateway(
+        store.as_ref(),
+        "gw-exp",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"kernel-bytes", initrd: b"initrd-bytes", cmdline: "" },
+        None,
+    )
+    .await;
     let response = boot_handler(&app(store.clone(), Duration::from_secs(1)), boot_event(&gw.cert_pem)).await;
     assert_eq!(response.status(), 200);
     let (kernel_url, _) = urls(std::str::from_utf8(response.body()).unwrap());
@@ -127,7 +148,8 @@ async fn unknown_gateway_on_real_s3_is_forbidden() {
 async fn unreachable_or_refusing_s3_is_503() {
     let Some(env) = s3_env("unreachable_or_refusing_s3_is_503") else { return };
     // Wrong credentials: the server answers, but refuses every request.
-    let bad = ServerEnv { endpoint: env.endpoint.clone(), access_key: env.access_key.clone(), secret_key: "wrong".into() };
+    let bad =
+        ServerEnv { endpoint: env.endpoint.clone(), access_key: env.access_key.clone(), secret_key: "wrong".into() };
     let refused = Arc::new(S3Store::new(s3_client(&bad).await, unique_name("boot")));
     let gw = issue_gateway("gw-503");
     let response = boot_handler(&app(refused, Duration::from_secs(300)), boot_event(&gw.cert_pem)).await;

@@ -30,8 +30,14 @@ async fn setup(secret: &[u8]) -> Setup {
 async fn setup_with(secret: &[u8], scratch: bool) -> Setup {
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("scratch-gw");
-    let seeded =
-        seed_gateway(store.as_ref(), "scratch-gw", &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" }, Some(secret)).await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "scratch-gw",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" },
+        Some(secret),
+    )
+    .await;
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let ledger = Arc::new(MemoryLedger::default());
     let keys = Arc::new(MemoryScratch::default());

@@ -15,7 +15,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
 const GATEWAYS: usize = 1000;
 
 fn edge(data: &Path, args: &[&str]) {
-    let status = std::process::Command::new(BIN).arg("--data").arg(data).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+    let status = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success(), "ipxe-edge {args:?}");
 }
 
@@ -26,7 +32,13 @@ fn enroll(data: &Path, n: usize) -> Vec<Vec<u8>> {
         let children: Vec<_> = chunk
             .iter()
             .map(|name| {
-                std::process::Command::new(BIN).arg("--data").arg(data).args(["gateway", "enroll", name]).stdout(std::process::Stdio::null()).spawn().unwrap()
+                std::process::Command::new(BIN)
+                    .arg("--data")
+                    .arg(data)
+                    .args(["gateway", "enroll", name])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         for mut child in children {
@@ -39,7 +51,8 @@ fn enroll(data: &Path, n: usize) -> Vec<Vec<u8>> {
             let cert = std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap();
             let der = ipxe_edge_core::domain::identity::pem_certificates(&cert).unwrap().remove(0);
             let fp = ipxe_edge_core::domain::identity::Fingerprint::of_der(&der);
-            std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{fp}/secrets")), format!("gateway={name}\n")).unwrap();
+            std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{fp}/secrets")), format!("gateway={name}\n"))
+                .unwrap();
             [cert, std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap()].concat()
         })
         .collect()
@@ -77,7 +90,8 @@ fn word_after<'a>(script: &'a str, prefix: &str) -> Option<&'a str> {
 /// One gateway's boot: script, kernel, initrd, secrets; each on a new connection.
 async fn boot(ca: Arc<Vec<u8>>, identity: Vec<u8>, source: IpAddr, boot_url: String) -> Result<[Duration; 4], String> {
     let step = |name: &'static str| move |e: String| format!("{name}: {e}");
-    let (t_script, script) = get(&client(&ca, Some(&identity), source), &boot_url).await.map_err(step("boot script"))?;
+    let (t_script, script) =
+        get(&client(&ca, Some(&identity), source), &boot_url).await.map_err(step("boot script"))?;
     let script = String::from_utf8_lossy(&script).into_owned();
     let kernel = word_after(&script, "kernel ").ok_or("no kernel line")?.to_string();
     let initrd = word_after(&script, "initrd ").ok_or("no initrd line")?.to_string();
@@ -94,7 +108,12 @@ async fn boot(ca: Arc<Vec<u8>>, identity: Vec<u8>, source: IpAddr, boot_url: Str
 
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 #[tokio::main]
@@ -102,14 +121,28 @@ async fn main() {
     let data = temp_dir("bench-storm");
     // Sized for the farm, as the README asks: ~63 gateways share each address and all 1,000
     // download at once, above the defaults (64 per address, 1,024 per listener).
-    let serve = ServeProcess::start(BIN, &data, &["--max-connections-per-client", "128", "--max-connections", "2048"]).expect("serve starts");
+    let serve = ServeProcess::start(BIN, &data, &["--max-connections-per-client", "128", "--max-connections", "2048"])
+        .expect("serve starts");
     // A release of some size: 2 MiB kernel, 8 MiB initrd (10 GB through TLS for the storm).
     let assets = data.with_extension("assets");
     std::fs::create_dir_all(&assets).unwrap();
     let (kernel, initrd) = (assets.join("vmlinuz"), assets.join("initrd"));
     std::fs::write(&kernel, vec![7u8; 2 << 20]).unwrap();
     std::fs::write(&initrd, vec![9u8; 8 << 20]).unwrap();
-    edge(&data, &["release", "create", "storm", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--cmdline", "console=ttyS0"]);
+    edge(
+        &data,
+        &[
+            "release",
+            "create",
+            "storm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ],
+    );
     edge(&data, &["channel", "promote", "stable", "storm"]);
     let enrolling = Instant::now();
     let identities = enroll(&data, GATEWAYS);
@@ -140,7 +173,11 @@ async fn main() {
     }
     let total = started.elapsed();
     let rss = peak_rss_mb(serve.child.id());
-    println!("\n{GATEWAYS} gateways booting at once: {:.1} s for all, {} errors, serve peak RSS {rss:.1} MB", total.as_secs_f64(), errors.len());
+    println!(
+        "\n{GATEWAYS} gateways booting at once: {:.1} s for all, {} errors, serve peak RSS {rss:.1} MB",
+        total.as_secs_f64(),
+        errors.len()
+    );
     println!("| step            | n    | p50 (ms) | p99 (ms) |");
     println!("|-----------------|------|----------|----------|");
     for (name, all) in ["boot script", "kernel 2 MiB", "initrd 8 MiB", "secrets"].iter().zip(steps.iter_mut()) {
@@ -153,10 +190,11 @@ async fn main() {
     }
     if !errors.is_empty() {
         // Without the URLs: they hold tokens and signatures.
-        let kinds: std::collections::BTreeMap<String, usize> = errors.iter().fold(Default::default(), |mut kinds, e| {
-            *kinds.entry(e.split(" for url").next().unwrap_or(e).to_string()).or_default() += 1;
-            kinds
-        });
+        let kinds: std::collections::BTreeMap<String, usize> =
+            errors.iter().fold(Default::default(), |mut kinds, e| {
+                *kinds.entry(e.split(" for url").next().unwrap_or(e).to_string()).or_default() += 1;
+                kinds
+            });
         println!("errors by kind: {kinds:?}");
     }
     drop(serve);

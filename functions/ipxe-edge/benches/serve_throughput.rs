@@ -25,10 +25,18 @@ async fn run(
     per_connection: usize,
     keep_alive: bool,
 ) -> (f64, Duration, Duration) {
-    run_url(format!("{}?buildarch=x86_64", serve.boot_url()), ca, identities, connections, per_connection, keep_alive).await
+    run_url(format!("{}?buildarch=x86_64", serve.boot_url()), ca, identities, connections, per_connection, keep_alive)
+        .await
 }
 
-async fn run_url(url: String, ca: &[u8], identities: &[Vec<u8>], connections: usize, per_connection: usize, keep_alive: bool) -> (f64, Duration, Duration) {
+async fn run_url(
+    url: String,
+    ca: &[u8],
+    identities: &[Vec<u8>],
+    connections: usize,
+    per_connection: usize,
+    keep_alive: bool,
+) -> (f64, Duration, Duration) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..connections {
@@ -70,7 +78,9 @@ async fn main() {
     let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     println!("\n| mode                         | conns | boots | boots/s | p50 (ms) | p99 (ms) | serve CPU/boot (µs) | client CPU/boot (µs) |");
     println!("|------------------------------|-------|-------|---------|----------|----------|---------------------|----------------------|");
-    for (label, conns, per, keep) in [("keep-alive", 16, 2500, true), ("keep-alive", 50, 600, true), ("new TLS connection per boot", 16, 40, false)] {
+    for (label, conns, per, keep) in
+        [("keep-alive", 16, 2500, true), ("keep-alive", 50, 600, true), ("new TLS connection per boot", 16, 40, false)]
+    {
         let per = per * scale;
         let boots = (conns * per) as f64;
         // Three rounds of a few seconds each (shorter ones mostly measure their own start and
@@ -115,7 +125,9 @@ async fn main() {
             println!("| nginx, mTLS, constant answer                          | {theirs:>7.0} |");
             println!("ratio: {:.2}", ours / theirs);
         }
-        None => println!("\nnginx not found: install it (apt-get install nginx-light) to compare with a bare mTLS server"),
+        None => {
+            println!("\nnginx not found: install it (apt-get install nginx-light) to compare with a bare mTLS server")
+        }
     }
 
     // Farm size: one gateway booting on one keep-alive connection, among the 50 gateways
@@ -142,7 +154,8 @@ fn cpu_time(pid: u32) -> Duration {
     // utime and stime the 14th and 15th.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     // SAFETY: sysconf only reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_micros(ticks * 1_000_000 / per_second)
@@ -151,15 +164,25 @@ fn cpu_time(pid: u32) -> Duration {
 /// Enrolls `n` gateways (the demo gateway first) and returns each one's certificate and key.
 fn gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
     let identity = |name: &str| {
-        [std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap(), std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap()].concat()
+        [
+            std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap(),
+            std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap(),
+        ]
+        .concat()
     };
     let mut all = vec![identity("demo")];
     for i in 1..n {
         let name = format!("bench-gw-{i}");
-        let status =
-            std::process::Command::new(BIN).arg("--data").arg(data).args(["gateway", "enroll", &name]).stdout(std::process::Stdio::null()).status().unwrap();
+        let status = std::process::Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args(["gateway", "enroll", &name])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success());
-        std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{}/secrets", fingerprint_of(data, &name))), b"k=v\n").unwrap();
+        std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{}/secrets", fingerprint_of(data, &name))), b"k=v\n")
+            .unwrap();
         all.push(identity(&name));
     }
     all
@@ -197,7 +220,9 @@ impl BareMtls {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
         let dir = data.with_extension("nginx");
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let chain = [std::fs::read(data.join("pki/server.crt")).unwrap(), std::fs::read(data.join("pki/ca.crt")).unwrap()].concat();
+        let chain =
+            [std::fs::read(data.join("pki/server.crt")).unwrap(), std::fs::read(data.join("pki/ca.crt")).unwrap()]
+                .concat();
         std::fs::write(dir.join("chain.pem"), chain).unwrap();
         let port = free_port();
         let conf = format!(

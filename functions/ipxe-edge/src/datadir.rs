@@ -99,7 +99,13 @@ impl DataDir {
         use std::os::unix::fs::OpenOptionsExt;
         use std::os::unix::io::AsRawFd;
         let path = self.root.join(format!("{name}.lock"));
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io_error(&path))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error(&path))?;
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
             // SAFETY: flock on a descriptor this guard owns; the lock ends when it closes.
@@ -111,7 +117,10 @@ impl DataDir {
                 return Err(DataDirError::Io { path, source: error });
             }
             if std::time::Instant::now() > deadline {
-                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("held by another process for more than {}s", LOCK_WAIT.as_secs()));
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("held by another process for more than {}s", LOCK_WAIT.as_secs()),
+                );
                 return Err(DataDirError::Io { path, source });
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -171,9 +180,11 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, DataDirError> {
 }
 
 pub fn read_private_string(path: &Path) -> Result<String, DataDirError> {
-    String::from_utf8(read_private(path)?).map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
+    String::from_utf8(read_private(path)?)
+        .map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
 }
 
 pub fn read_string(path: &Path) -> Result<String, DataDirError> {
-    String::from_utf8(read(path)?).map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
+    String::from_utf8(read(path)?)
+        .map_err(|_| DataDirError::Corrupt { path: path.to_path_buf(), reason: "not UTF-8 text".into() })
 }

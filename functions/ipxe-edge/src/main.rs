@@ -36,7 +36,11 @@ extern "C" fn configure_allocator() {
 }
 
 #[derive(Parser)]
-#[command(name = "ipxe-edge", version, about = "Serverless iPXE boot server for CI farm gateways: operator tool and local server")]
+#[command(
+    name = "ipxe-edge",
+    version,
+    about = "Serverless iPXE boot server for CI farm gateways: operator tool and local server"
+)]
 struct Cli {
     /// Data directory: local PKI, keys, and the embedded store.
     #[arg(long, global = true, default_value = "./ipxe-edge-data", env = "IPXE_EDGE_DATA")]
@@ -134,13 +138,14 @@ fn main() -> ExitCode {
     // blocking threads; each is short (page cache, small files), so a few threads keep up, and
     // a boot storm queues its file work instead of growing threads whose stacks and heaps stay
     // resident.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ipxe-edge: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("ipxe-edge: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -98,12 +98,16 @@ pub async fn renew(
         return Ok(None);
     }
     if gateway.state == GatewayState::Revoked {
-        return Err(CliError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
+        return Err(CliError::Refused(format!(
+            "gateway {} is revoked; enroll a new certificate instead",
+            gateway.name
+        )));
     }
-    let issued = ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| CliError::Pki(e.to_string()))?;
+    let issued =
+        ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| CliError::Pki(e.to_string()))?;
     let fingerprint = Fingerprint::of_der(&issued.cert_der);
-    let not_after =
-        ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der).ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
+    let not_after = ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der)
+        .ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
     let key_der = rsa_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
     let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, options.crosscert.as_deref());
     let replaced = match records.renewal(&gateway.fingerprint).await? {
@@ -132,7 +136,13 @@ pub async fn renew(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(Renewed { gateway: gateway.name.clone(), renews: standing.holds.fingerprint.clone(), fingerprint, not_after, replaced }))
+    Ok(Some(Renewed {
+        gateway: gateway.name.clone(),
+        renews: standing.holds.fingerprint.clone(),
+        fingerprint,
+        not_after,
+        replaced,
+    }))
 }
 
 /// Writes the new pair where `image build` finds it. The pair there before is kept beside it
@@ -147,7 +157,9 @@ fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Resul
             .ok()
             .and_then(|certs| certs.into_iter().next())
             .map(|der| Fingerprint::of_der(&der).to_string())
-            .ok_or_else(|| CliError::Refused(format!("{} holds no certificate: move it aside, then renew", cert_path.display())))?;
+            .ok_or_else(|| {
+                CliError::Refused(format!("{} holds no certificate: move it aside, then renew", cert_path.display()))
+            })?;
         for path in [&cert_path, &key_path] {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("pem");
             let kept = path.with_file_name(format!("{name}.{fingerprint}.{ext}"));
@@ -170,7 +182,11 @@ fn keep_once(path: &std::path::Path, kept: &std::path::Path) -> Result<(), CliEr
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::read(path).ok() != std::fs::read(kept).ok() {
-                return Err(CliError::Refused(format!("{} exists and differs from {}: move one aside, then renew", kept.display(), path.display())));
+                return Err(CliError::Refused(format!(
+                    "{} exists and differs from {}: move one aside, then renew",
+                    kept.display(),
+                    path.display()
+                )));
             }
         }
         Err(e) => return Err(crate::commands::context::file_error(kept)(e)),

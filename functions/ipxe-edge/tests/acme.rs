@@ -35,11 +35,18 @@ impl Drop for Pebble {
 }
 
 fn tools_present() -> bool {
-    let found = ["pebble", "pebble-challtestsrv"]
-        .iter()
-        .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()));
+    let found = ["pebble", "pebble-challtestsrv"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     if !found {
-        assert!(std::env::var_os("IPXE_EDGE_REQUIRE_TEST_SERVERS").is_none(), "pebble is required (apt-get install pebble)");
+        assert!(
+            std::env::var_os("IPXE_EDGE_REQUIRE_TEST_SERVERS").is_none(),
+            "pebble is required (apt-get install pebble)"
+        );
         eprintln!("skipping: pebble is not installed (apt-get install pebble)");
     }
     found
@@ -54,7 +61,8 @@ async fn start_pebble(work: &Path, tls_port: u16) -> Pebble {
     std::fs::write(&https_ca, ca.cert_pem()).unwrap();
     std::fs::write(&cert, &server.cert_pem).unwrap();
     std::fs::write(&key, &server.key_pem).unwrap();
-    let (listen, management, dns, dns_management, http01) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (listen, management, dns, dns_management, http01) =
+        (free_port(), free_port(), free_port(), free_port(), free_port());
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{listen}"),
         "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -90,7 +98,11 @@ async fn start_pebble(work: &Path, tls_port: u16) -> Pebble {
     let client = https_client(&std::fs::read(&pebble.https_ca).unwrap(), None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(&pebble.directory).send().await.is_err() {
-        assert!(Instant::now() < deadline, "pebble did not start: {}", std::fs::read_to_string(work.join("pebble.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "pebble did not start: {}",
+            std::fs::read_to_string(work.join("pebble.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     pebble
@@ -201,7 +213,8 @@ async fn setup(name: &str, extra: &[&str]) -> Option<Setup> {
     let ports = (free_port(), free_port(), free_port());
     let pebble = start_pebble(&work, ports.0).await;
     let args = acme_args(&pebble, extra);
-    let serve = ServeProcess::start_on(BIN, &data, ports, &args.iter().map(String::as_str).collect::<Vec<_>>()).expect("serve starts");
+    let serve = ServeProcess::start_on(BIN, &data, ports, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("serve starts");
     Some(Setup { data, work, pebble, serve, args })
 }
 
@@ -212,7 +225,11 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
 
     let root = pebble.root_pem().await;
     let leaf = wait_for_leaf(&root, serve.secrets_port, None).await;
-    assert_eq!(verified_leaf(&root, serve.boot_port).await.as_deref(), Some(leaf.as_slice()), "the boot listener presents it too");
+    assert_eq!(
+        verified_leaf(&root, serve.boot_port).await.as_deref(),
+        Some(leaf.as_slice()),
+        "the boot listener presents it too"
+    );
     let logs = serve.logs();
     assert!(logs.contains("server certificate obtained over ACME"), "{logs}");
     assert!(logs.contains("\"outcome\":\"acme_validation\""), "pebble validated against the boot listener: {logs}");
@@ -227,7 +244,8 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
     // A gateway boots through it; without a client certificate the boot listener closes the
     // connection after the handshake, and the secrets listener answers anyone.
     let (cert, key) = (data.join("pki/gateways/demo.crt"), data.join("pki/gateways/demo.key"));
-    let script = get(&root, serve.boot_port, "/boot.ipxe?buildarch=x86_64", Some((&cert, &key))).await.expect("gateway boots");
+    let script =
+        get(&root, serve.boot_port, "/boot.ipxe?buildarch=x86_64", Some((&cert, &key))).await.expect("gateway boots");
     assert!(script.starts_with("HTTP/1.1 200"), "{script}");
     assert!(script.contains("#!ipxe"), "{script}");
     let anonymous = get(&root, serve.boot_port, "/boot.ipxe", None).await.unwrap_or_default();
@@ -237,7 +255,9 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
 
     // A TLS-ALPN-01 probe when no validation is pending gets no certificate at all.
     let tcp = TcpStream::connect(("127.0.0.1", serve.boot_port)).await.unwrap();
-    let probe = tokio_rustls::TlsConnector::from(client_config(&root, b"acme-tls/1", None)).connect(DOMAIN.try_into().unwrap(), tcp).await;
+    let probe = tokio_rustls::TlsConnector::from(client_config(&root, b"acme-tls/1", None))
+        .connect(DOMAIN.try_into().unwrap(), tcp)
+        .await;
     assert!(probe.is_err(), "no challenge certificate outside a validation");
 
     // Kept private in the data dir.
@@ -250,7 +270,11 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
     // A restart presents the stored certificate at once, with the CA unreachable.
     drop(pebble);
     let serve = ServeProcess::start(BIN, &data, &args).expect("serve restarts");
-    assert_eq!(verified_leaf(&root, serve.secrets_port).await.as_deref(), Some(leaf.as_slice()), "stored certificate presented");
+    assert_eq!(
+        verified_leaf(&root, serve.secrets_port).await.as_deref(),
+        Some(leaf.as_slice()),
+        "stored certificate presented"
+    );
     assert!(serve.logs().contains("presenting the stored ACME certificate"), "{}", serve.logs());
     serve.terminate();
 }
@@ -258,14 +282,21 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_is_renewed_while_running() {
     // Renewal due as soon as a certificate is there: every check renews.
-    let Some(Setup { pebble, serve, .. }) = setup("acme-renew", &["--acme-renew-before-days", "100000", "--acme-check-interval", "2"]).await else { return };
+    let Some(Setup { pebble, serve, .. }) =
+        setup("acme-renew", &["--acme-renew-before-days", "100000", "--acme-check-interval", "2"]).await
+    else {
+        return;
+    };
     let root = pebble.root_pem().await;
     let first = wait_for_leaf(&root, serve.secrets_port, None).await;
     let second = wait_for_leaf(&root, serve.secrets_port, Some(&first)).await;
     assert_ne!(first, second);
     // The S3 endpoint presents the renewed certificate too.
     let tcp = TcpStream::connect(("127.0.0.1", serve.s3_port)).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_config(&root, b"http/1.1", None)).connect(DOMAIN.try_into().unwrap(), tcp).await.expect("S3 handshake");
+    let tls = tokio_rustls::TlsConnector::from(client_config(&root, b"http/1.1", None))
+        .connect(DOMAIN.try_into().unwrap(), tcp)
+        .await
+        .expect("S3 handshake");
     assert!(tls.get_ref().1.peer_certificates().is_some());
     let logs = serve.logs();
     assert!(logs.matches("server certificate obtained over ACME").count() >= 2, "{logs}");

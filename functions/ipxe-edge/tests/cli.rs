@@ -49,14 +49,23 @@ impl Target {
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "ipxe-edge {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ipxe-edge {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs a command that must fail with a one-line error; returns it.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "ipxe-edge {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "ipxe-edge {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "expected a one-line error from {args:?}, got: {err}");
@@ -128,13 +137,21 @@ fn canary_flow(t: &Target) {
     assert!(preview("gw2").contains(&r1_kernel));
 
     // Secrets are stored, never echoed.
-    let mut child =
-        t.command(&["gateway", "set-secrets", "gw1", "--file", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = t
+        .command(&["gateway", "set-secrets", "gw1", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"b2c.minio=\"s3,https://x,TOPSECRETKEY,TOPSECRETVALUE\"").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("TOPSECRET") && !String::from_utf8_lossy(&out.stderr).contains("TOPSECRET"));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("TOPSECRET")
+            && !String::from_utf8_lossy(&out.stderr).contains("TOPSECRET")
+    );
     let p1 = preview("gw1");
     assert!(p1.contains("b2c.extra_args_url=\"https://secrets-endpoint/secrets/<one-time-token>\""), "{p1}");
     assert!(!p1.contains("TOPSECRET"));
@@ -151,7 +168,10 @@ fn bad_input(t: &Target) {
     let (k, i) = (t.file("k", b"k"), t.file("i", b"i"));
     for (args, expect) in [
         (vec!["release", "create", "R9", "--kernel", "/nonexistent/kernel", "--initrd", s(&i)], "/nonexistent/kernel"),
-        (vec!["release", "create", "R9", "--arch", "sparc", "--kernel", s(&k), "--initrd", s(&i)], "invalid architecture"),
+        (
+            vec!["release", "create", "R9", "--arch", "sparc", "--kernel", s(&k), "--initrd", s(&i)],
+            "invalid architecture",
+        ),
         (vec!["release", "create", "../x", "--kernel", s(&k), "--initrd", s(&i)], "invalid release id"),
         (vec!["gateway", "show", "nobody"], "unknown gateway"),
         (vec!["gateway", "pin", "gw2", "R404"], "unknown release"),
@@ -183,7 +203,23 @@ fn bad_input(t: &Target) {
     let err = t.fails(&["channel", "promote", "stable", "R2"]);
     assert!(err.contains("arm-gw"), "{err}");
     let (ka, ia) = (t.file("ka", b"arm kernel"), t.file("ia", b"arm initrd"));
-    t.ok(&["release", "create", "R3", "--arch", "x86_64", "--kernel", s(&k), "--initrd", s(&i), "--arch", "arm64", "--kernel", s(&ka), "--initrd", s(&ia)]);
+    t.ok(&[
+        "release",
+        "create",
+        "R3",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        s(&k),
+        "--initrd",
+        s(&i),
+        "--arch",
+        "arm64",
+        "--kernel",
+        s(&ka),
+        "--initrd",
+        s(&ia),
+    ]);
     t.ok(&["channel", "promote", "stable", "R3"]);
 }
 
@@ -191,8 +227,12 @@ fn interrupted_upload_leaves_no_release(t: &Target) {
     let kernel = t.file("big-kernel", &vec![7u8; 4 * 1024 * 1024]);
     let fifo = t.data.with_extension("inputs").join("initrd-fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let mut child =
-        t.command(&["release", "create", "RX", "--kernel", s(&kernel), "--initrd", s(&fifo)]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = t
+        .command(&["release", "create", "RX", "--kernel", s(&kernel), "--initrd", s(&fifo)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -243,7 +283,11 @@ async fn revocation_and_pins_reach_a_running_server() {
     let (k, i) = (t.file("k", b"live kernel"), t.file("i", b"live initrd"));
     t.ok(&["release", "create", "LIVE", "--kernel", s(&k), "--initrd", s(&i)]);
     t.ok(&["gateway", "enroll", "live-gw"]);
-    let identity = [std::fs::read(t.data.join("pki/gateways/live-gw.crt")).unwrap(), std::fs::read(t.data.join("pki/gateways/live-gw.key")).unwrap()].concat();
+    let identity = [
+        std::fs::read(t.data.join("pki/gateways/live-gw.crt")).unwrap(),
+        std::fs::read(t.data.join("pki/gateways/live-gw.key")).unwrap(),
+    ]
+    .concat();
     let client = https_client(&std::fs::read(t.data.join("pki/ca.crt")).unwrap(), Some(&identity));
     let boot = || async { client.get(serve.boot_url()).send().await.unwrap() };
     let first = boot().await;
@@ -254,7 +298,11 @@ async fn revocation_and_pins_reach_a_running_server() {
     assert!(boot().await.text().await.unwrap().contains(&live_kernel), "pin takes effect at once");
     // Overwrite a record the server bootstrapped through its S3 endpoint: it must serve the new one.
     t.ok(&["channel", "promote", "stable", "LIVE"]);
-    let demo = [std::fs::read(t.data.join("pki/gateways/demo.crt")).unwrap(), std::fs::read(t.data.join("pki/gateways/demo.key")).unwrap()].concat();
+    let demo = [
+        std::fs::read(t.data.join("pki/gateways/demo.crt")).unwrap(),
+        std::fs::read(t.data.join("pki/gateways/demo.key")).unwrap(),
+    ]
+    .concat();
     let demo_client = https_client(&std::fs::read(t.data.join("pki/ca.crt")).unwrap(), Some(&demo));
     let response = demo_client.get(serve.boot_url()).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -303,7 +351,12 @@ async fn valve_infra_import() {
     t.ok(&applied);
     let p = t.ok(&["preview", "berlin"]);
     assert!(p.contains("kernel <presigned-url:assets/sha256/"), "{p}");
-    assert!(p.contains("b2c.extra_args_url=\"https://secrets-endpoint/secrets/<one-time-token>\" mac=${netX/mac} site=$site"), "{p}");
+    assert!(
+        p.contains(
+            "b2c.extra_args_url=\"https://secrets-endpoint/secrets/<one-time-token>\" mac=${netX/mac} site=$site"
+        ),
+        "{p}"
+    );
     assert!(p.contains("initrd <presigned-url:"), "{p}");
     assert!(t.ok(&["ca", "truststore"]).matches("BEGIN CERTIFICATE").count() == 2, "farm CA trusted");
 }
@@ -326,7 +379,15 @@ mod sha1_check {
 }
 
 fn run_with_stdout(data: &Path, args: &[&str], stdout: Stdio) -> Output {
-    Command::new(BIN).arg("--data").arg(data).args(args).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped()).output().unwrap()
+    Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
 }
 
 /// Out-of-range numbers in every command that takes one are refused with a usage error and
@@ -341,7 +402,8 @@ fn no_input_panics_and_a_closed_stdout_ends_quietly() {
     };
     ok(&["ca", "init"]);
     ok(&["gateway", "enroll", "gw"]);
-    let (kernel, initrd, empty) = (data.with_extension("vmlinuz"), data.with_extension("initrd"), data.with_extension("empty"));
+    let (kernel, initrd, empty) =
+        (data.with_extension("vmlinuz"), data.with_extension("initrd"), data.with_extension("empty"));
     std::fs::write(&kernel, b"KERNEL").unwrap();
     std::fs::write(&initrd, b"INITRD").unwrap();
     std::fs::write(&empty, b"").unwrap();
@@ -414,7 +476,10 @@ fn no_input_panics_and_a_closed_stdout_ends_quietly() {
         drop(reader);
         let out = run_with_stdout(&data, args, Stdio::from(writer));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("failed printing"), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("failed printing"),
+            "{args:?}: {err}"
+        );
         let quiet = out.status.success() || out.status.signal() == Some(libc_sigpipe());
         assert!(quiet, "{args:?} with a closed stdout: {:?} {err}", out.status);
     }

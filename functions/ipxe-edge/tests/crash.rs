@@ -53,7 +53,8 @@ async fn sigkill_mid_burst_never_answers_a_token_twice() {
 
     let mut urls = Vec::with_capacity(TOKENS);
     for _ in 0..TOKENS {
-        let script = gateway.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().text().await.unwrap();
+        let script =
+            gateway.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().text().await.unwrap();
         let url = script.split("b2c.extra_args_url=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
         urls.push(url);
     }

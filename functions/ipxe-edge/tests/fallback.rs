@@ -15,7 +15,12 @@ fn read(path: &Path) -> Vec<u8> {
 
 fn edge(data: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN).arg("--data").arg(data).args(args).output().unwrap();
-    assert!(out.status.success(), "ipxe-edge {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ipxe-edge {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -53,7 +58,12 @@ impl Gateway {
     }
 
     async fn boot(&self) -> String {
-        let response = self.client.get(format!("{}?buildarch=x86_64&platform=efi&mac=52:54:00:aa:bb:cc", self.url)).send().await.unwrap();
+        let response = self
+            .client
+            .get(format!("{}?buildarch=x86_64&platform=efi&mac=52:54:00:aa:bb:cc", self.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         response.text().await.unwrap()
     }
@@ -78,7 +88,11 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
     let a = release(&data, "rel-a", &[]);
     let b = release(&data, "rel-b", &[]);
     let template = data.with_extension("checkin.ipxe");
-    std::fs::write(&template, "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg} checkin=${checkin_url}\ninitrd ${initrd_url}\nboot\n").unwrap();
+    std::fs::write(
+        &template,
+        "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg} checkin=${checkin_url}\ninitrd ${initrd_url}\nboot\n",
+    )
+    .unwrap();
     let c = release(&data, "rel-c", &["--health-gate", "checkin", "--template", template.to_str().unwrap()]);
     edge(&data, &["channel", "promote", "stable", "rel-a"]);
     let gw = Gateway::new(&serve);
@@ -94,7 +108,10 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
     assert_eq!(gw.redeem(&third).await, 200);
 
     let logs = serve.logs();
-    let line = logs.lines().find(|l| l.contains("\"boot_event\":\"fallback\"")).unwrap_or_else(|| panic!("no fallback line: {logs}"));
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"boot_event\":\"fallback\""))
+        .unwrap_or_else(|| panic!("no fallback line: {logs}"));
     assert!(line.contains("\"from\":\"rel-b\"") && line.contains("\"to\":\"rel-a\""), "{line}");
 
     let status = edge_json(&data, &["gateway", "status", "demo", "--json"]);
@@ -107,7 +124,13 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["release"].as_str().unwrap().into(), b["reason"].as_str().unwrap().into(), b["outcome"].as_str().unwrap().into()))
+        .map(|b| {
+            (
+                b["release"].as_str().unwrap().into(),
+                b["reason"].as_str().unwrap().into(),
+                b["outcome"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -122,7 +145,10 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
     let table = edge(&data, &["gateway", "history", "demo"]);
     assert!(table.contains("failed (rebooted)") && table.contains("fallback"), "{table}");
     let canary = edge_json(&data, &["channel", "status", "stable", "--json"]);
-    assert_eq!((canary["release"].as_str(), canary["booted"].as_u64(), canary["failed"].as_u64()), (Some("rel-b"), Some(1), Some(1)));
+    assert_eq!(
+        (canary["release"].as_str(), canary["booted"].as_u64(), canary["failed"].as_u64()),
+        (Some("rel-b"), Some(1), Some(1))
+    );
 
     // The operator retries: the target is served again.
     assert!(edge(&data, &["gateway", "retry", "demo"]).contains("fallback to rel-a cleared"));
@@ -137,7 +163,10 @@ async fn two_failed_boots_fall_back_and_a_promote_or_a_retry_clears_it() {
     assert_eq!(gw.checkin(&script).await, 204);
     assert_eq!(gw.checkin(&script).await, 410, "a check-in is single use");
     let status = edge_json(&data, &["gateway", "status", "demo", "--json"]);
-    assert_eq!((status["last_known_good"]["release"].as_str(), status["fallback_after"].as_u64()), (Some("rel-c"), Some(1)));
+    assert_eq!(
+        (status["last_known_good"]["release"].as_str(), status["fallback_after"].as_u64()),
+        (Some("rel-c"), Some(1))
+    );
     assert_eq!(status["latest_boot"]["outcome"], "healthy");
     assert!(serve.terminate().success());
 }
@@ -147,13 +176,18 @@ async fn check_ins_of_disabled_or_revoked_gateways_are_refused_and_change_nothin
     let data = temp_dir("checkin-refused");
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
     let template = data.with_extension("checkin.ipxe");
-    std::fs::write(&template, "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg} checkin=${checkin_url}\ninitrd ${initrd_url}\nboot\n").unwrap();
+    std::fs::write(
+        &template,
+        "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg} checkin=${checkin_url}\ninitrd ${initrd_url}\nboot\n",
+    )
+    .unwrap();
     release(&data, "rel-c", &["--health-gate", "checkin", "--template", template.to_str().unwrap()]);
     edge(&data, &["channel", "promote", "stable", "rel-c"]);
     let gw = Gateway::new(&serve);
     let script = gw.boot().await;
     assert_eq!(gw.redeem(&script).await, 200);
-    let outcome = |data: &Path| edge_json(data, &["gateway", "status", "demo", "--json"])["latest_boot"]["outcome"].clone();
+    let outcome =
+        |data: &Path| edge_json(data, &["gateway", "status", "demo", "--json"])["latest_boot"]["outcome"].clone();
     assert_eq!(outcome(&data), "reached_linux");
 
     edge(&data, &["gateway", "disable", "demo"]);
@@ -166,7 +200,10 @@ async fn check_ins_of_disabled_or_revoked_gateways_are_refused_and_change_nothin
     assert_eq!(gw.checkin(&script).await, 403, "a revoked gateway's check-in");
     let status = edge_json(&data, &["gateway", "status", "demo", "--json"]);
     assert_eq!(status["latest_boot"]["outcome"], "reached_linux", "{status}");
-    assert!(status["last_known_good"].is_null() || status["last_known_good"]["release"] != "rel-c", "no check-in made rel-c good: {status}");
+    assert!(
+        status["last_known_good"].is_null() || status["last_known_good"]["release"] != "rel-c",
+        "no check-in made rel-c good: {status}"
+    );
     let logs = serve.logs();
     assert_eq!(logs.matches("\"security_event\":\"gateway_not_enabled\"").count(), 2, "{logs}");
     assert!(serve.terminate().success());

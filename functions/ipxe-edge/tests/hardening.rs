@@ -80,7 +80,8 @@ async fn floods_from_one_address_do_not_lock_out_real_clients() {
     let client = demo_client(&data);
     let (status, script) = boot(&client, &serve).await;
     assert_eq!(status, 200, "{script}");
-    let kernel_url = script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
+    let kernel_url =
+        script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
 
     // 1,100 idle connections on each listener from one address.
     let started = Instant::now();
@@ -93,7 +94,11 @@ async fn floods_from_one_address_do_not_lock_out_real_clients() {
         let (status, script) = boot(&demo_client(&data), &serve).await;
         assert_eq!(status, 200, "boot during an idle flood: {script}");
         let secrets = https_client(&read(&data.join("pki/ca.crt")), None);
-        assert_eq!(secrets.get(secrets_url(&script)).send().await.unwrap().status(), 200, "redeem during an idle flood");
+        assert_eq!(
+            secrets.get(secrets_url(&script)).send().await.unwrap().status(),
+            200,
+            "redeem during an idle flood"
+        );
     }
     let assets = https_client(&read(&data.join("pki/ca.crt")), None);
     assert_eq!(assets.get(&kernel_url).send().await.unwrap().status(), 200, "download during an idle flood");
@@ -105,15 +110,24 @@ async fn floods_from_one_address_do_not_lock_out_real_clients() {
     let mut slow = Vec::new();
     for _ in 0..100 {
         let Ok(tcp) = connect_from(FLOOD_SOURCE, serve.secrets_port).await else { continue };
-        let Ok(Ok(mut tls)) = tokio::time::timeout(Duration::from_secs(2), connector.connect("localhost".try_into().unwrap(), tcp)).await else { continue };
-        if tls.write_all(b"POST /checkin/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nab").await.is_ok() {
+        let Ok(Ok(mut tls)) =
+            tokio::time::timeout(Duration::from_secs(2), connector.connect("localhost".try_into().unwrap(), tcp)).await
+        else {
+            continue;
+        };
+        if tls.write_all(b"POST /checkin/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nab").await.is_ok()
+        {
             slow.push(tls);
         }
     }
     let (status, script) = boot(&demo_client(&data), &serve).await;
     assert_eq!(status, 200, "boot during a slow-body flood");
     let secrets = https_client(&read(&data.join("pki/ca.crt")), None);
-    assert_eq!(secrets.get(secrets_url(&script)).send().await.unwrap().status(), 200, "redeem during a slow-body flood");
+    assert_eq!(
+        secrets.get(secrets_url(&script)).send().await.unwrap().status(),
+        200,
+        "redeem during a slow-body flood"
+    );
     // Only the per-address share got through the handshake, and each is ended by the deadline.
     assert!(!slow.is_empty() && slow.len() <= 64, "{} slow connections got a handshake", slow.len());
     let waited = Instant::now();
@@ -126,10 +140,16 @@ async fn floods_from_one_address_do_not_lock_out_real_clients() {
     let refused_lines = logs.lines().filter(|l| l.contains("\"outcome\":\"connection_refused\"")).count();
     assert!(refused_lines >= 1, "refusals are logged");
     let bound = flood_time.as_secs() as usize * 3 + 6;
-    assert!(refused_lines <= bound, "{refused_lines} refusal lines in {flood_time:?} (at most one per second per listener)");
+    assert!(
+        refused_lines <= bound,
+        "{refused_lines} refusal lines in {flood_time:?} (at most one per second per listener)"
+    );
     assert!(logs.contains("\"not_logged_since_last\""), "{logs}");
     assert!(logs.contains("\"outcome\":\"request_timeout\""), "the 408 is logged");
-    println!("idle flood: {} connections from one address in {flood_time:?}; {refused_lines} refusal log lines", FLOOD * 3);
+    println!(
+        "idle flood: {} connections from one address in {flood_time:?}; {refused_lines} refusal log lines",
+        FLOOD * 3
+    );
 }
 
 fn modes_under(root: &Path) -> Vec<(String, u32)> {
@@ -174,13 +194,18 @@ async fn everything_under_the_data_dir_is_private_and_old_installs_are_fixed() {
     let loose: Vec<_> = modes_under(&data).into_iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
     assert!(loose.is_empty(), "{loose:?}");
     let logs = serve.logs();
-    assert_eq!(logs.lines().filter(|l| l.contains("made files and folders of the data directory private")).count(), 1, "{logs}");
+    assert_eq!(
+        logs.lines().filter(|l| l.contains("made files and folders of the data directory private")).count(),
+        1,
+        "{logs}"
+    );
 }
 
 #[tokio::test]
 async fn the_ledger_forgets_expired_tokens_while_running() {
     let data = temp_dir("sweep");
-    let serve = ServeProcess::start(BIN, &data, &["--token-ttl", "10", "--ledger-sweep-interval", "1"]).expect("serve starts");
+    let serve =
+        ServeProcess::start(BIN, &data, &["--token-ttl", "10", "--ledger-sweep-interval", "1"]).expect("serve starts");
     let (_, script) = boot(&demo_client(&data), &serve).await;
     let url = secrets_url(&script);
     let secrets = https_client(&read(&data.join("pki/ca.crt")), None);
@@ -220,8 +245,12 @@ async fn tls_cert_and_key_files_are_reloaded_without_a_restart() {
     let (cert, key) = (data.with_extension("fullchain.pem"), data.with_extension("privkey.pem"));
     write_replacing(&cert, first.cert_pem.as_bytes());
     write_replacing(&key, first.key_pem.as_bytes());
-    let serve = ServeProcess::start(BIN, &data, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--tls-reload-interval", "1"])
-        .expect("serve starts");
+    let serve = ServeProcess::start(
+        BIN,
+        &data,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--tls-reload-interval", "1"],
+    )
+    .expect("serve starts");
     let ca_pem = ca.cert_pem().into_bytes();
     for port in [serve.secrets_port, serve.s3_port] {
         assert_eq!(presented_leaf(&ca_pem, port).await, first.cert_der, "port {port} presents --tls-cert");
@@ -232,7 +261,10 @@ async fn tls_cert_and_key_files_are_reloaded_without_a_restart() {
     identity.extend(read(&data.join("pki/gateways/demo.key")));
     let gateway = https_client(&ca_pem, Some(&identity));
     assert_eq!(gateway.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().status(), 200);
-    assert!(https_client(&ca_pem, None).get(serve.boot_url()).send().await.is_err(), "no client certificate, no handshake");
+    assert!(
+        https_client(&ca_pem, None).get(serve.boot_url()).send().await.is_err(),
+        "no client certificate, no handshake"
+    );
 
     // Renewal: new files, same paths; new connections get the new certificate.
     write_replacing(&key, second.key_pem.as_bytes());
@@ -257,7 +289,8 @@ async fn tls_cert_and_key_files_are_reloaded_without_a_restart() {
 async fn metrics_and_health_endpoints() {
     let data = temp_dir("metrics");
     let metrics_port = free_port();
-    let serve = ServeProcess::start(BIN, &data, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).expect("serve starts");
+    let serve = ServeProcess::start(BIN, &data, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .expect("serve starts");
     let (status, script) = boot(&demo_client(&data), &serve).await;
     assert_eq!(status, 200);
     let secrets = https_client(&read(&data.join("pki/ca.crt")), None);
@@ -319,7 +352,14 @@ impl Attacker {
         Attacker { stop: Arc::default(), handshakes: Arc::default(), tasks: Vec::new() }
     }
 
-    fn launch(&mut self, source: std::net::IpAddr, port: u16, attack: Attack, count: usize, tls: Option<tokio_rustls::TlsConnector>) {
+    fn launch(
+        &mut self,
+        source: std::net::IpAddr,
+        port: u16,
+        attack: Attack,
+        count: usize,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) {
         use std::sync::atomic::Ordering;
         for _ in 0..count {
             let (stop, handshakes, tls) = (self.stop.clone(), self.handshakes.clone(), tls.clone());
@@ -340,13 +380,19 @@ impl Attacker {
                             let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut sink)).await;
                         }
                         (Attack::SlowBody | Attack::SlowHeaders, Some(tls)) => {
-                            let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(20), tls.connect("localhost".try_into().unwrap(), tcp)).await
+                            let Ok(Ok(mut stream)) = tokio::time::timeout(
+                                Duration::from_secs(20),
+                                tls.connect("localhost".try_into().unwrap(), tcp),
+                            )
+                            .await
                             else {
                                 continue;
                             };
                             handshakes.fetch_add(1, Ordering::Relaxed);
                             let request: &[u8] = match attack {
-                                Attack::SlowBody => b"POST /checkin/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nab",
+                                Attack::SlowBody => {
+                                    b"POST /checkin/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nab"
+                                }
                                 _ => b"GET /ipxe-edge/x HTTP/1.1\r\nhost: loc",
                             };
                             let _ = stream.write_all(request).await;
@@ -424,7 +470,8 @@ async fn floods_from_sixteen_addresses_do_not_lock_out_real_clients() {
         let secrets = https_client(&ca, None).get(secrets_url(&script)).send().await.expect("redeem under attack");
         assert_eq!(secrets.status(), 200, "round {round}");
         let redeemed = started.elapsed();
-        let kernel_url = script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
+        let kernel_url =
+            script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
         let started = Instant::now();
         let download = https_client(&ca, None).get(&kernel_url).send().await.expect("download under attack");
         assert_eq!(download.status(), 200, "round {round}");
@@ -458,7 +505,12 @@ async fn floods_from_sixteen_addresses_do_not_lock_out_real_clients() {
     println!("under attack from 16 addresses ({handshakes} attacking handshakes):");
     println!("{:>6} {:>10} {:>10} {:>10}", "round", "boot", "redeem", "download");
     for (round, (b, r, d)) in timings.iter().enumerate() {
-        println!("{round:>6} {:>8.0}ms {:>8.0}ms {:>8.0}ms", b.as_secs_f64() * 1e3, r.as_secs_f64() * 1e3, d.as_secs_f64() * 1e3);
+        println!(
+            "{round:>6} {:>8.0}ms {:>8.0}ms {:>8.0}ms",
+            b.as_secs_f64() * 1e3,
+            r.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e3
+        );
     }
 }
 
@@ -466,7 +518,12 @@ async fn floods_from_sixteen_addresses_do_not_lock_out_real_clients() {
 async fn healthz_is_degraded_while_a_listener_refuses_at_its_cap_and_gauges_are_right_at_once() {
     let data = temp_dir("degraded");
     let metrics_port = free_port();
-    let serve = ServeProcess::start(BIN, &data, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--max-connections", "8"]).expect("serve starts");
+    let serve = ServeProcess::start(
+        BIN,
+        &data,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--max-connections", "8"],
+    )
+    .expect("serve starts");
     let plain = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{metrics_port}");
     // The first scrape already knows the gateway certificates (the demo's runs for years).

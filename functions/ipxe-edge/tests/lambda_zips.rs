@@ -59,7 +59,9 @@ impl RuntimeApi {
                 let state = served.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -72,7 +74,10 @@ impl RuntimeApi {
         let (tx, rx) = oneshot::channel();
         self.state.waiting.lock().await.insert(id.clone(), tx);
         self.events.send((id, event)).unwrap();
-        tokio::time::timeout(Duration::from_secs(30), rx).await.expect("function answers within 30 s").expect("answer delivered")
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("function answers within 30 s")
+            .expect("answer delivered")
     }
 
     fn first_poll(&self) -> Option<Instant> {
@@ -80,7 +85,10 @@ impl RuntimeApi {
     }
 }
 
-async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let ok = |status: u16, body: Vec<u8>, headers: &[(&str, String)]| {
@@ -157,13 +165,20 @@ struct Deployment {
 fn cli(moto: &Moto, data: &Path, bucket: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
     let mut cmd = Command::new(BIN);
     cmd.arg("--data").arg(data).args(["--bucket", bucket]).args(args).envs(moto.aws_env());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(bytes) = stdin {
         child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "ipxe-edge {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ipxe-edge {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -196,7 +211,17 @@ async fn deploy(moto: &Moto) -> Deployment {
         moto,
         &data,
         &bucket,
-        &["release", "create", "r1", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--cmdline", "console=ttyS0"],
+        &[
+            "release",
+            "create",
+            "r1",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ],
         None,
     );
     cli(moto, &data, &bucket, &["channel", "promote", "stable", "r1"], None);
@@ -318,8 +343,11 @@ fn boot_event(cert_pem: Option<&str>) -> Value {
 
 fn redeem_event(token: &str) -> Value {
     let path = format!("/secrets/{token}");
-    serde_json::from_str(&fixture("apigw-http-v2-redeem.json", &[("__PATH__", json!(path)), ("__TOKEN__", json!(token)), ("__METHOD__", json!("GET"))]))
-        .unwrap()
+    serde_json::from_str(&fixture(
+        "apigw-http-v2-redeem.json",
+        &[("__PATH__", json!(path)), ("__TOKEN__", json!(token)), ("__METHOD__", json!("GET"))],
+    ))
+    .unwrap()
 }
 
 /// Status and body of an API Gateway (payload 2.0) response document.
@@ -348,7 +376,10 @@ fn setup(test: &str) -> Option<(PathBuf, Moto)> {
         if std::env::var_os("IPXE_EDGE_REQUIRE_TEST_SERVERS").is_some() {
             panic!("IPXE_EDGE_LAMBDA_DIR is not set but IPXE_EDGE_REQUIRE_TEST_SERVERS is");
         }
-        let _ = writeln!(std::io::stderr(), "skipped {test}: IPXE_EDGE_LAMBDA_DIR is not set (scripts/test.sh builds the zips)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped {test}: IPXE_EDGE_LAMBDA_DIR is not set (scripts/test.sh builds the zips)"
+        );
         return None;
     };
     Some((PathBuf::from(dir), Moto { env: dynamodb_env(test)? }))
@@ -375,7 +406,8 @@ async fn shipped_functions_boot_and_redeem_against_moto() {
     }
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     // The presigned kernel URL is served by moto.
-    let kernel_url = script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
+    let kernel_url =
+        script.lines().find_map(|l| l.strip_prefix("kernel ")).unwrap().split(' ').next().unwrap().to_string();
     assert!(kernel_url.contains("X-Amz-Signature="), "{kernel_url}");
     let fetched = reqwest::get(&kernel_url).await.unwrap();
     assert_eq!(fetched.status().as_u16(), 200);
@@ -400,13 +432,24 @@ async fn shipped_functions_boot_and_redeem_against_moto() {
 
     // The shipped functions recorded every boot and the redemptions in the table: the ten
     // redeemed boots reached Linux, the nine before them were closed (failed) by the next boot.
-    let history =
-        cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "history", "gw1", "--json", "--limit", "100", "--table", &deployment.table], None);
+    let history = cli(
+        &moto,
+        &deployment.data,
+        &deployment.bucket,
+        &["gateway", "history", "gw1", "--json", "--limit", "100", "--table", &deployment.table],
+        None,
+    );
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 19, "10 + 9 boots recorded");
     let outcomes: Vec<&str> = history.iter().map(|b| b["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, [vec!["reached_linux"; 10], vec!["failed"; 9]].concat(), "{history:?}");
-    let status = cli(&moto, &deployment.data, &deployment.bucket, &["gateway", "status", "gw1", "--json", "--table", &deployment.table], None);
+    let status = cli(
+        &moto,
+        &deployment.data,
+        &deployment.bucket,
+        &["gateway", "status", "gw1", "--json", "--table", &deployment.table],
+        None,
+    );
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["last_known_good"]["release"], "r1");
 
@@ -431,7 +474,9 @@ async fn shipped_redeem_mints_scratch_keys_against_moto() {
     let boundary = iam
         .create_policy()
         .policy_name(unique_name("zips-boundary"))
-        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#)
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#,
+        )
         .send()
         .await
         .unwrap();
@@ -469,8 +514,14 @@ async fn shipped_redeem_mints_scratch_keys_against_moto() {
 
     // The operator sees the live key, and revoking the gateway deletes it.
     let (data, bucket) = (&deployment.data, &deployment.bucket);
-    let shown: Value =
-        serde_json::from_str(&cli(&moto, data, bucket, &["gateway", "scratch", "gw1", "--json", "--scratch-bucket", &scratch_bucket], None)).unwrap();
+    let shown: Value = serde_json::from_str(&cli(
+        &moto,
+        data,
+        bucket,
+        &["gateway", "scratch", "gw1", "--json", "--scratch-bucket", &scratch_bucket],
+        None,
+    ))
+    .unwrap();
     assert_eq!(shown["keys"][0]["access_key_id"].as_str(), previous.as_deref(), "{shown}");
     let revoked = cli(&moto, data, bucket, &["gateway", "revoke", "gw1", "--scratch-bucket", &scratch_bucket], None);
     assert!(revoked.contains("revoked 1 scratch key"), "{revoked}");

@@ -38,17 +38,24 @@ async fn race(name: &str, ledger: Arc<dyn TokenLedger>, trials: usize) -> usize 
     let store = Arc::new(MemoryStore::new());
     store.insert(&keys::secrets(&fp), b"s=1".to_vec());
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
-    let app = Arc::new(RedeemApp { service: RedeemService::new(Records::new(store), ledger, keyring.clone()), metrics: Arc::new(NoMetrics) });
+    let app = Arc::new(RedeemApp {
+        service: RedeemService::new(Records::new(store), ledger, keyring.clone()),
+        metrics: Arc::new(NoMetrics),
+    });
     let started = Instant::now();
     let (mut wrong, mut ok_total, mut gone_total) = (0, 0, 0);
     for _ in 0..trials {
         // Minted per trial: a long run must not outlive its tokens.
-        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
+        let (_, token) =
+            keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
         let racers: Vec<_> = (0..RACERS)
             .map(|_| {
                 let (app, token) = (app.clone(), token.clone());
                 tokio::spawn(async move {
-                    let event = request("function-url-redeem.json", &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))]);
+                    let event = request(
+                        "function-url-redeem.json",
+                        &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))],
+                    );
                     redeem_handler(&app, event).await.status().as_u16()
                 })
             })
@@ -103,7 +110,14 @@ async fn racing_redemptions_of_one_gateway_leave_exactly_the_newest_delivered_ke
     let scratch = EmbeddedScratch::open(&data, "https://127.0.0.1:9000").unwrap();
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("racer");
-    let seeded = seed_gateway(store.as_ref(), "racer", &gw.cert_der, SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" }, Some(SECRET)).await;
+    let seeded = seed_gateway(
+        store.as_ref(),
+        "racer",
+        &gw.cert_der,
+        SeedRelease { id: "r1", kernel: b"K", initrd: b"I", cmdline: "" },
+        Some(SECRET),
+    )
+    .await;
     let fp = seeded.fingerprint;
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     let ledger = Arc::new(FileLedger::open(root.join("ledger")).unwrap());
@@ -112,10 +126,14 @@ async fn racing_redemptions_of_one_gateway_leave_exactly_the_newest_delivered_ke
     for round in 0..20 {
         let racers: Vec<_> = (0..8)
             .map(|_| {
-                let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
+                let (_, token) =
+                    keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
                 let app = app.clone();
                 tokio::spawn(async move {
-                    let event = request("function-url-redeem.json", &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))]);
+                    let event = request(
+                        "function-url-redeem.json",
+                        &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))],
+                    );
                     let response = redeem_handler(&app, event).await;
                     let status = response.status().as_u16();
                     let body = String::from_utf8_lossy(response.body().as_ref()).into_owned();
@@ -140,6 +158,7 @@ async fn racing_redemptions_of_one_gateway_leave_exactly_the_newest_delivered_ke
 
 /// The id of the key with the greatest mint order in the keys file.
 fn newest_minted(file: &std::path::Path) -> String {
-    let keys: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let keys: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     keys.iter().max_by_key(|(_, k)| k["seq"].as_u64().unwrap()).map(|(id, _)| id.clone()).unwrap()
 }

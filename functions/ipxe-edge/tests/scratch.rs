@@ -13,7 +13,11 @@ const SEED_SECRET: &str = r#"b2c.minio="bbz,${s3_endpoint},${s3_access_key_id},$
 
 fn edge(data: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).arg("--data").arg(data).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -43,9 +47,25 @@ fn s3(ca: &Path, key: &Minted, method: &str, url_path: &str, upload: Option<&Pat
 
 /// [`s3`] with extra curl arguments. The path goes out exactly as given (`--path-as-is`), and
 /// curl signs that same path, so a refusal is the endpoint's, never a signature mismatch.
-fn s3_with(ca: &Path, key: &Minted, method: &str, url_path: &str, upload: Option<&Path>, extra: &[&str]) -> (u16, String) {
+fn s3_with(
+    ca: &Path,
+    key: &Minted,
+    method: &str,
+    url_path: &str,
+    upload: Option<&Path>,
+    extra: &[&str],
+) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--path-as-is", "--cacert", ca.to_str().unwrap(), "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{}:{}", key.id, key.secret)]);
+    cmd.args([
+        "-sS",
+        "--path-as-is",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+        "--user",
+        &format!("{}:{}", key.id, key.secret),
+    ]);
     // S3 wants the payload hash header, which curl before 8.x does not add by itself.
     cmd.args(["-X", method, "-w", "\n%{http_code}", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
     if let Some(file) = upload {
@@ -63,8 +83,12 @@ fn s3_with(ca: &Path, key: &Minted, method: &str, url_path: &str, upload: Option
 /// The signature covers the path as the endpoint canonicalises it (decoded once, encoded once),
 /// so percent-encoded spellings reach the access check rather than failing their signature.
 fn raw(ca: &Path, key: &Minted, method: &str, raw_path: &str, upload: Option<&Path>, extra: &[&str]) -> (u16, String) {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode};
-    const ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+        UriPathNormalizationMode,
+    };
+    const ENCODE: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
     let (path, query) = raw_path.split_once('?').map_or((raw_path, None), |(p, q)| (p, Some(q)));
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let canonical = percent_encoding::utf8_percent_encode(&decoded, ENCODE).to_string();
@@ -102,7 +126,8 @@ fn raw(ca: &Path, key: &Minted, method: &str, raw_path: &str, upload: Option<&Pa
 }
 
 async fn boot_and_redeem(client: &reqwest::Client, serve: &ServeProcess) -> (String, String) {
-    let script = client.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().text().await.unwrap();
+    let script =
+        client.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().text().await.unwrap();
     let start = script.find("b2c.extra_args_url=\"").expect("secrets URL") + "b2c.extra_args_url=\"".len();
     let url = script[start..start + script[start..].find('"').unwrap()].to_string();
     let response = client.get(&url).send().await.unwrap();
@@ -179,7 +204,11 @@ async fn minted_keys_open_only_their_gateways_space_and_die_at_the_next_boot() {
     let old = s3(&ca, &key, "GET", "/scratch/demo/state/b.txt", None);
     assert_eq!(old.0, 403, "previous boot's key revoked");
     assert!(old.1.contains("InvalidAccessKeyId"), "{}", old.1);
-    assert_eq!(s3(&ca, &second, "GET", "/scratch/demo/state/b.txt", None), (200, "persistent state of demo".to_string()), "state persists across boots");
+    assert_eq!(
+        s3(&ca, &second, "GET", "/scratch/demo/state/b.txt", None),
+        (200, "persistent state of demo".to_string()),
+        "state persists across boots"
+    );
 
     // A replay (of either token) mints nothing.
     assert_eq!(client.get(&first_url).send().await.unwrap().status(), 410);
@@ -249,7 +278,9 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     let (_, secret) = boot_and_redeem(&demo, &serve).await;
     let key = parse(&secret);
     assert_eq!(key.bucket, "scratch/attacker");
-    let victim_fp = ipxe_edge_core::domain::identity::Fingerprint::of_der(&pem_der(&read(&data.join("pki/gateways/victim.crt")))).to_string();
+    let victim_fp =
+        ipxe_edge_core::domain::identity::Fingerprint::of_der(&pem_der(&read(&data.join("pki/gateways/victim.crt"))))
+            .to_string();
     let victim_secrets = format!("ipxe-edge/gateways/{victim_fp}/secrets");
     assert!(data.join("s3").join(&victim_secrets).exists(), "the victim's secrets are where the attack aims");
     let file = data.with_extension("payload");
@@ -259,9 +290,15 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     let refused = |method: &str, path: &str, upload: Option<&Path>, extra: &[&str]| {
         let (status, body) = raw(&ca, &key, method, path, upload, extra);
         assert!(status == 403 || status == 400, "{method} {path}: {status} {body}");
-        assert!(!body.contains("SignatureDoesNotMatch") && !body.contains("s3cret") && !body.contains("b2c."), "{method} {path}: {body}");
+        assert!(
+            !body.contains("SignatureDoesNotMatch") && !body.contains("s3cret") && !body.contains("b2c."),
+            "{method} {path}: {body}"
+        );
         // A HEAD answer carries no body to name the error.
-        assert!(method == "HEAD" || body.contains("AccessDenied") || body.contains("InvalidArgument"), "refused for its scope: {method} {path}: {body}");
+        assert!(
+            method == "HEAD" || body.contains("AccessDenied") || body.contains("InvalidArgument"),
+            "refused for its scope: {method} {path}: {body}"
+        );
     };
     let target = format!("ipxe-edge/gateways/{victim_fp}/secrets");
     for spelling in [
@@ -290,7 +327,9 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     bundle.extend(foreign.cert.pem().as_bytes());
     let bundle_file = data.with_extension("bundle");
     std::fs::write(&bundle_file, &bundle).unwrap();
-    let demo_fp = ipxe_edge_core::domain::identity::Fingerprint::of_der(&pem_der(&read(&data.join("pki/gateways/attacker.crt")))).to_string();
+    let demo_fp =
+        ipxe_edge_core::domain::identity::Fingerprint::of_der(&pem_der(&read(&data.join("pki/gateways/attacker.crt"))))
+            .to_string();
     let record = String::from_utf8(read(&data.join(format!("s3/ipxe-edge/gateways/{demo_fp}/gateway.json"))))
         .unwrap()
         .replace(&demo_fp, &leaf_fp)
@@ -306,36 +345,78 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
         refused("PUT", &path, Some(upload), &[]);
     }
     refused("DELETE", "/scratch/attacker/../../ipxe-edge/channels/stable.json", None, &[]);
-    refused("PUT", "/scratch/attacker/copy", None, &["-H", &format!("x-amz-copy-source: scratch/attacker/../../{target}"), "-H", "content-length: 0"]);
     refused(
         "PUT",
         "/scratch/attacker/copy",
         None,
-        &["-H", &format!("x-amz-copy-source: /ipxe-edge/{}", target.trim_start_matches("ipxe-edge/")), "-H", "content-length: 0"],
+        &["-H", &format!("x-amz-copy-source: scratch/attacker/../../{target}"), "-H", "content-length: 0"],
+    );
+    refused(
+        "PUT",
+        "/scratch/attacker/copy",
+        None,
+        &[
+            "-H",
+            &format!("x-amz-copy-source: /ipxe-edge/{}", target.trim_start_matches("ipxe-edge/")),
+            "-H",
+            "content-length: 0",
+        ],
     );
     // DeleteObjects names its keys in the body: each is checked.
     let delete = "<Delete><Object><Key>attacker/../../ipxe-edge/channels/stable.json</Key></Object><Object><Key>attacker/../victim/x</Key></Object></Delete>";
-    let (status, body) = raw(&ca, &key, "POST", "/scratch?delete", None, &["--data-binary", delete, "-H", "content-type: application/xml"]);
+    let (status, body) = raw(
+        &ca,
+        &key,
+        "POST",
+        "/scratch?delete",
+        None,
+        &["--data-binary", delete, "-H", "content-type: application/xml"],
+    );
     assert!(!body.contains("<Deleted>"), "DeleteObjects: {status} {body}");
     assert!(status == 403 || body.contains("AccessDenied"), "DeleteObjects: {status} {body}");
     // Multipart: into a traversal key, and completing a legitimate upload under one.
     refused("POST", "/scratch/attacker/../../ipxe-edge/releases/evil.json?uploads", None, &[]);
     let (status, body) = raw(&ca, &key, "POST", "/scratch/attacker/upload.bin?uploads", None, &[]);
     assert_eq!(status, 200, "{body}");
-    let upload_id = body.split("<UploadId>").nth(1).and_then(|r| r.split("</UploadId>").next()).expect("an upload id").to_string();
+    let upload_id =
+        body.split("<UploadId>").nth(1).and_then(|r| r.split("</UploadId>").next()).expect("an upload id").to_string();
     refused("PUT", &format!("/scratch/attacker/../../ipxe-edge/x?partNumber=1&uploadId={upload_id}"), Some(&file), &[]);
-    let complete = "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>";
-    refused("POST", &format!("/scratch/attacker/../../ipxe-edge/channels/stable.json?uploadId={upload_id}"), None, &["--data-binary", complete]);
+    let complete =
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>";
+    refused(
+        "POST",
+        &format!("/scratch/attacker/../../ipxe-edge/channels/stable.json?uploadId={upload_id}"),
+        None,
+        &["--data-binary", complete],
+    );
     // Listing: only below its own folder.
-    for query in ["prefix=attacker", "prefix=attacker%2F..%2F", "prefix=attacker%2F..%2F..%2Fipxe-edge%2F", "prefix=", "prefix=victim%2F"] {
+    for query in [
+        "prefix=attacker",
+        "prefix=attacker%2F..%2F",
+        "prefix=attacker%2F..%2F..%2Fipxe-edge%2F",
+        "prefix=",
+        "prefix=victim%2F",
+    ] {
         refused("GET", &format!("/scratch?list-type=2&{query}"), None, &[]);
     }
     // Presigned requests signed with the scratch key.
     let presigner = |bucket: &str, object: &str| {
-        let config = ipxe_edge_core::lambda::init::static_sdk_config(&key.endpoint, &key.id, &key.secret, ipxe_edge_core::lambda::init::Timeouts::Request);
-        let store = ipxe_edge_core::storage::adapters::s3::S3Store::new(ipxe_edge_core::lambda::init::s3_client(&config, true), bucket.to_string());
+        let config = ipxe_edge_core::lambda::init::static_sdk_config(
+            &key.endpoint,
+            &key.id,
+            &key.secret,
+            ipxe_edge_core::lambda::init::Timeouts::Request,
+        );
+        let store = ipxe_edge_core::storage::adapters::s3::S3Store::new(
+            ipxe_edge_core::lambda::init::s3_client(&config, true),
+            bucket.to_string(),
+        );
         let object = object.to_string();
-        async move { ipxe_edge_core::storage::Presigner::presign_get(&store, &object, std::time::Duration::from_secs(60)).await.unwrap() }
+        async move {
+            ipxe_edge_core::storage::Presigner::presign_get(&store, &object, std::time::Duration::from_secs(60))
+                .await
+                .unwrap()
+        }
     };
     for (bucket, object) in [
         ("scratch", format!("attacker/../../{target}")),
@@ -343,7 +424,10 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
         ("scratch", "victim/x".to_string()),
     ] {
         let url = presigner(bucket, &object).await;
-        let out = Command::new("curl").args(["-sS", "--path-as-is", "--cacert", ca.to_str().unwrap(), "-w", "\n%{http_code}", &url]).output().unwrap();
+        let out = Command::new("curl")
+            .args(["-sS", "--path-as-is", "--cacert", ca.to_str().unwrap(), "-w", "\n%{http_code}", &url])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.ends_with("\n403") && text.contains("AccessDenied"), "presigned {bucket}/{object}: {text}");
     }
@@ -351,10 +435,19 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     let admin_text = String::from_utf8(read(&data.join("s3-credentials"))).unwrap();
     let (id, secret) = admin_text.trim().split_once(':').unwrap();
     let admin = Minted { endpoint: key.endpoint.clone(), id: id.into(), secret: secret.into(), bucket: String::new() };
-    for path in ["/ipxe-edge/../../s3-credentials", "/ipxe-edge/%2e%2e/%2e%2e/token-keys", "/ipxe-edge/..%2f..%2fpki/ca.key", "/..", "/%2e%2e/pki/ca.key"] {
+    for path in [
+        "/ipxe-edge/../../s3-credentials",
+        "/ipxe-edge/%2e%2e/%2e%2e/token-keys",
+        "/ipxe-edge/..%2f..%2fpki/ca.key",
+        "/..",
+        "/%2e%2e/pki/ca.key",
+    ] {
         let (status, body) = raw(&ca, &admin, "GET", path, None, &[]);
         assert!(matches!(status, 400 | 403 | 404), "{path}: {status} {body}");
-        assert!(!body.contains(secret) && !body.contains("PRIVATE KEY") && !body.contains("SignatureDoesNotMatch"), "{path}: {body}");
+        assert!(
+            !body.contains(secret) && !body.contains("PRIVATE KEY") && !body.contains("SignatureDoesNotMatch"),
+            "{path}: {body}"
+        );
     }
 
     let after = snapshot(&data, &["journal", "ledger", "scratch-keys.json", "s3/scratch", "s3/.", "cache"]);
@@ -370,14 +463,26 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     let logs = serve.logs();
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("s3_denied") || l.contains("s3_request")).collect();
     assert!(lines.len() > 40, "{logs}");
-    let denial = lines.iter().find(|l| l.contains("s3_denied") && l.contains("PutObject") && l.contains("truststore")).unwrap_or_else(|| panic!("{logs}"));
+    let denial = lines
+        .iter()
+        .find(|l| l.contains("s3_denied") && l.contains("PutObject") && l.contains("truststore"))
+        .unwrap_or_else(|| panic!("{logs}"));
     for field in ["\"key_id\"", "\"operation\"", "\"bucket\"", "\"key\"", "\"status\"", "\"peer\"", "\"reason\""] {
         assert!(denial.contains(field), "{field} in {denial}");
     }
     assert!(denial.contains(&key.id), "{denial}");
-    assert!(lines.iter().any(|l| l.contains("s3_request") && l.contains("CreateMultipartUpload")), "successes are logged: {logs}");
+    assert!(
+        lines.iter().any(|l| l.contains("s3_request") && l.contains("CreateMultipartUpload")),
+        "successes are logged: {logs}"
+    );
     for line in &lines {
-        assert!(!line.contains(&key.secret) && !line.contains(secret) && !line.contains("X-Amz-Signature=") && !line.contains("Signature="), "{line}");
+        assert!(
+            !line.contains(&key.secret)
+                && !line.contains(secret)
+                && !line.contains("X-Amz-Signature=")
+                && !line.contains("Signature="),
+            "{line}"
+        );
     }
 
     // After a restart the planted CA, had it landed, would admit its certificate.
@@ -390,7 +495,10 @@ async fn no_spelling_of_a_path_leaves_the_keys_folder() {
     if let Ok(response) = planted.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await {
         assert_ne!(response.status(), 200, "a certificate of the foreign CA boots: {:?}", response.text().await);
     }
-    assert!(demo.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().status() == 200, "the attacker's own gateway still boots");
+    assert!(
+        demo.get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap().status() == 200,
+        "the attacker's own gateway still boots"
+    );
 }
 
 fn pem_der(pem: &[u8]) -> Vec<u8> {
@@ -450,6 +558,9 @@ async fn prefixes_end_at_the_slash_quotas_hold_and_disabled_keys_wait() {
     assert!(ok, "{err}");
     assert_eq!(s3(&ca, &one, "GET", "/scratch/gw-1/state.txt", None), (200, "neighbour's state".to_string()));
     let logs = serve.logs();
-    assert!(logs.lines().any(|l| l.contains("s3_denied") && l.contains("gateway disabled") && l.contains(&one.id)), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("s3_denied") && l.contains("gateway disabled") && l.contains(&one.id)),
+        "{logs}"
+    );
     assert!(logs.lines().any(|l| l.contains("s3_denied") && l.contains("scratch quota exceeded")), "{logs}");
 }

@@ -49,7 +49,10 @@ async fn check_asset(data: &Path, url: &str) {
     assert!(url.starts_with("https://"), "{url}");
     let client = https_client(&read(&data.join("pki/ca.crt")), None);
     let digest = url.split("/assets/sha256/").nth(1).unwrap().split('?').next().unwrap().to_string();
-    assert!(reqwest::get(url.replacen("https://", "http://", 1)).await.map(|r| r.status() != 200).unwrap_or(true), "plain HTTP served an asset");
+    assert!(
+        reqwest::get(url.replacen("https://", "http://", 1)).await.map(|r| r.status() != 200).unwrap_or(true),
+        "plain HTTP served an asset"
+    );
     let response = client.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "{url}");
     let bytes = response.bytes().await.unwrap();
@@ -66,8 +69,12 @@ async fn boots_redeems_once_and_survives_a_restart() {
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
     assert!(serve.stdout.contains("bootstrapped"), "{}", serve.stdout);
     assert!(serve.stdout.contains("curl --cert"), "{}", serve.stdout);
-    for private in ["pki/ca.key", "pki/server.key", "pki/gateways/demo.key", "token-keys", "pki/ca.crt", "s3-credentials"] {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(private)).unwrap().permissions()) & 0o777;
+    for private in
+        ["pki/ca.key", "pki/server.key", "pki/gateways/demo.key", "token-keys", "pki/ca.crt", "s3-credentials"]
+    {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(private)).unwrap().permissions())
+                & 0o777;
         assert_eq!(mode, 0o600, "{private}");
     }
     let ca_before = read(&data.join("pki/ca.crt"));
@@ -223,7 +230,8 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
 
     // Occupied port: a second server on the same ports fails with a clear message.
-    let second = ServeProcess::start_on(BIN, &temp_dir("serve-bad-2"), (serve.boot_port, free_port(), free_port()), &[]);
+    let second =
+        ServeProcess::start_on(BIN, &temp_dir("serve-bad-2"), (serve.boot_port, free_port(), free_port()), &[]);
     let err = second.err().expect("second server must not start");
     assert!(err.contains("cannot listen on") && err.contains("boot"), "{err}");
 
@@ -242,7 +250,10 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     let response = client.get(&long).send().await.unwrap();
     assert_eq!(response.status(), 414, "{:?}", response.text().await);
     let secrets_long = format!("https://127.0.0.1:{}/secrets/x?{}", serve.secrets_port, "a".repeat(4096));
-    assert_eq!(https_client(&read(&data.join("pki/ca.crt")), None).get(&secrets_long).send().await.unwrap().status(), 414);
+    assert_eq!(
+        https_client(&read(&data.join("pki/ca.crt")), None).get(&secrets_long).send().await.unwrap().status(),
+        414
+    );
     let fits = format!("{}?buildarch=x86_64&x={}", serve.boot_url(), "a".repeat(2000));
     assert_eq!(client.get(&fits).send().await.unwrap().status(), 200);
     // The idle connection is eventually closed by the server (handshake timeout).
@@ -257,7 +268,12 @@ async fn bad_input_gets_clear_errors_and_others_keep_being_served() {
     // `serve` makes the data directory private at start and goes on.
     let key = data.join("pki/ca.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new(BIN).arg("--data").arg(&data).args(["gateway", "enroll", "loose-key"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["gateway", "enroll", "loose-key"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve fixes the mode and starts");
@@ -281,8 +297,15 @@ async fn hostile_host_headers_neither_crash_nor_route() {
     let secrets_url = format!("https://127.0.0.1:{}/secrets/not-a-token", serve.secrets_port);
     // The secrets listener needs no client certificate: anyone can send these.
     let anonymous = https_client(&read(&data.join("pki/ca.crt")), None);
-    for (name, value) in [("host", "a b"), ("host", "127.0.0.1:99999"), ("host", "[::1"), ("x-forwarded-proto", "1http")] {
-        let response = anonymous.get(&secrets_url).header(name, value).send().await.unwrap_or_else(|e| panic!("{name}: {value}: {e}"));
+    for (name, value) in
+        [("host", "a b"), ("host", "127.0.0.1:99999"), ("host", "[::1"), ("x-forwarded-proto", "1http")]
+    {
+        let response = anonymous
+            .get(&secrets_url)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {value}: {e}"));
         assert_eq!(response.status().as_u16(), 400, "{name}: {value}");
         assert!(response.text().await.unwrap().contains("malformed token"), "{name}: {value}");
     }
@@ -291,7 +314,8 @@ async fn hostile_host_headers_neither_crash_nor_route() {
     let url = format!("https://127.0.0.1:{}/definitely-not-boot", serve.boot_port);
     let response = gateway.get(&url).header("host", "localhost/boot.ipxe#").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 404);
-    let response = gateway.get(serve.boot_url()).header("host", "[::1").header("x-forwarded-proto", "1http").send().await.unwrap();
+    let response =
+        gateway.get(serve.boot_url()).header("host", "[::1").header("x-forwarded-proto", "1http").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200, "a real boot with odd headers is still served");
     // A malformed request line is a 400 and a JSON log line.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.secrets_port)).unwrap();
@@ -320,7 +344,8 @@ async fn malformed_request_lines_get_400_and_a_log_line() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     // Hostile Host over plain HTTP too.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.secrets_port)).unwrap();
-    raw.write_all(b"GET /secrets/x HTTP/1.1\r\nHost: [::1\r\nX-Forwarded-Proto: 1http\r\nConnection: close\r\n\r\n").unwrap();
+    raw.write_all(b"GET /secrets/x HTTP/1.1\r\nHost: [::1\r\nX-Forwarded-Proto: 1http\r\nConnection: close\r\n\r\n")
+        .unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reply = Vec::new();
     let _ = raw.read_to_end(&mut reply);
@@ -346,13 +371,17 @@ async fn gateways_sending_an_intermediate_boot() {
     std::fs::write(&root_file, root.cert.pem()).unwrap();
     let chain_file = data.join("gw-chain.pem");
     std::fs::write(&chain_file, format!("{}{}", leaf.cert_pem, site_ca.cert.pem())).unwrap();
-    for args in [vec!["ca", "trust", root_file.to_str().unwrap()], vec!["gateway", "import", "gw-chain", "--cert", chain_file.to_str().unwrap()]] {
+    for args in [
+        vec!["ca", "trust", root_file.to_str().unwrap()],
+        vec!["gateway", "import", "gw-chain", "--cert", chain_file.to_str().unwrap()],
+    ] {
         let out = std::process::Command::new(BIN).arg("--data").arg(&data).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
     let ca = read(&data.join("pki/ca.crt"));
-    let with_intermediate = https_client(&ca, Some(format!("{}{}{}", leaf.cert_pem, site_ca.cert.pem(), leaf.key_pem).as_bytes()));
+    let with_intermediate =
+        https_client(&ca, Some(format!("{}{}{}", leaf.cert_pem, site_ca.cert.pem(), leaf.key_pem).as_bytes()));
     let (status, script) = boot(&with_intermediate, &serve.boot_url()).await;
     assert_eq!(status, 200, "{script}\n{}", serve.logs());
     assert!(script.starts_with("#!ipxe"));

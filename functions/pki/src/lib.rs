@@ -2,7 +2,8 @@
 //! client certificates and server certificates.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -61,7 +62,8 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = validity_days(days);
         let cert = params.self_signed(&key)?;
         Ok(CertificateAuthority { cert, key })
@@ -90,7 +92,11 @@ impl CertificateAuthority {
     }
 
     /// A gateway client certificate (RSA-2048, clientAuth) valid over `validity`.
-    pub fn issue_client(&self, common_name: &str, validity: (OffsetDateTime, OffsetDateTime)) -> Result<Issued, PkiError> {
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        validity: (OffsetDateTime, OffsetDateTime),
+    ) -> Result<Issued, PkiError> {
         let key = rsa_key()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
@@ -134,8 +140,10 @@ pub fn acme_signing_request(domains: &[String]) -> Result<SigningRequest, PkiErr
     let key = rsa_key()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names =
-        domains.iter().map(|d| d.clone().try_into().map(SanType::DnsName).map_err(|_| PkiError::BadName(d.clone()))).collect::<Result<_, _>>()?;
+    params.subject_alt_names = domains
+        .iter()
+        .map(|d| d.clone().try_into().map(SanType::DnsName).map_err(|_| PkiError::BadName(d.clone())))
+        .collect::<Result<_, _>>()?;
     let csr = params.serialize_request(&key)?;
     Ok(SigningRequest { csr_der: csr.der().to_vec(), key_pem: key.serialize_pem() })
 }
@@ -162,7 +170,11 @@ fn random_serial() -> rcgen::SerialNumber {
 /// Issues an X.509 v1 client certificate the way older farms did (`openssl x509 -req` without
 /// extensions), using the `openssl` command. Tests use it to prove such certificates work.
 #[doc(hidden)]
-pub fn issue_v1_client_with_openssl(ca: &CertificateAuthority, common_name: &str, days: u32) -> std::io::Result<Issued> {
+pub fn issue_v1_client_with_openssl(
+    ca: &CertificateAuthority,
+    common_name: &str,
+    days: u32,
+) -> std::io::Result<Issued> {
     use std::process::Command;
     let dir = std::env::temp_dir().join(format!(
         "ipxe-edge-v1-{}-{}",
@@ -183,11 +195,27 @@ pub fn issue_v1_client_with_openssl(ca: &CertificateAuthority, common_name: &str
     };
     let subject = format!("/O=legacy-farm/CN={common_name}");
     run(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "gw.key", "-out", "gw.csr", "-subj", &subject])?;
-    run(&["x509", "-req", "-in", "gw.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "4242", "-out", "gw.crt", "-days", &days.to_string()])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "gw.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "4242",
+        "-out",
+        "gw.crt",
+        "-days",
+        &days.to_string(),
+    ])?;
     let cert_pem = std::fs::read_to_string(path("gw.crt"))?;
     let key_pem = std::fs::read_to_string(path("gw.key"))?;
     let _ = std::fs::remove_dir_all(&dir);
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let cert_der = pem.contents;
     Ok(Issued { cert_pem, cert_der, key_pem })
 }
@@ -202,11 +230,20 @@ mod tests {
         let digest = [7u8; 32];
         let issued = acme_challenge_certificate("gw.example.org", &digest).unwrap();
         let (_, cert) = X509Certificate::from_der(&issued.cert_der).unwrap();
-        let ext = cert.extensions().iter().find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31").expect("acmeIdentifier");
+        let ext =
+            cert.extensions().iter().find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31").expect("acmeIdentifier");
         assert!(ext.critical, "RFC 8737 requires the extension to be critical");
         // An OCTET STRING of 32 bytes wrapping the digest.
         assert_eq!(ext.value, [&[0x04, 0x20][..], &digest[..]].concat());
-        let names: Vec<String> = cert.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(names, vec!["DNSName(gw.example.org)".to_string()]);
     }
 
@@ -214,7 +251,11 @@ mod tests {
     fn signing_request_is_rsa_with_the_domains() {
         let request = acme_signing_request(&["a.example.org".into(), "b.example.org".into()]).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&request.csr_der).unwrap();
-        assert_eq!(csr.certification_request_info.subject_pki.algorithm.algorithm.to_id_string(), "1.2.840.113549.1.1.1", "RSA key");
+        assert_eq!(
+            csr.certification_request_info.subject_pki.algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.1",
+            "RSA key"
+        );
         assert!(request.key_pem.contains("PRIVATE KEY"));
         assert!(acme_signing_request(&["gw-é.example.org".into()]).is_err());
     }

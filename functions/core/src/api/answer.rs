@@ -28,7 +28,12 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Failure { status, message: message.into(), retry_after: status == StatusCode::SERVICE_UNAVAILABLE, allow: "GET" }
+        Failure {
+            status,
+            message: message.into(),
+            retry_after: status == StatusCode::SERVICE_UNAVAILABLE,
+            allow: "GET",
+        }
     }
 
     pub fn not_found() -> Self {
@@ -40,7 +45,10 @@ impl Failure {
     }
 
     pub fn response(&self) -> Response<Bytes> {
-        let mut builder = Response::builder().status(self.status).header(CONTENT_TYPE, "text/plain; charset=utf-8").header(CACHE_CONTROL, "no-store");
+        let mut builder = Response::builder()
+            .status(self.status)
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(CACHE_CONTROL, "no-store");
         if self.retry_after {
             builder = builder.header(RETRY_AFTER, RETRY_AFTER_SECS.to_string());
         }
@@ -79,7 +87,11 @@ pub fn typed(body: impl Into<Bytes>, content_type: &'static str) -> Response<Byt
 }
 
 pub fn no_content() -> Response<Bytes> {
-    Response::builder().status(StatusCode::NO_CONTENT).header(CACHE_CONTROL, "no-store").body(Bytes::new()).expect("static response parts are valid")
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(CACHE_CONTROL, "no-store")
+        .body(Bytes::new())
+        .expect("static response parts are valid")
 }
 
 /// How a token that does not verify is answered, whatever it was for.
@@ -94,9 +106,13 @@ fn token_failure(e: &TokenError) -> Failure {
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable, retry later"),
+            StoreError::Unavailable(_) => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable, retry later")
+            }
             StoreError::Conflict(_) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "concurrent update, retry later"),
-            StoreError::InvalidKey(_) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs"),
+            StoreError::InvalidKey(_) => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs")
+            }
         }
     }
 }
@@ -112,7 +128,9 @@ impl From<RecordError> for Failure {
             | RecordError::UnknownRelease(_)
             | RecordError::AlreadyEnrolled(_)
             | RecordError::UnknownCertificate { .. }
-            | RecordError::LastCertificate { .. } => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs"),
+            | RecordError::LastCertificate { .. } => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs")
+            }
         }
     }
 }
@@ -137,10 +155,16 @@ impl From<BootError> for Failure {
     fn from(e: BootError) -> Self {
         match e {
             BootError::UnknownGateway => Failure::new(StatusCode::FORBIDDEN, "gateway not enrolled"),
-            BootError::Revoked(_) | BootError::Disabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not allowed to boot"),
+            BootError::Revoked(_) | BootError::Disabled(_) => {
+                Failure::new(StatusCode::FORBIDDEN, "gateway not allowed to boot")
+            }
             BootError::NoAssetsForArch { .. } => Failure::new(StatusCode::NOT_FOUND, e.to_string()),
             BootError::Record(r) => r.into(),
-            BootError::ChannelMissing { .. } | BootError::ReleaseMissing(_) | BootError::SecretsMissing(_) | BootError::Render(_) | BootError::Mint(_) => {
+            BootError::ChannelMissing { .. }
+            | BootError::ReleaseMissing(_)
+            | BootError::SecretsMissing(_)
+            | BootError::Render(_)
+            | BootError::Mint(_) => {
                 Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "boot configuration error; see server logs")
             }
         }
@@ -155,8 +179,12 @@ impl From<RedeemError> for Failure {
             RedeemError::SecretsGone(_) => Failure::new(StatusCode::NOT_FOUND, "no secrets for this gateway"),
             RedeemError::Record(r) => r.into(),
             RedeemError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
-            RedeemError::ScratchNotConfigured => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "secrets configuration error; see server logs"),
-            RedeemError::ScratchUnavailable(_) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "scratch storage unavailable, retry later"),
+            RedeemError::ScratchNotConfigured => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "secrets configuration error; see server logs")
+            }
+            RedeemError::ScratchUnavailable(_) => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "scratch storage unavailable, retry later")
+            }
         }
     }
 }
@@ -177,8 +205,12 @@ impl From<CheckinError> for Failure {
     fn from(e: CheckinError) -> Self {
         match e {
             CheckinError::Token(t) => token_failure(&t),
-            CheckinError::Refused { .. } => Failure::new(StatusCode::GONE, "check-in already recorded or no longer accepted"),
-            CheckinError::NotRecorded => Failure::new(StatusCode::NOT_FOUND, "check-ins are not recorded by this deployment"),
+            CheckinError::Refused { .. } => {
+                Failure::new(StatusCode::GONE, "check-in already recorded or no longer accepted")
+            }
+            CheckinError::NotRecorded => {
+                Failure::new(StatusCode::NOT_FOUND, "check-ins are not recorded by this deployment")
+            }
             CheckinError::GatewayNotEnabled(_) => Failure::new(StatusCode::FORBIDDEN, "gateway not enabled"),
             CheckinError::Record(r) => r.into(),
             CheckinError::Store(s) => s.into(),
@@ -245,7 +277,13 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(level: Level, message: &'static str, outcome: &'static str, counters: Vec<Counter>, fields: Fields) -> Self {
+    pub fn new(
+        level: Level,
+        message: &'static str,
+        outcome: &'static str,
+        counters: Vec<Counter>,
+        fields: Fields,
+    ) -> Self {
         Record { level, message, outcome, counters, fields, events: Vec::new() }
     }
 
@@ -263,7 +301,13 @@ pub struct Handled {
 
 impl Handled {
     /// An error answer recorded at `level` with `message`, counted in `counters`.
-    pub fn failed(failure: Failure, level: Level, message: &'static str, counters: Vec<Counter>, fields: Fields) -> Self {
+    pub fn failed(
+        failure: Failure,
+        level: Level,
+        message: &'static str,
+        counters: Vec<Counter>,
+        fields: Fields,
+    ) -> Self {
         let record = Record::new(level, message, failure.outcome(), counters, fields);
         Handled { response: failure.response(), record }
     }

@@ -24,9 +24,15 @@ fn some(value: impl ToString) -> Option<String> {
 pub async fn boot(app: &BootApp, info: &RequestInfo, now: u64) -> Handled {
     let identity = match identify(app, &info.client, now) {
         Ok(identity) => identity,
-        Err((failure, detail, subject)) => return boot_refused(failure, Fields { subject, detail: Some(detail), ..Fields::default() }),
+        Err((failure, detail, subject)) => {
+            return boot_refused(failure, Fields { subject, detail: Some(detail), ..Fields::default() })
+        }
     };
-    let fields = Fields { fingerprint: some(identity.fingerprint.as_str()), subject: some(&identity.subject), ..Fields::default() };
+    let fields = Fields {
+        fingerprint: some(identity.fingerprint.as_str()),
+        subject: some(&identity.subject),
+        ..Fields::default()
+    };
     let query = match BootQuery::from_pairs(info.query.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
         Ok(query) => query,
         Err(e) => return boot_refused(Failure::from(e.clone()), Fields { detail: some(e), ..fields }),
@@ -54,7 +60,9 @@ fn identify(app: &BootApp, client: &ClientCert, now: u64) -> Result<ClientIdenti
         ClientCert::Verified(identity) => return Ok(identity.clone()),
         ClientCert::Presented(Ok(pem)) => pem,
         ClientCert::Presented(Err(e)) => return Err((Failure::from(e), e.to_string(), None)),
-        ClientCert::None => return Err((Failure::from(&IdentityError::Missing), IdentityError::Missing.to_string(), None)),
+        ClientCert::None => {
+            return Err((Failure::from(&IdentityError::Missing), IdentityError::Missing.to_string(), None))
+        }
     };
     app.verifier.verify_pem(pem, now as i64).map_err(|e| {
         let described = pem_certificates(pem).ok().and_then(|ders| ders.first().and_then(|d| describe_der(d)));
@@ -76,7 +84,11 @@ fn boot_refused(failure: Failure, fields: Fields) -> Handled {
 }
 
 fn boot_served(script: BootScript, identity: &ClientIdentity) -> Handled {
-    let gateway = Fields { fingerprint: some(identity.fingerprint.as_str()), gateway: some(&script.gateway), ..Fields::default() };
+    let gateway = Fields {
+        fingerprint: some(identity.fingerprint.as_str()),
+        gateway: some(&script.gateway),
+        ..Fields::default()
+    };
     let mut counters = vec![Counter::Boots];
     let mut record = Record::new(
         Level::Info,
@@ -114,7 +126,8 @@ fn boot_served(script: BootScript, identity: &ClientIdentity) -> Handled {
         record.event(Level::Warn, "no usable last known good release: the target is served", fields);
     }
     if script.cert.expiring {
-        let fields = Fields { boot_event: Some("cert_expiring"), days_left: Some(script.cert.days_left), ..gateway.clone() };
+        let fields =
+            Fields { boot_event: Some("cert_expiring"), days_left: Some(script.cert.days_left), ..gateway.clone() };
         record.event(Level::Warn, "the gateway's certificate expires soon: renew it (ipxe-edge gateway renew)", fields);
         counters.push(Counter::CertExpiring);
     }
@@ -130,17 +143,27 @@ fn boot_served(script: BootScript, identity: &ClientIdentity) -> Handled {
         record.event(Level::Info, "first boot with a renewed certificate", fields);
     }
     if let Some(why) = &script.cert.retire_error {
-        record.event(Level::Error, "older certificates not retired; retire them with gateway revoke-cert", Fields { detail: some(why), ..gateway.clone() });
+        record.event(
+            Level::Error,
+            "older certificates not retired; retire them with gateway revoke-cert",
+            Fields { detail: some(why), ..gateway.clone() },
+        );
     }
     if let Some(why) = &script.journal_error {
-        record.event(Level::Error, "boot not recorded; the script was served", Fields { detail: some(why), ..gateway.clone() });
+        record.event(
+            Level::Error,
+            "boot not recorded; the script was served",
+            Fields { detail: some(why), ..gateway.clone() },
+        );
         counters.push(Counter::JournalFailures);
     }
     record.counters = counters;
     // The answer names the gateway and the certificate it was given for (a gateway holds two
     // during a renewal). Gateway names are plain ASCII by the naming rules.
     let mut response = text(script.script);
-    for (name, value) in [(GATEWAY_HEADER, script.gateway.as_str()), (FINGERPRINT_HEADER, script.cert.fingerprint.as_str())] {
+    for (name, value) in
+        [(GATEWAY_HEADER, script.gateway.as_str()), (FINGERPRINT_HEADER, script.cert.fingerprint.as_str())]
+    {
         if let Ok(value) = http::HeaderValue::from_str(value) {
             response.headers_mut().insert(name, value);
         }
@@ -167,7 +190,11 @@ pub async fn secrets(app: &RedeemApp, token: &str, info: &RequestInfo, now: u64)
             };
             let mut record = Record::new(Level::Info, "secrets served", "ok", vec![Counter::Redemptions], fields);
             if let SignalOutcome::Failed(why) = &redeemed.signal {
-                record.event(Level::Error, "boot outcome not recorded; the secret was served", Fields { token_id, detail: some(why), ..Fields::default() });
+                record.event(
+                    Level::Error,
+                    "boot outcome not recorded; the secret was served",
+                    Fields { token_id, detail: some(why), ..Fields::default() },
+                );
                 record.counters.push(Counter::JournalFailures);
             }
             Handled { response: text(redeemed.secret), record }
@@ -190,7 +217,12 @@ fn redeem_event(e: &RedeemError, counters: &mut Vec<Counter>) -> Option<(Level, 
     let event = match e {
         RedeemError::Replayed(id) => {
             counters.push(Counter::TokenReplays);
-            let fields = Fields { security_event: Some("token_replay"), token_id: some(id), outcome: Some("replay"), ..Fields::default() };
+            let fields = Fields {
+                security_event: Some("token_replay"),
+                token_id: some(id),
+                outcome: Some("replay"),
+                ..Fields::default()
+            };
             (Level::Warn, "replayed secrets token refused", fields)
         }
         RedeemError::Token(TokenError::Forged) => {
@@ -205,9 +237,11 @@ fn redeem_event(e: &RedeemError, counters: &mut Vec<Counter>) -> Option<(Level, 
             let fields = Fields { token_id: some(id), outcome: Some("not_found"), ..Fields::default() };
             (Level::Error, "secrets object missing for a valid token, token left redeemable", fields)
         }
-        RedeemError::Record(s) => {
-            (Level::Error, "secrets not served, token left redeemable", Fields { outcome: Some("unavailable"), detail: some(s), ..Fields::default() })
-        }
+        RedeemError::Record(s) => (
+            Level::Error,
+            "secrets not served, token left redeemable",
+            Fields { outcome: Some("unavailable"), detail: some(s), ..Fields::default() },
+        ),
         RedeemError::GatewayNotEnabled(name) => {
             let fields = Fields { gateway: some(name), outcome: Some("forbidden"), ..Fields::default() };
             (Level::Warn, "no scratch key for a gateway that is not enabled, token left redeemable", fields)
@@ -234,7 +268,10 @@ pub async fn checkin(app: &RedeemApp, token: &str, now: u64) -> Handled {
                 boot_outcome: some(done.boot.outcome.as_str()),
                 ..Fields::default()
             };
-            Handled { response: no_content(), record: Record::new(Level::Info, "check-in recorded", "ok", vec![Counter::Checkins], fields) }
+            Handled {
+                response: no_content(),
+                record: Record::new(Level::Info, "check-in recorded", "ok", vec![Counter::Checkins], fields),
+            }
         }
         Err(e) => {
             let event = match &e {
@@ -243,9 +280,11 @@ pub async fn checkin(app: &RedeemApp, token: &str, now: u64) -> Handled {
                     "check-in token with an invalid signature refused",
                     Fields { security_event: Some("token_forged"), outcome: Some("forbidden"), ..Fields::default() },
                 )),
-                CheckinError::Refused { id, why } => {
-                    Some((Level::Warn, "check-in refused", Fields { token_id: some(id), outcome: Some("gone"), detail: some(why), ..Fields::default() }))
-                }
+                CheckinError::Refused { id, why } => Some((
+                    Level::Warn,
+                    "check-in refused",
+                    Fields { token_id: some(id), outcome: Some("gone"), detail: some(why), ..Fields::default() },
+                )),
                 CheckinError::Store(s) => Some((
                     Level::Error,
                     "check-in not recorded; it can be retried",
@@ -254,7 +293,12 @@ pub async fn checkin(app: &RedeemApp, token: &str, now: u64) -> Handled {
                 CheckinError::GatewayNotEnabled(name) => Some((
                     Level::Warn,
                     "check-in of a disabled or revoked gateway refused",
-                    Fields { security_event: Some("gateway_not_enabled"), gateway: some(name), outcome: Some("forbidden"), ..Fields::default() },
+                    Fields {
+                        security_event: Some("gateway_not_enabled"),
+                        gateway: some(name),
+                        outcome: Some("forbidden"),
+                        ..Fields::default()
+                    },
                 )),
                 _ => None,
             };
@@ -308,7 +352,9 @@ pub async fn renewal(app: &RedeemApp, token: &str, info: &RequestInfo, now: u64)
             }
             let response = match format {
                 RenewalFormat::Autoexec => typed(fetched.renewal.autoexec, "text/plain; charset=utf-8"),
-                RenewalFormat::Pem => typed(format!("{}{}", fetched.renewal.cert_pem, fetched.renewal.key_pem), "application/x-pem-file"),
+                RenewalFormat::Pem => {
+                    typed(format!("{}{}", fetched.renewal.cert_pem, fetched.renewal.key_pem), "application/x-pem-file")
+                }
             };
             Handled { response, record }
         }
@@ -320,12 +366,21 @@ pub async fn renewal(app: &RedeemApp, token: &str, info: &RequestInfo, now: u64)
                     Some((
                         Level::Warn,
                         "renewal token with an invalid signature refused",
-                        Fields { security_event: Some("token_forged"), outcome: Some("forbidden"), ..Fields::default() },
+                        Fields {
+                            security_event: Some("token_forged"),
+                            outcome: Some("forbidden"),
+                            ..Fields::default()
+                        },
                     ))
                 }
                 RenewalError::Replayed(id) => {
                     counters.push(Counter::TokenReplays);
-                    let fields = Fields { security_event: Some("token_replay"), token_id: some(id), outcome: Some("replay"), ..Fields::default() };
+                    let fields = Fields {
+                        security_event: Some("token_replay"),
+                        token_id: some(id),
+                        outcome: Some("replay"),
+                        ..Fields::default()
+                    };
                     Some((Level::Warn, "replayed renewal token refused", fields))
                 }
                 RenewalError::Record(r) => Some((

@@ -90,9 +90,9 @@ pub async fn redeem(app: &RedeemApp, req: &Request<Bytes>) -> Response<Bytes> {
     // The redeem function has no boot route: that path, like any other unknown one, is a 404
     // of the secrets route.
     let (name, route) = match Route::parse(req.method(), req.uri().path()) {
-        Ok(Route::Boot) | Err(Unrouted::NotFound { name: None | Some("boot") }) | Err(Unrouted::MethodNotAllowed { name: "boot", .. }) => {
-            ("redeem", Err(Failure::not_found()))
-        }
+        Ok(Route::Boot)
+        | Err(Unrouted::NotFound { name: None | Some("boot") })
+        | Err(Unrouted::MethodNotAllowed { name: "boot", .. }) => ("redeem", Err(Failure::not_found())),
         Err(Unrouted::NotFound { name: Some(name) }) => (name, Err(Failure::not_found())),
         Err(Unrouted::MethodNotAllowed { name, allow }) => (name, Err(Failure::method_not_allowed(allow))),
         Ok(route) => (route.name(), Ok(route)),
@@ -121,7 +121,12 @@ fn refused(name: &'static str, failure: Failure) -> Handled {
 
 /// The wrapper every request goes through: times the handler, writes the record's lines (its
 /// events, then the request's own line with outcome, status and latency), counts it.
-pub async fn finish(metrics: &dyn Metrics, route: &'static str, request_id: &str, handler: impl Future<Output = Handled>) -> Response<Bytes> {
+pub async fn finish(
+    metrics: &dyn Metrics,
+    route: &'static str,
+    request_id: &str,
+    handler: impl Future<Output = Handled>,
+) -> Response<Bytes> {
     let started = Instant::now();
     let Handled { response, record } = handler.await;
     let elapsed = started.elapsed();
@@ -150,7 +155,16 @@ macro_rules! emit {
 
 /// One line at the level the record chose.
 #[allow(clippy::too_many_arguments)]
-fn write(level: Level, rid: &str, route: &'static str, f: &Fields, message: &str, outcome: Option<&str>, status: Option<u16>, latency: Option<f64>) {
+fn write(
+    level: Level,
+    rid: &str,
+    route: &'static str,
+    f: &Fields,
+    message: &str,
+    outcome: Option<&str>,
+    status: Option<u16>,
+    latency: Option<f64>,
+) {
     match level {
         Level::Info => emit!(info, rid, route, f, message, outcome, status, latency),
         Level::Warn => emit!(warn, rid, route, f, message, outcome, status, latency),
@@ -162,7 +176,16 @@ fn log(record: &Record, route: &'static str, request_id: &str, status: u16, late
     for event in &record.events {
         write(event.level, request_id, route, &event.fields, event.message, event.fields.outcome, None, None);
     }
-    write(record.level, request_id, route, &record.fields, record.message, Some(record.outcome), Some(status), Some(latency_ms));
+    write(
+        record.level,
+        request_id,
+        route,
+        &record.fields,
+        record.message,
+        Some(record.outcome),
+        Some(status),
+        Some(latency_ms),
+    );
 }
 
 #[cfg(test)]
@@ -203,7 +226,12 @@ mod tests {
     async fn the_wrapper_alone_logs_and_counts_what_a_handler_returned() {
         let lines = Lines::default();
         let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt().json().flatten_event(true).with_target(false).with_writer(move || writer.clone()).finish();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .with_writer(move || writer.clone())
+            .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let metrics = Seen::default();
         let mut record = Record::new(
@@ -213,9 +241,14 @@ mod tests {
             vec![Counter::Boots, Counter::RefusedCertificates],
             Fields { fingerprint: Some("ab12".into()), detail: Some("not enrolled".into()), ..Fields::default() },
         );
-        record.event(Level::Warn, "an event before it", Fields { security_event: Some("token_forged"), outcome: Some("forbidden"), ..Fields::default() });
+        record.event(
+            Level::Warn,
+            "an event before it",
+            Fields { security_event: Some("token_forged"), outcome: Some("forbidden"), ..Fields::default() },
+        );
         let failure = Failure::new(http::StatusCode::FORBIDDEN, "gateway not enrolled");
-        let response = finish(&metrics, "boot", "rid-1", async { Handled { response: failure.response(), record } }).await;
+        let response =
+            finish(&metrics, "boot", "rid-1", async { Handled { response: failure.response(), record } }).await;
 
         assert_eq!(response.status(), 403);
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
@@ -239,7 +272,10 @@ mod tests {
         assert_eq!(line["status"], 403);
         assert!(line["latency_ms"].is_f64(), "{line}");
         assert!(line.get("gateway").is_none(), "unset fields are left out: {line}");
-        assert_eq!(*metrics.recorded.lock().unwrap(), vec![("forbidden", vec![Counter::Boots, Counter::RefusedCertificates])]);
+        assert_eq!(
+            *metrics.recorded.lock().unwrap(),
+            vec![("forbidden", vec![Counter::Boots, Counter::RefusedCertificates])]
+        );
         assert_eq!(*metrics.observed.lock().unwrap(), vec!["boot"]);
     }
 

@@ -32,7 +32,8 @@ pub enum Unrouted {
 
 impl Route {
     pub fn parse(method: &Method, path: &str) -> Result<Route, Unrouted> {
-        let token = |prefix: &str| path.strip_prefix(prefix).filter(|t| !t.is_empty() && !t.contains('/')).map(str::to_string);
+        let token =
+            |prefix: &str| path.strip_prefix(prefix).filter(|t| !t.is_empty() && !t.contains('/')).map(str::to_string);
         let route = if path == BOOT_PATH {
             Route::Boot
         } else if let Some(token) = token(SECRETS_PREFIX) {
@@ -89,14 +90,17 @@ pub fn label(path: &str) -> Option<&'static str> {
 /// `https://<domain>[/<stage>]` when the domain is a plain host name and the stage a plain
 /// word; the base of URLs handed out when none is configured.
 pub fn base_url(domain: &str, stage: Option<&str>) -> Option<String> {
-    let host_ok = !domain.is_empty() && domain.len() <= 253 && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let host_ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
     if !host_ok {
         return None;
     }
     match stage {
-        Some(stage) if stage != "$default" && !stage.is_empty() => {
-            stage.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-').then(|| format!("https://{domain}/{stage}"))
-        }
+        Some(stage) if stage != "$default" && !stage.is_empty() => stage
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .then(|| format!("https://{domain}/{stage}")),
         _ => Some(format!("https://{domain}")),
     }
 }
@@ -111,19 +115,36 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/secrets/abc"), Ok(Route::Secrets { token: "abc".into() }));
         assert_eq!(Route::parse(&Method::POST, "/checkin/abc"), Ok(Route::Checkin { token: "abc".into() }));
         assert_eq!(Route::parse(&Method::GET, "/renewal/abc"), Ok(Route::Renewal { token: "abc".into() }));
-        assert_eq!(Route::parse(&Method::HEAD, "/secrets/abc"), Err(Unrouted::MethodNotAllowed { name: "redeem", allow: "GET" }));
-        assert_eq!(Route::parse(&Method::GET, "/checkin/abc"), Err(Unrouted::MethodNotAllowed { name: "checkin", allow: "POST" }));
-        assert_eq!(Route::parse(&Method::POST, "/boot.ipxe"), Err(Unrouted::MethodNotAllowed { name: "boot", allow: "GET" }));
-        for (path, name) in
-            [("/secrets/", Some("redeem")), ("/secrets/a/b", Some("redeem")), ("/checkin/", Some("checkin")), ("/boot.ipxe/", None), ("/", None), ("", None)]
-        {
+        assert_eq!(
+            Route::parse(&Method::HEAD, "/secrets/abc"),
+            Err(Unrouted::MethodNotAllowed { name: "redeem", allow: "GET" })
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/checkin/abc"),
+            Err(Unrouted::MethodNotAllowed { name: "checkin", allow: "POST" })
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/boot.ipxe"),
+            Err(Unrouted::MethodNotAllowed { name: "boot", allow: "GET" })
+        );
+        for (path, name) in [
+            ("/secrets/", Some("redeem")),
+            ("/secrets/a/b", Some("redeem")),
+            ("/checkin/", Some("checkin")),
+            ("/boot.ipxe/", None),
+            ("/", None),
+            ("", None),
+        ] {
             assert_eq!(Route::parse(&Method::GET, path), Err(Unrouted::NotFound { name }), "{path:?}");
         }
     }
 
     #[test]
     fn base_urls_only_from_plain_names() {
-        assert_eq!(base_url("abc.execute-api.eu-west-1.amazonaws.com", Some("$default")).as_deref(), Some("https://abc.execute-api.eu-west-1.amazonaws.com"));
+        assert_eq!(
+            base_url("abc.execute-api.eu-west-1.amazonaws.com", Some("$default")).as_deref(),
+            Some("https://abc.execute-api.eu-west-1.amazonaws.com")
+        );
         assert_eq!(base_url("boot.example.org", Some("prod")).as_deref(), Some("https://boot.example.org/prod"));
         assert_eq!(base_url("evil.example/x", None), None);
         assert_eq!(base_url("boot.example.org", Some("a/b")), None);

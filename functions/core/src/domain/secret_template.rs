@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 pub const SCRATCH_VARIABLES: [&str; 4] = ["s3_endpoint", "s3_access_key_id", "s3_access_key", "s3_bucket_name"];
 
 /// Variables filled by the service itself, besides the gateway's own `vars`.
-pub const BUILT_IN_VARIABLES: [&str; 5] = ["fingerprint", "client_cert_fingerprint", "gateway", "checkin_url", "renewal_url"];
+pub const BUILT_IN_VARIABLES: [&str; 5] =
+    ["fingerprint", "client_cert_fingerprint", "gateway", "checkin_url", "renewal_url"];
 
 /// Every `${name}` in `secret` (name: ASCII letters, digits, `_`), in order of appearance,
 /// each once.
@@ -38,7 +39,11 @@ pub fn uses(secret: &[u8], variable: &str) -> bool {
 pub fn unknown_variables(secret: &[u8], vars: &BTreeMap<String, String>) -> Vec<String> {
     variables(secret)
         .into_iter()
-        .filter(|v| !SCRATCH_VARIABLES.contains(&v.as_str()) && !BUILT_IN_VARIABLES.contains(&v.as_str()) && !vars.contains_key(v))
+        .filter(|v| {
+            !SCRATCH_VARIABLES.contains(&v.as_str())
+                && !BUILT_IN_VARIABLES.contains(&v.as_str())
+                && !vars.contains_key(v)
+        })
         .collect()
 }
 
@@ -95,7 +100,10 @@ mod tests {
     fn known_variables_are_filled_and_the_rest_kept() {
         let secret = br#"b2c.minio="bbz,${s3_endpoint},${s3_access_key_id},${nope}" ${gateway}${gateway} $gateway ${ gateway} ${} ${"#;
         let out = render(secret, values);
-        assert_eq!(out, br#"b2c.minio="bbz,https://s3.example.org,AKID,${nope}" gw-1gw-1 $gateway ${ gateway} ${} ${"#.to_vec());
+        assert_eq!(
+            out,
+            br#"b2c.minio="bbz,https://s3.example.org,AKID,${nope}" gw-1gw-1 $gateway ${ gateway} ${} ${"#.to_vec()
+        );
         assert_eq!(render(b"${loop}", values), b"${gateway}", "values are not expanded again");
     }
 

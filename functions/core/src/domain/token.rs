@@ -115,10 +115,14 @@ impl Keyring {
         let mut keys: Vec<TokenKey> = Vec::new();
         for (index, entry) in spec.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty()).enumerate() {
             let (id, b64) = entry.split_once(':').ok_or(KeyringError::BadEntry(index))?;
-            if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if id.is_empty()
+                || id.len() > 16
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 return Err(KeyringError::BadId(id.to_string()));
             }
-            let secret = URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|_| KeyringError::BadEntry(index))?;
+            let secret =
+                URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|_| KeyringError::BadEntry(index))?;
             if secret.len() < MIN_KEY_BYTES {
                 return Err(KeyringError::TooShort(id.to_string()));
             }
@@ -145,7 +149,12 @@ impl Keyring {
     }
 
     /// Mints a token for one read of `secrets_key`, valid until `expires_at`.
-    pub fn mint(&self, fingerprint: &Fingerprint, secrets_key: &str, expires_at: u64) -> Result<(TokenId, String), MintError> {
+    pub fn mint(
+        &self,
+        fingerprint: &Fingerprint,
+        secrets_key: &str,
+        expires_at: u64,
+    ) -> Result<(TokenId, String), MintError> {
         if secrets_key.len() > MAX_SECRETS_KEY_BYTES {
             return Err(MintError::KeyTooLong(secrets_key.len()));
         }
@@ -218,7 +227,13 @@ fn parse_payload(payload: &[u8]) -> Option<TokenClaims> {
     if !cursor.is_empty() {
         return None;
     }
-    Some(TokenClaims { id: TokenId(id), fingerprint: Fingerprint::from_bytes(&fingerprint), secrets_key, expires_at, key_id })
+    Some(TokenClaims {
+        id: TokenId(id),
+        fingerprint: Fingerprint::from_bytes(&fingerprint),
+        secrets_key,
+        expires_at,
+        key_id,
+    })
 }
 
 #[cfg(test)]
@@ -232,7 +247,10 @@ mod tests {
         let longest = "é".repeat(MAX_SECRETS_KEY_BYTES / 2);
         let (_, token) = k.mint(&fp(), &longest, 1_000).unwrap();
         assert_eq!(k.verify(&token, 10).unwrap().secrets_key, longest);
-        assert_eq!(k.mint(&fp(), &"x".repeat(MAX_SECRETS_KEY_BYTES + 1), 1_000), Err(MintError::KeyTooLong(MAX_SECRETS_KEY_BYTES + 1)));
+        assert_eq!(
+            k.mint(&fp(), &"x".repeat(MAX_SECRETS_KEY_BYTES + 1), 1_000),
+            Err(MintError::KeyTooLong(MAX_SECRETS_KEY_BYTES + 1))
+        );
     }
 
     fn fp() -> Fingerprint {
@@ -291,7 +309,9 @@ mod tests {
         let (_, token) = k.mint(&fp(), "gateways/x/secrets", 1_000).unwrap();
         let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         // Offsets: version 0, kid_len 1, kid 2..4, id 4..20, expiry 20..28, fp 28..60, key 62..
-        for (field, offset) in [("id", 4), ("expiry", 27), ("fingerprint", 30), ("secrets key", 62), ("mac", raw.len() - 1)] {
+        for (field, offset) in
+            [("id", 4), ("expiry", 27), ("fingerprint", 30), ("secrets key", 62), ("mac", raw.len() - 1)]
+        {
             let mut bad = raw.clone();
             bad[offset] ^= 0x01;
             assert_eq!(k.verify(&URL_SAFE_NO_PAD.encode(&bad), 10), Err(TokenError::Forged), "{field}");

@@ -87,9 +87,13 @@ fn scratch(lookup: Lookup) -> Result<Option<ScratchConfig>, ConfigError> {
     if !boundary_arn.starts_with("arn:") {
         return Err(ConfigError::Invalid { name: "SCRATCH_BOUNDARY_ARN", reason: "a policy ARN".into() });
     }
-    let user_path = lookup("SCRATCH_USER_PATH").unwrap_or_else(|| crate::storage::adapters::iam::DEFAULT_USER_PATH.into());
+    let user_path =
+        lookup("SCRATCH_USER_PATH").unwrap_or_else(|| crate::storage::adapters::iam::DEFAULT_USER_PATH.into());
     if !(user_path.starts_with('/') && user_path.ends_with('/')) {
-        return Err(ConfigError::Invalid { name: "SCRATCH_USER_PATH", reason: "a path starting and ending with /".into() });
+        return Err(ConfigError::Invalid {
+            name: "SCRATCH_USER_PATH",
+            reason: "a path starting and ending with /".into(),
+        });
     }
     Ok(Some(ScratchConfig { bucket, boundary_arn, user_path, endpoint: lookup("SCRATCH_ENDPOINT") }))
 }
@@ -112,9 +116,15 @@ fn required(lookup: Lookup, name: &'static str) -> Result<String, ConfigError> {
     lookup(name).ok_or(ConfigError::Missing(name))
 }
 
-fn seconds(lookup: Lookup, name: &'static str, default: u64, range: RangeInclusive<u64>) -> Result<Duration, ConfigError> {
+fn seconds(
+    lookup: Lookup,
+    name: &'static str,
+    default: u64,
+    range: RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
     let Some(raw) = lookup(name) else { return Ok(Duration::from_secs(default)) };
-    let value: u64 = raw.trim().parse().map_err(|_| ConfigError::Invalid { name, reason: format!("{raw:?} is not a number") })?;
+    let value: u64 =
+        raw.trim().parse().map_err(|_| ConfigError::Invalid { name, reason: format!("{raw:?} is not a number") })?;
     if range.contains(&value) {
         Ok(Duration::from_secs(value))
     } else {
@@ -150,21 +160,53 @@ impl BootConfig {
         }
         let cert_header = match lookup("CLIENT_CERT_HEADER") {
             None => CertHeader::Off,
-            Some(h) => CertHeader::Trusted(h.parse().map_err(|_| ConfigError::Invalid { name: "CLIENT_CERT_HEADER", reason: "not a header name".into() })?),
+            Some(h) => CertHeader::Trusted(h.parse().map_err(|_| ConfigError::Invalid {
+                name: "CLIENT_CERT_HEADER",
+                reason: "not a header name".into(),
+            })?),
         };
         Ok(BootConfig {
             bucket: required(lookup, "BUCKET")?,
             keyring: keyring(lookup)?,
             boot: BootSettings {
-                presign_ttl: seconds(lookup, "PRESIGN_TTL_SECONDS", BootSettings::DEFAULT_PRESIGN_TTL_SECS, BootSettings::PRESIGN_TTL_RANGE)?,
-                token_ttl: seconds(lookup, "TOKEN_TTL_SECONDS", BootSettings::DEFAULT_TOKEN_TTL_SECS, BootSettings::TOKEN_TTL_RANGE)?,
-                clock_skew: seconds(lookup, "CLOCK_SKEW_SECONDS", crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(), BootSettings::CLOCK_SKEW_RANGE)?,
+                presign_ttl: seconds(
+                    lookup,
+                    "PRESIGN_TTL_SECONDS",
+                    BootSettings::DEFAULT_PRESIGN_TTL_SECS,
+                    BootSettings::PRESIGN_TTL_RANGE,
+                )?,
+                token_ttl: seconds(
+                    lookup,
+                    "TOKEN_TTL_SECONDS",
+                    BootSettings::DEFAULT_TOKEN_TTL_SECS,
+                    BootSettings::TOKEN_TTL_RANGE,
+                )?,
+                clock_skew: seconds(
+                    lookup,
+                    "CLOCK_SKEW_SECONDS",
+                    crate::domain::identity::DEFAULT_CLOCK_SKEW.as_secs(),
+                    BootSettings::CLOCK_SKEW_RANGE,
+                )?,
                 secrets_base_url,
-                fallback_after: seconds(lookup, "FALLBACK_AFTER", BootSettings::DEFAULT_FALLBACK_AFTER.into(), BootSettings::FALLBACK_AFTER_RANGE)?.as_secs()
-                    as u32,
-                health_deadline: seconds(lookup, "HEALTH_DEADLINE_SECONDS", BootSettings::DEFAULT_HEALTH_DEADLINE_SECS, BootSettings::HEALTH_DEADLINE_RANGE)?,
-                renewal_window: seconds(lookup, "RENEWAL_WINDOW_DAYS", BootSettings::DEFAULT_RENEWAL_WINDOW_DAYS, BootSettings::RENEWAL_WINDOW_DAYS_RANGE)?
-                    * 86_400,
+                fallback_after: seconds(
+                    lookup,
+                    "FALLBACK_AFTER",
+                    BootSettings::DEFAULT_FALLBACK_AFTER.into(),
+                    BootSettings::FALLBACK_AFTER_RANGE,
+                )?
+                .as_secs() as u32,
+                health_deadline: seconds(
+                    lookup,
+                    "HEALTH_DEADLINE_SECONDS",
+                    BootSettings::DEFAULT_HEALTH_DEADLINE_SECS,
+                    BootSettings::HEALTH_DEADLINE_RANGE,
+                )?,
+                renewal_window: seconds(
+                    lookup,
+                    "RENEWAL_WINDOW_DAYS",
+                    BootSettings::DEFAULT_RENEWAL_WINDOW_DAYS,
+                    BootSettings::RENEWAL_WINDOW_DAYS_RANGE,
+                )? * 86_400,
                 retire_old_after_first_boot: boolean(lookup, "RETIRE_OLD_AFTER_FIRST_BOOT")?,
             },
             trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),
@@ -203,7 +245,8 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
-    const BOOT_REQUIRED: &[(&str, &str)] = &[("BUCKET", "b"), ("SECRETS_BASE_URL", "https://s.example"), ("TOKEN_KEYS_SSM_PARAMETER", "/k")];
+    const BOOT_REQUIRED: &[(&str, &str)] =
+        &[("BUCKET", "b"), ("SECRETS_BASE_URL", "https://s.example"), ("TOKEN_KEYS_SSM_PARAMETER", "/k")];
 
     fn boot(extra: &[(&str, &str)]) -> Result<BootConfig, ConfigError> {
         let pairs: Vec<_> = BOOT_REQUIRED.iter().chain(extra).copied().collect();
@@ -222,8 +265,17 @@ mod tests {
         assert!(!c.s3_force_path_style);
         assert_eq!((c.boot.fallback_after, c.boot.health_deadline), (2, Duration::from_secs(600)));
         assert_eq!((c.table, c.boot_history), (None, Duration::from_secs(90 * 86_400)));
-        let c = boot(&[("FALLBACK_AFTER", "0"), ("HEALTH_DEADLINE_SECONDS", "86400"), ("TABLE", "t"), ("BOOT_HISTORY_DAYS", "7")]).unwrap();
-        assert_eq!((c.boot.fallback_after, c.boot.health_deadline.as_secs(), c.table.as_deref()), (0, 86_400, Some("t")));
+        let c = boot(&[
+            ("FALLBACK_AFTER", "0"),
+            ("HEALTH_DEADLINE_SECONDS", "86400"),
+            ("TABLE", "t"),
+            ("BOOT_HISTORY_DAYS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.boot.fallback_after, c.boot.health_deadline.as_secs(), c.table.as_deref()),
+            (0, 86_400, Some("t"))
+        );
         assert_eq!(c.boot_history, Duration::from_secs(7 * 86_400));
     }
 
@@ -236,11 +288,20 @@ mod tests {
         };
         assert_eq!(redeem(&[]).unwrap().scratch, None);
         assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s")]), Err(ConfigError::Missing("SCRATCH_BOUNDARY_ARN"))));
-        assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", "x")]), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", "x")]),
+            Err(ConfigError::Invalid { .. })
+        ));
         let arn = "arn:aws:iam::123456789012:policy/b";
         let c = redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", arn)]).unwrap().scratch.unwrap();
-        assert_eq!((c.bucket.as_str(), c.boundary_arn.as_str(), c.user_path.as_str(), c.endpoint), ("s", arn, "/ipxe-edge/scratch/", None));
-        assert!(matches!(redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", arn), ("SCRATCH_USER_PATH", "x")]), Err(ConfigError::Invalid { .. })));
+        assert_eq!(
+            (c.bucket.as_str(), c.boundary_arn.as_str(), c.user_path.as_str(), c.endpoint),
+            ("s", arn, "/ipxe-edge/scratch/", None)
+        );
+        assert!(matches!(
+            redeem(&[("SCRATCH_BUCKET", "s"), ("SCRATCH_BOUNDARY_ARN", arn), ("SCRATCH_USER_PATH", "x")]),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]
@@ -256,21 +317,38 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        assert!(matches!(boot(&[("PRESIGN_TTL_SECONDS", "abc")]), Err(ConfigError::Invalid { name: "PRESIGN_TTL_SECONDS", .. })));
-        assert!(matches!(boot(&[("TOKEN_TTL_SECONDS", "0")]), Err(ConfigError::Invalid { name: "TOKEN_TTL_SECONDS", .. })));
-        assert!(matches!(boot(&[("CLOCK_SKEW_SECONDS", "99999")]), Err(ConfigError::Invalid { name: "CLOCK_SKEW_SECONDS", .. })));
+        assert!(matches!(
+            boot(&[("PRESIGN_TTL_SECONDS", "abc")]),
+            Err(ConfigError::Invalid { name: "PRESIGN_TTL_SECONDS", .. })
+        ));
+        assert!(matches!(
+            boot(&[("TOKEN_TTL_SECONDS", "0")]),
+            Err(ConfigError::Invalid { name: "TOKEN_TTL_SECONDS", .. })
+        ));
+        assert!(matches!(
+            boot(&[("CLOCK_SKEW_SECONDS", "99999")]),
+            Err(ConfigError::Invalid { name: "CLOCK_SKEW_SECONDS", .. })
+        ));
         assert!(matches!(boot(&[("CLIENT_CERT_HEADER", "bad header")]), Err(ConfigError::Invalid { .. })));
         assert!(matches!(boot(&[("S3_FORCE_PATH_STYLE", "maybe")]), Err(ConfigError::Invalid { .. })));
         assert!(matches!(boot(&[("FALLBACK_AFTER", "101")]), Err(ConfigError::Invalid { name: "FALLBACK_AFTER", .. })));
-        assert!(matches!(boot(&[("HEALTH_DEADLINE_SECONDS", "86401")]), Err(ConfigError::Invalid { name: "HEALTH_DEADLINE_SECONDS", .. })));
-        assert!(matches!(boot(&[("BOOT_HISTORY_DAYS", "0")]), Err(ConfigError::Invalid { name: "BOOT_HISTORY_DAYS", .. })));
-        let bad_url = BootConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("SECRETS_BASE_URL", "ftp://x"), ("TOKEN_KEYS", "k")]));
+        assert!(matches!(
+            boot(&[("HEALTH_DEADLINE_SECONDS", "86401")]),
+            Err(ConfigError::Invalid { name: "HEALTH_DEADLINE_SECONDS", .. })
+        ));
+        assert!(matches!(
+            boot(&[("BOOT_HISTORY_DAYS", "0")]),
+            Err(ConfigError::Invalid { name: "BOOT_HISTORY_DAYS", .. })
+        ));
+        let bad_url =
+            BootConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("SECRETS_BASE_URL", "ftp://x"), ("TOKEN_KEYS", "k")]));
         assert!(matches!(bad_url, Err(ConfigError::Invalid { name: "SECRETS_BASE_URL", .. })));
     }
 
     #[test]
     fn inline_keys_are_never_printed() {
-        let c = RedeemConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("TABLE", "t"), ("TOKEN_KEYS", "k1:c2VjcmV0")])).unwrap();
+        let c = RedeemConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("TABLE", "t"), ("TOKEN_KEYS", "k1:c2VjcmV0")]))
+            .unwrap();
         assert!(!format!("{c:?}").contains("c2VjcmV0"));
     }
 }

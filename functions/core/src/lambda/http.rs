@@ -35,9 +35,11 @@ pub fn route_path(req: &Request) -> &str {
         _ => None,
     };
     match stage {
-        Some(stage) if stage != "$default" && !stage.is_empty() => {
-            path.strip_prefix('/').and_then(|p| p.strip_prefix(stage)).filter(|rest| rest.starts_with('/')).unwrap_or(path)
-        }
+        Some(stage) if stage != "$default" && !stage.is_empty() => path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(stage))
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(path),
         _ => path,
     }
 }
@@ -59,10 +61,16 @@ pub fn request_base_url(req: &Request) -> Option<String> {
 /// header when, and only when, the deployment enables it.
 pub fn client_cert_pem(req: &Request, header: &CertHeader) -> Result<Vec<u8>, IdentityError> {
     let from_event = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authentication.as_ref().and_then(|a| a.client_cert.as_ref()).and_then(|c| c.client_cert_pem.clone()),
-        Some(RequestContext::ApiGatewayV1(ctx)) => {
-            ctx.identity.other.get("clientCert").and_then(|c| c.get("clientCertPem")).and_then(|p| p.as_str()).map(str::to_string)
+        Some(RequestContext::ApiGatewayV2(ctx)) => {
+            ctx.authentication.as_ref().and_then(|a| a.client_cert.as_ref()).and_then(|c| c.client_cert_pem.clone())
         }
+        Some(RequestContext::ApiGatewayV1(ctx)) => ctx
+            .identity
+            .other
+            .get("clientCert")
+            .and_then(|c| c.get("clientCertPem"))
+            .and_then(|p| p.as_str())
+            .map(str::to_string),
         _ => None,
     };
     if let Some(pem) = from_event.filter(|p| !p.trim().is_empty()) {
@@ -90,7 +98,10 @@ fn to_request(req: Request, cert_header: Option<&CertHeader>) -> http::Request<B
         Some(header) => ClientCert::Presented(client_cert_pem(&req, header)),
         None => ClientCert::None,
     };
-    let query = req.query_string_parameters_ref().map(|q| q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap_or_default();
+    let query = req
+        .query_string_parameters_ref()
+        .map(|q| q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .unwrap_or_default();
     let info = RequestInfo { request_id: request_id(&req), client, base_url: request_base_url(&req), query };
     // The stage-free path is a valid path: it is a suffix of one, starting with `/`.
     let uri = route_path(&req).parse::<http::Uri>().unwrap_or_else(|_| http::Uri::from_static("/"));

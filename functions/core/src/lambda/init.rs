@@ -130,15 +130,13 @@ pub async fn load_keyring(source: &KeyringSource, config: &SdkConfig) -> Result<
         KeyringSource::Inline(value) => Ok(Keyring::parse(value)?),
         KeyringSource::Ssm(name) => {
             let ssm = aws_sdk_ssm::Client::new(config);
-            let output = ssm
-                .get_parameter()
-                .name(name)
-                .with_decryption(true)
-                .send()
-                .await
-                .map_err(|e| InitError::Ssm { name: name.clone(), reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() })?;
-            let value =
-                output.parameter().and_then(|p| p.value()).ok_or_else(|| InitError::Ssm { name: name.clone(), reason: "parameter has no value".into() })?;
+            let output = ssm.get_parameter().name(name).with_decryption(true).send().await.map_err(|e| {
+                InitError::Ssm { name: name.clone(), reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() }
+            })?;
+            let value = output
+                .parameter()
+                .and_then(|p| p.value())
+                .ok_or_else(|| InitError::Ssm { name: name.clone(), reason: "parameter has no value".into() })?;
             Keyring::parse(value).map_err(|e| InitError::Ssm { name: name.clone(), reason: e.to_string() })
         }
     }
@@ -147,7 +145,11 @@ pub async fn load_keyring(source: &KeyringSource, config: &SdkConfig) -> Result<
 /// Reads the CA bundle client certificates must chain to.
 pub async fn load_trust_bundle(records: &Records, key: &str) -> Result<TrustBundle, InitError> {
     let bad = |reason: String| InitError::TrustBundle { key: key.to_string(), reason };
-    let pem = records.trust_bundle(key).await.map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad("object not found".into()))?;
+    let pem = records
+        .trust_bundle(key)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .ok_or_else(|| bad("object not found".into()))?;
     TrustBundle::from_pem(&pem).map_err(|e| bad(e.to_string()))
 }
 
@@ -157,7 +159,8 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
     let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
     let records = Records::new(s3.clone());
     // Reading the bundle also opens the S3 connection the first request will reuse.
-    let (keyring, bundle) = tokio::join!(load_keyring(&config.keyring, &sdk), load_trust_bundle(&records, &config.trust_bundle_key));
+    let (keyring, bundle) =
+        tokio::join!(load_keyring(&config.keyring, &sdk), load_trust_bundle(&records, &config.trust_bundle_key));
     let keyring = Arc::new(keyring?);
     let verifier = ChainVerifier::new(bundle?, config.boot.clock_skew);
     let cert_header = match &config.cert_header {
@@ -175,7 +178,11 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
     let presigner = Arc::new(crate::storage::presign_cache::CachingPresigner::new(s3));
     let mut service = BootService::new(records, presigner, keyring, config.boot);
     if let Some(table) = &config.table {
-        service = service.with_journal(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), config.boot_history)));
+        service = service.with_journal(Arc::new(DynamoJournal::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            table.clone(),
+            config.boot_history,
+        )));
     }
     Ok(BootApp { service, verifier, cert_header: config.cert_header, metrics: Arc::new(EmfMetrics) })
 }
@@ -193,7 +200,11 @@ pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
     let journal = Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history));
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
-    tracing::info!(key_id = keyring.signing_key_id(), scratch = config.scratch.is_some(), "redeem function initialised");
+    tracing::info!(
+        key_id = keyring.signing_key_id(),
+        scratch = config.scratch.is_some(),
+        "redeem function initialised"
+    );
     let mut service = RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal);
     if let Some(scratch) = &config.scratch {
         service = service.with_scratch(Arc::new(iam_scratch(&sdk, scratch, config.s3_force_path_style)));

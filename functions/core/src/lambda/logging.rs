@@ -4,7 +4,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,rustls=error"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,rustls=error"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -78,7 +78,10 @@ pub struct EmfMetrics;
 
 impl Metrics for EmfMetrics {
     fn record(&self, outcome: &'static str, counters: &[Counter]) {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let mut line = emf_line(outcome, counters, now_ms);
         line.push('\n');
         // One write of the whole line, so concurrent lines never interleave.
@@ -96,7 +99,8 @@ pub fn emf_line(outcome: &str, counters: &[Counter], timestamp_ms: u64) -> Strin
             "Metrics": metrics.iter().map(|c| json!({"Name": c.name(), "Unit": "Count"})).collect::<Vec<_>>(),
         })
     };
-    let (with_outcome, without): (Vec<&Counter>, Vec<&Counter>) = counters.iter().partition(|c| c.has_outcome_dimension());
+    let (with_outcome, without): (Vec<&Counter>, Vec<&Counter>) =
+        counters.iter().partition(|c| c.has_outcome_dimension());
     let mut directives = Vec::new();
     if !with_outcome.is_empty() {
         directives.push(directive(json!([["Outcome"]]), with_outcome));

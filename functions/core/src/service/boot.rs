@@ -14,8 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Variables every template can use; a gateway's own variables cannot override them.
-pub const RESERVED_VARS: &[&str] =
-    &["kernel_url", "initrd_url", "secrets_url", "secrets_arg", "checkin_url", "cmdline", "gateway", "fingerprint", "release", "arch", "platform"];
+pub const RESERVED_VARS: &[&str] = &[
+    "kernel_url",
+    "initrd_url",
+    "secrets_url",
+    "secrets_arg",
+    "checkin_url",
+    "cmdline",
+    "gateway",
+    "fingerprint",
+    "release",
+    "arch",
+    "platform",
+];
 
 /// How boots are answered. Filled from the environment by the Lambda function and from flags
 /// by `ipxe-edge serve`: one type, one set of defaults and limits.
@@ -71,7 +82,8 @@ impl BootSettings {
 
     /// Whether a secrets base URL can be written into kernel command lines.
     pub fn valid_secrets_base_url(url: &str) -> bool {
-        (url.starts_with("https://") || url.starts_with("http://")) && !url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '$')
+        (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '$')
     }
 }
 
@@ -233,11 +245,9 @@ impl BootService {
         let (release_id, reason, fallback_after) = match &gateway.pinned_release {
             Some(pin) => (pin.clone(), BootReason::Pin, self.settings.fallback_after),
             None => {
-                let channel = self
-                    .records
-                    .channel(gateway.channel())
-                    .await?
-                    .ok_or_else(|| BootError::ChannelMissing { gateway: gateway.name.clone(), channel: gateway.channel().to_string() })?;
+                let channel = self.records.channel(gateway.channel()).await?.ok_or_else(|| {
+                    BootError::ChannelMissing { gateway: gateway.name.clone(), channel: gateway.channel().to_string() }
+                })?;
                 (channel.release, BootReason::Channel, channel.fallback_after.unwrap_or(self.settings.fallback_after))
             }
         };
@@ -263,7 +273,14 @@ impl BootService {
 
     /// Writes the boot and closes the previous one. On a lost race (another boot or a signal
     /// of this gateway), the state is read again and the same boot applied to it.
-    async fn record_boot(&self, gateway: &GatewayRecord, stored: StoredHealth, plan: BootPlan, boot: BootRecord, fallback_after: u32) -> Result<(), String> {
+    async fn record_boot(
+        &self,
+        gateway: &GatewayRecord,
+        stored: StoredHealth,
+        plan: BootPlan,
+        boot: BootRecord,
+        fallback_after: u32,
+    ) -> Result<(), String> {
         let Some(journal) = &self.journal else { return Ok(()) };
         let mut first_plan = Some(plan);
         update_health_from(journal.as_ref(), &gateway.fingerprint, Some(stored), |health| {
@@ -283,21 +300,30 @@ impl BootService {
     pub async fn boot(&self, client: &ClientIdentity, query: &BootQuery, now: u64) -> Result<BootScript, BootError> {
         let (gateway, cert_entry) = self.admit(client).await?;
         let fp = &gateway.fingerprint;
-        let (target, has_secrets, (stored, journal_error)) =
-            tokio::try_join!(self.resolve_target(&gateway), async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) }, async {
-                Ok::<_, BootError>(self.load_health(&gateway).await)
-            },)?;
+        let (target, has_secrets, (stored, journal_error)) = tokio::try_join!(
+            self.resolve_target(&gateway),
+            async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) },
+            async { Ok::<_, BootError>(self.load_health(&gateway).await) },
+        )?;
         let plan = stored.as_ref().map(|s| s.health.plan(&target.manifest.id, target.fallback_after, now));
         let chosen = self.choose(&target, plan.as_ref(), query).await;
-        let tokens =
-            Tokens { has_secrets, check_in: plan.is_some(), boot_id: TokenId::random().to_string(), deadline: now + self.settings.health_deadline.as_secs() };
+        let tokens = Tokens {
+            has_secrets,
+            check_in: plan.is_some(),
+            boot_id: TokenId::random().to_string(),
+            deadline: now + self.settings.health_deadline.as_secs(),
+        };
         let (script, token_id) = self.write_script(&gateway, client, &chosen.manifest, query, &tokens, now).await?;
         let cert = self.certificate_use(client, &gateway, cert_entry, stored.as_ref(), now).await;
         let boot = Boot { chosen: &chosen, target: &target, query, client, tokens, token_id, now };
         let (failures, journal_error) = match (stored, plan) {
-            (Some(stored), Some(plan)) => {
-                (plan.failures, self.record_boot(&gateway, stored, plan, boot.record(), target.fallback_after).await.err().or(journal_error))
-            }
+            (Some(stored), Some(plan)) => (
+                plan.failures,
+                self.record_boot(&gateway, stored, plan, boot.record(), target.fallback_after)
+                    .await
+                    .err()
+                    .or(journal_error),
+            ),
             _ => (0, journal_error),
         };
         Ok(BootScript {
@@ -319,7 +345,8 @@ impl BootService {
     /// certificate's entry. Everything else is kept under the gateway's own fingerprint,
     /// whichever certificate it booted with.
     async fn admit(&self, client: &ClientIdentity) -> Result<(GatewayRecord, GatewayCertificate), BootError> {
-        let gateway = self.records.gateway_for_certificate(&client.fingerprint).await?.ok_or(BootError::UnknownGateway)?;
+        let gateway =
+            self.records.gateway_for_certificate(&client.fingerprint).await?.ok_or(BootError::UnknownGateway)?;
         let cert_entry = gateway.certificate(&client.fingerprint).ok_or(BootError::UnknownGateway)?.clone();
         match gateway.state {
             GatewayState::Enabled => Ok((gateway, cert_entry)),
@@ -331,7 +358,8 @@ impl BootService {
     /// The target, or the planned fallback when its release still exists and boots this
     /// architecture.
     async fn choose(&self, target: &Target, plan: Option<&BootPlan>, query: &BootQuery) -> Chosen {
-        let serve_target = |fallback_refused| Chosen { manifest: target.manifest.clone(), reason: target.reason, fallback_refused };
+        let serve_target =
+            |fallback_refused| Chosen { manifest: target.manifest.clone(), reason: target.reason, fallback_refused };
         let Some(Choice::Fallback { release }) = plan.map(|p| &p.choice) else { return serve_target(None) };
         let arch = query.arch();
         match self.records.release(release).await {
@@ -356,8 +384,9 @@ impl BootService {
         now: u64,
     ) -> Result<(String, Option<TokenId>), BootError> {
         let arch = query.arch();
-        let assets =
-            manifest.assets_for(arch, query.platform).ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
+        let assets = manifest
+            .assets_for(arch, query.platform)
+            .ok_or_else(|| BootError::NoAssetsForArch { release: manifest.id.clone(), arch: arch.to_string() })?;
         let (kernel_url, initrd_url) = tokio::try_join!(
             self.presigner.presign_get(&assets.kernel.key, self.settings.presign_ttl),
             self.presigner.presign_get(&assets.initrd.key, self.settings.presign_ttl),
@@ -379,7 +408,14 @@ impl BootService {
         vars.set_own("release", manifest.id.as_str())?;
         vars.set_own("arch", arch)?;
         vars.set_own("platform", query.platform.unwrap_or("unknown"))?;
-        let token_id = self.token_urls(&mut vars, &gateway.fingerprint, template.contains("${secrets_url}"), manifest, tokens, now)?;
+        let token_id = self.token_urls(
+            &mut vars,
+            &gateway.fingerprint,
+            template.contains("${secrets_url}"),
+            manifest,
+            tokens,
+            now,
+        )?;
         Ok((render::render(&template, &vars)?, token_id))
     }
 
@@ -399,7 +435,10 @@ impl BootService {
         if tokens.has_secrets {
             let (id, token) = self.keyring.mint(fp, &keys::secrets(fp), now + self.settings.token_ttl.as_secs())?;
             let url = format!("{base}/secrets/{token}");
-            vars.set_own("secrets_arg", if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") })?;
+            vars.set_own(
+                "secrets_arg",
+                if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") },
+            )?;
             vars.set_own("secrets_url", url)?;
             token_id = Some(id);
         } else if wants_secrets {
@@ -450,7 +489,12 @@ impl BootService {
     }
 
     /// Marks the first boot with `presented` and retires the gateway's other certificates.
-    async fn retire_others(&self, gateway: &GatewayRecord, presented: &Fingerprint, now: u64) -> Result<Vec<Fingerprint>, RecordError> {
+    async fn retire_others(
+        &self,
+        gateway: &GatewayRecord,
+        presented: &Fingerprint,
+        now: u64,
+    ) -> Result<Vec<Fingerprint>, RecordError> {
         self.records.retire_all_but(&gateway.fingerprint, presented, now).await
     }
 }

@@ -7,7 +7,9 @@ use crate::domain::model::{GatewayRecord, GatewayState, PendingRenewal};
 use crate::domain::secret_template;
 use crate::domain::token::{Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{keys, update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
+use crate::storage::{
+    keys, update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger,
+};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +143,15 @@ impl RedeemService {
     pub const DEFAULT_RENEWAL_TTL_SECS: u64 = 900;
 
     pub fn new(records: Records, ledger: Arc<dyn TokenLedger>, keyring: Arc<Keyring>) -> Self {
-        RedeemService { records, ledger, keyring, journal: None, checkin_base_url: None, scratch: None, renewal_ttl_secs: Self::DEFAULT_RENEWAL_TTL_SECS }
+        RedeemService {
+            records,
+            ledger,
+            keyring,
+            journal: None,
+            checkin_base_url: None,
+            scratch: None,
+            renewal_ttl_secs: Self::DEFAULT_RENEWAL_TTL_SECS,
+        }
     }
 
     /// A one-time URL fetching the gateway's pending renewal, or empty when none is pending
@@ -154,7 +164,8 @@ impl RedeemService {
         let fp = &gateway.fingerprint;
         match self.records.renewal(fp).await {
             Ok(Some(renewal)) if gateway.certificate(&renewal.fingerprint).is_some() => {
-                match self.keyring.mint(fp, &keys::renewal_grant(fp, &renewal.fingerprint), now + self.renewal_ttl_secs) {
+                match self.keyring.mint(fp, &keys::renewal_grant(fp, &renewal.fingerprint), now + self.renewal_ttl_secs)
+                {
                     Ok((_, token)) => format!("{base}/renewal/{token}"),
                     Err(_) => String::new(),
                 }
@@ -188,7 +199,9 @@ impl RedeemService {
         if gateway.certificate(&renewed).is_none() {
             return Err(RenewalError::Gone(claims.id));
         }
-        if self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await? == LedgerOutcome::AlreadyUsed {
+        if self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await?
+            == LedgerOutcome::AlreadyUsed
+        {
             return Err(RenewalError::Replayed(claims.id));
         }
         let delete_error = self.records.delete_renewal(&claims.fingerprint).await.err().map(|e| e.to_string());
@@ -230,8 +243,16 @@ impl RedeemService {
 
     /// Applies a signal to the gateway's latest boot, retrying lost races. `key`: the secrets
     /// token id, or the boot id of a check-in.
-    async fn signal(&self, claims: &TokenClaims, key: &str, signal: Signal, now: u64) -> Result<BootRecord, SignalError> {
-        let Some(journal) = &self.journal else { return Err(SignalError::Store(StoreError::Unavailable("no journal".into()))) };
+    async fn signal(
+        &self,
+        claims: &TokenClaims,
+        key: &str,
+        signal: Signal,
+        now: u64,
+    ) -> Result<BootRecord, SignalError> {
+        let Some(journal) = &self.journal else {
+            return Err(SignalError::Store(StoreError::Unavailable("no journal".into())));
+        };
         update_health(journal.as_ref(), &claims.fingerprint, |health| {
             // A refused signal writes nothing and changes no record.
             let (next, boot) = health.signal(key, signal, now).map_err(SignalError::Refused)?;
@@ -272,7 +293,12 @@ impl RedeemService {
 
     /// [`Self::redeem`], with the base URL of check-in URLs put in the secret when none was
     /// configured (the API Gateway domain the request came through).
-    pub async fn redeem_at(&self, token: &str, now: u64, request_base_url: Option<&str>) -> Result<Redeemed, RedeemError> {
+    pub async fn redeem_at(
+        &self,
+        token: &str,
+        now: u64,
+        request_base_url: Option<&str>,
+    ) -> Result<Redeemed, RedeemError> {
         let claims = self.keyring.verify(token, now)?;
         // Tokens only ever name the secrets object of the gateway they were minted for.
         if claims.secrets_key != keys::secrets(&claims.fingerprint) {
@@ -281,7 +307,8 @@ impl RedeemService {
         let secret = self.records.secrets(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?;
         let id = claims.id.to_string();
         let variables = secret_template::variables(&secret);
-        let needs_record = variables.iter().any(|v| !matches!(v.as_str(), "fingerprint" | "client_cert_fingerprint" | "checkin_url"));
+        let needs_record =
+            variables.iter().any(|v| !matches!(v.as_str(), "fingerprint" | "client_cert_fingerprint" | "checkin_url"));
         let gateway = match needs_record {
             true => Some(self.records.gateway(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?),
             false => None,
@@ -306,7 +333,9 @@ impl RedeemService {
             // The keys minted before this one stop working now that it was delivered; a newer
             // redemption's key, minted while this one ran, stays.
             match scratch.revoke_older(&gateway.name, &key.access_key_id).await {
-                Ok(revoked) => tracing::info!(gateway = %gateway.name, access_key_id = %key.access_key_id, revoked, "scratch key minted"),
+                Ok(revoked) => {
+                    tracing::info!(gateway = %gateway.name, access_key_id = %key.access_key_id, revoked, "scratch key minted")
+                }
                 Err(e) => {
                     tracing::error!(gateway = %gateway.name, error = %e, "scratch key minted, but the previous keys could not be revoked; they stay valid until the next redemption or `gateway scratch --revoke-keys`")
                 }
@@ -350,7 +379,12 @@ impl RedeemService {
 
     /// A new scratch key, unless the token was used already (a replay mints nothing) or the
     /// gateway is not enabled.
-    async fn mint_scratch(&self, gateway: &GatewayRecord, token_id: TokenId, now: u64) -> Result<ScratchKey, RedeemError> {
+    async fn mint_scratch(
+        &self,
+        gateway: &GatewayRecord,
+        token_id: TokenId,
+        now: u64,
+    ) -> Result<ScratchKey, RedeemError> {
         let scratch = self.scratch.as_ref().ok_or(RedeemError::ScratchNotConfigured)?;
         if gateway.state != GatewayState::Enabled {
             return Err(RedeemError::GatewayNotEnabled(gateway.name.clone()));

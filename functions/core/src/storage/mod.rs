@@ -87,7 +87,13 @@ pub enum LedgerOutcome {
 #[async_trait]
 pub trait TokenLedger: Send + Sync {
     /// `used_at` is now; `expires_at` (unix seconds) tells the ledger when it may forget the entry.
-    async fn record_use(&self, token_id: &str, fingerprint: &str, used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError>;
+    async fn record_use(
+        &self,
+        token_id: &str,
+        fingerprint: &str,
+        used_at: u64,
+        expires_at: u64,
+    ) -> Result<LedgerOutcome, StoreError>;
     /// Whether the token was recorded (a strongly consistent read): checked before work that a
     /// replay must not cause, such as minting a key. [`Self::record_use`] stays the decision.
     async fn is_used(&self, token_id: &str) -> Result<bool, StoreError>;
@@ -108,7 +114,10 @@ pub struct ScratchKey {
 
 impl std::fmt::Debug for ScratchKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScratchKey").field("access_key_id", &self.access_key_id).field("bucket_name", &self.bucket_name).finish_non_exhaustive()
+        f.debug_struct("ScratchKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("bucket_name", &self.bucket_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,7 +177,13 @@ pub trait BootJournal: Send + Sync {
     /// Writes `next` only if the stored state still carries `version`
     /// ([`StoreError::Conflict`] otherwise), together with the boot records that changed.
     /// One write.
-    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError>;
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayHealth,
+        boots: &[&BootRecord],
+    ) -> Result<(), StoreError>;
     /// The latest `limit` boots, newest first.
     async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError>;
 }

@@ -5,7 +5,10 @@
 
 use super::{keys, ObjectStore, StoreError, WriteCondition};
 use crate::domain::identity::Fingerprint;
-use crate::domain::model::{valid_name, Asset, CertificateAlias, Channel, ChannelEntry, GatewayCertificate, GatewayRecord, PendingRenewal, ReleaseManifest};
+use crate::domain::model::{
+    valid_name, Asset, CertificateAlias, Channel, ChannelEntry, GatewayCertificate, GatewayRecord, PendingRenewal,
+    ReleaseManifest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -156,7 +159,12 @@ impl Records {
 
     /// [`Records::update_raw`] for a typed record: `change` sees the current record (validated)
     /// and the result is validated before it is written.
-    pub async fn update<T: Record, E>(&self, key: &str, attempts: usize, mut change: impl FnMut(Option<T>) -> Result<Change<T>, E>) -> Result<Change<T>, E>
+    pub async fn update<T: Record, E>(
+        &self,
+        key: &str,
+        attempts: usize,
+        mut change: impl FnMut(Option<T>) -> Result<Change<T>, E>,
+    ) -> Result<Change<T>, E>
     where
         E: From<RecordError>,
     {
@@ -211,7 +219,11 @@ impl Records {
 
     /// Adds a certificate to an enrolled gateway: its alias first (refused if the fingerprint is
     /// anybody's already), then the record. Returns the record as written.
-    pub async fn add_certificate(&self, gateway: &Fingerprint, cert: GatewayCertificate) -> Result<GatewayRecord, RecordError> {
+    pub async fn add_certificate(
+        &self,
+        gateway: &Fingerprint,
+        cert: GatewayCertificate,
+    ) -> Result<GatewayRecord, RecordError> {
         let new = cert.fingerprint.clone();
         if self.store.exists(&keys::gateway(&new)).await? {
             return Err(RecordError::AlreadyEnrolled(new));
@@ -237,19 +249,29 @@ impl Records {
                 let _ = self.store.delete(&keys::alias(&new)).await;
                 match other {
                     Err(e) => Err(e),
-                    _ => Err(RecordError::Invalid { key: keys::gateway(gateway), reason: "the gateway is not enrolled".into() }),
+                    _ => Err(RecordError::Invalid {
+                        key: keys::gateway(gateway),
+                        reason: "the gateway is not enrolled".into(),
+                    }),
                 }
             }
         }
     }
 
     /// Retires one of a gateway's certificates (never the last one). Returns the record as written.
-    pub async fn retire_certificate(&self, gateway: &Fingerprint, fp: &Fingerprint) -> Result<GatewayRecord, RecordError> {
+    pub async fn retire_certificate(
+        &self,
+        gateway: &Fingerprint,
+        fp: &Fingerprint,
+    ) -> Result<GatewayRecord, RecordError> {
         let record = self
             .update_gateway::<RecordError>(gateway, |record| {
                 let mut certs = record.certificates();
                 if !certs.iter().any(|c| &c.fingerprint == fp) {
-                    return Err(RecordError::UnknownCertificate { gateway: record.name.clone(), fingerprint: fp.clone() });
+                    return Err(RecordError::UnknownCertificate {
+                        gateway: record.name.clone(),
+                        fingerprint: fp.clone(),
+                    });
                 }
                 certs.retain(|c| &c.fingerprint != fp);
                 if certs.is_empty() {
@@ -259,7 +281,10 @@ impl Records {
                 Ok(())
             })
             .await?
-            .ok_or_else(|| RecordError::Invalid { key: keys::gateway(gateway), reason: "the gateway is not enrolled".into() })?;
+            .ok_or_else(|| RecordError::Invalid {
+                key: keys::gateway(gateway),
+                reason: "the gateway is not enrolled".into(),
+            })?;
         if fp != gateway {
             self.store.delete(&keys::alias(fp)).await?;
         }
@@ -268,7 +293,12 @@ impl Records {
 
     /// The first boot with a renewed certificate: marks it (`first_boot_at`) and retires every
     /// other certificate of the gateway, in one update, then their aliases. The retired ones.
-    pub async fn retire_all_but(&self, gateway: &Fingerprint, presented: &Fingerprint, now: u64) -> Result<Vec<Fingerprint>, RecordError> {
+    pub async fn retire_all_but(
+        &self,
+        gateway: &Fingerprint,
+        presented: &Fingerprint,
+        now: u64,
+    ) -> Result<Vec<Fingerprint>, RecordError> {
         let mut retired = Vec::new();
         self.update_gateway::<RecordError>(gateway, |record| {
             let mut certs = record.certificates();
@@ -422,7 +452,10 @@ impl Records {
         for assets in manifest.arches.values() {
             for asset in [&assets.kernel, &assets.initrd] {
                 if !self.store.exists(&asset.key).await? {
-                    return Err(RecordError::Invalid { key: key.clone(), reason: format!("asset {} is not stored", asset.key) });
+                    return Err(RecordError::Invalid {
+                        key: key.clone(),
+                        reason: format!("asset {} is not stored", asset.key),
+                    });
                 }
             }
         }
@@ -450,7 +483,10 @@ impl Records {
         let record: Option<Channel> = self.read(&key).await?;
         if let Some(c) = &record {
             if c.name != channel {
-                return Err(RecordError::Invalid { key, reason: format!("channel name {} differs from {channel}", c.name) });
+                return Err(RecordError::Invalid {
+                    key,
+                    reason: format!("channel name {} differs from {channel}", c.name),
+                });
             }
         }
         Ok(record)
@@ -460,7 +496,13 @@ impl Records {
     /// its history. Returns the channel as written.
     /// Points `channel` at `release`; `fallback_after`, when given, becomes the channel's own
     /// fallback threshold in the same write.
-    pub async fn promote(&self, channel: &str, release: &str, at: &str, fallback_after: Option<u32>) -> Result<Channel, RecordError> {
+    pub async fn promote(
+        &self,
+        channel: &str,
+        release: &str,
+        at: &str,
+        fallback_after: Option<u32>,
+    ) -> Result<Channel, RecordError> {
         name(channel)?;
         if !self.release_exists(release).await? {
             return Err(RecordError::UnknownRelease(release.to_string()));
@@ -468,7 +510,9 @@ impl Records {
         let outcome = self
             .update::<Channel, RecordError>(&keys::channel(channel), UPDATE_ATTEMPTS, |current| {
                 let mut ch = match current {
-                    None => Channel { name: channel.into(), release: release.into(), history: vec![], fallback_after: None },
+                    None => {
+                        Channel { name: channel.into(), release: release.into(), history: vec![], fallback_after: None }
+                    }
                     Some(mut ch) => {
                         ch.history.push(ChannelEntry { release: ch.release.clone(), at: at.into() });
                         ch.release = release.into();
@@ -593,8 +637,14 @@ mod tests {
         }
         // One fingerprint, one gateway: neither another gateway's nor an enrolled one.
         records.enroll(&new_gateway("other", Fingerprint::of_der(b"other"))).await.unwrap();
-        assert!(matches!(records.add_certificate(&Fingerprint::of_der(b"other"), cert(&new, 1)).await, Err(RecordError::AlreadyEnrolled(_))));
-        assert!(matches!(records.add_certificate(&old, cert(&Fingerprint::of_der(b"other"), 1)).await, Err(RecordError::AlreadyEnrolled(_))));
+        assert!(matches!(
+            records.add_certificate(&Fingerprint::of_der(b"other"), cert(&new, 1)).await,
+            Err(RecordError::AlreadyEnrolled(_))
+        ));
+        assert!(matches!(
+            records.add_certificate(&old, cert(&Fingerprint::of_der(b"other"), 1)).await,
+            Err(RecordError::AlreadyEnrolled(_))
+        ));
 
         // Retiring the old one leaves the record where it is, but the old certificate is refused.
         let retired = records.retire_certificate(&old, &old).await.unwrap();

@@ -50,7 +50,10 @@ pub async fn run(ctx: &Context, command: CaCommand) -> Result<(), CliError> {
 pub fn create(dir: &DataDir, days: u32) -> Result<CertificateAuthority, CliError> {
     for path in [dir.ca_cert(), dir.ca_key()] {
         if path.exists() {
-            return Err(CliError::Refused(format!("a CA exists already at {}; refusing to overwrite it", path.display())));
+            return Err(CliError::Refused(format!(
+                "a CA exists already at {}; refusing to overwrite it",
+                path.display()
+            )));
         }
     }
     let ca = CertificateAuthority::generate("ipxe-edge CA", days).map_err(|e| CliError::Pki(e.to_string()))?;
@@ -64,13 +67,28 @@ pub fn load(dir: &DataDir) -> Result<CertificateAuthority, CliError> {
     let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {}
-        (false, false) => return Err(CliError::Refused(format!("no CA in {} (run: ipxe-edge ca init)", dir.pki().display()))),
-        (true, false) => return Err(DataDirError::Corrupt { path: key_path, reason: "the CA certificate exists but its key is missing".into() }.into()),
-        (false, true) => return Err(DataDirError::Corrupt { path: cert_path, reason: "the CA key exists but its certificate is missing".into() }.into()),
+        (false, false) => {
+            return Err(CliError::Refused(format!("no CA in {} (run: ipxe-edge ca init)", dir.pki().display())))
+        }
+        (true, false) => {
+            return Err(DataDirError::Corrupt {
+                path: key_path,
+                reason: "the CA certificate exists but its key is missing".into(),
+            }
+            .into())
+        }
+        (false, true) => {
+            return Err(DataDirError::Corrupt {
+                path: cert_path,
+                reason: "the CA key exists but its certificate is missing".into(),
+            }
+            .into())
+        }
     }
     let cert = datadir::read_string(&cert_path)?;
     let key = datadir::read_private_string(&key_path)?;
-    CertificateAuthority::from_pem(&cert, &key).map_err(|e| DataDirError::Corrupt { path: cert_path, reason: e.to_string() }.into())
+    CertificateAuthority::from_pem(&cert, &key)
+        .map_err(|e| DataDirError::Corrupt { path: cert_path, reason: e.to_string() }.into())
 }
 
 /// Adds CA certificates to the trust bundle object (deduplicated), with the records layer's
@@ -105,7 +123,10 @@ pub async fn bundle(ctx: &Context) -> Result<TrustBundle, CliError> {
 }
 
 async fn bundle_pem(ctx: &Context) -> Result<Vec<u8>, CliError> {
-    ctx.records.trust_bundle(keys::TRUST_BUNDLE).await?.ok_or_else(|| CliError::Refused("no trust bundle yet (run: ipxe-edge ca init)".into()))
+    ctx.records
+        .trust_bundle(keys::TRUST_BUNDLE)
+        .await?
+        .ok_or_else(|| CliError::Refused("no trust bundle yet (run: ipxe-edge ca init)".into()))
 }
 
 pub async fn init(ctx: &Context, days: u32) -> Result<(), CliError> {
@@ -121,7 +142,11 @@ pub async fn truststore(ctx: &Context, out: Option<&Path>) -> Result<(), CliErro
     match out {
         Some(path) => {
             write_atomic(path, &pem, 0o644)?;
-            eprintln!("wrote {} ({} certificates)", path.display(), pem_certificates(&pem).map(|c| c.len()).unwrap_or(0));
+            eprintln!(
+                "wrote {} ({} certificates)",
+                path.display(),
+                pem_certificates(&pem).map(|c| c.len()).unwrap_or(0)
+            );
         }
         None => print!("{}", String::from_utf8_lossy(&pem)),
     }
@@ -132,7 +157,8 @@ pub async fn trust(ctx: &Context, file: &Path) -> Result<(), CliError> {
     let pem = std::fs::read(file).map_err(file_error(file))?;
     let ders = pem_certificates(&pem)?;
     for der in &ders {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CliError::Usage(format!("{}: not a certificate: {e}", file.display())))?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CliError::Usage(format!("{}: not a certificate: {e}", file.display())))?;
         let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
         let self_signed_v1 = cert.version() == x509_parser::x509::X509Version::V1 && cert.subject() == cert.issuer();
         if !is_ca && !self_signed_v1 {

@@ -41,7 +41,9 @@ pub enum ChannelCommand {
 
 pub async fn run(ctx: &Context, command: ChannelCommand) -> Result<(), CliError> {
     match command {
-        ChannelCommand::Promote { channel, release, fallback_after } => promote(ctx, &channel, &release, fallback_after).await,
+        ChannelCommand::Promote { channel, release, fallback_after } => {
+            promote(ctx, &channel, &release, fallback_after).await
+        }
         ChannelCommand::Rollback { channel } => rollback(ctx, &channel).await,
         ChannelCommand::History { channel } => history(ctx, &channel).await,
         ChannelCommand::Status { channel, json } => super::outcomes::channel_status(ctx, &channel, json).await,
@@ -50,11 +52,17 @@ pub async fn run(ctx: &Context, command: ChannelCommand) -> Result<(), CliError>
 
 /// Refuses a release that cannot boot every gateway following the channel.
 async fn check_followers(ctx: &Context, channel: &str, release: &str) -> Result<(), CliError> {
-    let followers: Vec<_> = ctx.records.gateways().await?.into_iter().filter(|g| g.channel() == channel && g.pinned_release.is_none()).collect();
+    let followers: Vec<_> = ctx
+        .records
+        .gateways()
+        .await?
+        .into_iter()
+        .filter(|g| g.channel() == channel && g.pinned_release.is_none())
+        .collect();
     for gateway in followers {
-        super::gateway::release_serves(ctx, release, gateway.arch())
-            .await
-            .map_err(|e| CliError::Refused(format!("{e}, which gateway {} on channel {channel} needs", gateway.name)))?;
+        super::gateway::release_serves(ctx, release, gateway.arch()).await.map_err(|e| {
+            CliError::Refused(format!("{e}, which gateway {} on channel {channel} needs", gateway.name))
+        })?;
     }
     Ok(())
 }
@@ -72,17 +80,28 @@ pub async fn promote(ctx: &Context, channel: &str, release: &str, fallback_after
             println!("channel {channel}: {previous} -> {release}");
             Ok(())
         }
-        Err(RecordError::Store(StoreError::Conflict(_))) => Err(CliError::Refused(format!("channel {channel} keeps changing under us; try again"))),
+        Err(RecordError::Store(StoreError::Conflict(_))) => {
+            Err(CliError::Refused(format!("channel {channel} keeps changing under us; try again")))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn rollback(ctx: &Context, channel: &str) -> Result<(), CliError> {
     check_name("channel name", channel)?;
-    let current = ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
-    let previous = current.history.last().cloned().ok_or_else(|| CliError::Refused(format!("channel {channel} has no earlier release to roll back to")))?;
+    let current =
+        ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
+    let previous = current
+        .history
+        .last()
+        .cloned()
+        .ok_or_else(|| CliError::Refused(format!("channel {channel} has no earlier release to roll back to")))?;
     check_followers(ctx, channel, &previous.release).await?;
-    let changed = || CliError::Refused(format!("channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry"));
+    let changed = || {
+        CliError::Refused(format!(
+            "channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry"
+        ))
+    };
     // One attempt only: never roll back twice by retrying; the operator decides again with
     // fresh history.
     let outcome = ctx
@@ -108,7 +127,8 @@ pub async fn rollback(ctx: &Context, channel: &str) -> Result<(), CliError> {
 
 pub async fn history(ctx: &Context, channel: &str) -> Result<(), CliError> {
     check_name("channel name", channel)?;
-    let ch = ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
+    let ch =
+        ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
     println!("{:<32} REPLACED AT", "RELEASE");
     println!("{:<32} (current)", ch.release);
     for entry in ch.history.iter().rev() {

@@ -110,8 +110,10 @@ impl Context {
             None => (Backend::Embedded, Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)?)),
             Some(bucket) => {
                 let config = sdk_config(None, Timeouts::Operator).await;
-                let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
-                let path_style = custom_endpoint || matches!(std::env::var("S3_FORCE_PATH_STYLE").as_deref(), Ok("1") | Ok("true"));
+                let custom_endpoint =
+                    std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+                let path_style =
+                    custom_endpoint || matches!(std::env::var("S3_FORCE_PATH_STYLE").as_deref(), Ok("1") | Ok("true"));
                 let s3 = S3Store::new(s3_client(&config, path_style), bucket.clone());
                 (Backend::S3(s3.clone()), Arc::new(s3))
             }
@@ -119,7 +121,11 @@ impl Context {
         let journal: Option<Arc<dyn BootJournal>> = match (&store_args.table, &backend) {
             (Some(table), _) => {
                 let config = sdk_config(None, Timeouts::Operator).await;
-                Some(Arc::new(DynamoJournal::new(aws_sdk_dynamodb::Client::new(&config), table.clone(), DEFAULT_BOOT_RETENTION)))
+                Some(Arc::new(DynamoJournal::new(
+                    aws_sdk_dynamodb::Client::new(&config),
+                    table.clone(),
+                    DEFAULT_BOOT_RETENTION,
+                )))
             }
             (None, Backend::Embedded) => Some(Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION)?)),
             (None, Backend::S3(_)) => None,
@@ -129,7 +135,12 @@ impl Context {
         let scratch: Option<Arc<dyn ScratchKeys>> = match (&store_args.scratch_bucket, &backend) {
             (Some(bucket), Backend::S3(_)) => {
                 let sdk = sdk_config(None, Timeouts::Operator).await;
-                let config = ScratchConfig { bucket: bucket.clone(), boundary_arn: String::new(), user_path: DEFAULT_USER_PATH.into(), endpoint: None };
+                let config = ScratchConfig {
+                    bucket: bucket.clone(),
+                    boundary_arn: String::new(),
+                    user_path: DEFAULT_USER_PATH.into(),
+                    endpoint: None,
+                };
                 Some(Arc::new(iam_scratch(&sdk, &config, std::env::var_os("AWS_ENDPOINT_URL_S3").is_some())))
             }
             _ => None,
@@ -148,7 +159,11 @@ impl Context {
 
     /// The boot journal; with `--bucket`, boot records live in the DynamoDB table.
     pub fn journal(&self) -> Result<&dyn BootJournal, CliError> {
-        self.journal.as_deref().ok_or_else(|| CliError::Usage("boot records of a bucket live in its DynamoDB table: give --table (or IPXE_EDGE_TABLE)".into()))
+        self.journal.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "boot records of a bucket live in its DynamoDB table: give --table (or IPXE_EDGE_TABLE)".into(),
+            )
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -158,6 +173,9 @@ impl Context {
     /// The record of the gateway called `name`.
     pub async fn gateway(&self, name: &str) -> Result<GatewayRecord, CliError> {
         check_name("gateway name", name)?;
-        self.records.gateway_by_name(name).await?.ok_or_else(|| CliError::Refused(format!("unknown gateway {name:?} (see: ipxe-edge gateway list)")))
+        self.records
+            .gateway_by_name(name)
+            .await?
+            .ok_or_else(|| CliError::Refused(format!("unknown gateway {name:?} (see: ipxe-edge gateway list)")))
     }
 }

@@ -3,8 +3,12 @@
 use super::context::{check_name, file_error, CliError, Context};
 use crate::datadir::write_atomic;
 use crate::renewal;
-use ipxe_edge_core::domain::identity::{describe_der, pem_certificates, ChainVerifier, Fingerprint, DEFAULT_CLOCK_SKEW};
-use ipxe_edge_core::domain::model::{new_gateway, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH};
+use ipxe_edge_core::domain::identity::{
+    describe_der, pem_certificates, ChainVerifier, Fingerprint, DEFAULT_CLOCK_SKEW,
+};
+use ipxe_edge_core::domain::model::{
+    new_gateway, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH,
+};
 use ipxe_edge_core::domain::query::KNOWN_ARCHES;
 use ipxe_edge_core::domain::secret_template;
 use ipxe_edge_core::domain::{clock, identity};
@@ -144,8 +148,12 @@ pub enum GatewayCommand {
 
 pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError> {
     match command {
-        GatewayCommand::Enroll { name, channel, days, arch } => enroll(ctx, &name, channel.as_deref(), days, &arch).await,
-        GatewayCommand::Import { name, cert, channel, arch } => import(ctx, &name, &cert, channel.as_deref(), &arch).await.map(|_| ()),
+        GatewayCommand::Enroll { name, channel, days, arch } => {
+            enroll(ctx, &name, channel.as_deref(), days, &arch).await
+        }
+        GatewayCommand::Import { name, cert, channel, arch } => {
+            import(ctx, &name, &cert, channel.as_deref(), &arch).await.map(|_| ())
+        }
         GatewayCommand::List { expiring_within, json } => list(ctx, expiring_within, json).await,
         GatewayCommand::Renew(args) => super::renew::renew(ctx, args).await,
         GatewayCommand::RevokeCert { name, fingerprint } => super::renew::revoke_cert(ctx, &name, &fingerprint).await,
@@ -156,10 +164,14 @@ pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError>
         GatewayCommand::Pin { name, release } => pin(ctx, &name, Some(&release)).await,
         GatewayCommand::Unpin { name } => pin(ctx, &name, None).await,
         GatewayCommand::SetSecrets { name, file } => set_secrets(ctx, &name, &file).await,
-        GatewayCommand::History { name, limit, json } => super::outcomes::history(ctx, &name, limit as usize, json).await,
+        GatewayCommand::History { name, limit, json } => {
+            super::outcomes::history(ctx, &name, limit as usize, json).await
+        }
         GatewayCommand::Status { name, json } => super::outcomes::status(ctx, &name, json).await,
         GatewayCommand::Retry { name } => super::outcomes::retry(ctx, &name).await,
-        GatewayCommand::Scratch { name, revoke_keys, json } => super::scratch::scratch(ctx, &name, revoke_keys, json).await,
+        GatewayCommand::Scratch { name, revoke_keys, json } => {
+            super::scratch::scratch(ctx, &name, revoke_keys, json).await
+        }
     }
 }
 
@@ -174,9 +186,13 @@ fn check_arch(arch: &str) -> Result<(), CliError> {
 /// The release, if it serves architecture `arch`.
 pub async fn release_serves(ctx: &Context, release: &str, arch: &str) -> Result<ReleaseManifest, CliError> {
     check_name("release id", release)?;
-    let manifest =
-        ctx.records.release(release).await?.ok_or_else(|| CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")))?;
-    if manifest.assets_for(arch, None).is_none() && !manifest.arches.keys().any(|k| k.starts_with(&format!("{arch}-"))) {
+    let manifest = ctx
+        .records
+        .release(release)
+        .await?
+        .ok_or_else(|| CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")))?;
+    if manifest.assets_for(arch, None).is_none() && !manifest.arches.keys().any(|k| k.starts_with(&format!("{arch}-")))
+    {
         return Err(CliError::Refused(format!("release {release} has no assets for architecture {arch}")));
     }
     Ok(manifest)
@@ -185,7 +201,9 @@ pub async fn release_serves(ctx: &Context, release: &str, arch: &str) -> Result<
 async fn check_channel(ctx: &Context, channel: &str) -> Result<(), CliError> {
     check_name("channel name", channel)?;
     if ctx.records.channel(channel).await?.is_none() {
-        return Err(CliError::Refused(format!("unknown channel {channel:?} (create it with: ipxe-edge channel promote {channel} RELEASE)")));
+        return Err(CliError::Refused(format!(
+            "unknown channel {channel:?} (create it with: ipxe-edge channel promote {channel} RELEASE)"
+        )));
     }
     Ok(())
 }
@@ -203,7 +221,14 @@ async fn check_new_gateway(ctx: &Context, name: &str, channel: Option<&str>, arc
     Ok(())
 }
 
-fn new_record(name: &str, fp: Fingerprint, channel: Option<&str>, arch: &str, subject: Option<String>, not_after: Option<i64>) -> GatewayRecord {
+fn new_record(
+    name: &str,
+    fp: Fingerprint,
+    channel: Option<&str>,
+    arch: &str,
+    subject: Option<String>,
+    not_after: Option<i64>,
+) -> GatewayRecord {
     let mut record = new_gateway(name, fp.clone());
     record.certificates = vec![GatewayCertificate::new(fp, not_after, Some(clock::unix_now()))];
     record.channel = channel.map(str::to_string);
@@ -214,7 +239,9 @@ fn new_record(name: &str, fp: Fingerprint, channel: Option<&str>, arch: &str, su
 
 async fn register(ctx: &Context, record: &GatewayRecord) -> Result<(), CliError> {
     match ctx.records.enroll(record).await {
-        Err(RecordError::AlreadyEnrolled(fp)) => Err(CliError::Refused(format!("this certificate ({fp}) is enrolled already"))),
+        Err(RecordError::AlreadyEnrolled(fp)) => {
+            Err(CliError::Refused(format!("this certificate ({fp}) is enrolled already")))
+        }
         other => Ok(other?),
     }
 }
@@ -236,16 +263,35 @@ pub async fn enroll(ctx: &Context, name: &str, channel: Option<&str>, days: u32,
     write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o600)?;
     register(ctx, &record).await?;
     println!("enrolled gateway {name} ({fp})");
-    println!("certificate {}  key {} (0600: whoever holds it boots as {name})", cert_path.display(), key_path.display());
+    println!(
+        "certificate {}  key {} (0600: whoever holds it boots as {name})",
+        cert_path.display(),
+        key_path.display()
+    );
     Ok(())
 }
 
-pub async fn import(ctx: &Context, name: &str, cert: &Path, channel: Option<&str>, arch: &str) -> Result<Fingerprint, CliError> {
+pub async fn import(
+    ctx: &Context,
+    name: &str,
+    cert: &Path,
+    channel: Option<&str>,
+    arch: &str,
+) -> Result<Fingerprint, CliError> {
     check_new_gateway(ctx, name, channel, arch).await?;
     let pem = std::fs::read(cert).map_err(file_error(cert))?;
     let verifier = ChainVerifier::new(super::ca::bundle(ctx).await?, DEFAULT_CLOCK_SKEW);
-    let identity = verifier.verify_pem(&pem, clock::unix_now() as i64).map_err(|e| CliError::Refused(format!("{}: {e}", cert.display())))?;
-    let record = new_record(name, identity.fingerprint.clone(), channel, arch, Some(identity.subject.clone()), Some(identity.not_after));
+    let identity = verifier
+        .verify_pem(&pem, clock::unix_now() as i64)
+        .map_err(|e| CliError::Refused(format!("{}: {e}", cert.display())))?;
+    let record = new_record(
+        name,
+        identity.fingerprint.clone(),
+        channel,
+        arch,
+        Some(identity.subject.clone()),
+        Some(identity.not_after),
+    );
     register(ctx, &record).await?;
     // Keep a copy beside the ones we issue, so `gateway show` and image builds find it.
     let leaf = pem_certificates(&pem)?.remove(0);
@@ -255,9 +301,16 @@ pub async fn import(ctx: &Context, name: &str, cert: &Path, channel: Option<&str
 }
 
 /// Changes the record of gateway `name` with one conditional read-modify-write.
-async fn update(ctx: &Context, name: &str, change: impl FnMut(&mut GatewayRecord) -> Result<(), CliError>) -> Result<GatewayRecord, CliError> {
+async fn update(
+    ctx: &Context,
+    name: &str,
+    change: impl FnMut(&mut GatewayRecord) -> Result<(), CliError>,
+) -> Result<GatewayRecord, CliError> {
     let record = ctx.gateway(name).await?;
-    ctx.records.update_gateway(&record.fingerprint, change).await?.ok_or_else(|| CliError::Refused(format!("gateway {name} vanished")))
+    ctx.records
+        .update_gateway(&record.fingerprint, change)
+        .await?
+        .ok_or_else(|| CliError::Refused(format!("gateway {name} vanished")))
 }
 
 fn state_name(state: GatewayState) -> &'static str {
@@ -286,7 +339,10 @@ pub async fn list(ctx: &Context, expiring_within: Option<std::time::Duration>, j
         }
         return Ok(());
     }
-    println!("{:<24} {:<18} {:<28} {:<9} {:<11} {:>9}  RENEWAL", "NAME", "FINGERPRINT", "CHANNEL/PIN", "STATE", "EXPIRES", "DAYS LEFT");
+    println!(
+        "{:<24} {:<18} {:<28} {:<9} {:<11} {:>9}  RENEWAL",
+        "NAME", "FINGERPRINT", "CHANNEL/PIN", "STATE", "EXPIRES", "DAYS LEFT"
+    );
     for s in shown {
         let g = &s.gateway;
         let target = match &g.pinned_release {
@@ -316,7 +372,11 @@ pub async fn show(ctx: &Context, name: &str) -> Result<(), CliError> {
     for cert in record.certificates() {
         let role = if cert.fingerprint == standing.holds.fingerprint {
             "held"
-        } else if standing.pending && cert.renews.is_some() && cert.first_boot_at.is_none() && cert.not_after > standing.holds.not_after {
+        } else if standing.pending
+            && cert.renews.is_some()
+            && cert.first_boot_at.is_none()
+            && cert.not_after > standing.holds.not_after
+        {
             "pending renewal"
         } else {
             "accepted"
@@ -354,7 +414,10 @@ pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result
             let suspended = state == GatewayState::Disabled;
             let changed = super::scratch::set_suspended(ctx, name, suspended).await?;
             if changed > 0 {
-                println!("{} {changed} scratch key(s) of gateway {name}", if suspended { "suspended" } else { "reactivated" });
+                println!(
+                    "{} {changed} scratch key(s) of gateway {name}",
+                    if suspended { "suspended" } else { "reactivated" }
+                );
             }
         }
     }
@@ -392,7 +455,9 @@ pub async fn set_secrets(ctx: &Context, name: &str, file: &Path) -> Result<(), C
     if file == Path::new("-") {
         std::io::stdin().take(MAX_SECRETS_BYTES as u64 + 1).read_to_end(&mut secrets).map_err(file_error(file))?;
     } else {
-        std::fs::File::open(file).and_then(|f| f.take(MAX_SECRETS_BYTES as u64 + 1).read_to_end(&mut secrets)).map_err(file_error(file))?;
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_SECRETS_BYTES as u64 + 1).read_to_end(&mut secrets))
+            .map_err(file_error(file))?;
     }
     if secrets.is_empty() {
         return Err(CliError::Usage("the secrets are empty".into()));

@@ -113,15 +113,26 @@ pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     }
     let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
     let total_lba = DISK_BYTES / SECTOR;
-    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX)).overwrite_lba0(&mut disk).map_err(other)?;
-    let mut gpt_disk = gpt::GptConfig::new().writable(true).logical_block_size(LogicalBlockSize::Lb512).create_from_device(disk, None).map_err(other)?;
+    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX))
+        .overwrite_lba0(&mut disk)
+        .map_err(other)?;
+    let mut gpt_disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .create_from_device(disk, None)
+        .map_err(other)?;
     // Leave room for the backup GPT (33 sectors) at the end.
     let length = total_lba - PARTITION_START_LBA - 34;
-    gpt_disk.add_partition_at("EFI system partition", 1, PARTITION_START_LBA, length, gpt::partition_types::EFI, 0).map_err(other)?;
+    gpt_disk
+        .add_partition_at("EFI system partition", 1, PARTITION_START_LBA, length, gpt::partition_types::EFI, 0)
+        .map_err(other)?;
     let mut disk = gpt_disk.write().map_err(other)?;
 
     let mut esp = Cursor::new(vec![0u8; (length * SECTOR) as usize]);
-    fatfs::format_volume(&mut esp, FormatVolumeOptions::new().fat_type(FatType::Fat32).bytes_per_cluster(512).volume_label(*b"IPXE-EDGE  "))?;
+    fatfs::format_volume(
+        &mut esp,
+        FormatVolumeOptions::new().fat_type(FatType::Fat32).bytes_per_cluster(512).volume_label(*b"IPXE-EDGE  "),
+    )?;
     {
         let fs = FileSystem::new(&mut esp, FsOptions::new())?;
         for (path, content) in files {
@@ -147,11 +158,16 @@ pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
 
 /// Refuses a boot URL or cross-signing URL that cannot go into an iPXE script.
 pub fn check_boot_url(boot_url: &str, crosscert: Option<&str>) -> Result<(), CliError> {
-    if !boot_url.starts_with("https://") || boot_url.contains(|c: char| c.is_whitespace() || c.is_control()) || boot_url.contains('?') {
+    if !boot_url.starts_with("https://")
+        || boot_url.contains(|c: char| c.is_whitespace() || c.is_control())
+        || boot_url.contains('?')
+    {
         return Err(CliError::Usage(format!("--boot-url must be an https:// URL without a query, got {boot_url:?}")));
     }
     if let Some(url) = crosscert {
-        if url.contains(|c: char| c.is_whitespace() || c.is_control()) || !(url.starts_with("http://") || url.starts_with("https://")) {
+        if url.contains(|c: char| c.is_whitespace() || c.is_control())
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+        {
             return Err(CliError::Usage(format!("--crosscert must be an http(s) URL, got {url:?}")));
         }
     }
@@ -165,7 +181,10 @@ pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option
     let (cert_path, key_path) = (ctx.dir.gateway_cert(name), ctx.dir.gateway_key(name));
     let cert_der = ipxe_edge_core::domain::identity::pem_certificates(&datadir::read(&cert_path)?)?.remove(0);
     if !key_path.exists() {
-        return Err(CliError::Refused(format!("{} is missing: only gateways enrolled here have their key", key_path.display())));
+        return Err(CliError::Refused(format!(
+            "{} is missing: only gateways enrolled here have their key",
+            key_path.display()
+        )));
     }
     let key_der = rsa_private_key_der(&datadir::read_private_string(&key_path)?, &key_path)?;
     Ok(autoexec_script(&cert_der, &key_der, boot_url, crosscert))
@@ -182,14 +201,27 @@ pub struct EfiBinaries {
 pub fn esp_layout<'a>(efi: &'a [u8], shim: Option<&'a [u8]>, script: &'a [u8]) -> Vec<(&'static str, &'a [u8])> {
     match shim {
         None => vec![("EFI/BOOT/BOOTX64.EFI", efi), ("EFI/BOOT/autoexec.ipxe", script)],
-        Some(shim) => vec![("EFI/BOOT/BOOTX64.EFI", shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)],
+        Some(shim) => {
+            vec![("EFI/BOOT/BOOTX64.EFI", shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)]
+        }
     }
 }
 
-pub async fn build(ctx: &Context, name: &str, boot_url: &str, out: &Path, binaries: &EfiBinaries, crosscert: Option<&str>) -> Result<(), CliError> {
+pub async fn build(
+    ctx: &Context,
+    name: &str,
+    boot_url: &str,
+    out: &Path,
+    binaries: &EfiBinaries,
+    crosscert: Option<&str>,
+) -> Result<(), CliError> {
     let script = script(ctx, name, boot_url, crosscert).await?;
-    let efi = std::fs::read(&binaries.efi)
-        .map_err(|e| CliError::Refused(format!("{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --efi)", binaries.efi.display())))?;
+    let efi = std::fs::read(&binaries.efi).map_err(|e| {
+        CliError::Refused(format!(
+            "{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --efi)",
+            binaries.efi.display()
+        ))
+    })?;
     let shim = match &binaries.shim {
         Some(path) => Some(std::fs::read(path).map_err(file_error(path))?),
         None => None,
@@ -212,7 +244,8 @@ mod tests {
 
     #[test]
     fn image_is_gpt_with_a_fat32_esp_holding_the_files() {
-        let image = disk_image(&[("EFI/BOOT/BOOTX64.EFI", b"MZ-efi"), ("EFI/BOOT/autoexec.ipxe", b"#!ipxe\n")]).unwrap();
+        let image =
+            disk_image(&[("EFI/BOOT/BOOTX64.EFI", b"MZ-efi"), ("EFI/BOOT/autoexec.ipxe", b"#!ipxe\n")]).unwrap();
         assert_eq!(&image[510..512], &[0x55, 0xaa], "protective MBR");
         assert_eq!(&image[512..520], b"EFI PART", "GPT header");
         let disk = gpt::GptConfig::new().writable(false).open_from_device(Cursor::new(image.clone())).unwrap();

@@ -69,7 +69,8 @@ fn substitute_names(text: &str, known: &[&str]) -> (String, Vec<String>) {
 /// Returns the converted secret and the names nothing fills. Non-UTF-8 secrets are kept as they are.
 pub fn convert_secrets(bytes: Vec<u8>) -> (Vec<u8>, Vec<String>) {
     let Ok(text) = String::from_utf8(bytes.clone()) else { return (bytes, Vec::new()) };
-    let known: Vec<&str> = secret_template::SCRATCH_VARIABLES.iter().chain(secret_template::BUILT_IN_VARIABLES.iter()).copied().collect();
+    let known: Vec<&str> =
+        secret_template::SCRATCH_VARIABLES.iter().chain(secret_template::BUILT_IN_VARIABLES.iter()).copied().collect();
     let (out, unknown) = substitute_names(&text, &known);
     (out.into_bytes(), unknown)
 }
@@ -151,11 +152,14 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
     let mut problems: Vec<String> = Vec::new();
     let mut planned: Vec<Planned> = Vec::new();
     let mut matched_folders = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(certs).map_err(file_error(certs))?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(certs).map_err(file_error(certs))?.flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-        let Some(name) = file_name.strip_prefix("ci-gateway-").and_then(|n| n.strip_suffix(".iso.crt")) else { continue };
+        let Some(name) = file_name.strip_prefix("ci-gateway-").and_then(|n| n.strip_suffix(".iso.crt")) else {
+            continue;
+        };
         if !valid_name(name) {
             problems.push(format!("{file_name}: gateway name {name:?} is not a valid name"));
             continue;
@@ -219,7 +223,12 @@ pub async fn valve_infra(ctx: &Context, files: &Path, certs: &Path, ca: &Path, a
         }
     }
 
-    println!("{} import of {} gateway(s) from {}", if apply { "applying" } else { "dry run:" }, planned.len(), root.display());
+    println!(
+        "{} import of {} gateway(s) from {}",
+        if apply { "applying" } else { "dry run:" },
+        planned.len(),
+        root.display()
+    );
     for p in &planned {
         println!(
             "  {:<20} {}  release valve-{}  template {}  secrets {}",

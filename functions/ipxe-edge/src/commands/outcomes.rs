@@ -50,9 +50,16 @@ pub async fn history(ctx: &Context, name: &str, limit: usize, as_json: bool) -> 
         println!("no boots recorded for {name}");
         return Ok(());
     }
-    println!("{:<21} {:<24} {:<9} {:<38} {:>9} {:>11}", "ISSUED", "RELEASE", "REASON", "OUTCOME", "TO LINUX", "TO CHECK-IN");
+    println!(
+        "{:<21} {:<24} {:<9} {:<38} {:>9} {:>11}",
+        "ISSUED", "RELEASE", "REASON", "OUTCOME", "TO LINUX", "TO CHECK-IN"
+    );
     for boot in &boots {
-        let release = if boot.release == boot.target { boot.release.clone() } else { format!("{} (for {})", boot.release, boot.target) };
+        let release = if boot.release == boot.target {
+            boot.release.clone()
+        } else {
+            format!("{} (for {})", boot.release, boot.target)
+        };
         println!(
             "{:<21} {:<24} {:<9} {:<38} {:>9} {:>11}",
             clock::rfc3339(boot.issued_at),
@@ -72,13 +79,23 @@ async fn target(ctx: &Context, gateway: &GatewayRecord) -> Result<(String, &'sta
         Some(pin) => (pin.clone(), "pin", None),
         None => {
             let channel = ctx.records.channel(gateway.channel()).await?;
-            let release = channel.as_ref().map(|c| c.release.clone()).unwrap_or_else(|| format!("(channel {} does not exist)", gateway.channel()));
+            let release = channel
+                .as_ref()
+                .map(|c| c.release.clone())
+                .unwrap_or_else(|| format!("(channel {} does not exist)", gateway.channel()));
             (release, "channel", channel.and_then(|c| c.fallback_after))
         }
     })
 }
 
-fn state_json(gateway: &GatewayRecord, health: &GatewayHealth, target: &str, why: &str, fallback_after: Option<u32>, now: u64) -> serde_json::Value {
+fn state_json(
+    gateway: &GatewayRecord,
+    health: &GatewayHealth,
+    target: &str,
+    why: &str,
+    fallback_after: Option<u32>,
+    now: u64,
+) -> serde_json::Value {
     // The stored count is of the stored target; a new target starts from zero.
     let failures = if health.target.as_deref() == Some(target) { health.failures } else { 0 };
     let fallback = health.fallback.clone().filter(|_| health.target.as_deref() == Some(target));
@@ -115,7 +132,9 @@ pub async fn status(ctx: &Context, name: &str, as_json: bool) -> Result<(), CliE
     println!("fallback after:       {threshold}");
     println!("consecutive failures: {}", value["consecutive_failures"]);
     match value["fallback"].as_str() {
-        Some(release) => println!("fallback:             ON, booting {release} (clear with: ipxe-edge gateway retry {name})"),
+        Some(release) => {
+            println!("fallback:             ON, booting {release} (clear with: ipxe-edge gateway retry {name})")
+        }
         None => println!("fallback:             off"),
     }
     match &stored.health.last_good {
@@ -123,7 +142,12 @@ pub async fn status(ctx: &Context, name: &str, as_json: bool) -> Result<(), CliE
         None => println!("last known good:      none yet"),
     }
     match &stored.health.latest {
-        Some(boot) => println!("latest boot:          {} {} at {}", boot.release, outcome_text(boot, now), clock::rfc3339(boot.issued_at)),
+        Some(boot) => println!(
+            "latest boot:          {} {} at {}",
+            boot.release,
+            outcome_text(boot, now),
+            clock::rfc3339(boot.issued_at)
+        ),
         None => println!("latest boot:          none recorded"),
     }
     Ok(())
@@ -135,7 +159,11 @@ pub async fn retry(ctx: &Context, name: &str) -> Result<(), CliError> {
     let gateway = ctx.gateway(name).await?;
     let journal = ctx.journal()?;
     let (cleared, fallback) = update_health(journal, &gateway.fingerprint, |health| {
-        Ok::<_, CliError>((health.retry(), vec![], (health.failures > 0 || health.in_fallback(), health.fallback.clone())))
+        Ok::<_, CliError>((
+            health.retry(),
+            vec![],
+            (health.failures > 0 || health.in_fallback(), health.fallback.clone()),
+        ))
     })
     .await?;
     let (target, _, _) = target(ctx, &gateway).await?;
@@ -151,16 +179,27 @@ pub async fn retry(ctx: &Context, name: &str) -> Result<(), CliError> {
 /// (the canary verdict before a promote).
 pub async fn channel_status(ctx: &Context, channel: &str, as_json: bool) -> Result<(), CliError> {
     check_name("channel name", channel)?;
-    let current = ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
+    let current =
+        ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
     let release = current.release.clone();
     let journal = ctx.journal()?;
     let now = clock::unix_now();
-    let gateways: Vec<GatewayRecord> =
-        ctx.records.gateways().await?.into_iter().filter(|g| g.channel() == channel || g.pinned_release.as_deref() == Some(&release)).collect();
+    let gateways: Vec<GatewayRecord> = ctx
+        .records
+        .gateways()
+        .await?
+        .into_iter()
+        .filter(|g| g.channel() == channel || g.pinned_release.as_deref() == Some(&release))
+        .collect();
     let mut rows = Vec::new();
     let (mut booted, mut healthy, mut failed, mut pending) = (0, 0, 0, 0);
     for gateway in &gateways {
-        let boots: Vec<BootRecord> = journal.history(&gateway.fingerprint, CHANNEL_STATUS_BOOTS).await?.into_iter().filter(|b| b.release == release).collect();
+        let boots: Vec<BootRecord> = journal
+            .history(&gateway.fingerprint, CHANNEL_STATUS_BOOTS)
+            .await?
+            .into_iter()
+            .filter(|b| b.release == release)
+            .collect();
         let Some(latest) = boots.first() else { continue };
         booted += 1;
         let verdict = if latest.passed() {
@@ -191,7 +230,10 @@ pub async fn channel_status(ctx: &Context, channel: &str, as_json: bool) -> Resu
         return Ok(());
     }
     println!("channel {channel}: release {release}");
-    println!("gateways: {}  booted it: {booted}  healthy: {healthy}  failed: {failed}  pending: {pending}", gateways.len());
+    println!(
+        "gateways: {}  booted it: {booted}  healthy: {healthy}  failed: {failed}  pending: {pending}",
+        gateways.len()
+    );
     if !rows.is_empty() {
         println!("{:<24} {:>6} {:>7} {:<9} LATEST", "GATEWAY", "BOOTS", "FAILED", "VERDICT");
         for row in &rows {

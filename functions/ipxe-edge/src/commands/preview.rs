@@ -41,16 +41,34 @@ pub async fn run(ctx: &Context, args: PreviewArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn preview(ctx: &Context, name: &str, arch: Option<&str>, platform: Option<&str>) -> Result<String, CliError> {
+pub async fn preview(
+    ctx: &Context,
+    name: &str,
+    arch: Option<&str>,
+    platform: Option<&str>,
+) -> Result<String, CliError> {
     let record = ctx.gateway(name).await?;
     let arch = arch.unwrap_or(record.arch());
     let pairs = std::iter::once(("buildarch", arch)).chain(platform.map(|p| ("platform", p)));
     let query = BootQuery::from_pairs(pairs).map_err(|e| CliError::Usage(e.to_string()))?;
     // A throwaway key: the token in a preview must never be redeemable.
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("preview")).expect("generated keyring parses"));
-    let service = BootService::new(ctx.records.clone(), Arc::new(RedactingPresigner), keyring, BootSettings::new("https://secrets-endpoint"));
-    let identity = ClientIdentity { fingerprint: record.fingerprint.clone(), subject: String::new(), issuer: String::new(), not_after: 0 };
-    let script = service.boot(&identity, &query, clock::unix_now()).await.map_err(|e| CliError::Refused(format!("gateway {name} cannot boot: {e}")))?;
+    let service = BootService::new(
+        ctx.records.clone(),
+        Arc::new(RedactingPresigner),
+        keyring,
+        BootSettings::new("https://secrets-endpoint"),
+    );
+    let identity = ClientIdentity {
+        fingerprint: record.fingerprint.clone(),
+        subject: String::new(),
+        issuer: String::new(),
+        not_after: 0,
+    };
+    let script = service
+        .boot(&identity, &query, clock::unix_now())
+        .await
+        .map_err(|e| CliError::Refused(format!("gateway {name} cannot boot: {e}")))?;
     Ok(redact_tokens(&script.script))
 }
 

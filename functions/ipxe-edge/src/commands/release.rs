@@ -53,7 +53,9 @@ pub async fn run(ctx: &Context, command: ReleaseCommand) -> Result<(), CliError>
     match command {
         ReleaseCommand::Create { id, arch, kernel, initrd, cmdline, template, description, health_gate } => {
             if kernel.len() != initrd.len() || (!arch.is_empty() && arch.len() != kernel.len()) {
-                return Err(CliError::Usage("give one --kernel and one --initrd (and one --arch, if any) per architecture".into()));
+                return Err(CliError::Usage(
+                    "give one --kernel and one --initrd (and one --arch, if any) per architecture".into(),
+                ));
             }
             let arches: Vec<String> = if arch.is_empty() { vec![DEFAULT_ARCH.to_string(); kernel.len()] } else { arch };
             let template = match template {
@@ -84,7 +86,11 @@ fn check_arch_key(arch: &str) -> Result<(), CliError> {
     if ipxe_edge_core::domain::query::valid_arch_key(arch) {
         Ok(())
     } else {
-        Err(CliError::Usage(format!("invalid architecture {arch:?}: one of {} (optionally -{})", KNOWN_ARCHES.join(", "), KNOWN_PLATFORMS.join("/-"))))
+        Err(CliError::Usage(format!(
+            "invalid architecture {arch:?}: one of {} (optionally -{})",
+            KNOWN_ARCHES.join(", "),
+            KNOWN_PLATFORMS.join("/-")
+        )))
     }
 }
 
@@ -92,7 +98,10 @@ fn check_arch_key(arch: &str) -> Result<(), CliError> {
 pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseManifest, CliError> {
     check_name("release id", &request.id)?;
     if ctx.records.release_exists(&request.id).await? {
-        return Err(CliError::Refused(format!("release {} exists already (releases are immutable; pick a new id)", request.id)));
+        return Err(CliError::Refused(format!(
+            "release {} exists already (releases are immutable; pick a new id)",
+            request.id
+        )));
     }
     // Check everything that can be checked before uploading anything.
     for (arch, kernel, initrd) in &request.arches {
@@ -102,7 +111,10 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
             // An empty or truncated copy is the usual mistake; no gateway boots it.
             if !meta.is_file() || meta.len() == 0 {
                 let what = if meta.is_file() { "is empty" } else { "is not a regular file" };
-                return Err(CliError::Usage(format!("{} {what}: a release needs a kernel and an initrd with content", path.display())));
+                return Err(CliError::Usage(format!(
+                    "{} {what}: a release needs a kernel and an initrd with content",
+                    path.display()
+                )));
             }
         }
     }
@@ -123,7 +135,11 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
     // placeholder assets stand in for the ones not uploaded yet.
     let mut draft = manifest.clone();
     for (arch, _, _) in &request.arches {
-        let placeholder = ipxe_edge_core::domain::model::Asset { key: ipxe_edge_core::storage::keys::asset(&"0".repeat(64)), sha256: "0".repeat(64), size: 0 };
+        let placeholder = ipxe_edge_core::domain::model::Asset {
+            key: ipxe_edge_core::storage::keys::asset(&"0".repeat(64)),
+            sha256: "0".repeat(64),
+            size: 0,
+        };
         draft.arches.insert(arch.clone(), ArchAssets { kernel: placeholder.clone(), initrd: placeholder });
     }
     draft.validate().map_err(|e| CliError::Usage(format!("release {}: {e}", request.id)))?;
@@ -135,7 +151,11 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
         }
     }
     match ctx.records.put_release(&manifest).await {
-        Err(RecordError::ReleaseExists(id)) => return Err(CliError::Refused(format!("release {id} exists already (releases are immutable; pick a new id)"))),
+        Err(RecordError::ReleaseExists(id)) => {
+            return Err(CliError::Refused(format!(
+                "release {id} exists already (releases are immutable; pick a new id)"
+            )))
+        }
         other => other?,
     }
     println!("created release {} ({})", manifest.id, manifest.arches.keys().cloned().collect::<Vec<_>>().join(", "));
@@ -145,14 +165,23 @@ pub async fn create(ctx: &Context, request: CreateRequest) -> Result<ReleaseMani
 pub async fn list(ctx: &Context) -> Result<(), CliError> {
     println!("{:<32} {:<26} ARCHITECTURES", "RELEASE", "CREATED");
     for manifest in ctx.records.releases().await? {
-        println!("{:<32} {:<26} {}", manifest.id, manifest.created_at.as_deref().unwrap_or("-"), manifest.arches.keys().cloned().collect::<Vec<_>>().join(","));
+        println!(
+            "{:<32} {:<26} {}",
+            manifest.id,
+            manifest.created_at.as_deref().unwrap_or("-"),
+            manifest.arches.keys().cloned().collect::<Vec<_>>().join(",")
+        );
     }
     Ok(())
 }
 
 pub async fn show(ctx: &Context, id: &str) -> Result<(), CliError> {
     check_name("release id", id)?;
-    let manifest = ctx.records.release(id).await?.ok_or_else(|| CliError::Refused(format!("unknown release {id:?} (see: ipxe-edge release list)")))?;
+    let manifest = ctx
+        .records
+        .release(id)
+        .await?
+        .ok_or_else(|| CliError::Refused(format!("unknown release {id:?} (see: ipxe-edge release list)")))?;
     println!("{}", serde_json::to_string_pretty(&manifest).expect("manifest serialises"));
     Ok(())
 }

@@ -33,23 +33,33 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
     super::image::check_boot_url(&args.boot_url, args.crosscert.as_deref())?;
     let now = clock::unix_now();
     let ca = super::ca::load(&ctx.dir)?;
-    let options = RenewOptions { boot_url: args.boot_url.clone(), crosscert: args.crosscert.clone(), days: args.days, replace: args.replace };
+    let options = RenewOptions {
+        boot_url: args.boot_url.clone(),
+        crosscert: args.crosscert.clone(),
+        days: args.days,
+        replace: args.replace,
+    };
     let chosen: Vec<Standing> = match (&args.name, args.expiring_within) {
         (Some(name), _) => {
             let standing = renewal::standing(&ctx.records, ctx.gateway(name).await?).await?;
             if standing.pending && !args.replace {
-                return Err(CliError::Refused(format!("gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one")));
+                return Err(CliError::Refused(format!(
+                    "gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one"
+                )));
             }
             vec![standing]
         }
         (None, Some(window)) => {
             let all = renewal::standings(&ctx.records).await?;
             let due: Vec<Standing> = all.into_iter().filter(|s| s.expires_within(window, now)).collect();
-            let (pending, due): (Vec<Standing>, Vec<Standing>) = due.into_iter().partition(|s| s.pending && !args.replace);
+            let (pending, due): (Vec<Standing>, Vec<Standing>) =
+                due.into_iter().partition(|s| s.pending && !args.replace);
             for s in &pending {
                 println!("gateway {}: renewal already pending, skipped", s.gateway.name);
             }
-            due.into_iter().filter(|s| s.gateway.state != ipxe_edge_core::domain::model::GatewayState::Revoked).collect()
+            due.into_iter()
+                .filter(|s| s.gateway.state != ipxe_edge_core::domain::model::GatewayState::Revoked)
+                .collect()
         }
         (None, None) => unreachable!("clap requires one"),
     };
@@ -62,7 +72,9 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
         match renewal::renew(&ctx.records, &ctx.dir, &ca, standing, &options, now).await {
             Ok(None) if args.name.is_some() => {
                 let name = &standing.gateway.name;
-                return Err(CliError::Refused(format!("gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one")));
+                return Err(CliError::Refused(format!(
+                    "gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one"
+                )));
             }
             Ok(None) => println!("gateway {}: renewal already pending, skipped", standing.gateway.name),
             Ok(Some(done)) => {
@@ -93,13 +105,24 @@ pub async fn revoke_cert(ctx: &Context, name: &str, fingerprint: &str) -> Result
     let record = ctx.gateway(name).await?;
     let wanted = fingerprint.replace(':', "").to_ascii_lowercase();
     if wanted.len() < 12 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CliError::Usage(format!("{fingerprint:?} is not a fingerprint: give 64 hex digits or a unique prefix of 12 or more")));
+        return Err(CliError::Usage(format!(
+            "{fingerprint:?} is not a fingerprint: give 64 hex digits or a unique prefix of 12 or more"
+        )));
     }
-    let matching: Vec<Fingerprint> = record.certificates().into_iter().map(|c| c.fingerprint).filter(|f| f.as_str().starts_with(&wanted)).collect();
+    let matching: Vec<Fingerprint> =
+        record.certificates().into_iter().map(|c| c.fingerprint).filter(|f| f.as_str().starts_with(&wanted)).collect();
     let fp = match matching.as_slice() {
         [one] => one.clone(),
-        [] => return Err(CliError::Refused(format!("gateway {name} has no certificate {fingerprint} (see: ipxe-edge gateway show {name})"))),
-        _ => return Err(CliError::Usage(format!("{fingerprint} matches several certificates of gateway {name}: give more digits"))),
+        [] => {
+            return Err(CliError::Refused(format!(
+                "gateway {name} has no certificate {fingerprint} (see: ipxe-edge gateway show {name})"
+            )))
+        }
+        _ => {
+            return Err(CliError::Usage(format!(
+                "{fingerprint} matches several certificates of gateway {name}: give more digits"
+            )))
+        }
     };
     match ctx.records.retire_certificate(&record.fingerprint, &fp).await {
         Ok(left) => {
@@ -110,12 +133,15 @@ pub async fn revoke_cert(ctx: &Context, name: &str, fingerprint: &str) -> Result
                     println!("deleted the pending renewal to {}", &fp.as_str()[..16]);
                 }
             }
-            println!("retired certificate {fp} of gateway {name}: it no longer boots; {} certificate(s) left", left.certificates.len());
+            println!(
+                "retired certificate {fp} of gateway {name}: it no longer boots; {} certificate(s) left",
+                left.certificates.len()
+            );
             Ok(())
         }
-        Err(RecordError::LastCertificate { .. }) => {
-            Err(CliError::Refused(format!("{fp} is gateway {name}'s only certificate: revoke the gateway instead (ipxe-edge gateway revoke {name})")))
-        }
+        Err(RecordError::LastCertificate { .. }) => Err(CliError::Refused(format!(
+            "{fp} is gateway {name}'s only certificate: revoke the gateway instead (ipxe-edge gateway revoke {name})"
+        ))),
         Err(e) => Err(e.into()),
     }
 }

@@ -22,7 +22,11 @@ fn progress(len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     bar.set_message(what.to_string());
     bar
 }
@@ -80,19 +84,24 @@ pub async fn upload(ctx: &Context, path: &Path) -> Result<Asset, CliError> {
                     .body(ByteStream::from(body))
                     .send()
                     .await
-                    .map_err(|e| StoreError::Unavailable(format!("upload {}: {}", asset.key, aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "upload {}: {}",
+                            asset.key,
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        ))
+                    })?;
                 bar.finish_and_clear();
             }
-            let head = s3
-                .client()
-                .head_object()
-                .bucket(s3.bucket())
-                .key(&asset.key)
-                .send()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("verify {}: {}", asset.key, aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+            let head = s3.client().head_object().bucket(s3.bucket()).key(&asset.key).send().await.map_err(|e| {
+                StoreError::Unavailable(format!("verify {}: {}", asset.key, aws_sdk_s3::error::DisplayErrorContext(&e)))
+            })?;
             if head.content_length() != Some(size as i64) {
-                return Err(CliError::Refused(format!("{} was stored with {:?} bytes instead of {size}", asset.key, head.content_length())));
+                return Err(CliError::Refused(format!(
+                    "{} was stored with {:?} bytes instead of {size}",
+                    asset.key,
+                    head.content_length()
+                )));
             }
         }
     }
@@ -100,7 +109,13 @@ pub async fn upload(ctx: &Context, path: &Path) -> Result<Asset, CliError> {
     Ok(asset)
 }
 
-async fn multipart(client: &aws_sdk_s3::Client, bucket: &str, key: &str, path: &Path, size: u64) -> Result<(), CliError> {
+async fn multipart(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    size: u64,
+) -> Result<(), CliError> {
     let s3_err = |what: &str, e: String| CliError::from(StoreError::Unavailable(format!("{what} {key}: {e}")));
     let created = client
         .create_multipart_upload()
@@ -135,7 +150,13 @@ async fn multipart(client: &aws_sdk_s3::Client, bucket: &str, key: &str, path: &
                 .send()
                 .await
                 .map_err(|e| s3_err("UploadPart", aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
-            parts.push(CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_string)).checksum_sha256(checksum).build());
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .checksum_sha256(checksum)
+                    .build(),
+            );
             bar.inc(len);
             number += 1;
         }
@@ -153,7 +174,9 @@ async fn multipart(client: &aws_sdk_s3::Client, bucket: &str, key: &str, path: &
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| s3_err("CompleteMultipartUpload", aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| {
+                    s3_err("CompleteMultipartUpload", aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+                })?;
             Ok(())
         }
         Err(e) => {

@@ -164,7 +164,9 @@ mod tests {
         age(&path);
         let cache = FileCache::default();
         cache.keep_read(&path, &fs::metadata(&path).unwrap(), file(b"one"));
-        assert!(matches!(cache.get(&path, &fs::metadata(&path).unwrap()), Some(Cached::File { body, .. }) if body == b"one"));
+        assert!(
+            matches!(cache.get(&path, &fs::metadata(&path).unwrap()), Some(Cached::File { body, .. }) if body == b"one")
+        );
         // Replaced by rename, same size: a new inode.
         let tmp = dir.join("tmp");
         fs::write(&tmp, b"two").unwrap();

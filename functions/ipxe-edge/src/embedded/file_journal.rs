@@ -90,7 +90,8 @@ impl FileJournal {
         }
         let lines = log_lines(boots.iter().copied())?;
         // One write of whole lines: appends of concurrent commits never interleave within a line.
-        let mut file = open_creating_dirs(path, OpenOptions::new().append(true).create(true).mode(0o600)).map_err(io(path))?;
+        let mut file =
+            open_creating_dirs(path, OpenOptions::new().append(true).create(true).mode(0o600)).map_err(io(path))?;
         file.write_all(&lines).map_err(io(path))
     }
 
@@ -117,7 +118,12 @@ impl FileJournal {
             let text = fs::read_to_string(&path).map_err(io(&path))?;
             let (lines, boots) = (text.lines().count(), parse_log(&text));
             let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
-            let kept: Vec<&BootRecord> = boots.iter().enumerate().filter(|(i, b)| *i >= excess && b.issued_at >= cutoff).map(|(_, b)| b).collect();
+            let kept: Vec<&BootRecord> = boots
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| *i >= excess && b.issued_at >= cutoff)
+                .map(|(_, b)| b)
+                .collect();
             if kept.len() == lines {
                 continue;
             }
@@ -134,7 +140,13 @@ impl BootJournal for FileJournal {
         self.states.load(fp).await
     }
 
-    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayHealth,
+        boots: &[&BootRecord],
+    ) -> Result<(), StoreError> {
         let _guard = self.states.lock(fp).lock().await;
         let (key, body, condition) = GatewayStates::write_of(fp, version, next)?;
         let (store, path) = (self.store.clone(), self.log_path(fp));
@@ -154,7 +166,9 @@ impl BootJournal for FileJournal {
 
     async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {
         let path = self.log_path(fp);
-        let mut boots = tokio::task::spawn_blocking(move || read_log(&path)).await.map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))??;
+        let mut boots = tokio::task::spawn_blocking(move || read_log(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("journal task: {e}")))??;
         boots.reverse();
         boots.truncate(limit);
         Ok(boots)
@@ -243,9 +257,15 @@ mod tests {
         assert_eq!(loaded.health, state);
         let mut failed = boot(1, 100);
         failed.outcome = Outcome::Failed;
-        journal.commit(&fp, loaded.version.as_deref(), &state, &[&failed, &boot(2, 700), &boot(3, 1_000)]).await.unwrap();
+        journal
+            .commit(&fp, loaded.version.as_deref(), &state, &[&failed, &boot(2, 700), &boot(3, 1_000)])
+            .await
+            .unwrap();
         let history = journal.history(&fp, 10).await.unwrap();
-        assert_eq!(history.iter().map(|b| (b.seq, b.outcome)).collect::<Vec<_>>(), vec![(3, Outcome::Issued), (2, Outcome::Issued), (1, Outcome::Failed)]);
+        assert_eq!(
+            history.iter().map(|b| (b.seq, b.outcome)).collect::<Vec<_>>(),
+            vec![(3, Outcome::Issued), (2, Outcome::Issued), (1, Outcome::Failed)]
+        );
         assert_eq!(journal.history(&fp, 1).await.unwrap().len(), 1);
         // A torn last line (a crash mid-append) is skipped.
         fs::OpenOptions::new().append(true).open(journal.log_path(&fp)).unwrap().write_all(b"{\"id\":\"00").unwrap();
@@ -254,7 +274,8 @@ mod tests {
         let pruning = journal.clone();
         assert_eq!(tokio::task::spawn_blocking(move || pruning.prune(1_000)).await.unwrap().unwrap(), 1);
         assert_eq!(journal.history(&fp, 10).await.unwrap().iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3, 2]);
-        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(journal.log_path(&fp)).unwrap().permissions()) & 0o777;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(journal.log_path(&fp)).unwrap().permissions())
+            & 0o777;
         assert_eq!(mode, 0o600);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -42,7 +42,8 @@ impl FileLedger {
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let Ok(text) = fs::read_to_string(&path) else { continue };
-            let expires_at = text.lines().find_map(|l| l.strip_prefix("expires_at=")).and_then(|v| v.parse::<u64>().ok());
+            let expires_at =
+                text.lines().find_map(|l| l.strip_prefix("expires_at=")).and_then(|v| v.parse::<u64>().ok());
             if matches!(expires_at, Some(t) if t < now) {
                 fs::remove_file(&path)?;
                 removed += 1;
@@ -75,7 +76,13 @@ impl FileLedger {
 
 #[async_trait]
 impl TokenLedger for FileLedger {
-    async fn record_use(&self, token_id: &str, fingerprint: &str, used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError> {
+    async fn record_use(
+        &self,
+        token_id: &str,
+        fingerprint: &str,
+        used_at: u64,
+        expires_at: u64,
+    ) -> Result<LedgerOutcome, StoreError> {
         let path = self.entry(token_id)?;
         let fingerprint = fingerprint.to_string();
         tokio::task::spawn_blocking(move || Self::record_blocking(&path, &fingerprint, used_at, expires_at))
@@ -85,9 +92,11 @@ impl TokenLedger for FileLedger {
 
     async fn is_used(&self, token_id: &str) -> Result<bool, StoreError> {
         let path = self.entry(token_id)?;
-        tokio::task::spawn_blocking(move || path.try_exists().map_err(|e| StoreError::Unavailable(format!("ledger: {e}"))))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("ledger task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            path.try_exists().map_err(|e| StoreError::Unavailable(format!("ledger: {e}")))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("ledger task: {e}")))?
     }
 }
 

@@ -133,7 +133,9 @@ impl FsStore {
     /// objects are left to it: hashing them is cheap, a second file per record write is not.
     fn remember_s3s_etag(&self, key: &str, body: &[u8]) {
         const HASHED_ONCE_FROM: usize = 64 * 1024;
-        let Some(path) = self.s3s_sidecar(key, "internal.json").filter(|_| body.len() >= HASHED_ONCE_FROM) else { return };
+        let Some(path) = self.s3s_sidecar(key, "internal.json").filter(|_| body.len() >= HASHED_ONCE_FROM) else {
+            return;
+        };
         let info = serde_json::json!({ "e_tag": hex::encode(<md5::Md5 as md5::Digest>::digest(body)) });
         // Best effort: without it s3s-fs hashes the file itself.
         let _ = write_replacing(&path, info.to_string().as_bytes(), 0o600, self.durable);
@@ -271,7 +273,13 @@ impl FsStore {
         use std::os::unix::fs::OpenOptionsExt;
         // The bucket's lock: a renamed file cannot carry its own lock across the replacement.
         // Closing the lock file (any return) releases it.
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(self.root.join(".ipxe-edge.lock")).map_err(io(key))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.root.join(".ipxe-edge.lock"))
+            .map_err(io(key))?;
         lock.lock().map_err(io(key))?;
         let current = match fs::read(&path) {
             Ok(b) => Some(Self::tag(&b)),
@@ -288,10 +296,21 @@ impl FsStore {
     /// A volatile store's write: the file is overwritten in place (no new inode) under its own
     /// lock, which readers share; an empty file counts as none. With `wait` false, gives up
     /// (`Ok(false)`) instead of waiting for another process's lock.
-    pub(crate) fn put_in_place(&self, path: &Path, key: &str, body: &[u8], condition: &WriteCondition, wait: bool) -> Result<bool, StoreError> {
+    pub(crate) fn put_in_place(
+        &self,
+        path: &Path,
+        key: &str,
+        body: &[u8],
+        condition: &WriteCondition,
+        wait: bool,
+    ) -> Result<bool, StoreError> {
         use std::io::Read;
         use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let mut file = open_creating_dirs(path, OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600)).map_err(io(key))?;
+        let mut file = open_creating_dirs(
+            path,
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600),
+        )
+        .map_err(io(key))?;
         if wait {
             file.lock().map_err(io(key))?;
         } else {
@@ -346,7 +365,9 @@ impl ObjectStore for FsStore {
         }
         let this = self.clone();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || this.read_blocking(&path, &key)).await.map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+        tokio::task::spawn_blocking(move || this.read_blocking(&path, &key))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -357,7 +378,9 @@ impl ObjectStore for FsStore {
     async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let this = self.clone();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || this.put_blocking(&key, body, condition)).await.map_err(|e| StoreError::Unavailable(format!("write task: {e}")))?
+        tokio::task::spawn_blocking(move || this.put_blocking(&key, body, condition))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("write task: {e}")))?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -366,7 +389,9 @@ impl ObjectStore for FsStore {
         // Walk only the directory the prefix names (`gateways/<fp>/` reads one folder), so a
         // listing costs what it returns, not the size of the bucket.
         let start = match prefix.rfind('/') {
-            Some(i) if Path::new(&prefix[..i]).components().all(|c| matches!(c, Component::Normal(_))) => root.join(&prefix[..i]),
+            Some(i) if Path::new(&prefix[..i]).components().all(|c| matches!(c, Component::Normal(_))) => {
+                root.join(&prefix[..i])
+            }
             Some(_) => return Err(StoreError::InvalidKey(prefix)),
             None => root.clone(),
         };
@@ -376,7 +401,9 @@ impl ObjectStore for FsStore {
             }
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.list_blocking(&start, &prefix)).await.map_err(|e| StoreError::Unavailable(format!("list task: {e}")))?
+        tokio::task::spawn_blocking(move || this.list_blocking(&start, &prefix))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("list task: {e}")))?
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -409,7 +436,10 @@ mod tests {
         assert!(matches!(s.put("a/b.json", b"2".to_vec(), WriteCondition::Absent).await, Err(StoreError::Conflict(_))));
         let v = s.get("a/b.json").await.unwrap().unwrap();
         s.put("a/b.json", b"2".to_vec(), WriteCondition::Matches(v.etag.clone().unwrap())).await.unwrap();
-        assert!(matches!(s.put("a/b.json", b"3".to_vec(), WriteCondition::Matches(v.etag.unwrap())).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.put("a/b.json", b"3".to_vec(), WriteCondition::Matches(v.etag.unwrap())).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json".to_string()]);
         s.delete("a/b.json").await.unwrap();
         assert!(!s.exists("a/b.json").await.unwrap());
@@ -457,7 +487,10 @@ mod tests {
         assert_eq!(second.body, b"short");
         // Another writer, same size, same inode, same clock tick.
         fs::OpenOptions::new().write(true).open(&file).unwrap().write_all(b"other").unwrap();
-        assert!(matches!(s.put("g/state.json", b"mine".to_vec(), WriteCondition::Matches(second.etag.unwrap())).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.put("g/state.json", b"mine".to_vec(), WriteCondition::Matches(second.etag.unwrap())).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.get("g/state.json").await.unwrap().unwrap().body, b"other");
         let _ = fs::remove_dir_all(&dir);
     }
@@ -466,7 +499,10 @@ mod tests {
     async fn keys_cannot_escape() {
         let s = store("escape");
         for bad in ["../x", "/etc/passwd", "a/../../x", "", ".ipxe-edge.lock"] {
-            assert!(matches!(s.put(bad, b"x".to_vec(), WriteCondition::Always).await, Err(StoreError::InvalidKey(_))), "{bad}");
+            assert!(
+                matches!(s.put(bad, b"x".to_vec(), WriteCondition::Always).await, Err(StoreError::InvalidKey(_))),
+                "{bad}"
+            );
             assert!(matches!(s.get(bad).await, Err(StoreError::InvalidKey(_))), "{bad}");
         }
         assert!(matches!(s.list("../").await, Err(StoreError::InvalidKey(_))));
@@ -475,10 +511,15 @@ mod tests {
     #[tokio::test]
     async fn listing_a_prefix_reads_only_its_folder() {
         let s = store("prefix");
-        for key in ["gateways/aa/gateway.json", "gateways/aa/secrets", "gateways/ab/gateway.json", "releases/r1/manifest.json"] {
+        for key in
+            ["gateways/aa/gateway.json", "gateways/aa/secrets", "gateways/ab/gateway.json", "releases/r1/manifest.json"]
+        {
             s.put(key, b"x".to_vec(), WriteCondition::Always).await.unwrap();
         }
-        assert_eq!(s.list("gateways/aa/").await.unwrap(), vec!["gateways/aa/gateway.json".to_string(), "gateways/aa/secrets".to_string()]);
+        assert_eq!(
+            s.list("gateways/aa/").await.unwrap(),
+            vec!["gateways/aa/gateway.json".to_string(), "gateways/aa/secrets".to_string()]
+        );
         assert_eq!(s.list("gateways/a").await.unwrap().len(), 3);
         assert_eq!(s.list("gateways/zz/").await.unwrap(), Vec::<String>::new());
         assert_eq!(s.list("").await.unwrap().len(), 4);

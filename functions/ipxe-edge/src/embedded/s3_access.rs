@@ -100,7 +100,8 @@ const OBJECT_OPERATIONS: [&str; 9] = [
 
 /// Bucket operations a scratch key may use on the scratch bucket (listing only with its own
 /// prefix, deleting only its own keys: both checked on their inputs).
-const BUCKET_OPERATIONS: [&str; 5] = ["HeadBucket", "GetBucketLocation", "DeleteObjects", "ListObjects", "ListObjectsV2"];
+const BUCKET_OPERATIONS: [&str; 5] =
+    ["HeadBucket", "GetBucketLocation", "DeleteObjects", "ListObjects", "ListObjectsV2"];
 
 /// Who signed a request.
 enum Principal {
@@ -114,12 +115,18 @@ impl EndpointAccess {
         if access_key == self.admin_access_key {
             return Ok(Principal::Deployment);
         }
-        let Some(key) = self.scratch.lookup(access_key) else { return Err(deny(entry, "unknown key", s3_error!(AccessDenied))) };
+        let Some(key) = self.scratch.lookup(access_key) else {
+            return Err(deny(entry, "unknown key", s3_error!(AccessDenied)));
+        };
         if let Some(entry) = entry {
             entry.update(|f| f.gateway = Some(key.gateway.clone()));
         }
         if key.suspended {
-            return Err(deny(entry, "gateway disabled", S3Error::with_message(S3ErrorCode::AccessDenied, "gateway disabled")));
+            return Err(deny(
+                entry,
+                "gateway disabled",
+                S3Error::with_message(S3ErrorCode::AccessDenied, "gateway disabled"),
+            ));
         }
         Ok(Principal::Scratch(key.gateway))
     }
@@ -180,14 +187,18 @@ impl S3Access for EndpointAccess {
         match path {
             S3Path::Root => {}
             S3Path::Bucket { bucket } => check_bucket(bucket).map_err(|why| refuse(entry, why))?,
-            S3Path::Object { bucket, key } => check_bucket(bucket).and_then(|()| check_key(key)).map_err(|why| refuse(entry, why))?,
+            S3Path::Object { bucket, key } => {
+                check_bucket(bucket).and_then(|()| check_key(key)).map_err(|why| refuse(entry, why))?
+            }
         }
         let gateway = match self.principal(cx.credentials().map(|c| c.access_key.as_str()), entry)? {
             Principal::Deployment => return Ok(()),
             Principal::Scratch(gateway) => gateway,
         };
         let allowed = match path {
-            S3Path::Object { bucket, key } => &**bucket == SCRATCH_BUCKET && own_key(&gateway, key) && OBJECT_OPERATIONS.contains(&op),
+            S3Path::Object { bucket, key } => {
+                &**bucket == SCRATCH_BUCKET && own_key(&gateway, key) && OBJECT_OPERATIONS.contains(&op)
+            }
             S3Path::Bucket { bucket } => &**bucket == SCRATCH_BUCKET && BUCKET_OPERATIONS.contains(&op),
             S3Path::Root => false,
         };
@@ -249,21 +260,27 @@ impl S3Access for EndpointAccess {
 
     async fn post_object(&self, req: &mut S3Request<PostObjectInput>) -> S3Result<()> {
         let entry = audit_entry(&req.extensions);
-        check_bucket(&req.input.bucket).and_then(|()| check_key(&req.input.key)).map_err(|why| refuse(entry.as_ref(), why))
+        check_bucket(&req.input.bucket)
+            .and_then(|()| check_key(&req.input.key))
+            .map_err(|why| refuse(entry.as_ref(), why))
     }
 }
 
 fn list_prefix(principal: &Principal, prefix: Option<&str>, entry: Option<&Arc<AuditEntry>>) -> S3Result<()> {
     check_prefix(prefix.unwrap_or("")).map_err(|why| refuse(entry, why))?;
     match principal {
-        Principal::Scratch(gateway) if !own_prefix(gateway, prefix) => Err(deny(entry, "list prefix outside the key's scratch space", s3_error!(AccessDenied))),
+        Principal::Scratch(gateway) if !own_prefix(gateway, prefix) => {
+            Err(deny(entry, "list prefix outside the key's scratch space", s3_error!(AccessDenied)))
+        }
         _ => Ok(()),
     }
 }
 
 fn copy_source(source: &CopySource, entry: Option<&Arc<AuditEntry>>) -> S3Result<()> {
     match source {
-        CopySource::Bucket { bucket, key, .. } => check_bucket(bucket).and_then(|()| check_key(key)).map_err(|why| refuse(entry, why)),
+        CopySource::Bucket { bucket, key, .. } => {
+            check_bucket(bucket).and_then(|()| check_key(key)).map_err(|why| refuse(entry, why))
+        }
         _ => Err(deny(entry, "copy from an access point", s3_error!(NotImplemented))),
     }
 }

@@ -56,10 +56,23 @@ impl S3Credentials {
 
 /// The endpoint over `root`: the deployment's key may do anything, each gateway's scratch keys
 /// only what its scratch space needs, up to `scratch_quota` bytes each.
-pub fn service(root: PathBuf, creds: &S3Credentials, scratch: Arc<EmbeddedScratch>, scratch_quota: u64) -> std::io::Result<s3s::service::S3Service> {
+pub fn service(
+    root: PathBuf,
+    creds: &S3Credentials,
+    scratch: Arc<EmbeddedScratch>,
+    scratch_quota: u64,
+) -> std::io::Result<s3s::service::S3Service> {
     let mut builder = S3ServiceBuilder::new(ConfinedFs::new(root)?);
-    builder.set_auth(EndpointAuth { admin_access_key: creds.access_key.clone(), admin_secret_key: creds.secret_key.clone(), scratch: scratch.clone() });
-    builder.set_access(EndpointAccess { admin_access_key: creds.access_key.clone(), scratch, quota_bytes: scratch_quota });
+    builder.set_auth(EndpointAuth {
+        admin_access_key: creds.access_key.clone(),
+        admin_secret_key: creds.secret_key.clone(),
+        scratch: scratch.clone(),
+    });
+    builder.set_access(EndpointAccess {
+        admin_access_key: creds.access_key.clone(),
+        scratch,
+        quota_bytes: scratch_quota,
+    });
     Ok(builder.build())
 }
 
@@ -76,7 +89,11 @@ pub fn run_isolated(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("s3-endpoint").max_blocking_threads(FILE_READ_THREADS).build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("s3-endpoint")
+        .max_blocking_threads(FILE_READ_THREADS)
+        .build()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new().name("s3-endpoint".into()).spawn(move || {
         runtime.block_on(async move {
@@ -128,7 +145,12 @@ async fn run(
     .await
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: s3s::service::S3Service, acceptor: Option<TlsAcceptor>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: s3s::service::S3Service,
+    acceptor: Option<TlsAcceptor>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(RESPONSE_BUFFER);
     let service = audited(service, peer);
@@ -151,7 +173,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: s3s::ser
 fn audited(
     service: s3s::service::S3Service,
     peer: SocketAddr,
-) -> impl hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = s3s::HttpResponse, Error = s3s::HttpError, Future = impl Send> + Clone {
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = s3s::HttpResponse,
+    Error = s3s::HttpError,
+    Future = impl Send,
+> + Clone {
     hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         async move {
@@ -168,7 +195,14 @@ fn audited(
     })
 }
 
-fn log_request(entry: &AuditEntry, method: &hyper::Method, key_id: Option<&str>, status: u16, peer: SocketAddr, elapsed: Duration) {
+fn log_request(
+    entry: &AuditEntry,
+    method: &hyper::Method,
+    key_id: Option<&str>,
+    status: u16,
+    peer: SocketAddr,
+    elapsed: Duration,
+) {
     let fields = entry.fields();
     let operation = fields.operation.as_deref().unwrap_or("unknown");
     let (bucket, key) = (fields.bucket.as_deref().unwrap_or(""), fields.key.as_deref().unwrap_or(""));
@@ -229,7 +263,8 @@ mod tests {
         let root = std::env::temp_dir().join(format!("ipxe-edge-s3-slots-{}", std::process::id()));
         let data = crate::datadir::DataDir::open(&root).unwrap();
         let scratch = EmbeddedScratch::open(&data, "http://127.0.0.1").unwrap();
-        let service = service(data.s3_root(), &S3Credentials::generate("TEST"), scratch, DEFAULT_SCRATCH_QUOTA).unwrap();
+        let service =
+            service(data.s3_root(), &S3Credentials::generate("TEST"), scratch, DEFAULT_SCRATCH_QUOTA).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_stop, shutdown) = watch::channel(false);
@@ -245,7 +280,9 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
         assert!(early.is_err(), "served while every slot was held");
         drop(first);
-        let status = tokio::time::timeout(Duration::from_secs(5), read_status(&mut second)).await.expect("served once a slot was free");
+        let status = tokio::time::timeout(Duration::from_secs(5), read_status(&mut second))
+            .await
+            .expect("served once a slot was free");
         assert_eq!(status, "403");
         let _ = std::fs::remove_dir_all(&root);
     }

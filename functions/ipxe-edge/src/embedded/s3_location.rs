@@ -143,13 +143,18 @@ pub fn locate(root: &Path, bucket: &str, key: &str) -> Result<PathBuf, KeyRefusa
 pub fn confined(root: &Path, bucket: &str, key: &str) -> Result<PathBuf, KeyRefusal> {
     let resolve = |relative: &Path| resolve_under(root, relative).ok_or(KeyRefusal::OutsideBucket);
     let bucket_dir = resolve(Path::new(bucket))?;
-    let inside_root = bucket_dir.parent() == Some(root) && matches!(bucket_dir.components().next_back(), Some(Component::Normal(_)));
+    let inside_root =
+        bucket_dir.parent() == Some(root) && matches!(bucket_dir.components().next_back(), Some(Component::Normal(_)));
     if !inside_root {
         return Err(KeyRefusal::OutsideBucket);
     }
     let file = resolve(&Path::new(bucket).join(key))?;
     match file.strip_prefix(&bucket_dir) {
-        Ok(rest) if rest.components().next().is_some() && rest.components().all(|c| matches!(c, Component::Normal(_))) => Ok(file),
+        Ok(rest)
+            if rest.components().next().is_some() && rest.components().all(|c| matches!(c, Component::Normal(_))) =>
+        {
+            Ok(file)
+        }
         _ => Err(KeyRefusal::OutsideBucket),
     }
 }
@@ -351,7 +356,11 @@ mod tests {
         let escaped = fs.get_object(get("gw-a/../../ipxe-edge/gateways/x/secrets")).await;
         assert_eq!(escaped.err().map(|e| e.code().clone()), Some(S3ErrorCode::AccessDenied));
         let missing = fs.get_object(get("gw-a/none")).await;
-        assert_eq!(missing.err().map(|e| e.code().clone()), Some(S3ErrorCode::NoSuchKey), "an ordinary key reaches the store");
+        assert_eq!(
+            missing.err().map(|e| e.code().clone()),
+            Some(S3ErrorCode::NoSuchKey),
+            "an ordinary key reaches the store"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -81,14 +81,19 @@ impl EmbeddedScratch {
                 return keys.clone();
             }
         }
-        let keys: Arc<Keys> = Arc::new(std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default());
+        let keys: Arc<Keys> =
+            Arc::new(std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default());
         *cache = stamp.filter(|s| !s.is_racy()).map(|s| (s, keys.clone()));
         keys
     }
 
     /// A live key by its id.
     pub fn lookup(&self, access_key_id: &str) -> Option<LiveKey> {
-        self.current().get(access_key_id).map(|k| LiveKey { gateway: k.gateway.clone(), secret: k.secret.clone(), suspended: k.suspended })
+        self.current().get(access_key_id).map(|k| LiveKey {
+            gateway: k.gateway.clone(),
+            secret: k.secret.clone(),
+            suspended: k.suspended,
+        })
     }
 
     /// Bytes the gateway's space holds, with the parts of multipart uploads its keys started
@@ -121,12 +126,21 @@ impl EmbeddedScratch {
     }
 
     /// Changes the key file under an exclusive lock shared with other processes.
-    async fn change<T: Send + 'static>(&self, change: impl FnOnce(&mut Keys) -> T + Send + 'static) -> Result<T, StoreError> {
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Keys) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (file, lock) = (self.file.clone(), self.lock.clone());
         tokio::task::spawn_blocking(move || -> Result<T, StoreError> {
             use std::os::unix::fs::OpenOptionsExt;
             use std::os::unix::io::AsRawFd;
-            let guard = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(unavailable)?;
+            let guard = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock)
+                .map_err(unavailable)?;
             // SAFETY: flock on a file descriptor this function owns; released when it closes.
             if unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(unavailable(std::io::Error::last_os_error()));
@@ -137,7 +151,8 @@ impl EmbeddedScratch {
                 Err(e) => return Err(unavailable(e)),
             };
             let out = change(&mut keys);
-            crate::embedded::fs_store::write_atomic(&file, &serde_json::to_vec(&keys).map_err(unavailable)?, 0o600).map_err(unavailable)?;
+            crate::embedded::fs_store::write_atomic(&file, &serde_json::to_vec(&keys).map_err(unavailable)?, 0o600)
+                .map_err(unavailable)?;
             drop(guard);
             Ok(out)
         })
@@ -150,7 +165,13 @@ impl EmbeddedScratch {
 impl ScratchKeys for EmbeddedScratch {
     async fn mint(&self, gateway: &str, now: u64) -> Result<ScratchKey, StoreError> {
         let S3Credentials { access_key, secret_key } = S3Credentials::generate("IPXESCRATCH");
-        let mut stored = StoredKey { gateway: gateway.to_string(), secret: secret_key.clone(), minted_at: now, seq: 0, suspended: false };
+        let mut stored = StoredKey {
+            gateway: gateway.to_string(),
+            secret: secret_key.clone(),
+            minted_at: now,
+            seq: 0,
+            suspended: false,
+        };
         let key_id = access_key.clone();
         self.change(move |keys| {
             stored.seq = keys.values().map(|k| k.seq).max().unwrap_or(0) + 1;

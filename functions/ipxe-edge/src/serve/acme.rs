@@ -13,7 +13,10 @@
 
 use crate::datadir::{self, DataDir};
 use crate::serve::tls::{self, ServerCert};
-use instant_acme::{Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -61,9 +64,18 @@ impl AcmeArgs {
 /// A DNS name an ACME CA can validate with TLS-ALPN-01: no IP address, no wildcard.
 fn parse_domain(value: &str) -> Result<String, String> {
     let name = value.trim_end_matches('.').to_ascii_lowercase();
-    let label_ok =
-        |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) || name.parse::<std::net::IpAddr>().is_ok() {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253
+        || !name.contains('.')
+        || !name.split('.').all(label_ok)
+        || name.parse::<std::net::IpAddr>().is_ok()
+    {
         return Err("a DNS name such as boot.example.org (no IP address, no wildcard)".into());
     }
     Ok(name)
@@ -215,15 +227,23 @@ impl AcmeManager {
         };
         if let Ok(text) = datadir::read_private(&self.account_path()) {
             match serde_json::from_slice::<StoredAccount>(&text) {
-                Ok(stored) if stored.directory == self.args.directory => return Ok(builder()?.from_credentials(stored.credentials).await?),
-                Ok(_) => tracing::info!(directory = %self.args.directory, "new ACME directory: creating an account there"),
+                Ok(stored) if stored.directory == self.args.directory => {
+                    return Ok(builder()?.from_credentials(stored.credentials).await?)
+                }
+                Ok(_) => {
+                    tracing::info!(directory = %self.args.directory, "new ACME directory: creating an account there")
+                }
                 Err(e) => tracing::warn!(error = %e, "unreadable ACME account file: creating a new account"),
             }
         }
         let contact = self.args.email.as_ref().map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
         let (account, credentials) = builder()?
-            .create(&NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false }, self.args.directory.clone(), None)
+            .create(
+                &NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false },
+                self.args.directory.clone(),
+                None,
+            )
             .await?;
         let stored = StoredAccount { directory: self.args.directory.clone(), credentials };
         datadir::write_atomic(&self.account_path(), &serde_json::to_vec(&stored)?, 0o600)?;
@@ -250,9 +270,16 @@ impl AcmeManager {
                 }
             }
             let domain = authorization.identifier().to_string();
-            let mut challenge = authorization.challenge(ChallengeType::TlsAlpn01).ok_or_else(|| AcmeError::NoTlsAlpnChallenge(domain.clone()))?;
-            let answer = ipxe_edge_pki::acme_challenge_certificate(&domain, challenge.key_authorization().digest().as_ref())?;
-            self.cert.set_challenge(&domain, vec![CertificateDer::from(answer.cert_der)], tls::load_key(answer.key_pem.as_bytes(), "challenge key")?)?;
+            let mut challenge = authorization
+                .challenge(ChallengeType::TlsAlpn01)
+                .ok_or_else(|| AcmeError::NoTlsAlpnChallenge(domain.clone()))?;
+            let answer =
+                ipxe_edge_pki::acme_challenge_certificate(&domain, challenge.key_authorization().digest().as_ref())?;
+            self.cert.set_challenge(
+                &domain,
+                vec![CertificateDer::from(answer.cert_der)],
+                tls::load_key(answer.key_pem.as_bytes(), "challenge key")?,
+            )?;
             challenge.set_ready().await?;
         }
         let polling = RetryPolicy::new().initial_delay(Duration::from_millis(500)).timeout(Duration::from_secs(120));
@@ -265,8 +292,12 @@ impl AcmeManager {
         order.finalize_csr(&request.csr_der).await?;
         let chain_pem = order.poll_certificate(&polling).await?;
         let file = format!("{}{}", request.key_pem, chain_pem);
-        let obtained = StoredCertificate::parse(file.as_bytes())
-            .ok_or_else(|| AcmeError::Tls(tls::TlsSetupError::Pem { what: "ACME certificate".into(), reason: "unreadable chain".into() }))?;
+        let obtained = StoredCertificate::parse(file.as_bytes()).ok_or_else(|| {
+            AcmeError::Tls(tls::TlsSetupError::Pem {
+                what: "ACME certificate".into(),
+                reason: "unreadable chain".into(),
+            })
+        })?;
         let (not_after, names) = (obtained.not_after, obtained.names.clone());
         self.cert.replace(obtained.chain, obtained.key)?;
         datadir::write_atomic(&self.certificate_path(), file.as_bytes(), 0o600)?;
@@ -283,7 +314,16 @@ mod tests {
     #[test]
     fn domains_must_be_dns_names() {
         assert_eq!(parse_domain("Boot.Example.org.").unwrap(), "boot.example.org");
-        for bad in ["", "localhost", "192.0.2.1", "*.example.org", "-a.example.org", "a..example.org", "a b.example.org", "é.example.org"] {
+        for bad in [
+            "",
+            "localhost",
+            "192.0.2.1",
+            "*.example.org",
+            "-a.example.org",
+            "a..example.org",
+            "a b.example.org",
+            "é.example.org",
+        ] {
             assert!(parse_domain(bad).is_err(), "{bad:?} accepted");
         }
     }

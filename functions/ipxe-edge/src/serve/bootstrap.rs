@@ -37,8 +37,10 @@ pub fn s3_credentials(dir: &DataDir) -> Result<S3Credentials, ServeError> {
         write_atomic(&path, text.as_bytes(), 0o600)?;
     }
     let text = datadir::read_private_string(&path)?;
-    let (access_key, secret_key) =
-        text.trim().split_once(':').ok_or_else(|| DataDirError::Corrupt { path: path.clone(), reason: "expected ACCESS_KEY:SECRET_KEY".into() })?;
+    let (access_key, secret_key) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| DataDirError::Corrupt { path: path.clone(), reason: "expected ACCESS_KEY:SECRET_KEY".into() })?;
     Ok(S3Credentials { access_key: access_key.into(), secret_key: secret_key.into() })
 }
 
@@ -91,7 +93,9 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if !hosts.iter().any(|h| h == public_host) {
         hosts.push(public_host.trim_matches(|c| c == '[' || c == ']').to_string());
     }
-    let fits = dir.server_cert().exists() && dir.server_key().exists() && server_cert_fits(&datadir::read(&dir.server_cert())?, &hosts);
+    let fits = dir.server_cert().exists()
+        && dir.server_key().exists()
+        && server_cert_fits(&datadir::read(&dir.server_cert())?, &hosts);
     if !fits {
         let server = ca.issue_server(&hosts, SERVER_CERT_DAYS).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
         write_atomic(&dir.server_key(), server.key_pem.as_bytes(), 0o600)?;
@@ -115,11 +119,15 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if records.channel(model::DEFAULT_CHANNEL).await.map_err(record_err)?.is_none() {
         if !records.release_exists(DEMO_RELEASE).await.map_err(record_err)? {
             let kernel = records
-                .put_asset(b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec())
+                .put_asset(
+                    b"ipxe-edge PLACEHOLDER kernel: replace it with a real one (ipxe-edge release create)\n".to_vec(),
+                )
                 .await
                 .map_err(record_err)?;
             let initrd = records
-                .put_asset(b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec())
+                .put_asset(
+                    b"ipxe-edge PLACEHOLDER initrd: replace it with a real one (ipxe-edge release create)\n".to_vec(),
+                )
                 .await
                 .map_err(record_err)?;
             let mut arches = BTreeMap::new();
@@ -130,33 +138,50 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
                 template: None,
                 arches,
                 created_at: Some(rfc3339_now()),
-                description: Some("PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into()),
+                description: Some(
+                    "PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into(),
+                ),
                 health_gate: Default::default(),
             };
             records.put_release(&manifest).await.map_err(record_err)?;
         }
         records.promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now(), None).await.map_err(record_err)?;
-        outcome.created.push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
+        outcome
+            .created
+            .push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
     }
 
     let (demo_cert, demo_key) = (dir.gateway_cert(DEMO_GATEWAY), dir.gateway_key(DEMO_GATEWAY));
     if !demo_cert.exists() {
-        let issued = ca.issue_client(DEMO_GATEWAY, validity_days(DEMO_CERT_DAYS)).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+        let issued = ca
+            .issue_client(DEMO_GATEWAY, validity_days(DEMO_CERT_DAYS))
+            .map_err(|e| ServeError::Bootstrap(e.to_string()))?;
         write_atomic(&demo_key, issued.key_pem.as_bytes(), 0o600)?;
         write_atomic(&demo_cert, issued.cert_pem.as_bytes(), 0o600)?;
         outcome.created.push(format!("gateway {DEMO_GATEWAY}: {} and {}", demo_cert.display(), demo_key.display()));
     }
     let demo_pem = datadir::read(&demo_cert)?;
-    let demo_der = ipxe_edge_core::domain::identity::pem_certificates(&demo_pem).map_err(|e| corrupt(&demo_cert, e))?.remove(0);
+    let demo_der =
+        ipxe_edge_core::domain::identity::pem_certificates(&demo_pem).map_err(|e| corrupt(&demo_cert, e))?.remove(0);
     let fp = Fingerprint::of_der(&demo_der);
     if records.gateway(&fp).await.map_err(record_err)?.is_none() {
         let mut record = model::new_gateway(DEMO_GATEWAY, fp.clone());
         record.subject = ipxe_edge_core::domain::identity::describe_der(&demo_der).map(|(s, _)| s);
         // Its expiry is known like any enrolled gateway's: the metrics and renewals count it.
         let not_after = ipxe_edge_core::domain::identity::not_after_der(&demo_der);
-        record.certificates = vec![model::GatewayCertificate::new(fp.clone(), not_after, Some(ipxe_edge_core::domain::clock::unix_now()))];
+        record.certificates = vec![model::GatewayCertificate::new(
+            fp.clone(),
+            not_after,
+            Some(ipxe_edge_core::domain::clock::unix_now()),
+        )];
         records.put_gateway(&record).await.map_err(record_err)?;
-        records.put_secrets(&fp, b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec()).await.map_err(record_err)?;
+        records
+            .put_secrets(
+                &fp,
+                b"b2c.minio=\"demo,http://127.0.0.1:9,DEMOKEY,DEMOSECRET\" ipxe-edge.demo-secret=1\n".to_vec(),
+            )
+            .await
+            .map_err(record_err)?;
         outcome.created.push(format!("enrolled gateway {DEMO_GATEWAY} ({fp}) with demo secrets"));
     }
     Ok(outcome)

@@ -12,7 +12,14 @@ use std::time::Duration;
 
 /// Checks again every `every`, the first time after `every`: [`check`] ran at start, before
 /// the listeners were announced, so the gauges are right from the first scrape.
-pub async fn watch(records: Records, dir: DataDir, renewals: Option<RenewOptions>, window: Duration, every: Duration, metrics: Arc<ServeMetrics>) {
+pub async fn watch(
+    records: Records,
+    dir: DataDir,
+    renewals: Option<RenewOptions>,
+    window: Duration,
+    every: Duration,
+    metrics: Arc<ServeMetrics>,
+) {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -21,7 +28,13 @@ pub async fn watch(records: Records, dir: DataDir, renewals: Option<RenewOptions
     }
 }
 
-pub async fn check(records: &Records, dir: &DataDir, renewals: Option<&RenewOptions>, window: Duration, metrics: &ServeMetrics) {
+pub async fn check(
+    records: &Records,
+    dir: &DataDir,
+    renewals: Option<&RenewOptions>,
+    window: Duration,
+    metrics: &ServeMetrics,
+) {
     let now = clock::unix_now();
     let standings = match renewal::standings(records).await {
         Ok(s) => s,

@@ -80,7 +80,13 @@ pub const MAX_QUERY_BYTES: usize = 2048;
 
 impl Front {
     pub fn new(route: Route, acceptor: Option<TlsAcceptor>, public_host: Arc<str>, metrics: Arc<ServeMetrics>) -> Self {
-        Front { route, acceptor, public_host, metrics, in_flight: FairGate::new(MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ADDRESS) }
+        Front {
+            route,
+            acceptor,
+            public_host,
+            metrics,
+            in_flight: FairGate::new(MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ADDRESS),
+        }
     }
 }
 
@@ -91,7 +97,13 @@ struct Connection {
 }
 
 /// Accepts connections (TLS when the front has an acceptor) until `shutdown` flips.
-pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc<ListenerStats>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    listener: TcpListener,
+    front: Front,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
+    shutdown: watch::Receiver<bool>,
+) {
     let request_ids = Arc::new(AtomicU64::new(1));
     let name = front.route.name();
     let handshakes = limits.gate();
@@ -101,7 +113,13 @@ pub async fn run(listener: TcpListener, front: Front, limits: Limits, stats: Arc
     .await
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids: Arc<AtomicU64>, handshakes: Arc<FairGate>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    front: Front,
+    ids: Arc<AtomicU64>,
+    handshakes: Arc<FairGate>,
+) {
     let Some(acceptor) = front.acceptor.clone() else {
         let conn = Connection { peer, client: None };
         return Box::pin(serve_http(stream, conn, front, ids)).await;
@@ -132,7 +150,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, front: Front, ids
         tracing::info!(listener = front.route.name(), peer = %peer, outcome = "acme_validation", "ACME validation handshake answered");
         return;
     }
-    let chain: Vec<Vec<u8>> = tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect()).unwrap_or_default();
+    let chain: Vec<Vec<u8>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+        .unwrap_or_default();
     if matches!(front.route, Route::Boot(_)) && chain.is_empty() {
         // Only with ACME on may a handshake end without a client certificate; the boot
         // listener serves nobody it cannot identify.
@@ -209,14 +232,23 @@ async fn handle(req: Request<Incoming>, conn: &Connection, front: &Front, id: u6
 }
 
 /// A request answered here, before the pipeline: timed under the route it was for.
-fn refused(front: &Front, label: &'static str, started: std::time::Instant, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+fn refused(
+    front: &Front,
+    label: &'static str,
+    started: std::time::Instant,
+    response: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
     front.metrics.observe(label, started.elapsed());
     response
 }
 
 /// The request's head and its whole body, read under [`BODY_TIMEOUT`], or the answer that
 /// refuses it.
-async fn read_request(req: Request<Incoming>, conn: &Connection, front: &Front) -> Result<(hyper::http::request::Parts, Bytes), Response<Full<Bytes>>> {
+async fn read_request(
+    req: Request<Incoming>,
+    conn: &Connection,
+    front: &Front,
+) -> Result<(hyper::http::request::Parts, Bytes), Response<Full<Bytes>>> {
     let query_bytes = req.uri().query().map_or(0, str::len);
     if query_bytes > MAX_QUERY_BYTES {
         tracing::warn!(listener = front.route.name(), peer = %conn.peer, outcome = "bad_request", status = 414u16, query_bytes, "query string too long");
@@ -235,7 +267,13 @@ async fn read_request(req: Request<Incoming>, conn: &Connection, front: &Front) 
     }
 }
 
-async fn handle_request(parts: hyper::http::request::Parts, body: Bytes, conn: &Connection, front: &Front, id: u64) -> Response<Full<Bytes>> {
+async fn handle_request(
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    conn: &Connection,
+    front: &Front,
+    id: u64,
+) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let request = match pipeline_request(&parts, body, conn, &front.public_host, id) {
         Ok(r) => r,
@@ -260,12 +298,20 @@ fn is_hop_header(name: &str) -> bool {
 
 /// The request for the pipeline: method, path, the headers a client may speak for, the body,
 /// and what this connection knows in [`RequestInfo`].
-fn pipeline_request(parts: &hyper::http::request::Parts, body: Bytes, conn: &Connection, public_host: &str, id: u64) -> Result<Request<Bytes>, &'static str> {
+fn pipeline_request(
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    conn: &Connection,
+    public_host: &str,
+    id: u64,
+) -> Result<Request<Bytes>, &'static str> {
     let path = parts.uri.path();
     if !path.starts_with('/') {
         return Err("request target is not a path");
     }
-    let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = path.parse().map_err(|_| "request target is not a path")?;
@@ -316,7 +362,12 @@ mod tests {
     fn routes_by_path_and_drops_host_and_forwarded_headers() {
         let p = parts(
             "/definitely-not-boot?mac=52%3A54%3A00%3A12%3A34%3A56&x=1&x=2",
-            &[("host", "localhost/boot.ipxe#"), ("x-forwarded-proto", "1http"), ("forwarded", "for=1.2.3.4"), ("user-agent", "iPXE/1.21.1")],
+            &[
+                ("host", "localhost/boot.ipxe#"),
+                ("x-forwarded-proto", "1http"),
+                ("forwarded", "for=1.2.3.4"),
+                ("user-agent", "iPXE/1.21.1"),
+            ],
         );
         let req = pipeline_request(&p, Bytes::new(), &conn(), "boot.example.org", 1).unwrap();
         assert_eq!(req.uri().path(), "/definitely-not-boot");

@@ -46,7 +46,11 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: Self::DEFAULT_MAX_CONNECTIONS, max_per_client: Self::DEFAULT_MAX_PER_CLIENT, connection_lifetime: Duration::from_secs(300) }
+        Limits {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_per_client: Self::DEFAULT_MAX_PER_CLIENT,
+            connection_lifetime: Duration::from_secs(300),
+        }
     }
 }
 
@@ -108,7 +112,11 @@ impl Drop for AddressShare {
 
 impl FairGate {
     pub fn new(total: usize, per_address: usize) -> Arc<Self> {
-        Arc::new(FairGate { total: Arc::new(Semaphore::new(total)), per_address: per_address.max(1), addresses: Mutex::default() })
+        Arc::new(FairGate {
+            total: Arc::new(Semaphore::new(total)),
+            per_address: per_address.max(1),
+            addresses: Mutex::default(),
+        })
     }
 
     /// Waits for a permit: first one of `ip`'s share, then one of the total. `None` once the
@@ -289,6 +297,10 @@ mod tests {
         drop(held);
         drop(other);
         assert_eq!(gate.available(), 8);
-        assert_eq!(gate.addresses(), 0, "entries of addresses that hold nothing are removed, waiters that gave up included");
+        assert_eq!(
+            gate.addresses(),
+            0,
+            "entries of addresses that hold nothing are removed, waiters that gave up included"
+        );
     }
 }

@@ -87,12 +87,24 @@ impl ServeMetrics {
         registry.register("ipxe_edge_redemptions", "Secrets requests by outcome", redemptions.clone());
         registry.register("ipxe_edge_checkins", "Check-in requests by outcome", checkins.clone());
         let plain = [
-            (CoreCounter::RefusedCertificates, "ipxe_edge_refused_certificates", "Boots refused for their certificate or gateway"),
+            (
+                CoreCounter::RefusedCertificates,
+                "ipxe_edge_refused_certificates",
+                "Boots refused for their certificate or gateway",
+            ),
             (CoreCounter::TokenReplays, "ipxe_edge_token_replays", "Secrets tokens presented a second time"),
             (CoreCounter::ForgedTokens, "ipxe_edge_forged_tokens", "Secrets tokens whose signature does not verify"),
             (CoreCounter::Fallbacks, "ipxe_edge_fallbacks", "Boots answered with the last known good release"),
-            (CoreCounter::JournalFailures, "ipxe_edge_journal_failures", "Boots or outcomes that could not be recorded"),
-            (CoreCounter::CertExpiring, "ipxe_edge_cert_expiring_boots", "Boots with a certificate that expires within the renewal window"),
+            (
+                CoreCounter::JournalFailures,
+                "ipxe_edge_journal_failures",
+                "Boots or outcomes that could not be recorded",
+            ),
+            (
+                CoreCounter::CertExpiring,
+                "ipxe_edge_cert_expiring_boots",
+                "Boots with a certificate that expires within the renewal window",
+            ),
         ]
         .map(|(which, name, help)| {
             let counter = Counter::default();
@@ -102,11 +114,19 @@ impl ServeMetrics {
         let tls_refused = Family::<ListenerLabel, Counter>::default();
         registry.register("ipxe_edge_tls_refused", "TLS handshakes refused or timed out", tls_refused.clone());
         let durations = DurationFamily::new_with_constructor(duration_histogram);
-        registry.register("ipxe_edge_request_duration_seconds", "Time from request headers to response, by route", durations.clone());
+        registry.register(
+            "ipxe_edge_request_duration_seconds",
+            "Time from request headers to response, by route",
+            durations.clone(),
+        );
         let open = Family::<ListenerLabel, Gauge>::default();
         registry.register("ipxe_edge_open_connections", "Open connections by listener", open.clone());
         let refused = Family::<ListenerLabel, Gauge>::default();
-        registry.register("ipxe_edge_connections_refused", "Connections refused by the connection caps since start, by listener", refused.clone());
+        registry.register(
+            "ipxe_edge_connections_refused",
+            "Connections refused by the connection caps since start, by listener",
+            refused.clone(),
+        );
         ServeMetrics {
             registry,
             boots,
@@ -196,7 +216,11 @@ impl Health {
         for (name, addr) in &self.listeners {
             let mut target = *addr;
             if target.ip().is_unspecified() {
-                target.set_ip(if target.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+                target.set_ip(if target.is_ipv4() {
+                    [127, 0, 0, 1].into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
             }
             match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(target)).await {
                 Ok(Ok(_)) => {}
@@ -236,7 +260,9 @@ async fn answer(req: Request<Incoming>, metrics: &ServeMetrics, health: &Health)
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n".into());
     }
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render()),
+        "/metrics" => {
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render())
+        }
         "/healthz" => match health.check().await {
             Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             Err(failed) => {
@@ -249,7 +275,13 @@ async fn answer(req: Request<Incoming>, metrics: &ServeMetrics, health: &Health)
 }
 
 /// Serves `/metrics` and `/healthz` over plain HTTP.
-pub async fn run(listener: TcpListener, metrics: Arc<ServeMetrics>, health: Arc<Health>, stats: Arc<ListenerStats>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    listener: TcpListener,
+    metrics: Arc<ServeMetrics>,
+    health: Arc<Health>,
+    stats: Arc<ListenerStats>,
+    shutdown: watch::Receiver<bool>,
+) {
     let limits = Limits { max_connections: 64, max_per_client: 16, connection_lifetime: Duration::from_secs(60) };
     accept_loop(listener, "metrics", limits, stats, shutdown, move |stream, _peer| {
         let metrics = metrics.clone();

@@ -217,11 +217,17 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let dir = DataDir::open(&data)?;
     match datadir::make_private(dir.root()) {
         Ok(0) => {}
-        Ok(fixed) => tracing::warn!(fixed, data = %dir.root().display(), "made files and folders of the data directory private (0600/0700)"),
+        Ok(fixed) => {
+            tracing::warn!(fixed, data = %dir.root().display(), "made files and folders of the data directory private (0600/0700)")
+        }
         Err(e) => return Err(ServeError::Bootstrap(format!("cannot make {} private: {e}", dir.root().display()))),
     }
     let public_host = host_for_urls(&args);
-    let limits = Limits { max_connections: args.max_connections, max_per_client: args.max_connections_per_client, ..Limits::default() };
+    let limits = Limits {
+        max_connections: args.max_connections,
+        max_per_client: args.max_connections_per_client,
+        ..Limits::default()
+    };
 
     let boot_listener = bind(args.listen, "boot").await?;
     let secrets_listener = bind(args.secrets_listen, "secrets").await?;
@@ -243,14 +249,20 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             let scheme = if args.s3_http { "http" } else { "https" };
             let public = format!("{scheme}://{}", authority(&public_host, args.s3_listen.port()));
             let scratch = EmbeddedScratch::open(&dir, public.clone())?;
-            let service = s3_endpoint::service(dir.s3_root(), &creds, scratch.clone(), args.scratch_quota).map_err(datadir::io_error(&dir.s3_root()))?;
+            let service = s3_endpoint::service(dir.s3_root(), &creds, scratch.clone(), args.scratch_quota)
+                .map_err(datadir::io_error(&dir.s3_root()))?;
             embedded_s3 = Some((s3_listener, service));
             scratch_keys = Some(scratch);
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
-            let store = Arc::new(FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
-            let presigner =
-                Arc::new(S3Store::new(s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key, Timeouts::Request), true), EMBEDDED_BUCKET));
+            let store = Arc::new(
+                FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)
+                    .map_err(|e| ServeError::Bootstrap(e.to_string()))?,
+            );
+            let presigner = Arc::new(S3Store::new(
+                s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key, Timeouts::Request), true),
+                EMBEDDED_BUCKET,
+            ));
             (store, presigner)
         }
         Some(bucket) => {
@@ -265,8 +277,15 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         None => {
             let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
             let sweeping = ledger.clone();
-            tokio::spawn(housekeeping("used-token ledger", Duration::from_secs(args.ledger_sweep_interval), move |now| sweeping.sweep(now)));
-            let journal = Arc::new(FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION).map_err(|e| ServeError::Bootstrap(e.to_string()))?);
+            tokio::spawn(housekeeping(
+                "used-token ledger",
+                Duration::from_secs(args.ledger_sweep_interval),
+                move |now| sweeping.sweep(now),
+            ));
+            let journal = Arc::new(
+                FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION)
+                    .map_err(|e| ServeError::Bootstrap(e.to_string()))?,
+            );
             let pruning = journal.clone();
             tokio::spawn(housekeeping("boot journal", Duration::from_secs(3600), move |now| pruning.prune(now)));
             (Arc::new(ledger), journal)
@@ -274,7 +293,10 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         Some(table) => {
             let config = sdk_config(args.dynamodb_endpoint.as_deref(), Timeouts::Request).await;
             let client = aws_sdk_dynamodb::Client::new(&config);
-            (Arc::new(DynamoLedger::new(client.clone(), table.clone())), Arc::new(DynamoJournal::new(client, table.clone(), DEFAULT_BOOT_RETENTION)))
+            (
+                Arc::new(DynamoLedger::new(client.clone(), table.clone())),
+                Arc::new(DynamoJournal::new(client, table.clone(), DEFAULT_BOOT_RETENTION)),
+            )
         }
     };
 
@@ -353,14 +375,22 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
         retire_old_after_first_boot: args.retire_old_after_first_boot,
     };
     let boot = Arc::new(BootApp {
-        service: BootService::new(records.clone(), Arc::new(CachingPresigner::new(presigner)), keyring.clone(), settings).with_journal(journal.clone()),
+        service: BootService::new(
+            records.clone(),
+            Arc::new(CachingPresigner::new(presigner)),
+            keyring.clone(),
+            settings,
+        )
+        .with_journal(journal.clone()),
         verifier,
         cert_header: CertHeader::Off,
         metrics: serve_metrics.clone(),
     });
     let redeem = Arc::new(RedeemApp {
         service: {
-            let service = RedeemService::new(records, ledger, keyring).with_journal(journal).with_checkin_base_url(secrets_base_url_for_checkins);
+            let service = RedeemService::new(records, ledger, keyring)
+                .with_journal(journal)
+                .with_checkin_base_url(secrets_base_url_for_checkins);
             match scratch_keys {
                 Some(scratch) => service.with_scratch(scratch),
                 None => service,
@@ -370,10 +400,19 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     });
 
     let public_host_arc: Arc<str> = Arc::from(public_host.as_str());
-    let boot_front = front::Front::new(front::Route::Boot(boot), Some(TlsAcceptor::from(boot_tls)), public_host_arc.clone(), serve_metrics.clone());
+    let boot_front = front::Front::new(
+        front::Route::Boot(boot),
+        Some(TlsAcceptor::from(boot_tls)),
+        public_host_arc.clone(),
+        serve_metrics.clone(),
+    );
     tasks.spawn(front::run(boot_listener, boot_front, limits, stats.boot.clone(), shutdown_rx.clone()));
-    let secrets_front =
-        front::Front::new(front::Route::Redeem(redeem), (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)), public_host_arc, serve_metrics.clone());
+    let secrets_front = front::Front::new(
+        front::Route::Redeem(redeem),
+        (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)),
+        public_host_arc,
+        serve_metrics.clone(),
+    );
     tasks.spawn(front::run(secrets_listener, secrets_front, limits, stats.secrets.clone(), shutdown_rx.clone()));
 
     if let Some(manager) = acme {
@@ -427,8 +466,11 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
 /// `every`: the ledger forgets expired used tokens, so that it holds only tokens that could
 /// still be presented (a forgotten one is refused as expired anyway); the journal drops old
 /// boot records (DynamoDB's TTL does this for the table).
-async fn housekeeping<E>(what: &'static str, every: Duration, task: impl Fn(u64) -> Result<usize, E> + Clone + Send + 'static)
-where
+async fn housekeeping<E>(
+    what: &'static str,
+    every: Duration,
+    task: impl Fn(u64) -> Result<usize, E> + Clone + Send + 'static,
+) where
     E: std::fmt::Display + Send + 'static,
 {
     let mut interval = tokio::time::interval(every);

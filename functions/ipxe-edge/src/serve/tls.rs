@@ -34,14 +34,20 @@ pub enum TlsSetupError {
 fn provider() -> CryptoProvider {
     use aws_lc_rs::cipher_suite::*;
     CryptoProvider {
-        cipher_suites: vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+        cipher_suites: vec![
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
         ..aws_lc_rs::default_provider()
     }
 }
 
 pub fn load_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs: Vec<_> =
-        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
     if certs.is_empty() {
         return Err(TlsSetupError::Pem { what: what.into(), reason: "no certificate".into() });
     }
@@ -58,8 +64,13 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// Server configuration presenting `cert`; with a verifier, a client certificate is asked for
 /// (required unless the verifier allows ACME validations, see [`GatewayCertVerifier::allowing_acme`]).
 /// With `acme`, the listener also answers TLS-ALPN-01 validations.
-pub fn server_config(cert: Arc<ServerCert>, client_verifier: Option<Arc<GatewayCertVerifier>>, acme: bool) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let builder = ServerConfig::builder_with_provider(Arc::new(provider())).with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+pub fn server_config(
+    cert: Arc<ServerCert>,
+    client_verifier: Option<Arc<GatewayCertVerifier>>,
+    acme: bool,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -94,8 +105,13 @@ pub struct ServerCert {
     stamps: Mutex<Option<(FileStamp, FileStamp)>>,
 }
 
-fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, what: &str) -> Result<Arc<CertifiedKey>, TlsSetupError> {
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    what: &str,
+) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| TlsSetupError::Pem { what: what.into(), reason: e.to_string() })?;
     Ok(Arc::new(certified))
 }
 
@@ -133,18 +149,29 @@ impl ServerCert {
 
     /// Presents `chain` and `key` from now on (a certificate obtained over ACME); a pair whose
     /// key does not match is refused and the current one kept.
-    pub fn replace(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), TlsSetupError> {
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsSetupError> {
         let loaded = certified(chain, key, "ACME certificate")?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         Ok(())
     }
 
     /// Answers TLS-ALPN-01 validations of `domain` with `chain`/`key` until cleared.
-    pub fn set_challenge(&self, domain: &str, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), TlsSetupError> {
+    pub fn set_challenge(
+        &self,
+        domain: &str,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsSetupError> {
         // Not `certified`: its key check parses the certificate with WebPKI, which refuses the
         // critical acmeIdentifier extension every challenge certificate carries.
-        let signing =
-            provider().key_provider.load_private_key(key).map_err(|e| TlsSetupError::Pem { what: "ACME challenge key".into(), reason: e.to_string() })?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsSetupError::Pem { what: "ACME challenge key".into(), reason: e.to_string() })?;
         let answer = Arc::new(CertifiedKey::new(chain, signing));
         self.challenges.write().unwrap_or_else(|p| p.into_inner()).insert(domain.to_ascii_lowercase(), answer);
         Ok(())
@@ -205,14 +232,18 @@ pub async fn watch(cert: Arc<ServerCert>, every: Duration) {
     loop {
         interval.tick().await;
         let cert = cert.clone();
-        match tokio::task::spawn_blocking(move || cert.reload_if_changed().map(|changed| (changed, cert.leaf()))).await {
+        match tokio::task::spawn_blocking(move || cert.reload_if_changed().map(|changed| (changed, cert.leaf()))).await
+        {
             Ok(Ok((true, leaf))) => {
-                let (subject, not_after) =
-                    X509Certificate::from_der(leaf.as_ref()).map(|(_, c)| (c.subject().to_string(), c.validity().not_after.to_string())).unwrap_or_default();
+                let (subject, not_after) = X509Certificate::from_der(leaf.as_ref())
+                    .map(|(_, c)| (c.subject().to_string(), c.validity().not_after.to_string()))
+                    .unwrap_or_default();
                 tracing::info!(subject, not_after, "server certificate reloaded")
             }
             Ok(Ok((false, _))) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "new server certificate refused; still presenting the previous one"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "new server certificate refused; still presenting the previous one")
+            }
             Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }
     }
@@ -236,9 +267,16 @@ impl GatewayCertVerifier {
             .bundle()
             .anchors()
             .iter()
-            .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| DistinguishedName::from(c.subject().as_raw().to_vec())))
+            .filter_map(|der| {
+                X509Certificate::from_der(der).ok().map(|(_, c)| DistinguishedName::from(c.subject().as_raw().to_vec()))
+            })
             .collect();
-        GatewayCertVerifier { chain, hints, algorithms: aws_lc_rs::default_provider().signature_verification_algorithms, optional: false }
+        GatewayCertVerifier {
+            chain,
+            hints,
+            algorithms: aws_lc_rs::default_provider().signature_verification_algorithms,
+            optional: false,
+        }
     }
 
     /// Lets handshakes without a client certificate complete, for ACME's TLS-ALPN-01.
@@ -247,16 +285,19 @@ impl GatewayCertVerifier {
         self
     }
 
-    fn verify_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    fn verify_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let public_key = parsed.public_key().subject_public_key.data.as_ref();
-        let candidates = self
-            .algorithms
-            .mapping
-            .iter()
-            .find(|(scheme, _)| *scheme == dss.scheme)
-            .map(|(_, algs)| *algs)
-            .ok_or(rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme))?;
+        let candidates =
+            self.algorithms.mapping.iter().find(|(scheme, _)| *scheme == dss.scheme).map(|(_, algs)| *algs).ok_or(
+                rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme),
+            )?;
         // The scheme fixes hash and padding; the key bytes only parse for their own key type.
         if candidates.iter().any(|alg| alg.verify_signature(public_key, message, dss.signature()).is_ok()) {
             Ok(HandshakeSignatureValid::assertion())
@@ -291,19 +332,35 @@ impl ClientCertVerifier for GatewayCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let chain: Vec<Vec<u8>> = std::iter::once(end_entity).chain(intermediates).map(|c| c.as_ref().to_vec()).collect();
+        let chain: Vec<Vec<u8>> =
+            std::iter::once(end_entity).chain(intermediates).map(|c| c.as_ref().to_vec()).collect();
         self.chain.verify_der_chain(&chain, now.as_secs() as i64).map_err(certificate_error)?;
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.verify_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // TLS 1.3 forbids PKCS#1 v1.5 signatures in CertificateVerify.
-        if matches!(dss.scheme, SignatureScheme::RSA_PKCS1_SHA256 | SignatureScheme::RSA_PKCS1_SHA384 | SignatureScheme::RSA_PKCS1_SHA512) {
-            return Err(rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme));
+        if matches!(
+            dss.scheme,
+            SignatureScheme::RSA_PKCS1_SHA256 | SignatureScheme::RSA_PKCS1_SHA384 | SignatureScheme::RSA_PKCS1_SHA512
+        ) {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
         }
         self.verify_signature(message, cert, dss)
     }
@@ -331,7 +388,10 @@ mod tests {
         let now = ipxe_edge_core::domain::clock::unix_now();
         let root = chain_root("agree root", None);
         let strict_root = chain_root("agree strict root", Some(0));
-        let expired = (time::OffsetDateTime::now_utc() - time::Duration::days(30), time::OffsetDateTime::now_utc() - time::Duration::days(1));
+        let expired = (
+            time::OffsetDateTime::now_utc() - time::Duration::days(30),
+            time::OffsetDateTime::now_utc() - time::Duration::days(1),
+        );
         let good_int = chain_intermediate(&root, "good intermediate", true, validity_days(10));
         let not_ca = chain_intermediate(&root, "not a CA", false, validity_days(10));
         let old_int = chain_intermediate(&root, "expired intermediate", true, expired);
@@ -346,10 +406,30 @@ mod tests {
         let leaf_of = |ca: &ChainCa, cn: &str| chain_leaf(ca, cn).cert_der;
         let cases = vec![
             Case { what: "leaf alone", root: &root, chain: vec![leaf_of(&root, "alone")], accepted: true },
-            Case { what: "leaf + intermediate", root: &root, chain: vec![leaf_of(&good_int, "via int"), good_int.cert.der().to_vec()], accepted: true },
-            Case { what: "leaf without its intermediate", root: &root, chain: vec![leaf_of(&good_int, "no int")], accepted: false },
-            Case { what: "intermediate that is not a CA", root: &root, chain: vec![leaf_of(&not_ca, "bad int"), not_ca.cert.der().to_vec()], accepted: false },
-            Case { what: "expired intermediate", root: &root, chain: vec![leaf_of(&old_int, "old int"), old_int.cert.der().to_vec()], accepted: false },
+            Case {
+                what: "leaf + intermediate",
+                root: &root,
+                chain: vec![leaf_of(&good_int, "via int"), good_int.cert.der().to_vec()],
+                accepted: true,
+            },
+            Case {
+                what: "leaf without its intermediate",
+                root: &root,
+                chain: vec![leaf_of(&good_int, "no int")],
+                accepted: false,
+            },
+            Case {
+                what: "intermediate that is not a CA",
+                root: &root,
+                chain: vec![leaf_of(&not_ca, "bad int"), not_ca.cert.der().to_vec()],
+                accepted: false,
+            },
+            Case {
+                what: "expired intermediate",
+                root: &root,
+                chain: vec![leaf_of(&old_int, "old int"), old_int.cert.der().to_vec()],
+                accepted: false,
+            },
             Case {
                 what: "intermediate under a root with path length 0",
                 root: &strict_root,
@@ -360,8 +440,15 @@ mod tests {
         for case in &cases {
             let (chain, tls) = verifiers(case.root);
             let handler = chain.verify_der_chain(&case.chain, now as i64).is_ok();
-            let ders: Vec<CertificateDer<'static>> = case.chain.iter().map(|d| CertificateDer::from(d.clone())).collect();
-            let handshake = tls.verify_client_cert(&ders[0], &ders[1..], UnixTime::since_unix_epoch(std::time::Duration::from_secs(now))).is_ok();
+            let ders: Vec<CertificateDer<'static>> =
+                case.chain.iter().map(|d| CertificateDer::from(d.clone())).collect();
+            let handshake = tls
+                .verify_client_cert(
+                    &ders[0],
+                    &ders[1..],
+                    UnixTime::since_unix_epoch(std::time::Duration::from_secs(now)),
+                )
+                .is_ok();
             assert_eq!(handler, case.accepted, "{}: handler", case.what);
             assert_eq!(handshake, case.accepted, "{}: TLS", case.what);
         }
@@ -372,6 +459,8 @@ mod tests {
         let tls = GatewayCertVerifier::new(chain.clone());
         assert!(chain.verify_der_chain(std::slice::from_ref(&legacy.cert_der), now as i64).is_ok());
         let der = CertificateDer::from(legacy.cert_der.clone());
-        assert!(tls.verify_client_cert(&der, &[], UnixTime::since_unix_epoch(std::time::Duration::from_secs(now))).is_ok());
+        assert!(tls
+            .verify_client_cert(&der, &[], UnixTime::since_unix_epoch(std::time::Duration::from_secs(now)))
+            .is_ok());
     }
 }

@@ -62,7 +62,13 @@ impl TokenLedger for DynamoLedger {
     /// means our first attempt landed: recorded, not a replay. When the outcome stays unknown,
     /// the entry is removed again if it is ours, so that a failed redemption does not spend
     /// the token.
-    async fn record_use(&self, token_id: &str, fingerprint: &str, now: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError> {
+    async fn record_use(
+        &self,
+        token_id: &str,
+        fingerprint: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<LedgerOutcome, StoreError> {
         let pk = token_pk(token_id);
         let nonce = format!("{:016x}", rand::random::<u64>());
         let result = self
@@ -132,9 +138,15 @@ impl DynamoLedger {
             .send()
             .await;
         match removed {
-            Ok(_) => tracing::warn!(outcome = "ledger_rolled_back", "an uncertain ledger write was ours and is undone; the token stays redeemable"),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) => {}
-            Err(e) => tracing::error!(error = %DisplayErrorContext(&e), "could not undo an uncertain ledger write; the token may be spent"),
+            Ok(_) => tracing::warn!(
+                outcome = "ledger_rolled_back",
+                "an uncertain ledger write was ours and is undone; the token stays redeemable"
+            ),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) => {}
+            Err(e) => {
+                tracing::error!(error = %DisplayErrorContext(&e), "could not undo an uncertain ledger write; the token may be spent")
+            }
         }
     }
 }
@@ -206,7 +218,8 @@ impl BootJournal for DynamoJournal {
                 Some(STATE_SK) => {
                     let json = attr_s(item, "health").ok_or_else(|| bad_item(&pk, STATE_SK, "no health"))?;
                     stored.health = serde_json::from_str(json).map_err(|e| bad_item(&pk, STATE_SK, e))?;
-                    stored.version = Some(attr_n(item, "version").ok_or_else(|| bad_item(&pk, STATE_SK, "no version"))?.to_string());
+                    stored.version =
+                        Some(attr_n(item, "version").ok_or_else(|| bad_item(&pk, STATE_SK, "no version"))?.to_string());
                 }
                 Some(LAST_GOOD_SK) => {
                     let release = attr_s(item, "release").ok_or_else(|| bad_item(&pk, LAST_GOOD_SK, "no release"))?;
@@ -225,14 +238,24 @@ impl BootJournal for DynamoJournal {
 
     /// One transaction: the state (conditional on its version), the last-good item and the
     /// boot records. A client request token makes the SDK's own retries idempotent.
-    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayHealth,
+        boots: &[&BootRecord],
+    ) -> Result<(), StoreError> {
         let pk = gateway_pk(fp);
-        let key_attr = |sk: &str| [(PARTITION_KEY, AttributeValue::S(pk.clone())), (SORT_KEY, AttributeValue::S(sk.to_string()))];
+        let key_attr =
+            |sk: &str| [(PARTITION_KEY, AttributeValue::S(pk.clone())), (SORT_KEY, AttributeValue::S(sk.to_string()))];
         let build = |put: aws_sdk_dynamodb::types::builders::PutBuilder| -> Result<TransactWriteItem, StoreError> {
-            Ok(TransactWriteItem::builder().put(put.table_name(&self.table).build().map_err(|e| unavailable("Put", e))?).build())
+            Ok(TransactWriteItem::builder()
+                .put(put.table_name(&self.table).build().map_err(|e| unavailable("Put", e))?)
+                .build())
         };
         let state_only = GatewayHealth { last_good: None, ..next.clone() };
-        let health = serde_json::to_string(&state_only).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
+        let health =
+            serde_json::to_string(&state_only).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
         let next_version = match version {
             None => 1,
             Some(v) => v.parse::<u64>().map_err(|_| StoreError::Conflict(pk.clone()))? + 1,
@@ -241,9 +264,13 @@ impl BootJournal for DynamoJournal {
         for (name, value) in key_attr(STATE_SK) {
             state = state.item(name, value);
         }
-        state = state.item("health", AttributeValue::S(health)).item("version", AttributeValue::N(next_version.to_string()));
+        state = state
+            .item("health", AttributeValue::S(health))
+            .item("version", AttributeValue::N(next_version.to_string()));
         state = match version {
-            None => state.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY),
+            None => {
+                state.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY)
+            }
             Some(v) => state
                 .condition_expression("#version = :version")
                 .expression_attribute_names("#version", "version")
@@ -262,9 +289,12 @@ impl BootJournal for DynamoJournal {
             items.push(build(put)?);
         }
         for boot in boots {
-            let record = serde_json::to_string(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
+            let record =
+                serde_json::to_string(boot).map_err(|e| StoreError::Unavailable(format!("boot record: {e}")))?;
             let mut put = Put::builder();
-            for (name, value) in key_attr(&format!("{BOOT_SK_PREFIX}{:010}#{:010}#{}", boot.issued_at, boot.seq, boot.id)) {
+            for (name, value) in
+                key_attr(&format!("{BOOT_SK_PREFIX}{:010}#{:010}#{}", boot.issued_at, boot.seq, boot.id))
+            {
                 put = put.item(name, value);
             }
             put = put
@@ -274,17 +304,26 @@ impl BootJournal for DynamoJournal {
                 .item(TTL_ATTRIBUTE, AttributeValue::N((boot.issued_at + self.retention.as_secs()).to_string()));
             items.push(build(put)?);
         }
-        let result =
-            self.client.transact_write_items().set_transact_items(Some(items)).client_request_token(format!("{:032x}", rand::random::<u128>())).send().await;
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .client_request_token(format!("{:032x}", rand::random::<u128>()))
+            .send()
+            .await;
         match result {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(c)
-                    if c.cancellation_reasons().iter().any(|r| matches!(r.code(), Some("ConditionalCheckFailed") | Some("TransactionConflict"))) =>
+                    if c.cancellation_reasons()
+                        .iter()
+                        .any(|r| matches!(r.code(), Some("ConditionalCheckFailed") | Some("TransactionConflict"))) =>
                 {
                     Err(StoreError::Conflict(pk))
                 }
-                other => Err(StoreError::Unavailable(format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(other)))),
+                other => {
+                    Err(StoreError::Unavailable(format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(other))))
+                }
             },
             Err(e) => Err(unavailable("TransactWriteItems", e)),
         }

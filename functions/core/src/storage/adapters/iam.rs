@@ -94,9 +94,20 @@ impl IamScratch {
     /// may not make on that user.
     async fn ensure_user(&self, gateway: &str) -> Result<String, StoreError> {
         let user = user_name(gateway);
-        let tag = aws_sdk_iam::types::Tag::builder().key("ipxe-edge-gateway").value(gateway).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let created =
-            self.iam.create_user().user_name(&user).path(&self.settings.user_path).permissions_boundary(&self.settings.boundary_arn).tags(tag).send().await;
+        let tag = aws_sdk_iam::types::Tag::builder()
+            .key("ipxe-edge-gateway")
+            .value(gateway)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let created = self
+            .iam
+            .create_user()
+            .user_name(&user)
+            .path(&self.settings.user_path)
+            .permissions_boundary(&self.settings.boundary_arn)
+            .tags(tag)
+            .send()
+            .await;
         match created {
             Ok(_) => {}
             Err(SdkError::ServiceError(s)) if s.err().code() == Some("EntityAlreadyExists") => {}
@@ -124,7 +135,10 @@ impl IamScratch {
             .access_key_metadata()
             .iter()
             .filter_map(|k| {
-                Some(ScratchKeyInfo { access_key_id: k.access_key_id()?.to_string(), minted_at: k.create_date().map(|d| d.secs().max(0) as u64).unwrap_or(0) })
+                Some(ScratchKeyInfo {
+                    access_key_id: k.access_key_id()?.to_string(),
+                    minted_at: k.create_date().map(|d| d.secs().max(0) as u64).unwrap_or(0),
+                })
             })
             .collect();
         keys.sort_by(|a, b| (a.minted_at, &a.access_key_id).cmp(&(b.minted_at, &b.access_key_id)));
@@ -151,8 +165,16 @@ impl ScratchKeys for IamScratch {
             self.delete_key(&user, &live[0].access_key_id).await?;
             live.remove(0);
         }
-        let created = self.iam.create_access_key().user_name(&user).send().await.map_err(|e| unavailable("CreateAccessKey", e))?;
-        let key = created.access_key().ok_or_else(|| StoreError::Unavailable("IAM CreateAccessKey returned no key".into()))?;
+        let created = self
+            .iam
+            .create_access_key()
+            .user_name(&user)
+            .send()
+            .await
+            .map_err(|e| unavailable("CreateAccessKey", e))?;
+        let key = created
+            .access_key()
+            .ok_or_else(|| StoreError::Unavailable("IAM CreateAccessKey returned no key".into()))?;
         let before = live.into_iter().map(|k| k.access_key_id).collect();
         self.older.lock().unwrap_or_else(|p| p.into_inner()).insert(key.access_key_id().to_string(), before);
         Ok(ScratchKey {
@@ -192,10 +214,19 @@ impl ScratchKeys for IamScratch {
 
     async fn set_suspended(&self, gateway: &str, suspended: bool) -> Result<usize, StoreError> {
         let user = user_name(gateway);
-        let status = if suspended { aws_sdk_iam::types::StatusType::Inactive } else { aws_sdk_iam::types::StatusType::Active };
+        let status =
+            if suspended { aws_sdk_iam::types::StatusType::Inactive } else { aws_sdk_iam::types::StatusType::Active };
         let live = self.list(&user).await?;
         for key in &live {
-            match self.iam.update_access_key().user_name(&user).access_key_id(&key.access_key_id).status(status.clone()).send().await {
+            match self
+                .iam
+                .update_access_key()
+                .user_name(&user)
+                .access_key_id(&key.access_key_id)
+                .status(status.clone())
+                .send()
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if no_such_entity(&e) => {}
                 Err(e) => return Err(unavailable("UpdateAccessKey", e)),
@@ -215,9 +246,17 @@ impl ScratchKeys for IamScratch {
 
     async fn usage(&self, gateway: &str) -> Result<ScratchUsage, StoreError> {
         let mut usage = ScratchUsage::default();
-        let mut pages = self.s3.list_objects_v2().bucket(&self.settings.bucket).prefix(format!("{gateway}/")).into_paginator().send();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .prefix(format!("{gateway}/"))
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| StoreError::Unavailable(format!("S3 ListObjectsV2: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+            let page = page.map_err(|e| {
+                StoreError::Unavailable(format!("S3 ListObjectsV2: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+            })?;
             for object in page.contents() {
                 usage.objects += 1;
                 usage.bytes += object.size().unwrap_or(0).max(0) as u64;
@@ -236,7 +275,8 @@ mod tests {
         match (pattern.chars().next(), value.chars().next()) {
             (None, None) => true,
             (Some('*'), _) => {
-                string_like(&pattern[1..], value) || (!value.is_empty() && string_like(pattern, &value[value.chars().next().unwrap().len_utf8()..]))
+                string_like(&pattern[1..], value)
+                    || (!value.is_empty() && string_like(pattern, &value[value.chars().next().unwrap().len_utf8()..]))
             }
             (Some('?'), Some(v)) => string_like(&pattern[1..], &value[v.len_utf8()..]),
             (Some(p), Some(v)) if p == v => string_like(&pattern[p.len_utf8()..], &value[v.len_utf8()..]),
@@ -261,10 +301,16 @@ mod tests {
             endpoint: String::new(),
             partition: "arn:aws".into(),
         };
-        let scratch = IamScratch::new(aws_sdk_iam::Client::from_conf(config), aws_sdk_s3::Client::from_conf(s3), settings);
+        let scratch =
+            IamScratch::new(aws_sdk_iam::Client::from_conf(config), aws_sdk_s3::Client::from_conf(s3), settings);
         let policy: serde_json::Value = serde_json::from_str(&scratch.policy("gw-1")).unwrap();
         let list = policy["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "s3:ListBucket").unwrap();
-        let patterns: Vec<&str> = list["Condition"]["StringLike"]["s3:prefix"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let patterns: Vec<&str> = list["Condition"]["StringLike"]["s3:prefix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
         let allowed = |prefix: &str| patterns.iter().any(|p| string_like(p, prefix));
         assert!(allowed("gw-1/") && allowed("gw-1/state/"), "{patterns:?}");
         for neighbour in ["gw-1", "gw-", "", "gw-10", "gw-10/", "gw-10/state/", "gw-2/"] {

@@ -1,7 +1,8 @@
 //! In-memory stores for unit tests and benchmarks, with switches to simulate outages.
 
 use crate::storage::{
-    LedgerOutcome, ObjectStore, Presigner, ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError, TokenLedger, Versioned, WriteCondition,
+    LedgerOutcome, ObjectStore, Presigner, ScratchKey, ScratchKeyInfo, ScratchKeys, ScratchUsage, StoreError,
+    TokenLedger, Versioned, WriteCondition,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +41,12 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         self.check()?;
-        Ok(self.objects.lock().unwrap().get(key).map(|(body, v)| Versioned { body: body.clone(), etag: Some(v.to_string()) }))
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(body, v)| Versioned { body: body.clone(), etag: Some(v.to_string()) }))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -102,7 +108,13 @@ impl MemoryLedger {
 
 #[async_trait]
 impl TokenLedger for MemoryLedger {
-    async fn record_use(&self, token_id: &str, _fingerprint: &str, _used_at: u64, expires_at: u64) -> Result<LedgerOutcome, StoreError> {
+    async fn record_use(
+        &self,
+        token_id: &str,
+        _fingerprint: &str,
+        _used_at: u64,
+        expires_at: u64,
+    ) -> Result<LedgerOutcome, StoreError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("simulated ledger outage".into()));
         }
@@ -141,7 +153,12 @@ impl MemoryScratch {
     /// Whether `access_key_id` with `secret` is a live key of `gateway`, and not suspended.
     pub fn accepts(&self, gateway: &str, access_key_id: &str, secret: &str) -> bool {
         !self.suspended.lock().unwrap().contains(gateway)
-            && self.keys.lock().unwrap().get(gateway).is_some_and(|keys| keys.iter().any(|(id, s, _)| id == access_key_id && s == secret))
+            && self
+                .keys
+                .lock()
+                .unwrap()
+                .get(gateway)
+                .is_some_and(|keys| keys.iter().any(|(id, s, _)| id == access_key_id && s == secret))
     }
 
     fn check_revoke(&self) -> Result<(), StoreError> {
@@ -211,7 +228,9 @@ impl ScratchKeys for MemoryScratch {
         let all = self.keys.lock().unwrap();
         Ok(all
             .get(gateway)
-            .map(|keys| keys.iter().map(|(id, _, at)| ScratchKeyInfo { access_key_id: id.clone(), minted_at: *at }).collect())
+            .map(|keys| {
+                keys.iter().map(|(id, _, at)| ScratchKeyInfo { access_key_id: id.clone(), minted_at: *at }).collect()
+            })
             .unwrap_or_default())
     }
 

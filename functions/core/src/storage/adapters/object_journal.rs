@@ -70,7 +70,11 @@ impl GatewayStates {
 
     /// The key, body and condition of that write, for a store that makes it together with
     /// other work.
-    pub fn write_of(fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth) -> Result<(String, Vec<u8>, WriteCondition), StoreError> {
+    pub fn write_of(
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayHealth,
+    ) -> Result<(String, Vec<u8>, WriteCondition), StoreError> {
         let condition = match version {
             None => WriteCondition::Absent,
             Some(tag) => WriteCondition::Matches(tag.to_string()),
@@ -115,7 +119,8 @@ impl ObjectJournal {
         for boots in per_gateway.values() {
             let excess = boots.len().saturating_sub(MAX_BOOTS_KEPT);
             for (index, key) in boots.iter().enumerate() {
-                let issued_at = key.rsplit('/').next().and_then(|name| name.split('-').next()).and_then(|t| t.parse::<u64>().ok());
+                let issued_at =
+                    key.rsplit('/').next().and_then(|name| name.split('-').next()).and_then(|t| t.parse::<u64>().ok());
                 if index < excess || matches!(issued_at, Some(t) if t < cutoff) {
                     self.store.delete(key).await?;
                     removed += 1;
@@ -136,7 +141,13 @@ impl BootJournal for ObjectJournal {
         self.states.load(fp).await
     }
 
-    async fn commit(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth, boots: &[&BootRecord]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayHealth,
+        boots: &[&BootRecord],
+    ) -> Result<(), StoreError> {
         let _guard = self.states.lock(fp).lock().await;
         self.states.put(fp, version, next).await?;
         for boot in boots {

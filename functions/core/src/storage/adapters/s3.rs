@@ -33,7 +33,11 @@ impl S3Store {
     }
 }
 
-fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(op: &str, key: &str, err: SdkError<E, R>) -> StoreError {
+fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &str,
+    key: &str,
+    err: SdkError<E, R>,
+) -> StoreError {
     StoreError::Unavailable(format!("S3 {op} {key}: {}", DisplayErrorContext(&err)))
 }
 
@@ -51,7 +55,13 @@ impl ObjectStore for S3Store {
             return Err(StoreError::Unavailable(format!("S3 object {key} is too large to be a record")));
         }
         let etag = output.e_tag().map(str::to_string);
-        let body = output.body.collect().await.map_err(|e| StoreError::Unavailable(format!("S3 GetObject {key}: body: {e}")))?.into_bytes().to_vec();
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("S3 GetObject {key}: body: {e}")))?
+            .into_bytes()
+            .to_vec();
         Ok(Some(Versioned { body, etag }))
     }
 
@@ -95,15 +105,30 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map(|_| ()).map_err(|e| unavailable("DeleteObject", key, e))
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("DeleteObject", key, e))
     }
 }
 
 #[async_trait]
 impl Presigner for S3Store {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Unavailable(format!("presigning lifetime {ttl:?}: {e}")))?;
-        let request = self.client.get_object().bucket(&self.bucket).key(key).presigned(config).await.map_err(|e| unavailable("presign GetObject", key, e))?;
+        let config = PresigningConfig::expires_in(ttl)
+            .map_err(|e| StoreError::Unavailable(format!("presigning lifetime {ttl:?}: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| unavailable("presign GetObject", key, e))?;
         Ok(request.uri().to_string())
     }
 }
