@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use ipxe_edge_core::domain::identity::Fingerprint;
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::redeem::RedeemService;
@@ -85,7 +85,7 @@ async fn thirty_two_concurrent_redemptions_give_exactly_one_secret() {
         metrics: Arc::new(NoMetrics),
     });
     let expires_at = now() + 120;
-    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), expires_at).unwrap();
+    let (id, token) = keyring.mint(&fp, &Grant::Secrets, expires_at).unwrap();
 
     let tasks: Vec<_> = (0..32)
         .map(|_| {
@@ -129,7 +129,7 @@ async fn failed_secret_read_leaves_the_token_redeemable() {
         secret_key: "wrong-secret".into(),
     };
     let broken = Arc::new(S3Store::new(s3_client(&bad_env).await, good.bucket().to_string()));
-    let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now() + 120).unwrap();
+    let (id, token) = keyring.mint(&fp, &Grant::Secrets, now() + 120).unwrap();
 
     let failing = RedeemApp {
         service: RedeemService::new(Records::new(broken), ledger.clone(), keyring.clone()),

@@ -5,7 +5,7 @@
 //! clears the token redeems exactly once. Boot answers `503`, never a script with a broken URL.
 
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
@@ -85,7 +85,7 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
     let now = ipxe_edge_core::domain::clock::unix_now();
     for (step, proxy) in [("secret read (S3)", &s3_proxy), ("ledger write (DynamoDB)", &ddb_proxy)] {
         for fault in faults() {
-            let (id, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 300).unwrap();
+            let (id, token) = keyring.mint(&fp, &Grant::Secrets, now + 300).unwrap();
             // Every attempt (the SDK's retries included) meets the fault.
             proxy.fail_always(fault);
             let before = proxy.faulted();
@@ -112,7 +112,7 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
     // A single fault on the first attempt is absorbed by the SDK's retry (Reset on the ledger
     // write included: the retried write recognises its own entry).
     for fault in [Fault::Reset, Fault::Status(503), Fault::Refuse] {
-        let (_, token) = keyring.mint(&fp, &keys::secrets(&fp), now + 300).unwrap();
+        let (_, token) = keyring.mint(&fp, &Grant::Secrets, now + 300).unwrap();
         ddb_proxy.fail_next([fault]);
         let response = redeem_handler(&app, redeem_request(&token)).await;
         assert_eq!(response.status(), 200, "one {fault:?} on the ledger write");

@@ -4,7 +4,7 @@
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
@@ -340,14 +340,14 @@ async fn malformed_forged_and_expired_tokens() {
     assert_eq!(redeem_handler(&h.redeem, redeem_request("/secrets/", "GET")).await.status(), 404);
 
     let other = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
-    let (_, forged) = other.mint(&h.fp, &keys::secrets(&h.fp), u64::MAX).unwrap();
+    let (_, forged) = other.mint(&h.fp, &Grant::Secrets, u64::MAX).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{forged}"), "GET")).await.status(), 403);
 
     // Signed by us but for another object than the gateway's secrets.
-    let (_, wrong_key) = h.keyring.mint(&h.fp, "releases/r1/manifest.json", u64::MAX).unwrap();
+    let (_, wrong_key) = h.keyring.mint_v1(&h.fp, "releases/r1/manifest.json", u64::MAX);
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{wrong_key}"), "GET")).await.status(), 403);
 
-    let (id, expired) = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), 1).unwrap();
+    let (id, expired) = h.keyring.mint(&h.fp, &Grant::Secrets, 1).unwrap();
     assert_eq!(redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{expired}"), "GET")).await.status(), 410);
     assert!(!h.ledger.holds(&id.to_string()), "a refused token is not recorded");
 }
@@ -464,7 +464,7 @@ async fn renewal_route_from_an_http_api_event_answers_once() {
     };
     records.put_renewal(&h.fp, &renewal).await.unwrap();
     let now = ipxe_edge_core::domain::clock::unix_now();
-    let secrets_token = h.keyring.mint(&h.fp, &keys::secrets(&h.fp), now + 60).unwrap().1;
+    let secrets_token = h.keyring.mint(&h.fp, &Grant::Secrets, now + 60).unwrap().1;
     let secret = redeem_handler(&h.redeem, redeem_request(&format!("/secrets/{secrets_token}"), "GET")).await;
     assert_eq!(secret.status(), 200);
     let text = body(&secret);

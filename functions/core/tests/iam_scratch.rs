@@ -4,12 +4,12 @@
 //! enforce IAM policies on its S3, so what a key may do is checked on `serve`'s endpoint and
 //! by reading the policy here.)
 
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::service::redeem::{RedeemError, RedeemService};
 use ipxe_edge_core::storage::adapters::iam::{user_name, IamScratch, ScratchSettings, DEFAULT_USER_PATH};
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryStore};
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{keys, ScratchKeys};
+use ipxe_edge_core::storage::ScratchKeys;
 use ipxe_edge_tests::fault::FaultProxy;
 use ipxe_edge_tests::*;
 use std::sync::Arc;
@@ -154,7 +154,7 @@ async fn redemption_mints_an_iam_key_and_revokes_the_previous_one() {
     let scratch = Arc::new(m.scratch());
     let service = RedeemService::new(Records::new(store), Arc::new(MemoryLedger::default()), keyring.clone())
         .with_scratch(scratch.clone());
-    let token = || keyring.mint(&seeded.fingerprint, &keys::secrets(&seeded.fingerprint), 2_000_000_000).unwrap().1;
+    let token = || keyring.mint(&seeded.fingerprint, &Grant::Secrets, 2_000_000_000).unwrap().1;
 
     let first_token = token();
     let first = String::from_utf8(service.redeem(&first_token, 1_900_000_000).await.unwrap().secret).unwrap();

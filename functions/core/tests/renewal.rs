@@ -5,12 +5,12 @@
 use ipxe_edge_core::domain::identity::{ClientIdentity, Fingerprint};
 use ipxe_edge_core::domain::model::{GatewayCertificate, PendingRenewal};
 use ipxe_edge_core::domain::query::BootQuery;
-use ipxe_edge_core::domain::token::{Keyring, TokenError};
+use ipxe_edge_core::domain::token::{Grant, Keyring, TokenError};
 use ipxe_edge_core::service::boot::{BootError, BootService, BootSettings};
 use ipxe_edge_core::service::redeem::{RedeemService, RenewalError};
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};
 use ipxe_edge_core::storage::adapters::object_journal::ObjectJournal;
-use ipxe_edge_core::storage::keys;
+
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_tests::*;
 use std::sync::atomic::Ordering;
@@ -132,7 +132,7 @@ async fn forged_and_misused_tokens_are_refused_and_spend_nothing() {
         Err(RenewalError::Token(TokenError::Forged | TokenError::Malformed))
     ));
     // A secrets token cannot fetch a renewal, and a renewal token cannot fetch secrets.
-    let secrets_token = s.keyring.mint(&s.old, &keys::secrets(&s.old), NOW + 100).unwrap().1;
+    let secrets_token = s.keyring.mint(&s.old, &Grant::Secrets, NOW + 100).unwrap().1;
     assert!(matches!(
         s.redeem.fetch_renewal(&secrets_token, NOW + 1).await,
         Err(RenewalError::Token(TokenError::Forged))
@@ -140,7 +140,7 @@ async fn forged_and_misused_tokens_are_refused_and_spend_nothing() {
     assert!(s.redeem.redeem(&token, NOW + 1).await.is_err());
     // Another gateway's grant naming this renewal is not this gateway's.
     let other = Fingerprint::of_der(b"other gateway");
-    let stolen = s.keyring.mint(&other, &keys::renewal_grant(&s.old, &s.new), NOW + 100).unwrap().1;
+    let stolen = s.keyring.mint_v1(&other, &format!("gateways/{}/renewal/{}", s.old, s.new), NOW + 100).1;
     assert!(matches!(s.redeem.fetch_renewal(&stolen, NOW + 1).await, Err(RenewalError::Token(TokenError::Forged))));
     // An expired one is gone.
     assert!(matches!(s.redeem.fetch_renewal(&token, NOW + 3600).await, Err(RenewalError::Token(TokenError::Expired))));

@@ -2,11 +2,11 @@
 //! for a valid, unused token; a failure to mint leaves the token redeemable; a key nobody
 //! received is deleted; a delivered key revokes the previous boot's.
 
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::service::redeem::{RedeemError, RedeemService};
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryScratch, MemoryStore};
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{keys, ScratchKeys};
+use ipxe_edge_core::storage::ScratchKeys;
 use ipxe_edge_tests::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ async fn setup_with(secret: &[u8], scratch: bool) -> Setup {
 impl Setup {
     fn token(&self) -> String {
         let fp = &self.seeded.fingerprint;
-        self.keyring.mint(fp, &keys::secrets(fp), NOW + 120).unwrap().1
+        self.keyring.mint(fp, &Grant::Secrets, NOW + 120).unwrap().1
     }
 }
 
@@ -128,7 +128,7 @@ async fn secrets_without_variables_are_served_byte_for_byte_without_a_key() {
 async fn without_scratch_storage_the_secret_is_refused_not_served_literally() {
     let s = setup_with(SEED_SECRET, false).await;
     let fp = &s.seeded.fingerprint;
-    let (id, token) = s.keyring.mint(fp, &keys::secrets(fp), NOW + 120).unwrap();
+    let (id, token) = s.keyring.mint(fp, &Grant::Secrets, NOW + 120).unwrap();
     assert!(matches!(s.service.redeem(&token, NOW).await, Err(RedeemError::ScratchNotConfigured)));
     assert!(!s.ledger.holds(&id.to_string()), "token not spent");
 }

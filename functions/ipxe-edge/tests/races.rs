@@ -11,7 +11,7 @@ use ipxe_edge::datadir::DataDir;
 use ipxe_edge::embedded::file_ledger::FileLedger;
 use ipxe_edge::embedded::scratch::EmbeddedScratch;
 use ipxe_edge_core::domain::identity::Fingerprint;
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
 use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::redeem::RedeemService;
@@ -46,8 +46,7 @@ async fn race(name: &str, ledger: Arc<dyn TokenLedger>, trials: usize) -> usize 
     let (mut wrong, mut ok_total, mut gone_total) = (0, 0, 0);
     for _ in 0..trials {
         // Minted per trial: a long run must not outlive its tokens.
-        let (_, token) =
-            keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
+        let (_, token) = keyring.mint(&fp, &Grant::Secrets, ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
         let racers: Vec<_> = (0..RACERS)
             .map(|_| {
                 let (app, token) = (app.clone(), token.clone());
@@ -127,7 +126,7 @@ async fn racing_redemptions_of_one_gateway_leave_exactly_the_newest_delivered_ke
         let racers: Vec<_> = (0..8)
             .map(|_| {
                 let (_, token) =
-                    keyring.mint(&fp, &keys::secrets(&fp), ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
+                    keyring.mint(&fp, &Grant::Secrets, ipxe_edge_core::domain::clock::unix_now() + 600).unwrap();
                 let app = app.clone();
                 tokio::spawn(async move {
                     let event = request(

@@ -5,8 +5,7 @@ use crate::domain::identity::{ClientIdentity, Fingerprint, DEFAULT_CLOCK_SKEW};
 use crate::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
 use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
-use crate::domain::token::{Keyring, MintError, TokenId};
-use crate::storage::keys;
+use crate::domain::token::{Grant, Keyring, MintError, TokenId};
 use crate::storage::records::{RecordError, Records};
 use crate::storage::{update_health_from, BootJournal, Presigner, StoreError, StoredHealth};
 use std::ops::RangeInclusive;
@@ -433,7 +432,7 @@ impl BootService {
         let base = self.settings.secrets_base_url.trim_end_matches('/');
         let mut token_id = None;
         if tokens.has_secrets {
-            let (id, token) = self.keyring.mint(fp, &keys::secrets(fp), now + self.settings.token_ttl.as_secs())?;
+            let (id, token) = self.keyring.mint(fp, &Grant::Secrets, now + self.settings.token_ttl.as_secs())?;
             let url = format!("{base}/secrets/{token}");
             vars.set_own(
                 "secrets_arg",
@@ -447,7 +446,8 @@ impl BootService {
             vars.set_own("secrets_arg", "")?;
         }
         if tokens.check_in {
-            let (_, token) = self.keyring.mint(fp, &keys::checkin(fp, &tokens.boot_id), tokens.deadline)?;
+            let (_, token) =
+                self.keyring.mint(fp, &Grant::Checkin { boot_id: tokens.boot_id.clone() }, tokens.deadline)?;
             vars.set_own("checkin_url", format!("{base}/checkin/{token}"))?;
         } else {
             vars.set_own("checkin_url", "")?;

@@ -5,11 +5,9 @@ use crate::domain::health::{BootRecord, Signal, SignalRefused};
 use crate::domain::identity::Fingerprint;
 use crate::domain::model::{GatewayRecord, GatewayState, PendingRenewal};
 use crate::domain::secret_template;
-use crate::domain::token::{Keyring, TokenClaims, TokenError, TokenId};
+use crate::domain::token::{Grant, Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{
-    keys, update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger,
-};
+use crate::storage::{update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -164,8 +162,11 @@ impl RedeemService {
         let fp = &gateway.fingerprint;
         match self.records.renewal(fp).await {
             Ok(Some(renewal)) if gateway.certificate(&renewal.fingerprint).is_some() => {
-                match self.keyring.mint(fp, &keys::renewal_grant(fp, &renewal.fingerprint), now + self.renewal_ttl_secs)
-                {
+                match self.keyring.mint(
+                    fp,
+                    &Grant::Renewal { renewed: renewal.fingerprint.clone() },
+                    now + self.renewal_ttl_secs,
+                ) {
                     Ok((_, token)) => format!("{base}/renewal/{token}"),
                     Err(_) => String::new(),
                 }
@@ -184,7 +185,7 @@ impl RedeemService {
     /// replaced or retired are refused (410); forged tokens 403; nothing is spent on a refusal.
     pub async fn fetch_renewal(&self, token: &str, now: u64) -> Result<FetchedRenewal, RenewalError> {
         let claims = self.keyring.verify(token, now)?;
-        let Some(renewed) = keys::renewal_grant_target(&claims.fingerprint, &claims.secrets_key) else {
+        let Grant::Renewal { renewed } = claims.grant.clone() else {
             return Err(RenewalError::Token(TokenError::Forged));
         };
         let id = claims.id.to_string();
@@ -223,7 +224,7 @@ impl RedeemService {
     /// A check-in URL for `boot`, valid until its deadline.
     fn checkin_url(&self, claims: &TokenClaims, boot: &BootRecord, request_base_url: Option<&str>) -> String {
         let Some(base) = self.checkin_base_url.as_deref().or(request_base_url) else { return String::new() };
-        match self.keyring.mint(&claims.fingerprint, &keys::checkin(&claims.fingerprint, &boot.id), boot.deadline) {
+        match self.keyring.mint(&claims.fingerprint, &Grant::Checkin { boot_id: boot.id.clone() }, boot.deadline) {
             Ok((_, token)) => format!("{base}/checkin/{token}"),
             Err(_) => String::new(),
         }
@@ -266,7 +267,7 @@ impl RedeemService {
     /// check-ins one wins and the other is refused; a refused or failed check-in changes nothing.
     pub async fn checkin(&self, token: &str, now: u64) -> Result<CheckedIn, CheckinError> {
         let claims = self.keyring.verify(token, now)?;
-        let Some(boot_id) = keys::checkin_boot(&claims.fingerprint, &claims.secrets_key).map(str::to_string) else {
+        let Grant::Checkin { boot_id } = claims.grant.clone() else {
             return Err(CheckinError::Token(TokenError::Forged));
         };
         if self.journal.is_none() {
@@ -300,8 +301,7 @@ impl RedeemService {
         request_base_url: Option<&str>,
     ) -> Result<Redeemed, RedeemError> {
         let claims = self.keyring.verify(token, now)?;
-        // Tokens only ever name the secrets object of the gateway they were minted for.
-        if claims.secrets_key != keys::secrets(&claims.fingerprint) {
+        if claims.grant != Grant::Secrets {
             return Err(RedeemError::Token(TokenError::Forged));
         }
         let secret = self.records.secrets(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?;

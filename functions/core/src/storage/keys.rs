@@ -43,27 +43,6 @@ pub fn alias(fp: &Fingerprint) -> String {
 pub fn renewal(fp: &Fingerprint) -> String {
     format!("{GATEWAYS_PREFIX}{fp}/renewal.json")
 }
-/// Not an object: what a renewal token grants (fetching the renewal to certificate `renewed`
-/// once), in the token's key field, so it cannot pass as a secrets or check-in token.
-pub fn renewal_grant(fp: &Fingerprint, renewed: &Fingerprint) -> String {
-    format!("{GATEWAYS_PREFIX}{fp}/renewal/{renewed}")
-}
-/// The renewed fingerprint a renewal token's key field names, if it is one of this gateway's.
-pub fn renewal_grant_target(fp: &Fingerprint, key: &str) -> Option<Fingerprint> {
-    let renewed = key.strip_prefix(GATEWAYS_PREFIX)?.strip_prefix(fp.as_str())?.strip_prefix("/renewal/")?;
-    Fingerprint::parse(renewed).ok().filter(|f| f.as_str() == renewed)
-}
-/// Not an object: what a check-in token grants (one boot's check-in), in the token's key
-/// field, so that no check-in token can pass as a secrets token or the other way round.
-pub fn checkin(fp: &Fingerprint, boot_id: &str) -> String {
-    format!("{GATEWAYS_PREFIX}{fp}/checkin/{boot_id}")
-}
-
-/// The boot id a check-in token's key field names, if it is one of this gateway's.
-pub fn checkin_boot<'a>(fp: &Fingerprint, key: &'a str) -> Option<&'a str> {
-    let boot = key.strip_prefix(GATEWAYS_PREFIX)?.strip_prefix(fp.as_str())?.strip_prefix("/checkin/")?;
-    (boot.len() == 32 && boot.bytes().all(|b| b.is_ascii_hexdigit())).then_some(boot)
-}
 pub fn release(id: &str) -> String {
     format!("{RELEASES_PREFIX}{id}/{RELEASE_FILE}")
 }
@@ -100,16 +79,6 @@ mod tests {
         assert!(!is_gateway_record(&secrets(&fp)));
         assert!(gateway(&fp).starts_with(&gateway_prefix(&fp)));
         assert!(is_release_manifest(&release("r1")));
-        let boot = "0123456789abcdef0123456789abcdef";
-        assert_eq!(checkin_boot(&fp, &checkin(&fp, boot)), Some(boot));
-        assert_eq!(checkin_boot(&Fingerprint::of_der(b"other"), &checkin(&fp, boot)), None);
-        assert_eq!(checkin_boot(&fp, &secrets(&fp)), None);
-        assert_eq!(checkin_boot(&fp, &checkin(&fp, "../x")), None);
-        let renewed = Fingerprint::of_der(b"renewed");
-        assert_eq!(renewal_grant_target(&fp, &renewal_grant(&fp, &renewed)), Some(renewed.clone()));
-        assert_eq!(renewal_grant_target(&renewed, &renewal_grant(&fp, &renewed)), None);
-        assert_eq!(renewal_grant_target(&fp, &secrets(&fp)), None);
-        assert_eq!(renewal_grant_target(&fp, &format!("{}/../x", renewal_grant(&fp, &renewed))), None);
         assert!(!is_gateway_record(&alias(&fp)) && !is_gateway_record(&renewal(&fp)));
         assert_eq!(channel("stable"), "channels/stable.json");
         assert_eq!(asset("ab"), "assets/sha256/ab");
