@@ -49,7 +49,7 @@ impl DataDir {
     /// Opens (creating if needed) a data directory and checks it is usable.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DataDirError> {
         let root = root.into();
-        crate::embedded::fs_store::create_private_dirs(&root).map_err(io_error(&root))?;
+        crate::files::create_private_dirs(&root).map_err(io_error(&root))?;
         // A name of this process alone: operator commands may run side by side.
         let probe = root.join(format!(".write-probe-{}-{:x}", std::process::id(), rand::random::<u32>()));
         File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(io_error(&root))?;
@@ -162,7 +162,7 @@ pub fn make_private(root: &Path) -> std::io::Result<usize> {
 
 /// Writes a file atomically with the given mode.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-    crate::embedded::fs_store::write_atomic(path, bytes, mode).map_err(io_error(path))
+    crate::files::write_replacing(path, bytes, mode, true).map(drop).map_err(io_error(path))
 }
 
 pub fn read(path: &Path) -> Result<Vec<u8>, DataDirError> {

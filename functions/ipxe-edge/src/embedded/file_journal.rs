@@ -12,7 +12,8 @@
 //! in `serve`). Writes are not fsynced: a crash may lose the latest boots, and a torn state
 //! starts over.
 
-use crate::embedded::fs_store::{open_creating_dirs, write_replacing, FsStore};
+use crate::embedded::fs_store::FsStore;
+use crate::files::{open_creating_dirs, write_replacing};
 use async_trait::async_trait;
 use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth};
 use ipxe_edge_core::domain::identity::Fingerprint;

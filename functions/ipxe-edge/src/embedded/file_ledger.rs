@@ -21,7 +21,7 @@ impl FileLedger {
     /// Opens (creating if needed) the ledger directory.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        super::fs_store::create_private_dirs(&dir)?;
+        crate::files::create_private_dirs(&dir)?;
         // Fail early on a directory we cannot write.
         let probe = dir.join(format!(".write-probe-{}-{:x}", std::process::id(), rand::random::<u32>()));
         File::create(&probe)?;

@@ -11,64 +11,14 @@
 //! lookup. Misses, folder walks and writes run on the blocking pool.
 
 use crate::embedded::file_cache::{Cached, FileCache, MAX_CACHED_FILE};
+use crate::files::{create_private_dirs, open_creating_dirs, write_replacing};
 use async_trait::async_trait;
 use ipxe_edge_core::storage::{keys, ObjectStore, StoreError, Versioned, WriteCondition};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-
-/// Creates a folder and its missing parents, readable by the owner only (0700).
-pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-/// Opens `path` with `options`, creating its missing folders (0700) only when the open finds
-/// none: a write to an existing folder costs no `mkdir`.
-pub fn open_creating_dirs(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
-    match options.open(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            create_private_dirs(path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-            options.open(path)
-        }
-        opened => opened,
-    }
-}
-
-/// Writes a file whole or not at all: a temporary file beside it (created with `mode`), fsync,
-/// rename, fsync of the directory. Missing folders are created 0700.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    write_replacing(path, bytes, mode, true).map(drop)
-}
-
-/// [`write_atomic`], with the two fsyncs only when `durable`: readers still see the old or the
-/// new content, never a mix, but a crash may lose the latest writes. Returns the metadata of
-/// the file written, as it is after the rename.
-pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<fs::Metadata> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    create_private_dirs(dir)?;
-    let tmp = dir.join(format!(".ipxe-edge-tmp-{}-{}", std::process::id(), rand::random::<u64>()));
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if durable {
-            File::open(dir)?.sync_all()?;
-        }
-        file.metadata()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
 
 #[derive(Clone, Debug)]
 pub struct FsStore {

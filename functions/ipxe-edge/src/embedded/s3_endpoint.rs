@@ -8,7 +8,7 @@
 use crate::embedded::s3_access::{AuditEntry, EndpointAccess, EndpointAuth};
 use crate::embedded::s3_location::ConfinedFs;
 use crate::embedded::scratch::EmbeddedScratch;
-use crate::serve::listener::{accept_loop, FairGate, Limits, ListenerStats};
+use crate::listener::{accept_loop, FairGate, Limits, ListenerStats};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::service::S3ServiceBuilder;
 use std::net::SocketAddr;

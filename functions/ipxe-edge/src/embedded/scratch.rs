@@ -60,7 +60,7 @@ impl EmbeddedScratch {
     /// The scratch space under `data` (`DIR/scratch-keys.json`, `DIR/s3/scratch/`).
     pub fn open(data: &datadir::DataDir, endpoint: impl Into<String>) -> Result<Arc<Self>, datadir::DataDirError> {
         let bucket_dir = data.s3_root().join(SCRATCH_BUCKET);
-        crate::embedded::fs_store::create_private_dirs(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
+        crate::files::create_private_dirs(&bucket_dir).map_err(datadir::io_error(&bucket_dir))?;
         Ok(Arc::new(EmbeddedScratch {
             file: data.root().join("scratch-keys.json"),
             lock: data.root().join("scratch-keys.lock"),
@@ -151,7 +151,7 @@ impl EmbeddedScratch {
                 Err(e) => return Err(unavailable(e)),
             };
             let out = change(&mut keys);
-            crate::embedded::fs_store::write_atomic(&file, &serde_json::to_vec(&keys).map_err(unavailable)?, 0o600)
+            crate::files::write_replacing(&file, &serde_json::to_vec(&keys).map_err(unavailable)?, 0o600, true)
                 .map_err(unavailable)?;
             drop(guard);
             Ok(out)

@@ -4,7 +4,7 @@
 //! the request path and query route a request: the client's `Host` and `X-Forwarded-*` never
 //! reach it.
 
-use crate::serve::listener::{accept_loop, FairGate, Limits, ListenerStats};
+use crate::listener::{accept_loop, FairGate, Limits, ListenerStats};
 use crate::serve::metrics::ServeMetrics;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

@@ -2,7 +2,7 @@
 //! connections as Prometheus (OpenMetrics) text at `/metrics`, and `/healthz`, on a listener of
 //! their own (`--metrics-listen`, off by default; keep it off the public internet).
 
-use crate::serve::listener::{accept_loop, Limits, ListenerStats};
+use crate::listener::{accept_loop, Limits, ListenerStats};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -7,7 +7,6 @@ pub mod acme;
 mod bootstrap;
 mod certificates;
 pub mod front;
-pub mod listener;
 pub mod metrics;
 pub mod tls;
 
@@ -30,7 +29,7 @@ use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::presign_cache::CachingPresigner;
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::{BootJournal, ObjectStore, TokenLedger};
-use listener::{Limits, ListenerStats};
+use crate::listener::{Limits, ListenerStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
