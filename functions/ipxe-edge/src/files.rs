@@ -52,4 +52,3 @@ pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> s
     }
     result
 }
-

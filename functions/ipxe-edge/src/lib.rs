@@ -4,8 +4,8 @@
 
 pub mod commands;
 pub mod datadir;
+pub mod embedded;
 pub mod files;
 pub mod listener;
-pub mod embedded;
-pub mod renewal;
+pub mod ops;
 pub mod serve;

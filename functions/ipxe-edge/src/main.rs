@@ -2,9 +2,9 @@
 //! commands manage certificates, gateways, releases and channels in the embedded store
 //! (`--data DIR`) or a real bucket (`--bucket NAME`). This file only parses and dispatches.
 
-use clap::{Parser, Subcommand};
-use ipxe_edge::commands::context::StoreArgs;
-use ipxe_edge::commands::{ca, channel, gateway, image, import, preview, release, CliError, Context};
+use clap::Parser;
+use ipxe_edge::commands::{ca, channel, gateway, image, import, preview, release, Cli, Command};
+use ipxe_edge::ops::{BackendArgs, Deployment, OpError};
 use ipxe_edge::serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,62 +35,41 @@ extern "C" fn configure_allocator() {
     }
 }
 
-#[derive(Parser)]
-#[command(
-    name = "ipxe-edge",
-    version,
-    about = "Serverless iPXE boot server for CI farm gateways: operator tool and local server"
-)]
-struct Cli {
-    /// Data directory: local PKI, keys, and the embedded store.
-    #[arg(long, global = true, default_value = "./ipxe-edge-data", env = "IPXE_EDGE_DATA")]
-    data: PathBuf,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(subcommand)]
-    command: Command,
+/// Why the process failed: an operation, or `serve` (always exit 1).
+enum Failure {
+    Op(OpError),
+    Serve(serve::ServeError),
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the boot service locally: mTLS boot endpoint, secrets endpoint, embedded S3 and ledger.
-    ///
-    /// The first start on an empty data directory creates a CA, a server certificate, a demo
-    /// gateway with its certificate and key, a placeholder release and the token key, then
-    /// prints a curl command that boots as the demo gateway.
-    ///
-    /// Example: ipxe-edge serve --data ./ipxe-edge-data --public-host 10.0.2.2
-    Serve(Box<serve::ServeArgs>),
-    /// The deployment CA and the trust bundle.
-    #[command(subcommand)]
-    Ca(ca::CaCommand),
-    /// Enroll, inspect, pin and revoke gateways.
-    #[command(subcommand)]
-    Gateway(gateway::GatewayCommand),
-    /// Publish and inspect releases (kernel + initrd per architecture).
-    #[command(subcommand)]
-    Release(release::ReleaseCommand),
-    /// Point channels at releases: promote, roll back, history.
-    #[command(subcommand)]
-    Channel(channel::ChannelCommand),
-    /// The boot script gateway NAME would receive now, URLs and token redacted.
-    ///
-    /// Example: ipxe-edge preview gw-berlin-1
-    Preview(preview::PreviewArgs),
-    /// Import a farm from another deployment.
-    #[command(subcommand)]
-    Import(import::ImportCommand),
-    /// Gateway boot images.
-    #[command(subcommand)]
-    Image(image::ImageCommand),
+impl Failure {
+    /// 2 for a mistake in what was asked (as clap's own usage errors), 1 for anything else.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Op(e) if e.is_invalid_input() => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Op(e) => e.fmt(f),
+            Failure::Serve(e) => e.fmt(f),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
     let command = match cli.command {
-        Command::Serve(args) => return serve::run(cli.data, *args).await.map_err(|e| CliError::Refused(e.to_string())),
+        Command::Serve(args) => return serve::run(cli.data, cli.backends, *args).await.map_err(Failure::Serve),
         other => other,
     };
-    let ctx = Context::open(cli.data, &cli.store).await?;
+    operate(cli.data, &cli.backends, command).await.map_err(Failure::Op)
+}
+
+async fn operate(data: PathBuf, backends: &BackendArgs, command: Command) -> Result<(), OpError> {
+    let ctx = Deployment::open(data, backends).await?;
     match command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Ca(cmd) => ca::run(&ctx, cmd).await,

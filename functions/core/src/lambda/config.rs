@@ -47,7 +47,7 @@ pub struct BootConfig {
     pub trust_bundle_key: String,
     /// `CLIENT_CERT_HEADER`: trusted proxy header carrying the client certificate (off when unset).
     pub cert_header: CertHeader,
-    /// `S3_FORCE_PATH_STYLE` (false): path-style addressing for S3-compatible servers.
+    /// Path-style addressing for S3-compatible servers ([`s3_path_style`]).
     pub s3_force_path_style: bool,
     /// `TABLE`: the DynamoDB table where boots and outcomes are recorded (`gateway#` items);
     /// without it, boots are not recorded and nothing falls back.
@@ -106,7 +106,7 @@ fn boot_history(lookup: Lookup) -> Result<Duration, ConfigError> {
     Ok(seconds(lookup, "BOOT_HISTORY_DAYS", DEFAULT_BOOT_HISTORY_DAYS, BOOT_HISTORY_DAYS_RANGE)?.saturating_mul(86_400))
 }
 
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -138,6 +138,20 @@ fn boolean(lookup: Lookup, name: &'static str) -> Result<bool, ConfigError> {
         Some("1") | Some("true") | Some("yes") => Ok(true),
         Some(other) => Err(ConfigError::Invalid { name, reason: format!("{other:?} is not a boolean") }),
     }
+}
+
+/// Path-style S3 addressing, by one rule for the functions, `serve` and the CLI: asked for with
+/// `S3_FORCE_PATH_STYLE`, or implied by a custom S3 endpoint (`AWS_ENDPOINT_URL_S3`,
+/// `AWS_ENDPOINT_URL`), since S3-compatible servers rarely route by bucket host name.
+pub fn s3_path_style(lookup: Lookup) -> Result<bool, ConfigError> {
+    Ok(boolean(lookup, "S3_FORCE_PATH_STYLE")?
+        || lookup("AWS_ENDPOINT_URL_S3").is_some()
+        || lookup("AWS_ENDPOINT_URL").is_some())
+}
+
+/// [`s3_path_style`] from the process environment.
+pub fn s3_path_style_from_env() -> Result<bool, ConfigError> {
+    s3_path_style(&env_lookup)
 }
 
 fn keyring(lookup: Lookup) -> Result<KeyringSource, ConfigError> {
@@ -211,7 +225,7 @@ impl BootConfig {
             },
             trust_bundle_key: lookup("TRUST_BUNDLE_KEY").unwrap_or_else(|| keys::TRUST_BUNDLE.to_string()),
             cert_header,
-            s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+            s3_force_path_style: s3_path_style(lookup)?,
             table: lookup("TABLE"),
             boot_history: boot_history(lookup)?,
         })
@@ -228,7 +242,7 @@ impl RedeemConfig {
             bucket: required(lookup, "BUCKET")?,
             table: required(lookup, "TABLE")?,
             keyring: keyring(lookup)?,
-            s3_force_path_style: boolean(lookup, "S3_FORCE_PATH_STYLE")?,
+            s3_force_path_style: s3_path_style(lookup)?,
             boot_history: boot_history(lookup)?,
             scratch: scratch(lookup)?,
         })

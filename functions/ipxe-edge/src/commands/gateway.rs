@@ -1,24 +1,11 @@
 //! `ipxe-edge gateway …`: enrollment, state, pins and secrets of gateways.
 
-use super::context::{check_name, file_error, CliError, Context};
-use crate::datadir::write_atomic;
-use crate::renewal;
-use ipxe_edge_core::domain::identity::{
-    describe_der, pem_certificates, ChainVerifier, Fingerprint, DEFAULT_CLOCK_SKEW,
-};
-use ipxe_edge_core::domain::model::{
-    new_gateway, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest, DEFAULT_ARCH,
-};
-use ipxe_edge_core::domain::query::KNOWN_ARCHES;
-use ipxe_edge_core::domain::secret_template;
-use ipxe_edge_core::domain::{clock, identity};
-use ipxe_edge_core::storage::records::RecordError;
-use ipxe_edge_pki::validity_days;
-use std::io::Read;
+use crate::ops::gateway::{self, ScratchKeysChanged};
+use crate::ops::renewal;
+use crate::ops::{Deployment, OpError};
+use ipxe_edge_core::domain::clock;
+use ipxe_edge_core::domain::model::{GatewayState, DEFAULT_ARCH};
 use std::path::{Path, PathBuf};
-
-/// Largest secrets object accepted (b2c reads it as a kernel command line).
-const MAX_SECRETS_BYTES: usize = 64 * 1024;
 
 #[derive(clap::Subcommand)]
 pub enum GatewayCommand {
@@ -33,7 +20,7 @@ pub enum GatewayCommand {
         #[arg(long)]
         channel: Option<String>,
         /// Validity of the certificate in days (1 to 3650).
-        #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
+        #[arg(long, default_value_t = crate::ops::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
         days: u32,
         /// The gateway's architecture (checked against releases it is given).
         #[arg(long, default_value = DEFAULT_ARCH)]
@@ -58,7 +45,7 @@ pub enum GatewayCommand {
     List {
         /// Only gateways whose certificate expires within this window (60d, 12h, seconds);
         /// exits 0 either way: read the output.
-        #[arg(long, value_parser = crate::renewal::parse_window)]
+        #[arg(long, value_parser = crate::ops::renewal::parse_window)]
         expiring_within: Option<std::time::Duration>,
         /// One JSON object per line: name, fingerprint, not_after, days_left, renewal_pending.
         #[arg(long)]
@@ -146,13 +133,13 @@ pub enum GatewayCommand {
     Retry { name: String },
 }
 
-pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Deployment, command: GatewayCommand) -> Result<(), OpError> {
     match command {
         GatewayCommand::Enroll { name, channel, days, arch } => {
             enroll(ctx, &name, channel.as_deref(), days, &arch).await
         }
         GatewayCommand::Import { name, cert, channel, arch } => {
-            import(ctx, &name, &cert, channel.as_deref(), &arch).await.map(|_| ())
+            import(ctx, &name, &cert, channel.as_deref(), &arch).await
         }
         GatewayCommand::List { expiring_within, json } => list(ctx, expiring_within, json).await,
         GatewayCommand::Renew(args) => super::renew::renew(ctx, args).await,
@@ -175,144 +162,6 @@ pub async fn run(ctx: &Context, command: GatewayCommand) -> Result<(), CliError>
     }
 }
 
-fn check_arch(arch: &str) -> Result<(), CliError> {
-    if KNOWN_ARCHES.contains(&arch) {
-        Ok(())
-    } else {
-        Err(CliError::Usage(format!("invalid architecture {arch:?}: one of {}", KNOWN_ARCHES.join(", "))))
-    }
-}
-
-/// The release, if it serves architecture `arch`.
-pub async fn release_serves(ctx: &Context, release: &str, arch: &str) -> Result<ReleaseManifest, CliError> {
-    check_name("release id", release)?;
-    let manifest = ctx
-        .records
-        .release(release)
-        .await?
-        .ok_or_else(|| CliError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")))?;
-    if manifest.assets_for(arch, None).is_none() && !manifest.arches.keys().any(|k| k.starts_with(&format!("{arch}-")))
-    {
-        return Err(CliError::Refused(format!("release {release} has no assets for architecture {arch}")));
-    }
-    Ok(manifest)
-}
-
-async fn check_channel(ctx: &Context, channel: &str) -> Result<(), CliError> {
-    check_name("channel name", channel)?;
-    if ctx.records.channel(channel).await?.is_none() {
-        return Err(CliError::Refused(format!(
-            "unknown channel {channel:?} (create it with: ipxe-edge channel promote {channel} RELEASE)"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks what an enrollment needs before anything is written.
-async fn check_new_gateway(ctx: &Context, name: &str, channel: Option<&str>, arch: &str) -> Result<(), CliError> {
-    check_name("gateway name", name)?;
-    check_arch(arch)?;
-    if let Some(c) = channel {
-        check_channel(ctx, c).await?;
-    }
-    if ctx.records.gateway_by_name(name).await?.is_some() {
-        return Err(CliError::Refused(format!("a gateway named {name:?} is enrolled already")));
-    }
-    Ok(())
-}
-
-fn new_record(
-    name: &str,
-    fp: Fingerprint,
-    channel: Option<&str>,
-    arch: &str,
-    subject: Option<String>,
-    not_after: Option<i64>,
-) -> GatewayRecord {
-    let mut record = new_gateway(name, fp.clone());
-    record.certificates = vec![GatewayCertificate::new(fp, not_after, Some(clock::unix_now()))];
-    record.channel = channel.map(str::to_string);
-    record.arch = (arch != DEFAULT_ARCH).then(|| arch.to_string());
-    record.subject = subject;
-    record
-}
-
-async fn register(ctx: &Context, record: &GatewayRecord) -> Result<(), CliError> {
-    match ctx.records.enroll(record).await {
-        Err(RecordError::AlreadyEnrolled(fp)) => {
-            Err(CliError::Refused(format!("this certificate ({fp}) is enrolled already")))
-        }
-        other => Ok(other?),
-    }
-}
-
-pub async fn enroll(ctx: &Context, name: &str, channel: Option<&str>, days: u32, arch: &str) -> Result<(), CliError> {
-    check_new_gateway(ctx, name, channel, arch).await?;
-    let (cert_path, key_path) = (ctx.dir.gateway_cert(name), ctx.dir.gateway_key(name));
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
-            return Err(CliError::Refused(format!("{} exists already; refusing to overwrite it", path.display())));
-        }
-    }
-    let ca = super::ca::load(&ctx.dir)?;
-    let issued = ca.issue_client(name, validity_days(days)).map_err(|e| CliError::Pki(e.to_string()))?;
-    let fp = Fingerprint::of_der(&issued.cert_der);
-    let not_after = identity::not_after_der(&issued.cert_der);
-    let record = new_record(name, fp.clone(), channel, arch, describe_der(&issued.cert_der).map(|(s, _)| s), not_after);
-    write_atomic(&key_path, issued.key_pem.as_bytes(), 0o600)?;
-    write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o600)?;
-    register(ctx, &record).await?;
-    println!("enrolled gateway {name} ({fp})");
-    println!(
-        "certificate {}  key {} (0600: whoever holds it boots as {name})",
-        cert_path.display(),
-        key_path.display()
-    );
-    Ok(())
-}
-
-pub async fn import(
-    ctx: &Context,
-    name: &str,
-    cert: &Path,
-    channel: Option<&str>,
-    arch: &str,
-) -> Result<Fingerprint, CliError> {
-    check_new_gateway(ctx, name, channel, arch).await?;
-    let pem = std::fs::read(cert).map_err(file_error(cert))?;
-    let verifier = ChainVerifier::new(super::ca::bundle(ctx).await?, DEFAULT_CLOCK_SKEW);
-    let identity = verifier
-        .verify_pem(&pem, clock::unix_now() as i64)
-        .map_err(|e| CliError::Refused(format!("{}: {e}", cert.display())))?;
-    let record = new_record(
-        name,
-        identity.fingerprint.clone(),
-        channel,
-        arch,
-        Some(identity.subject.clone()),
-        Some(identity.not_after),
-    );
-    register(ctx, &record).await?;
-    // Keep a copy beside the ones we issue, so `gateway show` and image builds find it.
-    let leaf = pem_certificates(&pem)?.remove(0);
-    write_atomic(&ctx.dir.gateway_cert(name), identity::der_to_pem(&leaf).as_bytes(), 0o600)?;
-    println!("imported gateway {name} ({})", identity.fingerprint);
-    Ok(identity.fingerprint)
-}
-
-/// Changes the record of gateway `name` with one conditional read-modify-write.
-async fn update(
-    ctx: &Context,
-    name: &str,
-    change: impl FnMut(&mut GatewayRecord) -> Result<(), CliError>,
-) -> Result<GatewayRecord, CliError> {
-    let record = ctx.gateway(name).await?;
-    ctx.records
-        .update_gateway(&record.fingerprint, change)
-        .await?
-        .ok_or_else(|| CliError::Refused(format!("gateway {name} vanished")))
-}
-
 fn state_name(state: GatewayState) -> &'static str {
     match state {
         GatewayState::Enabled => "enabled",
@@ -321,7 +170,7 @@ fn state_name(state: GatewayState) -> &'static str {
     }
 }
 
-pub async fn list(ctx: &Context, expiring_within: Option<std::time::Duration>, json: bool) -> Result<(), CliError> {
+pub async fn list(ctx: &Deployment, expiring_within: Option<std::time::Duration>, json: bool) -> Result<(), OpError> {
     let now = clock::unix_now();
     let standings = renewal::standings(&ctx.records).await?;
     let shown = standings.iter().filter(|s| expiring_within.is_none_or(|w| s.expires_within(w, now)));
@@ -363,7 +212,7 @@ pub async fn list(ctx: &Context, expiring_within: Option<std::time::Duration>, j
     Ok(())
 }
 
-pub async fn show(ctx: &Context, name: &str) -> Result<(), CliError> {
+pub async fn show(ctx: &Deployment, name: &str) -> Result<(), OpError> {
     let record = ctx.gateway(name).await?;
     let now = clock::unix_now();
     println!("{}", serde_json::to_string_pretty(&record).expect("record serialises"));
@@ -394,32 +243,41 @@ pub async fn show(ctx: &Context, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result<(), CliError> {
-    update(ctx, name, |r| {
-        if state == GatewayState::Enabled && r.state == GatewayState::Revoked {
-            return Err(CliError::Refused(format!("gateway {name} is revoked; enroll a new certificate instead")));
-        }
-        r.state = state;
-        Ok(())
-    })
-    .await?;
-    match state {
-        GatewayState::Revoked => {
-            let revoked = super::scratch::revoke_all(ctx, name).await?;
-            if revoked > 0 {
-                println!("revoked {revoked} scratch key(s) of gateway {name}");
-            }
-        }
-        GatewayState::Disabled | GatewayState::Enabled => {
-            let suspended = state == GatewayState::Disabled;
-            let changed = super::scratch::set_suspended(ctx, name, suspended).await?;
-            if changed > 0 {
-                println!(
-                    "{} {changed} scratch key(s) of gateway {name}",
-                    if suspended { "suspended" } else { "reactivated" }
-                );
-            }
-        }
+pub async fn enroll(ctx: &Deployment, name: &str, channel: Option<&str>, days: u32, arch: &str) -> Result<(), OpError> {
+    let enrolled = gateway::enroll(ctx, name, channel, days, arch).await?;
+    println!("enrolled gateway {name} ({})", enrolled.fingerprint);
+    println!(
+        "certificate {}  key {} (0600: whoever holds it boots as {name})",
+        enrolled.cert_path.display(),
+        enrolled.key_path.display()
+    );
+    Ok(())
+}
+
+pub async fn import(
+    ctx: &Deployment,
+    name: &str,
+    cert: &Path,
+    channel: Option<&str>,
+    arch: &str,
+) -> Result<(), OpError> {
+    let fingerprint = gateway::import(ctx, name, cert, channel, arch).await?;
+    println!("imported gateway {name} ({fingerprint})");
+    Ok(())
+}
+
+pub async fn set_state(ctx: &Deployment, name: &str, state: GatewayState) -> Result<(), OpError> {
+    let verb = match state {
+        GatewayState::Revoked => "revoked",
+        GatewayState::Disabled => "suspended",
+        GatewayState::Enabled => "reactivated",
+    };
+    match gateway::set_state(ctx, name, state).await? {
+        ScratchKeysChanged::Keys(0) => {}
+        ScratchKeysChanged::Keys(n) => println!("{verb} {n} scratch key(s) of gateway {name}"),
+        ScratchKeysChanged::NotReachable => eprintln!(
+            "warning: scratch keys not {verb}: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment"
+        ),
     }
     println!(
         "gateway {name} is now {}",
@@ -432,49 +290,23 @@ pub async fn set_state(ctx: &Context, name: &str, state: GatewayState) -> Result
     Ok(())
 }
 
-pub async fn pin(ctx: &Context, name: &str, release: Option<&str>) -> Result<(), CliError> {
-    let record = ctx.gateway(name).await?;
-    if let Some(release) = release {
-        release_serves(ctx, release, record.arch()).await?;
-    }
-    update(ctx, name, |r| {
-        r.pinned_release = release.map(str::to_string);
-        Ok(())
-    })
-    .await?;
+pub async fn pin(ctx: &Deployment, name: &str, release: Option<&str>) -> Result<(), OpError> {
+    let before = gateway::pin(ctx, name, release).await?;
     match release {
         Some(r) => println!("gateway {name} pinned to release {r}"),
-        None => println!("gateway {name} follows channel {} again", record.channel()),
+        None => println!("gateway {name} follows channel {} again", before.channel()),
     }
     Ok(())
 }
 
-pub async fn set_secrets(ctx: &Context, name: &str, file: &Path) -> Result<(), CliError> {
-    let record = ctx.gateway(name).await?;
-    let mut secrets = Vec::new();
-    if file == Path::new("-") {
-        std::io::stdin().take(MAX_SECRETS_BYTES as u64 + 1).read_to_end(&mut secrets).map_err(file_error(file))?;
-    } else {
-        std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_SECRETS_BYTES as u64 + 1).read_to_end(&mut secrets))
-            .map_err(file_error(file))?;
-    }
-    if secrets.is_empty() {
-        return Err(CliError::Usage("the secrets are empty".into()));
-    }
-    if secrets.len() > MAX_SECRETS_BYTES {
-        return Err(CliError::Usage(format!("the secrets are larger than {MAX_SECRETS_BYTES} bytes")));
-    }
-    let len = secrets.len();
-    let unknown = secret_template::unknown_variables(&secrets, &record.vars);
-    let scratch = secret_template::uses_scratch(&secrets);
-    ctx.records.put_secrets(&record.fingerprint, secrets).await?;
-    println!("stored {len} bytes of secrets for gateway {name}");
-    if scratch {
+pub async fn set_secrets(ctx: &Deployment, name: &str, file: &Path) -> Result<(), OpError> {
+    let stored = gateway::set_secrets(ctx, name, file).await?;
+    println!("stored {} bytes of secrets for gateway {name}", stored.bytes);
+    if stored.uses_scratch {
         println!("uses scratch storage: each redemption mints a new key to the gateway's own space and revokes the previous one");
     }
-    if !unknown.is_empty() {
-        let names: Vec<String> = unknown.iter().map(|v| format!("${{{v}}}")).collect();
+    if !stored.unknown_variables.is_empty() {
+        let names: Vec<String> = stored.unknown_variables.iter().map(|v| format!("${{{v}}}")).collect();
         eprintln!("warning: no value for {}: served as written (set gateway vars or fix the names)", names.join(", "));
     }
     Ok(())

@@ -1,17 +1,8 @@
-//! `ipxe-edge image build`: a bootable UEFI disk image for a gateway, without compiling iPXE.
-//!
-//! GPT with one FAT32 EFI system partition, as real firmware expects, holding Debian's
-//! `ipxe.efi` as `EFI/BOOT/BOOTX64.EFI` and an `autoexec.ipxe` beside it that loads the gateway's
-//! certificate and key and chains to the boot URL, retrying forever. iPXE runs `autoexec.ipxe`
-//! found next to itself when firmware loads it from a disk.
+//! `ipxe-edge image …`: a gateway's iPXE script, and a bootable UEFI disk image around it.
 
-use super::context::{file_error, CliError, Context};
-use crate::datadir::{self, write_atomic};
-use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
-use gpt::disk::LogicalBlockSize;
-use pkcs8::der::Decode;
-use std::io::{Cursor, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use crate::ops::image::{self, EfiBinaries, DEBIAN_IPXE_EFI};
+use crate::ops::{Deployment, OpError};
+use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
@@ -52,240 +43,20 @@ pub enum ImageCommand {
     },
 }
 
-pub async fn run(ctx: &Context, command: ImageCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Deployment, command: ImageCommand) -> Result<(), OpError> {
     match command {
         ImageCommand::Build { name, boot_url, out, efi, shim, crosscert } => {
-            build(ctx, &name, &boot_url, &out, &EfiBinaries { efi, shim }, crosscert.as_deref()).await
-        }
-        ImageCommand::Script { name, boot_url, crosscert } => {
-            print!("{}", script(ctx, &name, &boot_url, crosscert.as_deref()).await?);
+            let binaries = EfiBinaries { efi, shim };
+            let size = image::build(ctx, &name, &boot_url, &out, &binaries, crosscert.as_deref()).await?;
+            println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), size / (1024 * 1024));
+            println!(
+                "it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret"
+            );
             Ok(())
         }
-    }
-}
-
-/// Where Debian's `ipxe` package puts its x86_64 EFI binary (HTTPS included).
-pub const DEBIAN_IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-const SECTOR: u64 = 512;
-/// 64 MiB disk: FAT32 needs at least 65525 clusters, i.e. ~33 MiB with 512-byte clusters.
-const DISK_BYTES: u64 = 64 * 1024 * 1024;
-const PARTITION_START_LBA: u64 = 2048;
-
-fn hex_colons(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// The DER of a PEM private key as iPXE reads it: PKCS#1 RSAPrivateKey.
-pub fn rsa_private_key_der(pem: &str, path: &Path) -> Result<Vec<u8>, CliError> {
-    let bad = |reason: String| CliError::Refused(format!("{}: {reason}", path.display()));
-    let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|e| bad(format!("not a PEM key: {e}")))?;
-    match label {
-        "RSA PRIVATE KEY" => Ok(der),
-        "PRIVATE KEY" => {
-            let info = pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| bad(format!("not a PKCS#8 key: {e}")))?;
-            if info.algorithm.oid != pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1") {
-                return Err(bad("iPXE needs an RSA key".into()));
-            }
-            Ok(info.private_key.to_vec())
+        ImageCommand::Script { name, boot_url, crosscert } => {
+            print!("{}", image::script(ctx, &name, &boot_url, crosscert.as_deref()).await?);
+            Ok(())
         }
-        other => Err(bad(format!("unsupported key type {other}"))),
-    }
-}
-
-/// The script iPXE runs at start: identity, then chain to the boot URL until it works.
-pub fn autoexec_script(cert_der: &[u8], key_der: &[u8], boot_url: &str, crosscert: Option<&str>) -> String {
-    let mut script = String::from("#!ipxe\n");
-    if let Some(url) = crosscert {
-        script.push_str(&format!("set crosscert {url}\n"));
-    }
-    script.push_str(&format!("set cert:hex {}\n", hex_colons(cert_der)));
-    script.push_str(&format!("set privkey:hex {}\n", hex_colons(key_der)));
-    script.push_str(&format!(
-        ":retry\nifconf || goto fail\nchain {boot_url}?mac=${{netX/mac}}&platform=${{platform}}&buildarch=${{buildarch}} || goto fail\n:fail\necho ipxe-edge: boot failed, retrying in 5 s\nsleep 5\ngoto retry\n"
-    ));
-    script
-}
-
-/// A GPT disk image with one FAT32 ESP holding `files` (path inside the ESP, content).
-pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
-    fn other<E: std::fmt::Display>(e: E) -> std::io::Error {
-        std::io::Error::other(e.to_string())
-    }
-    let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
-    let total_lba = DISK_BYTES / SECTOR;
-    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX))
-        .overwrite_lba0(&mut disk)
-        .map_err(other)?;
-    let mut gpt_disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .create_from_device(disk, None)
-        .map_err(other)?;
-    // Leave room for the backup GPT (33 sectors) at the end.
-    let length = total_lba - PARTITION_START_LBA - 34;
-    gpt_disk
-        .add_partition_at("EFI system partition", 1, PARTITION_START_LBA, length, gpt::partition_types::EFI, 0)
-        .map_err(other)?;
-    let mut disk = gpt_disk.write().map_err(other)?;
-
-    let mut esp = Cursor::new(vec![0u8; (length * SECTOR) as usize]);
-    fatfs::format_volume(
-        &mut esp,
-        FormatVolumeOptions::new().fat_type(FatType::Fat32).bytes_per_cluster(512).volume_label(*b"IPXE-EDGE  "),
-    )?;
-    {
-        let fs = FileSystem::new(&mut esp, FsOptions::new())?;
-        for (path, content) in files {
-            let root = fs.root_dir();
-            let mut dir = root.clone();
-            let parts: Vec<&str> = path.split('/').collect();
-            for part in &parts[..parts.len() - 1] {
-                dir = match dir.open_dir(part) {
-                    Ok(d) => d,
-                    Err(_) => dir.create_dir(part)?,
-                };
-            }
-            let mut file = dir.create_file(parts[parts.len() - 1])?;
-            file.truncate()?;
-            file.write_all(content)?;
-        }
-        fs.unmount()?;
-    }
-    disk.seek(SeekFrom::Start(PARTITION_START_LBA * SECTOR))?;
-    disk.write_all(esp.get_ref())?;
-    Ok(disk.into_inner())
-}
-
-/// Refuses a boot URL or cross-signing URL that cannot go into an iPXE script.
-pub fn check_boot_url(boot_url: &str, crosscert: Option<&str>) -> Result<(), CliError> {
-    if !boot_url.starts_with("https://")
-        || boot_url.contains(|c: char| c.is_whitespace() || c.is_control())
-        || boot_url.contains('?')
-    {
-        return Err(CliError::Usage(format!("--boot-url must be an https:// URL without a query, got {boot_url:?}")));
-    }
-    if let Some(url) = crosscert {
-        if url.contains(|c: char| c.is_whitespace() || c.is_control())
-            || !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(CliError::Usage(format!("--crosscert must be an http(s) URL, got {url:?}")));
-        }
-    }
-    Ok(())
-}
-
-/// The gateway's autoexec script, from its certificate and key in the data directory.
-pub async fn script(ctx: &Context, name: &str, boot_url: &str, crosscert: Option<&str>) -> Result<String, CliError> {
-    check_boot_url(boot_url, crosscert)?;
-    ctx.gateway(name).await?;
-    let (cert_path, key_path) = (ctx.dir.gateway_cert(name), ctx.dir.gateway_key(name));
-    let cert_der = ipxe_edge_core::domain::identity::pem_certificates(&datadir::read(&cert_path)?)?.remove(0);
-    if !key_path.exists() {
-        return Err(CliError::Refused(format!(
-            "{} is missing: only gateways enrolled here have their key",
-            key_path.display()
-        )));
-    }
-    let key_der = rsa_private_key_der(&datadir::read_private_string(&key_path)?, &key_path)?;
-    Ok(autoexec_script(&cert_der, &key_der, boot_url, crosscert))
-}
-
-/// The EFI binaries an image boots: iPXE alone, or a Secure Boot shim that loads it.
-pub struct EfiBinaries {
-    pub efi: PathBuf,
-    pub shim: Option<PathBuf>,
-}
-
-/// Where each file goes on the ESP. Firmware starts `BOOTX64.EFI`; the iPXE shim loads
-/// `ipxe.efi` from its own folder; iPXE runs the `autoexec.ipxe` beside itself.
-pub fn esp_layout<'a>(efi: &'a [u8], shim: Option<&'a [u8]>, script: &'a [u8]) -> Vec<(&'static str, &'a [u8])> {
-    match shim {
-        None => vec![("EFI/BOOT/BOOTX64.EFI", efi), ("EFI/BOOT/autoexec.ipxe", script)],
-        Some(shim) => {
-            vec![("EFI/BOOT/BOOTX64.EFI", shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)]
-        }
-    }
-}
-
-pub async fn build(
-    ctx: &Context,
-    name: &str,
-    boot_url: &str,
-    out: &Path,
-    binaries: &EfiBinaries,
-    crosscert: Option<&str>,
-) -> Result<(), CliError> {
-    let script = script(ctx, name, boot_url, crosscert).await?;
-    let efi = std::fs::read(&binaries.efi).map_err(|e| {
-        CliError::Refused(format!(
-            "{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --efi)",
-            binaries.efi.display()
-        ))
-    })?;
-    let shim = match &binaries.shim {
-        Some(path) => Some(std::fs::read(path).map_err(file_error(path))?),
-        None => None,
-    };
-    for (path, bytes) in std::iter::once((&binaries.efi, &efi)).chain(binaries.shim.as_ref().zip(shim.as_ref())) {
-        if !bytes.starts_with(b"MZ") {
-            return Err(CliError::Usage(format!("{} is not an EFI binary (no MZ header)", path.display())));
-        }
-    }
-    let image = disk_image(&esp_layout(&efi, shim.as_deref(), script.as_bytes())).map_err(file_error(out))?;
-    write_atomic(out, &image, 0o600)?;
-    println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), image.len() / (1024 * 1024));
-    println!("it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret");
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_is_gpt_with_a_fat32_esp_holding_the_files() {
-        let image =
-            disk_image(&[("EFI/BOOT/BOOTX64.EFI", b"MZ-efi"), ("EFI/BOOT/autoexec.ipxe", b"#!ipxe\n")]).unwrap();
-        assert_eq!(&image[510..512], &[0x55, 0xaa], "protective MBR");
-        assert_eq!(&image[512..520], b"EFI PART", "GPT header");
-        let disk = gpt::GptConfig::new().writable(false).open_from_device(Cursor::new(image.clone())).unwrap();
-        let part = disk.partitions().get(&1).unwrap();
-        assert_eq!(part.part_type_guid, gpt::partition_types::EFI);
-        let start = (part.first_lba * SECTOR) as usize;
-        let end = ((part.last_lba + 1) * SECTOR) as usize;
-        let fs = FileSystem::new(Cursor::new(image[start..end].to_vec()), FsOptions::new()).unwrap();
-        assert_eq!(fs.fat_type(), FatType::Fat32);
-        let mut content = String::new();
-        use std::io::Read;
-        fs.root_dir().open_file("EFI/BOOT/autoexec.ipxe").unwrap().read_to_string(&mut content).unwrap();
-        assert_eq!(content, "#!ipxe\n");
-    }
-
-    #[test]
-    fn secure_boot_layout_puts_the_shim_first_and_ipxe_beside_it() {
-        let layout = esp_layout(b"MZ-ipxe", Some(b"MZ-shim"), b"#!ipxe\n");
-        let image = disk_image(&layout).unwrap();
-        let disk = gpt::GptConfig::new().writable(false).open_from_device(Cursor::new(image.clone())).unwrap();
-        let part = disk.partitions().get(&1).unwrap();
-        let (start, end) = ((part.first_lba * SECTOR) as usize, ((part.last_lba + 1) * SECTOR) as usize);
-        let fs = FileSystem::new(Cursor::new(image[start..end].to_vec()), FsOptions::new()).unwrap();
-        let read = |path: &str| {
-            let mut content = Vec::new();
-            use std::io::Read;
-            fs.root_dir().open_file(path).unwrap().read_to_end(&mut content).unwrap();
-            content
-        };
-        assert_eq!(read("EFI/BOOT/BOOTX64.EFI"), b"MZ-shim");
-        assert_eq!(read("EFI/BOOT/ipxe.efi"), b"MZ-ipxe");
-        assert_eq!(read("EFI/BOOT/autoexec.ipxe"), b"#!ipxe\n");
-        assert_eq!(esp_layout(b"MZ-ipxe", None, b"s")[0], ("EFI/BOOT/BOOTX64.EFI", &b"MZ-ipxe"[..]));
-    }
-
-    #[test]
-    fn script_sets_identity_and_retries() {
-        let s = autoexec_script(&[1, 2, 255], &[16], "https://boot.example.org/boot.ipxe", Some("http://127.0.0.1:9/"));
-        assert!(s.starts_with("#!ipxe\nset crosscert http://127.0.0.1:9/\nset cert:hex 01:02:ff\nset privkey:hex 10\n"));
-        assert!(s.contains("chain https://boot.example.org/boot.ipxe?mac=${netX/mac}&platform=${platform}&buildarch=${buildarch} || goto fail"));
-        assert!(s.contains("goto retry"));
     }
 }

@@ -1,7 +1,7 @@
 //! Boot outcomes for operators: `gateway history`, `gateway status`, `gateway retry` and
 //! `channel status`, read from the boot journal (embedded, or the DynamoDB table).
 
-use super::context::{check_name, CliError, Context};
+use crate::ops::{check_name, Deployment, OpError};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth, Outcome};
 use ipxe_edge_core::domain::model::GatewayRecord;
@@ -37,7 +37,7 @@ fn boot_json(boot: &BootRecord, now: u64) -> serde_json::Value {
 }
 
 /// `gateway history NAME`: the latest boots, newest first.
-pub async fn history(ctx: &Context, name: &str, limit: usize, as_json: bool) -> Result<(), CliError> {
+pub async fn history(ctx: &Deployment, name: &str, limit: usize, as_json: bool) -> Result<(), OpError> {
     let gateway = ctx.gateway(name).await?;
     let boots = ctx.journal()?.history(&gateway.fingerprint, limit).await?;
     let now = clock::unix_now();
@@ -74,7 +74,7 @@ pub async fn history(ctx: &Context, name: &str, limit: usize, as_json: bool) -> 
 }
 
 /// The release a gateway is meant to boot, why, and the fallback threshold that applies.
-async fn target(ctx: &Context, gateway: &GatewayRecord) -> Result<(String, &'static str, Option<u32>), CliError> {
+async fn target(ctx: &Deployment, gateway: &GatewayRecord) -> Result<(String, &'static str, Option<u32>), OpError> {
     Ok(match &gateway.pinned_release {
         Some(pin) => (pin.clone(), "pin", None),
         None => {
@@ -113,7 +113,7 @@ fn state_json(
 }
 
 /// `gateway status NAME`: target, last known good, fallback state, consecutive failures.
-pub async fn status(ctx: &Context, name: &str, as_json: bool) -> Result<(), CliError> {
+pub async fn status(ctx: &Deployment, name: &str, as_json: bool) -> Result<(), OpError> {
     let gateway = ctx.gateway(name).await?;
     let stored = ctx.journal()?.load(&gateway.fingerprint).await?;
     let (target, why, fallback_after) = target(ctx, &gateway).await?;
@@ -155,11 +155,11 @@ pub async fn status(ctx: &Context, name: &str, as_json: bool) -> Result<(), CliE
 
 /// `gateway retry NAME`: clears the fallback and the failure count, so the next boot gets the
 /// target again.
-pub async fn retry(ctx: &Context, name: &str) -> Result<(), CliError> {
+pub async fn retry(ctx: &Deployment, name: &str) -> Result<(), OpError> {
     let gateway = ctx.gateway(name).await?;
     let journal = ctx.journal()?;
-    let (cleared, fallback) = update_health(journal, &gateway.fingerprint, |health| {
-        Ok::<_, CliError>((
+    let (cleared, fallback) = update_health(&*journal, &gateway.fingerprint, |health| {
+        Ok::<_, OpError>((
             health.retry(),
             vec![],
             (health.failures > 0 || health.in_fallback(), health.fallback.clone()),
@@ -177,10 +177,10 @@ pub async fn retry(ctx: &Context, name: &str) -> Result<(), CliError> {
 
 /// `channel status NAME`: how the channel's current release did on the gateways that follow it
 /// (the canary verdict before a promote).
-pub async fn channel_status(ctx: &Context, channel: &str, as_json: bool) -> Result<(), CliError> {
+pub async fn channel_status(ctx: &Deployment, channel: &str, as_json: bool) -> Result<(), OpError> {
     check_name("channel name", channel)?;
     let current =
-        ctx.records.channel(channel).await?.ok_or_else(|| CliError::Refused(format!("unknown channel {channel:?}")))?;
+        ctx.records.channel(channel).await?.ok_or_else(|| OpError::Refused(format!("unknown channel {channel:?}")))?;
     let release = current.release.clone();
     let journal = ctx.journal()?;
     let now = clock::unix_now();

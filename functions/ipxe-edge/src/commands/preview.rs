@@ -1,7 +1,7 @@
 //! `ipxe-edge preview NAME`: the boot script a gateway would receive now, rendered by the boot
 //! function's own code, with URLs and the token redacted.
 
-use super::context::{CliError, Context};
+use crate::ops::{Deployment, OpError};
 use async_trait::async_trait;
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ClientIdentity;
@@ -36,21 +36,21 @@ pub struct PreviewArgs {
     platform: Option<String>,
 }
 
-pub async fn run(ctx: &Context, args: PreviewArgs) -> Result<(), CliError> {
+pub async fn run(ctx: &Deployment, args: PreviewArgs) -> Result<(), OpError> {
     print!("{}", preview(ctx, &args.name, args.arch.as_deref(), args.platform.as_deref()).await?);
     Ok(())
 }
 
 pub async fn preview(
-    ctx: &Context,
+    ctx: &Deployment,
     name: &str,
     arch: Option<&str>,
     platform: Option<&str>,
-) -> Result<String, CliError> {
+) -> Result<String, OpError> {
     let record = ctx.gateway(name).await?;
     let arch = arch.unwrap_or(record.arch());
     let pairs = std::iter::once(("buildarch", arch)).chain(platform.map(|p| ("platform", p)));
-    let query = BootQuery::from_pairs(pairs).map_err(|e| CliError::Usage(e.to_string()))?;
+    let query = BootQuery::from_pairs(pairs).map_err(|e| OpError::Invalid(e.to_string()))?;
     // A throwaway key: the token in a preview must never be redeemable.
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("preview")).expect("generated keyring parses"));
     let service = BootService::new(
@@ -68,7 +68,7 @@ pub async fn preview(
     let script = service
         .boot(&identity, &query, clock::unix_now())
         .await
-        .map_err(|e| CliError::Refused(format!("gateway {name} cannot boot: {e}")))?;
+        .map_err(|e| OpError::Refused(format!("gateway {name} cannot boot: {e}")))?;
     Ok(redact_tokens(&script.script))
 }
 

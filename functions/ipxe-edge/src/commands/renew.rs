@@ -1,7 +1,7 @@
 //! `ipxe-edge gateway renew` and `gateway revoke-cert`: a gateway's certificates over time.
 
-use super::context::{CliError, Context};
-use crate::renewal::{self, RenewOptions, Standing};
+use crate::ops::renewal::{self, RenewOptions, Standing};
+use crate::ops::{Deployment, OpError};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::storage::records::RecordError;
@@ -29,10 +29,10 @@ pub struct RenewArgs {
     pub replace: bool,
 }
 
-pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
-    super::image::check_boot_url(&args.boot_url, args.crosscert.as_deref())?;
+pub async fn renew(ctx: &Deployment, args: RenewArgs) -> Result<(), OpError> {
+    crate::ops::image::check_boot_url(&args.boot_url, args.crosscert.as_deref())?;
     let now = clock::unix_now();
-    let ca = super::ca::load(&ctx.dir)?;
+    let ca = crate::ops::ca::load(&ctx.dir)?;
     let options = RenewOptions {
         boot_url: args.boot_url.clone(),
         crosscert: args.crosscert.clone(),
@@ -43,7 +43,7 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
         (Some(name), _) => {
             let standing = renewal::standing(&ctx.records, ctx.gateway(name).await?).await?;
             if standing.pending && !args.replace {
-                return Err(CliError::Refused(format!(
+                return Err(OpError::Refused(format!(
                     "gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one"
                 )));
             }
@@ -72,7 +72,7 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
         match renewal::renew(&ctx.records, &ctx.dir, &ca, standing, &options, now).await {
             Ok(None) if args.name.is_some() => {
                 let name = &standing.gateway.name;
-                return Err(CliError::Refused(format!(
+                return Err(OpError::Refused(format!(
                     "gateway {name} has a renewal pending that it has not fetched yet; --replace issues another one"
                 )));
             }
@@ -96,16 +96,16 @@ pub async fn renew(ctx: &Context, args: RenewArgs) -> Result<(), CliError> {
         }
     }
     if failed > 0 {
-        return Err(CliError::Refused(format!("{failed} of {} gateway(s) not renewed", chosen.len())));
+        return Err(OpError::Refused(format!("{failed} of {} gateway(s) not renewed", chosen.len())));
     }
     Ok(())
 }
 
-pub async fn revoke_cert(ctx: &Context, name: &str, fingerprint: &str) -> Result<(), CliError> {
+pub async fn revoke_cert(ctx: &Deployment, name: &str, fingerprint: &str) -> Result<(), OpError> {
     let record = ctx.gateway(name).await?;
     let wanted = fingerprint.replace(':', "").to_ascii_lowercase();
     if wanted.len() < 12 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CliError::Usage(format!(
+        return Err(OpError::Invalid(format!(
             "{fingerprint:?} is not a fingerprint: give 64 hex digits or a unique prefix of 12 or more"
         )));
     }
@@ -114,12 +114,12 @@ pub async fn revoke_cert(ctx: &Context, name: &str, fingerprint: &str) -> Result
     let fp = match matching.as_slice() {
         [one] => one.clone(),
         [] => {
-            return Err(CliError::Refused(format!(
+            return Err(OpError::Refused(format!(
                 "gateway {name} has no certificate {fingerprint} (see: ipxe-edge gateway show {name})"
             )))
         }
         _ => {
-            return Err(CliError::Usage(format!(
+            return Err(OpError::Invalid(format!(
                 "{fingerprint} matches several certificates of gateway {name}: give more digits"
             )))
         }
@@ -139,7 +139,7 @@ pub async fn revoke_cert(ctx: &Context, name: &str, fingerprint: &str) -> Result
             );
             Ok(())
         }
-        Err(RecordError::LastCertificate { .. }) => Err(CliError::Refused(format!(
+        Err(RecordError::LastCertificate { .. }) => Err(OpError::Refused(format!(
             "{fp} is gateway {name}'s only certificate: revoke the gateway instead (ipxe-edge gateway revoke {name})"
         ))),
         Err(e) => Err(e.into()),

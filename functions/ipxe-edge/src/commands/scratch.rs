@@ -1,12 +1,12 @@
 //! `gateway scratch NAME`: what a gateway's scratch space holds and which key opens it, and
 //! `--revoke-keys` to kill its live keys now.
 
-use super::context::{CliError, Context};
+use crate::ops::{Deployment, OpError};
 
-pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -> Result<(), CliError> {
+pub async fn scratch(ctx: &Deployment, name: &str, revoke_keys: bool, json: bool) -> Result<(), OpError> {
     let record = ctx.gateway(name).await?;
     let keys = ctx.scratch()?.ok_or_else(|| {
-        CliError::Usage(
+        OpError::Invalid(
             "scratch keys of a bucket deployment are IAM access keys: manage them with the AWS tools".into(),
         )
     })?;
@@ -40,29 +40,4 @@ pub async fn scratch(ctx: &Context, name: &str, revoke_keys: bool, json: bool) -
         println!("older:    {} more live key(s); they are revoked at the next redemption", live.len() - 1);
     }
     Ok(())
-}
-
-/// Revoking a gateway also kills its scratch keys.
-pub async fn revoke_all(ctx: &Context, name: &str) -> Result<usize, CliError> {
-    match ctx.scratch()? {
-        Some(keys) => Ok(keys.revoke_all(name).await?),
-        None => {
-            eprintln!("warning: scratch keys not revoked: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment");
-            Ok(0)
-        }
-    }
-}
-
-/// Disabling a gateway suspends its scratch keys (refused until it is enabled again).
-pub async fn set_suspended(ctx: &Context, name: &str, suspended: bool) -> Result<usize, CliError> {
-    match ctx.scratch()? {
-        Some(keys) => Ok(keys.set_suspended(name, suspended).await?),
-        None => {
-            eprintln!(
-                "warning: scratch keys not {}: give --scratch-bucket (or IPXE_EDGE_SCRATCH_BUCKET) on a bucket deployment",
-                if suspended { "suspended" } else { "reactivated" }
-            );
-            Ok(0)
-        }
-    }
 }

@@ -371,6 +371,7 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn store(name: &str) -> FsStore {
         let dir = std::env::temp_dir().join(format!("ipxe-edge-fsstore-{name}-{}", std::process::id()));

@@ -51,11 +51,11 @@ fn corrupt(path: &std::path::Path, reason: impl ToString) -> ServeError {
 /// The deployment CA: loaded, or created when the data directory has none.
 pub fn load_or_create_ca(dir: &DataDir, outcome: &mut Outcome) -> Result<CertificateAuthority, ServeError> {
     let ca = if !dir.ca_cert().exists() && !dir.ca_key().exists() {
-        let ca = crate::commands::ca::create(dir, crate::commands::ca::CA_DAYS)?;
+        let ca = crate::ops::ca::create(dir, crate::ops::ca::CA_DAYS)?;
         outcome.created.push(format!("CA certificate {}", dir.ca_cert().display()));
         ca
     } else {
-        crate::commands::ca::load(dir)?
+        crate::ops::ca::load(dir)?
     };
     Ok(ca)
 }

@@ -3,7 +3,7 @@
 
 use super::metrics::ServeMetrics;
 use crate::datadir::DataDir;
-use crate::renewal::{self, RenewOptions, Standing};
+use crate::ops::renewal::{self, RenewOptions, Standing};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::model::GatewayState;
 use ipxe_edge_core::storage::records::Records;
@@ -49,7 +49,7 @@ pub async fn check(
     if due.is_empty() {
         return;
     }
-    let ca = match crate::commands::ca::load(dir) {
+    let ca = match crate::ops::ca::load(dir) {
         Ok(ca) => ca,
         Err(e) => {
             tracing::error!(error = %e, "no CA to renew gateway certificates with");

@@ -11,25 +11,21 @@ pub mod metrics;
 pub mod tls;
 
 use crate::datadir::{self, DataDir, DataDirError, EMBEDDED_BUCKET};
-use crate::embedded::file_journal::FileJournal;
-use crate::embedded::file_ledger::FileLedger;
-use crate::embedded::fs_store::FsStore;
 use crate::embedded::s3_endpoint;
 use crate::embedded::scratch::EmbeddedScratch;
+use crate::listener::{Limits, ListenerStats};
+use crate::ops::backends::{self, BackendArgs, Journal, Ledger, Store};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, sdk_config, static_sdk_config, InitError, Timeouts};
+use ipxe_edge_core::lambda::init::{load_trust_bundle, s3_client, static_sdk_config, InitError, Timeouts};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger, DEFAULT_BOOT_RETENTION};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::presign_cache::CachingPresigner;
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{BootJournal, ObjectStore, TokenLedger};
-use crate::listener::{Limits, ListenerStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,19 +90,6 @@ pub struct ServeArgs {
     /// --acme-domain, else the listen address].
     #[arg(long)]
     pub public_host: Option<String>,
-    /// Use this S3-compatible endpoint instead of the embedded one (needs --bucket).
-    #[arg(long, requires = "bucket")]
-    pub s3_endpoint: Option<String>,
-    /// Bucket on real S3 (or on --s3-endpoint) instead of the embedded store.
-    #[arg(long)]
-    pub bucket: Option<String>,
-    /// Use this DynamoDB-compatible endpoint for the used-token ledger (needs --table).
-    #[arg(long, requires = "table")]
-    pub dynamodb_endpoint: Option<String>,
-    /// DynamoDB table for the used-token ledger and the boot records instead of the embedded
-    /// ones (several servers sharing one bucket and table agree on every gateway's state).
-    #[arg(long)]
-    pub table: Option<String>,
     /// Consecutive failed boots of a gateway's release after which it boots its last known good
     /// release instead (0: never); a channel's own setting wins (FALLBACK_AFTER).
     #[arg(long, default_value_t = BootSettings::DEFAULT_FALLBACK_AFTER.into(), value_parser = clap::value_parser!(u64).range(BootSettings::FALLBACK_AFTER_RANGE))]
@@ -130,7 +113,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub auto_renew: bool,
     /// Validity of the certificates --auto-renew issues, in days.
-    #[arg(long, default_value_t = crate::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
+    #[arg(long, default_value_t = crate::ops::renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
     pub auto_renew_days: u32,
     /// Cross-signing URL written into renewed autoexec.ipxe files (as `image script --crosscert`).
     #[arg(long)]
@@ -185,7 +168,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
     #[error(transparent)]
-    Cli(#[from] crate::commands::CliError),
+    Op(#[from] crate::ops::OpError),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }
@@ -212,7 +195,8 @@ fn authority(host: &str, port: u16) -> String {
     }
 }
 
-pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
+pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Result<(), ServeError> {
+    backends.check()?;
     let dir = DataDir::open(&data)?;
     match datadir::make_private(dir.root()) {
         Ok(0) => {}
@@ -239,8 +223,9 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     let mut embedded_s3 = None;
     // Scratch space is hosted by the embedded endpoint only.
     let mut scratch_keys: Option<Arc<EmbeddedScratch>> = None;
-    let (store, presigner): (Arc<dyn ObjectStore>, Arc<S3Store>) = match &args.bucket {
-        None => {
+    let store = backends::open_store(&dir, &backends, Timeouts::Request).await?;
+    let presigner = match &store {
+        Store::Embedded(_) => {
             let s3_listener = bind(args.s3_listen, "S3").await?;
             let creds = bootstrap::s3_credentials(&dir)?;
             let bucket_dir = dir.s3_root().join(EMBEDDED_BUCKET);
@@ -254,50 +239,30 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
             scratch_keys = Some(scratch);
             // Records are read straight from the files the endpoint serves (no loopback HTTP
             // per read); kernels and initrds go to gateways through presigned URLs of the endpoint.
-            let store = Arc::new(
-                FsStore::open_s3s_bucket(dir.s3_root(), EMBEDDED_BUCKET)
-                    .map_err(|e| ServeError::Bootstrap(e.to_string()))?,
-            );
-            let presigner = Arc::new(S3Store::new(
+            Arc::new(S3Store::new(
                 s3_client(&static_sdk_config(&public, &creds.access_key, &creds.secret_key, Timeouts::Request), true),
                 EMBEDDED_BUCKET,
-            ));
-            (store, presigner)
+            ))
         }
-        Some(bucket) => {
-            let config = sdk_config(args.s3_endpoint.as_deref(), Timeouts::Request).await;
-            let store = Arc::new(S3Store::new(s3_client(&config, args.s3_endpoint.is_some()), bucket.clone()));
-            (store.clone(), store)
-        }
+        Store::S3(s3) => Arc::new(s3.clone()),
     };
-    let records = Records::new(store);
+    let records = Records::new(store.as_object_store());
     let records_for_certificates = records.clone();
-    let (ledger, journal): (Arc<dyn TokenLedger>, Arc<dyn BootJournal>) = match &args.table {
-        None => {
-            let ledger = FileLedger::open(dir.ledger()).map_err(datadir::io_error(&dir.ledger()))?;
-            let sweeping = ledger.clone();
-            tokio::spawn(housekeeping(
-                "used-token ledger",
-                Duration::from_secs(args.ledger_sweep_interval),
-                move |now| sweeping.sweep(now),
-            ));
-            let journal = Arc::new(
-                FileJournal::open(dir.journal(), DEFAULT_BOOT_RETENTION)
-                    .map_err(|e| ServeError::Bootstrap(e.to_string()))?,
-            );
-            let pruning = journal.clone();
-            tokio::spawn(housekeeping("boot journal", Duration::from_secs(3600), move |now| pruning.prune(now)));
-            (Arc::new(ledger), journal)
-        }
-        Some(table) => {
-            let config = sdk_config(args.dynamodb_endpoint.as_deref(), Timeouts::Request).await;
-            let client = aws_sdk_dynamodb::Client::new(&config);
-            (
-                Arc::new(DynamoLedger::new(client.clone(), table.clone())),
-                Arc::new(DynamoJournal::new(client, table.clone(), DEFAULT_BOOT_RETENTION)),
-            )
-        }
+    let ledger = backends::open_ledger(&dir, &backends, Timeouts::Request).await?;
+    if let Ledger::Embedded(ledger) = &ledger {
+        let sweeping = ledger.clone();
+        tokio::spawn(housekeeping("used-token ledger", Duration::from_secs(args.ledger_sweep_interval), move |now| {
+            sweeping.sweep(now)
+        }));
+    }
+    let Some(journal) = backends::open_journal(&dir, &backends, true, Timeouts::Request).await? else {
+        unreachable!("serve always has a boot journal")
     };
+    if let Journal::Embedded(journal) = &journal {
+        let pruning = journal.clone();
+        tokio::spawn(housekeeping("boot journal", Duration::from_secs(3600), move |now| pruning.prune(now)));
+    }
+    let (ledger, journal) = (ledger.as_token_ledger(), journal.as_boot_journal());
 
     let outcome = bootstrap::ensure(&dir, &records, &public_host).await?;
     let keyring = Arc::new(Keyring::parse(&datadir::read_private_string(&dir.token_keys())?).map_err(InitError::from)?);
@@ -420,7 +385,7 @@ pub async fn run(data: PathBuf, args: ServeArgs) -> Result<(), ServeError> {
     }
 
     let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
-    let renewals = args.auto_renew.then(|| crate::renewal::RenewOptions {
+    let renewals = args.auto_renew.then(|| crate::ops::renewal::RenewOptions {
         boot_url: boot_url.clone(),
         crosscert: args.renewal_crosscert.clone(),
         days: args.auto_renew_days,

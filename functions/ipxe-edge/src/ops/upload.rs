@@ -1,41 +1,50 @@
 //! Asset uploads: hashed while read, stored content-addressed, skipped when already there,
-//! verified by the store (SHA-256 checksums on S3), multipart above 64 MiB, with a progress bar
-//! when stderr is a terminal.
+//! verified by the store (SHA-256 checksums on S3), multipart above 64 MiB, reporting progress
+//! to the caller.
 
-use super::context::{file_error, Backend, CliError, Context};
+use super::backends::Store;
+use super::{file_error, Deployment, OpError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
-use indicatif::{ProgressBar, ProgressStyle};
 use ipxe_edge_core::domain::model::Asset;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::StoreError;
 use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::Path;
 
 pub const MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
 pub const PART_SIZE: usize = 16 * 1024 * 1024;
 
-fn progress(len: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+/// What an upload reports while it runs, for the caller to show (the CLI draws progress bars on
+/// a terminal and names each stored file); uploads themselves print nothing.
+pub trait Progress: Sync {
+    /// A step over `len` bytes begins (`what`: "hashing", "uploading").
+    fn begin(&self, what: &'static str, len: u64);
+    /// `bytes` more of the current step are done.
+    fn advance(&self, bytes: u64);
+    /// The current step is over.
+    fn end(&self);
+    /// `path` is in the store as `asset`; `already` when it was there before.
+    fn stored(&self, path: &Path, asset: &Asset, already: bool);
+}
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn begin(&self, _: &'static str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn end(&self) {}
+    fn stored(&self, _: &Path, _: &Asset, _: bool) {}
 }
 
 /// SHA-256 and size of a file, read once.
-pub fn hash_file(path: &Path) -> Result<(String, u64), CliError> {
+pub fn hash_file(path: &Path, progress: &dyn Progress) -> Result<(String, u64), OpError> {
     let mut file = std::fs::File::open(path).map_err(file_error(path))?;
     let len = file.metadata().map_err(file_error(path))?.len();
-    let bar = progress(len, "hashing");
+    progress.begin("hashing", len);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut total = 0u64;
@@ -46,36 +55,36 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), CliError> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
-        bar.set_position(total);
+        progress.advance(n as u64);
     }
-    bar.finish_and_clear();
+    progress.end();
     Ok((hex::encode(hasher.finalize()), total))
 }
 
 /// Stores a file as a content-addressed asset and returns its manifest entry.
-pub async fn upload(ctx: &Context, path: &Path) -> Result<Asset, CliError> {
-    let (sha256, size) = hash_file(path)?;
+pub async fn upload(ctx: &Deployment, path: &Path, progress: &dyn Progress) -> Result<Asset, OpError> {
+    let (sha256, size) = hash_file(path, progress)?;
     let asset = Asset { key: keys::asset(&sha256), sha256: sha256.clone(), size };
     if ctx.store().exists(&asset.key).await? {
-        eprintln!("{}: already stored as {}", path.display(), asset.key);
+        progress.stored(path, &asset, true);
         return Ok(asset);
     }
-    match &ctx.backend {
-        Backend::Embedded => {
+    match &ctx.store {
+        Store::Embedded(_) => {
             // Copy through a temporary file in the bucket, checking the digest before it appears.
             let bytes = std::fs::read(path).map_err(file_error(path))?;
             if hex::encode(Sha256::digest(&bytes)) != sha256 {
-                return Err(CliError::Refused(format!("{} changed while it was being uploaded", path.display())));
+                return Err(OpError::Refused(format!("{} changed while it was being uploaded", path.display())));
             }
             ctx.store().put(&asset.key, bytes, ipxe_edge_core::storage::WriteCondition::Always).await?;
         }
-        Backend::S3(s3) => {
+        Store::S3(s3) => {
             if size > MULTIPART_THRESHOLD {
-                multipart(s3.client(), s3.bucket(), &asset.key, path, size).await?;
+                multipart(s3.client(), s3.bucket(), &asset.key, path, size, progress).await?;
             } else {
                 let body = std::fs::read(path).map_err(file_error(path))?;
                 let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
-                let bar = progress(size, "uploading");
+                progress.begin("uploading", size);
                 s3.client()
                     .put_object()
                     .bucket(s3.bucket())
@@ -91,13 +100,13 @@ pub async fn upload(ctx: &Context, path: &Path) -> Result<Asset, CliError> {
                             aws_sdk_s3::error::DisplayErrorContext(&e)
                         ))
                     })?;
-                bar.finish_and_clear();
+                progress.end();
             }
             let head = s3.client().head_object().bucket(s3.bucket()).key(&asset.key).send().await.map_err(|e| {
                 StoreError::Unavailable(format!("verify {}: {}", asset.key, aws_sdk_s3::error::DisplayErrorContext(&e)))
             })?;
             if head.content_length() != Some(size as i64) {
-                return Err(CliError::Refused(format!(
+                return Err(OpError::Refused(format!(
                     "{} was stored with {:?} bytes instead of {size}",
                     asset.key,
                     head.content_length()
@@ -105,7 +114,7 @@ pub async fn upload(ctx: &Context, path: &Path) -> Result<Asset, CliError> {
             }
         }
     }
-    eprintln!("{}: stored as {} ({size} bytes)", path.display(), asset.key);
+    progress.stored(path, &asset, false);
     Ok(asset)
 }
 
@@ -115,8 +124,9 @@ async fn multipart(
     key: &str,
     path: &Path,
     size: u64,
-) -> Result<(), CliError> {
-    let s3_err = |what: &str, e: String| CliError::from(StoreError::Unavailable(format!("{what} {key}: {e}")));
+    progress: &dyn Progress,
+) -> Result<(), OpError> {
+    let s3_err = |what: &str, e: String| OpError::from(StoreError::Unavailable(format!("{what} {key}: {e}")));
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -126,8 +136,8 @@ async fn multipart(
         .await
         .map_err(|e| s3_err("CreateMultipartUpload", aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
-    let bar = progress(size, "uploading");
-    let result: Result<Vec<CompletedPart>, CliError> = async {
+    progress.begin("uploading", size);
+    let result: Result<Vec<CompletedPart>, OpError> = async {
         let mut file = std::fs::File::open(path).map_err(file_error(path))?;
         let mut parts = Vec::new();
         let mut number = 1;
@@ -157,13 +167,13 @@ async fn multipart(
                     .checksum_sha256(checksum)
                     .build(),
             );
-            bar.inc(len);
+            progress.advance(len);
             number += 1;
         }
         Ok(parts)
     }
     .await;
-    bar.finish_and_clear();
+    progress.end();
     match result {
         Ok(parts) => {
             client

@@ -2,8 +2,8 @@
 //! old one, and stage it as a pending renewal that the gateway fetches in band, once. Used by
 //! `gateway renew` and by `serve --auto-renew`; the CA key never leaves the data directory.
 
-use crate::commands::image::{autoexec_script, rsa_private_key_der};
-use crate::commands::CliError;
+use super::image::{autoexec_script, rsa_private_key_der};
+use super::OpError;
 use crate::datadir::{write_atomic, DataDir};
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::model::{newest, GatewayCertificate, GatewayRecord, GatewayState, PendingRenewal};
@@ -86,11 +86,11 @@ pub async fn renew(
     standing: &Standing,
     options: &RenewOptions,
     now: u64,
-) -> Result<Option<Renewed>, CliError> {
+) -> Result<Option<Renewed>, OpError> {
     let _lock = dir.lock("renew").await?;
     let fresh = match records.gateway(&standing.gateway.fingerprint).await? {
         Some(gateway) => self::standing(records, gateway).await?,
-        None => return Err(CliError::Refused(format!("gateway {} is no longer enrolled", standing.gateway.name))),
+        None => return Err(OpError::Refused(format!("gateway {} is no longer enrolled", standing.gateway.name))),
     };
     let standing = &fresh;
     let gateway = &standing.gateway;
@@ -98,16 +98,13 @@ pub async fn renew(
         return Ok(None);
     }
     if gateway.state == GatewayState::Revoked {
-        return Err(CliError::Refused(format!(
-            "gateway {} is revoked; enroll a new certificate instead",
-            gateway.name
-        )));
+        return Err(OpError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
     }
     let issued =
-        ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| CliError::Pki(e.to_string()))?;
+        ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| OpError::Pki(e.to_string()))?;
     let fingerprint = Fingerprint::of_der(&issued.cert_der);
     let not_after = ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der)
-        .ok_or_else(|| CliError::Pki("the issued certificate cannot be read back".into()))?;
+        .ok_or_else(|| OpError::Pki("the issued certificate cannot be read back".into()))?;
     let key_der = rsa_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
     let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, options.crosscert.as_deref());
     let replaced = match records.renewal(&gateway.fingerprint).await? {
@@ -149,7 +146,7 @@ pub async fn renew(
 /// as `NAME.<fingerprint>.crt/.key`, named by the certificate the file holds (not the one the
 /// records say the gateway holds: after a replaced renewal they differ), and a kept pair is
 /// never overwritten: the gateway may still boot with it.
-fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Result<(), CliError> {
+fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Result<(), OpError> {
     let (cert_path, key_path) = (dir.gateway_cert(name), dir.gateway_key(name));
     if cert_path.exists() {
         let current = crate::datadir::read(&cert_path)?;
@@ -158,7 +155,7 @@ fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Resul
             .and_then(|certs| certs.into_iter().next())
             .map(|der| Fingerprint::of_der(&der).to_string())
             .ok_or_else(|| {
-                CliError::Refused(format!("{} holds no certificate: move it aside, then renew", cert_path.display()))
+                OpError::Refused(format!("{} holds no certificate: move it aside, then renew", cert_path.display()))
             })?;
         for path in [&cert_path, &key_path] {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("pem");
@@ -174,7 +171,7 @@ fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Resul
 /// Moves `path` to `kept` unless `kept` exists already (then `path` is a copy of it, written
 /// from the same pair, and is removed). A link cannot replace a file: nothing kept is lost to
 /// a race either.
-fn keep_once(path: &std::path::Path, kept: &std::path::Path) -> Result<(), CliError> {
+fn keep_once(path: &std::path::Path, kept: &std::path::Path) -> Result<(), OpError> {
     if !path.exists() {
         return Ok(());
     }
@@ -182,16 +179,16 @@ fn keep_once(path: &std::path::Path, kept: &std::path::Path) -> Result<(), CliEr
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::read(path).ok() != std::fs::read(kept).ok() {
-                return Err(CliError::Refused(format!(
+                return Err(OpError::Refused(format!(
                     "{} exists and differs from {}: move one aside, then renew",
                     kept.display(),
                     path.display()
                 )));
             }
         }
-        Err(e) => return Err(crate::commands::context::file_error(kept)(e)),
+        Err(e) => return Err(super::file_error(kept)(e)),
     }
-    std::fs::remove_file(path).map_err(crate::commands::context::file_error(path))
+    std::fs::remove_file(path).map_err(super::file_error(path))
 }
 
 /// Days left as a table cell.
