@@ -5,6 +5,7 @@
 #   - cargo-lambda + ziglang (Lambda packaging)
 #   - cfn-lint + checkov (template linters)
 #   - cargo-deny (licences, bans, sources) and cargo-fuzz (fuzz targets, nightly)
+#   - mdbook (the book under docs/; without its live-reload server)
 # Everything lands under $IPXE_EDGE_TOOLS (default ~/.cache/ipxe-edge-tools) and is
 # reused on the next run when the pinned version is already there.
 set -euo pipefail
@@ -18,6 +19,7 @@ CFN_LINT_VERSION=1.58.0
 CHECKOV_VERSION=3.3.30
 CARGO_DENY_VERSION=0.20.2
 CARGO_FUZZ_VERSION=0.13.2
+MDBOOK_VERSION=0.4.52
 
 mkdir -p "$TOOLS"
 
@@ -25,6 +27,12 @@ if [ ! -x "$TOOLS/bin/s3s-fs" ] || [ "$(cat "$TOOLS/.s3s-fs-version" 2>/dev/null
   echo "installing s3s-fs $S3S_FS_VERSION"
   cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$TOOLS" --quiet
   echo "$S3S_FS_VERSION" > "$TOOLS/.s3s-fs-version"
+fi
+
+if [ ! -x "$TOOLS/bin/mdbook" ] || [ "$(cat "$TOOLS/.mdbook-version" 2>/dev/null)" != "$MDBOOK_VERSION" ]; then
+  echo "installing mdbook $MDBOOK_VERSION"
+  cargo install "mdbook@$MDBOOK_VERSION" --no-default-features --locked --root "$TOOLS" --quiet
+  echo "$MDBOOK_VERSION" > "$TOOLS/.mdbook-version"
 fi
 
 for tool in cargo-deny cargo-fuzz; do

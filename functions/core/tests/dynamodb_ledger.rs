@@ -2,10 +2,10 @@
 //! S3-compatible server (s3s-fs) for the secrets.
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, DynamoLedger, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
 use ipxe_edge_core::storage::adapters::s3::S3Store;

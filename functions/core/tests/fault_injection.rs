@@ -4,10 +4,10 @@
 //! `Retry-After` and never spends a token whose secret it did not answer; once the fault
 //! clears the token redeems exactly once. Boot answers `503`, never a script with a broken URL.
 
+use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, DynamoLedger, PARTITION_KEY, SORT_KEY};

@@ -1,12 +1,12 @@
 //! The boot and redeem handlers driven by API Gateway event fixtures (HTTP API 2.0, REST API,
 //! Lambda function URL), with in-memory stores.
 
+use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};

@@ -2,11 +2,11 @@
 //! journal over an in-memory object store: recording, check-in, fallback, and the journal
 //! failing without failing boots or redemptions.
 
+use ipxe_edge_core::api::metrics::{Counter, Metrics};
 use ipxe_edge_core::domain::health::{BootReason, HealthGate, Outcome};
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
-use ipxe_edge_core::lambda::metrics::{Counter, Metrics};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::memory::{MemoryLedger, MemoryPresigner, MemoryStore};

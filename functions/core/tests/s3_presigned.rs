@@ -1,11 +1,11 @@
 //! The boot handler against a real S3-compatible server (s3s-fs) that verifies SigV4 presigned
 //! URLs: the URLs in the boot script download exactly the uploaded bytes, and nothing else.
 
+use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, BootApp, CertHeader};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::Records;

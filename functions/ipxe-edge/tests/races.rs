@@ -10,10 +10,10 @@
 use ipxe_edge::datadir::DataDir;
 use ipxe_edge::embedded::file_ledger::FileLedger;
 use ipxe_edge::embedded::scratch::EmbeddedScratch;
+use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
-use ipxe_edge_core::lambda::metrics::NoMetrics;
 use ipxe_edge_core::service::redeem::RedeemService;
 use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
 use ipxe_edge_core::storage::adapters::memory::MemoryStore;

@@ -1,10 +1,10 @@
 //! What a handler returns: the response, and what happened as data ([`Record`]) for the one
 //! wrapper to log and count. Every error's status is decided here, in one table ([`Failure`]).
 
+use crate::api::metrics::Counter;
 use crate::domain::identity::IdentityError;
 use crate::domain::query::QueryError;
 use crate::domain::token::TokenError;
-use crate::lambda::metrics::Counter;
 use crate::service::boot::BootError;
 use crate::service::redeem::{CheckinError, RedeemError, RenewalError};
 use crate::storage::records::RecordError;

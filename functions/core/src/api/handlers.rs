@@ -3,11 +3,11 @@
 
 use super::answer::{no_content, text, typed, Failure, Fields, Handled, Level, Record};
 use super::pipeline::{BootApp, ClientCert, RedeemApp, RequestInfo};
+use crate::api::metrics::Counter;
 use crate::domain::health::BootReason;
 use crate::domain::identity::{describe_der, pem_certificates, ClientIdentity, IdentityError};
 use crate::domain::query::BootQuery;
 use crate::domain::token::TokenError;
-use crate::lambda::metrics::Counter;
 use crate::service::boot::{BootError, BootScript};
 use crate::service::redeem::{CheckinError, RedeemError, RenewalError, SignalOutcome};
 use http::StatusCode;

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod handlers;
+pub mod metrics;
 pub mod pipeline;
 pub mod route;
 

@@ -6,9 +6,9 @@
 use super::answer::{Failure, Fields, Handled, Level, Record};
 use super::handlers;
 use super::route::{Route, Unrouted};
+use crate::api::metrics::Metrics;
 use crate::domain::clock;
 use crate::domain::identity::{ChainVerifier, ClientIdentity, IdentityError};
-use crate::lambda::metrics::Metrics;
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
 use bytes::Bytes;
@@ -111,7 +111,7 @@ pub async fn redeem(app: &RedeemApp, req: &Request<Bytes>) -> Response<Bytes> {
 
 /// A request the redeem function refuses before its handler, recorded as that route's.
 fn refused(name: &'static str, failure: Failure) -> Handled {
-    use crate::lambda::metrics::Counter;
+    use crate::api::metrics::Counter;
     match name {
         "checkin" => handlers::checkin_refused(failure),
         "renewal" => handlers::renewal_refused(failure, vec![Counter::Renewals]),
@@ -191,7 +191,7 @@ fn log(record: &Record, route: &'static str, request_id: &str, status: u16, late
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lambda::metrics::Counter;
+    use crate::api::metrics::Counter;
     use std::sync::Mutex;
 
     #[derive(Default)]

@@ -1,11 +1,11 @@
 //! Init of the functions: AWS clients built once, the keyring and trust bundle read once, and
 //! the connections warmed so that the first request after a cold start skips the TLS handshakes.
 
+use crate::api::metrics::EmfMetrics;
 use crate::domain::identity::{ChainVerifier, TrustBundle};
 use crate::domain::token::{Keyring, KeyringError};
 use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig, ScratchConfig};
 use crate::lambda::http::{BootApp, RedeemApp};
-use crate::lambda::metrics::EmfMetrics;
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
 use crate::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger};

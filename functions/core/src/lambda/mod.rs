@@ -5,4 +5,3 @@ pub mod config;
 pub mod http;
 pub mod init;
 pub mod logging;
-pub mod metrics;

@@ -69,4 +69,3 @@ pub enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
 }
-

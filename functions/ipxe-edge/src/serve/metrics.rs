@@ -8,7 +8,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ipxe_edge_core::lambda::metrics::{Counter as CoreCounter, Metrics};
+use ipxe_edge_core::api::metrics::{Counter as CoreCounter, Metrics};
 use ipxe_edge_core::storage::{keys, ObjectStore};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
