@@ -169,7 +169,7 @@ pub async fn seed_release(
     store: &dyn ObjectStore,
     release: SeedRelease<'_>,
     template: Option<&str>,
-    gate: ipxe_edge_core::domain::health::HealthGate,
+    gate: ipxe_edge_core::domain::journal::HealthGate,
 ) {
     let asset = |bytes: &[u8]| Asset {
         key: keys::asset(&sha256_hex(bytes)),

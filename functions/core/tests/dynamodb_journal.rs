@@ -2,8 +2,8 @@
 //! commits, history order and TTL, and the whole fallback flow through the services.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use ipxe_edge_core::domain::health::{BootReason, BootRecord, GatewayHealth, HealthGate, LastGood, Outcome};
 use ipxe_edge_core::domain::identity::{ClientIdentity, Fingerprint};
+use ipxe_edge_core::domain::journal::{BootReason, BootRecord, GatewayJournal, HealthGate, LastGood, Outcome};
 use ipxe_edge_core::domain::query::BootQuery;
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
@@ -13,7 +13,7 @@ use ipxe_edge_core::storage::adapters::dynamodb::{
 };
 use ipxe_edge_core::storage::adapters::memory::{MemoryPresigner, MemoryStore};
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{update_health, BootJournal, StoreError};
+use ipxe_edge_core::storage::{update_journal, BootJournal, StoreError};
 use ipxe_edge_tests::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +71,7 @@ async fn items_commits_and_history() {
     assert_eq!(journal.load(&fp).await.unwrap().version, None);
 
     let first = boot(1, 1, 1_700_000_000);
-    let state = GatewayHealth { target: Some("r1".into()), latest: Some(first.clone()), ..Default::default() };
+    let state = GatewayJournal { target: Some("r1".into()), latest: Some(first.clone()), ..Default::default() };
     journal.commit(&fp, None, &state, &[&first]).await.unwrap();
     assert!(matches!(journal.commit(&fp, None, &state, &[]).await, Err(StoreError::Conflict(_))), "absent condition");
     let loaded = journal.load(&fp).await.unwrap();
@@ -83,7 +83,7 @@ async fn items_commits_and_history() {
     let mut passed = first.clone();
     passed.reached_linux_at = Some(first.issued_at + 20);
     passed.outcome = Outcome::ReachedLinux;
-    let good = GatewayHealth {
+    let good = GatewayJournal {
         last_good: Some(LastGood { release: "r1".into(), boot: passed.id.clone(), at: first.issued_at + 20 }),
         latest: Some(passed.clone()),
         ..state.clone()
@@ -100,7 +100,7 @@ async fn items_commits_and_history() {
     let second = boot(2, 2, 1_700_000_100);
     let v = journal.load(&fp).await.unwrap().version;
     journal
-        .commit(&fp, v.as_deref(), &GatewayHealth { latest: Some(second.clone()), ..good.clone() }, &[&second])
+        .commit(&fp, v.as_deref(), &GatewayJournal { latest: Some(second.clone()), ..good.clone() }, &[&second])
         .await
         .unwrap();
     let history = journal.history(&fp, 10).await.unwrap();
@@ -132,8 +132,8 @@ async fn racing_updates_through_a_serializing_proxy_lose_nothing() {
             let journal = journal.clone();
             let fp = fp.clone();
             tokio::spawn(async move {
-                update_health(journal.as_ref(), &fp, |h| {
-                    Ok::<_, StoreError>((GatewayHealth { failures: h.failures + 1, ..h.clone() }, vec![], ()))
+                update_journal(journal.as_ref(), &fp, |h| {
+                    Ok::<_, StoreError>((GatewayJournal { failures: h.failures + 1, ..h.clone() }, vec![], ()))
                 })
                 .await
             })

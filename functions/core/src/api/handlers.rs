@@ -4,8 +4,8 @@
 use super::answer::{no_content, text, typed, Failure, Fields, Handled, Level, Record};
 use super::pipeline::{BootApp, ClientCert, RedeemApp, RequestInfo};
 use crate::api::metrics::Counter;
-use crate::domain::health::BootReason;
 use crate::domain::identity::{describe_der, pem_certificates, ClientIdentity, IdentityError};
+use crate::domain::journal::BootReason;
 use crate::domain::query::BootQuery;
 use crate::domain::token::TokenError;
 use crate::service::boot::{BootError, BootScript};

@@ -4,9 +4,7 @@
 use http::Method;
 
 pub const BOOT_PATH: &str = "/boot.ipxe";
-pub const SECRETS_PREFIX: &str = "/secrets/";
-pub const CHECKIN_PREFIX: &str = "/checkin/";
-pub const RENEWAL_PREFIX: &str = "/renewal/";
+pub use crate::domain::token::{CHECKIN_PREFIX, RENEWAL_PREFIX, SECRETS_PREFIX};
 
 /// What a request asks for. Tokens are the one path segment after their prefix, as sent.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! The domain: pure types and rules, free of I/O, HTTP and AWS.
 
 pub mod clock;
-pub mod health;
 pub mod identity;
+pub mod journal;
 pub mod model;
 pub mod query;
 pub mod render;

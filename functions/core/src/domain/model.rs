@@ -8,8 +8,8 @@
 //! and to a name read back from the bucket, so a hand-edited record cannot smuggle `../x` into
 //! an object key.
 
-use crate::domain::health::HealthGate;
 use crate::domain::identity::Fingerprint;
+use crate::domain::journal::HealthGate;
 use crate::domain::{query, render};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

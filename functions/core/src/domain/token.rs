@@ -100,6 +100,27 @@ pub enum Grant {
     Renewal { renewed: Fingerprint },
 }
 
+/// Public path prefix of each grant's endpoint: the only place these paths are spelled.
+pub const SECRETS_PREFIX: &str = "/secrets/";
+pub const CHECKIN_PREFIX: &str = "/checkin/";
+pub const RENEWAL_PREFIX: &str = "/renewal/";
+
+impl Grant {
+    /// The path prefix of the endpoint this grant opens.
+    pub fn path_prefix(&self) -> &'static str {
+        match self {
+            Grant::Secrets => SECRETS_PREFIX,
+            Grant::Checkin { .. } => CHECKIN_PREFIX,
+            Grant::Renewal { .. } => RENEWAL_PREFIX,
+        }
+    }
+
+    /// The URL that redeems `token` (minted for this grant) under `base` (no trailing slash).
+    pub fn url(&self, base: &str, token: &str) -> String {
+        format!("{base}{}{token}", self.path_prefix())
+    }
+}
+
 /// A verified token: who it was minted for, what it opens, until when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenClaims {

@@ -1,13 +1,13 @@
 //! Deciding what a verified gateway boots, and writing its boot script.
 
-use crate::domain::health::{BootPlan, BootReason, BootRecord, Choice, Outcome};
 use crate::domain::identity::{ClientIdentity, Fingerprint, DEFAULT_CLOCK_SKEW};
+use crate::domain::journal::{BootPlan, BootReason, BootRecord, Choice, Outcome};
 use crate::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest};
 use crate::domain::query::BootQuery;
 use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
 use crate::domain::token::{Grant, Keyring, MintError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{update_health_from, BootJournal, Presigner, StoreError, StoredHealth};
+use crate::storage::{update_journal_from, BootJournal, Presigner, StoreError, StoredJournal};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,7 +260,7 @@ impl BootService {
     }
 
     /// The gateway's boot state; a journal that cannot be read does not stop the boot.
-    async fn load_health(&self, gateway: &GatewayRecord) -> (Option<StoredHealth>, Option<String>) {
+    async fn load_journal(&self, gateway: &GatewayRecord) -> (Option<StoredJournal>, Option<String>) {
         match &self.journal {
             None => (None, None),
             Some(journal) => match journal.load(&gateway.fingerprint).await {
@@ -275,14 +275,14 @@ impl BootService {
     async fn record_boot(
         &self,
         gateway: &GatewayRecord,
-        stored: StoredHealth,
+        stored: StoredJournal,
         plan: BootPlan,
         boot: BootRecord,
         fallback_after: u32,
     ) -> Result<(), String> {
         let Some(journal) = &self.journal else { return Ok(()) };
         let mut first_plan = Some(plan);
-        update_health_from(journal.as_ref(), &gateway.fingerprint, Some(stored), |health| {
+        update_journal_from(journal.as_ref(), &gateway.fingerprint, Some(stored), |health| {
             let plan = first_plan.take().unwrap_or_else(|| health.plan(&boot.target, fallback_after, boot.issued_at));
             let next = health.after_boot(&plan, boot.clone());
             let mut boots: Vec<BootRecord> = plan.closed.iter().cloned().collect();
@@ -302,7 +302,7 @@ impl BootService {
         let (target, has_secrets, (stored, journal_error)) = tokio::try_join!(
             self.resolve_target(&gateway),
             async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) },
-            async { Ok::<_, BootError>(self.load_health(&gateway).await) },
+            async { Ok::<_, BootError>(self.load_journal(&gateway).await) },
         )?;
         let plan = stored.as_ref().map(|s| s.health.plan(&target.manifest.id, target.fallback_after, now));
         let chosen = self.choose(&target, plan.as_ref(), query).await;
@@ -433,7 +433,7 @@ impl BootService {
         let mut token_id = None;
         if tokens.has_secrets {
             let (id, token) = self.keyring.mint(fp, &Grant::Secrets, now + self.settings.token_ttl.as_secs())?;
-            let url = format!("{base}/secrets/{token}");
+            let url = Grant::Secrets.url(base, &token);
             vars.set_own(
                 "secrets_arg",
                 if wants_secrets { String::new() } else { format!(" b2c.extra_args_url=\"{url}\"") },
@@ -446,9 +446,9 @@ impl BootService {
             vars.set_own("secrets_arg", "")?;
         }
         if tokens.check_in {
-            let (_, token) =
-                self.keyring.mint(fp, &Grant::Checkin { boot_id: tokens.boot_id.clone() }, tokens.deadline)?;
-            vars.set_own("checkin_url", format!("{base}/checkin/{token}"))?;
+            let grant = Grant::Checkin { boot_id: tokens.boot_id.clone() };
+            let (_, token) = self.keyring.mint(fp, &grant, tokens.deadline)?;
+            vars.set_own("checkin_url", grant.url(base, &token))?;
         } else {
             vars.set_own("checkin_url", "")?;
         }
@@ -462,7 +462,7 @@ impl BootService {
         client: &ClientIdentity,
         gateway: &GatewayRecord,
         entry: GatewayCertificate,
-        stored: Option<&StoredHealth>,
+        stored: Option<&StoredJournal>,
         now: u64,
     ) -> CertificateUse {
         let presented = &client.fingerprint;

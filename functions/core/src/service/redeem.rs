@@ -1,13 +1,13 @@
 //! Redeeming a one-time secrets token, and the booted system's check-in: the two signals that
 //! a boot came up.
 
-use crate::domain::health::{BootRecord, Signal, SignalRefused};
 use crate::domain::identity::Fingerprint;
+use crate::domain::journal::{BootRecord, Signal, SignalRefused};
 use crate::domain::model::{GatewayRecord, GatewayState, PendingRenewal};
 use crate::domain::secret_template;
 use crate::domain::token::{Grant, Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{update_health, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
+use crate::storage::{update_journal, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +162,9 @@ impl RedeemService {
         let fp = &gateway.fingerprint;
         match self.records.renewal(fp).await {
             Ok(Some(renewal)) if gateway.certificate(&renewal.fingerprint).is_some() => {
-                match self.keyring.mint(
-                    fp,
-                    &Grant::Renewal { renewed: renewal.fingerprint.clone() },
-                    now + self.renewal_ttl_secs,
-                ) {
-                    Ok((_, token)) => format!("{base}/renewal/{token}"),
+                let grant = Grant::Renewal { renewed: renewal.fingerprint.clone() };
+                match self.keyring.mint(fp, &grant, now + self.renewal_ttl_secs) {
+                    Ok((_, token)) => grant.url(base, &token),
                     Err(_) => String::new(),
                 }
             }
@@ -224,8 +221,9 @@ impl RedeemService {
     /// A check-in URL for `boot`, valid until its deadline.
     fn checkin_url(&self, claims: &TokenClaims, boot: &BootRecord, request_base_url: Option<&str>) -> String {
         let Some(base) = self.checkin_base_url.as_deref().or(request_base_url) else { return String::new() };
-        match self.keyring.mint(&claims.fingerprint, &Grant::Checkin { boot_id: boot.id.clone() }, boot.deadline) {
-            Ok((_, token)) => format!("{base}/checkin/{token}"),
+        let grant = Grant::Checkin { boot_id: boot.id.clone() };
+        match self.keyring.mint(&claims.fingerprint, &grant, boot.deadline) {
+            Ok((_, token)) => grant.url(base, &token),
             Err(_) => String::new(),
         }
     }
@@ -254,7 +252,7 @@ impl RedeemService {
         let Some(journal) = &self.journal else {
             return Err(SignalError::Store(StoreError::Unavailable("no journal".into())));
         };
-        update_health(journal.as_ref(), &claims.fingerprint, |health| {
+        update_journal(journal.as_ref(), &claims.fingerprint, |health| {
             // A refused signal writes nothing and changes no record.
             let (next, boot) = health.signal(key, signal, now).map_err(SignalError::Refused)?;
             Ok((next, vec![boot.clone()], boot))

@@ -10,8 +10,8 @@ pub mod keys;
 pub mod presign_cache;
 pub mod records;
 
-use crate::domain::health::{BootRecord, GatewayHealth};
 use crate::domain::identity::Fingerprint;
+use crate::domain::journal::{BootRecord, GatewayJournal};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -164,8 +164,8 @@ pub trait ScratchKeys: Send + Sync {
 /// A gateway's boot state as stored, with the version tag its next write must match (`None`:
 /// nothing stored yet).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredHealth {
-    pub health: GatewayHealth,
+pub struct StoredJournal {
+    pub health: GatewayJournal,
     pub version: Option<String>,
 }
 
@@ -173,7 +173,7 @@ pub struct StoredHealth {
 #[async_trait]
 pub trait BootJournal: Send + Sync {
     /// The gateway's state (the default state when nothing was recorded). One read.
-    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError>;
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError>;
     /// Writes `next` only if the stored state still carries `version`
     /// ([`StoreError::Conflict`] otherwise), together with the boot records that changed.
     /// One write.
@@ -181,7 +181,7 @@ pub trait BootJournal: Send + Sync {
         &self,
         fp: &Fingerprint,
         version: Option<&str>,
-        next: &GatewayHealth,
+        next: &GatewayJournal,
         boots: &[&BootRecord],
     ) -> Result<(), StoreError>;
     /// The latest `limit` boots, newest first.
@@ -193,21 +193,21 @@ pub const HEALTH_UPDATE_ATTEMPTS: u32 = 4;
 
 /// Read-modify-write of a gateway's boot state: `change` computes the next state and the boot
 /// records it changed from the current one (or refuses), retried when another writer won.
-pub async fn update_health<T, E: From<StoreError>>(
+pub async fn update_journal<T, E: From<StoreError>>(
     journal: &dyn BootJournal,
     fp: &Fingerprint,
-    change: impl FnMut(&GatewayHealth) -> Result<(GatewayHealth, Vec<BootRecord>, T), E>,
+    change: impl FnMut(&GatewayJournal) -> Result<(GatewayJournal, Vec<BootRecord>, T), E>,
 ) -> Result<T, E> {
-    update_health_from(journal, fp, None, change).await
+    update_journal_from(journal, fp, None, change).await
 }
 
-/// [`update_health`] starting from a state the caller read already (`first`), which saves the
+/// [`update_journal`] starting from a state the caller read already (`first`), which saves the
 /// first read.
-pub async fn update_health_from<T, E: From<StoreError>>(
+pub async fn update_journal_from<T, E: From<StoreError>>(
     journal: &dyn BootJournal,
     fp: &Fingerprint,
-    mut first: Option<StoredHealth>,
-    mut change: impl FnMut(&GatewayHealth) -> Result<(GatewayHealth, Vec<BootRecord>, T), E>,
+    mut first: Option<StoredJournal>,
+    mut change: impl FnMut(&GatewayJournal) -> Result<(GatewayJournal, Vec<BootRecord>, T), E>,
 ) -> Result<T, E> {
     let mut attempt = 0;
     loop {

@@ -46,7 +46,7 @@ pub async fn run(ctx: &Deployment, command: ChannelCommand) -> Result<(), OpErro
             Ok(())
         }
         ChannelCommand::History { channel } => history(ctx, &channel).await,
-        ChannelCommand::Status { channel, json } => super::outcomes::channel_status(ctx, &channel, json).await,
+        ChannelCommand::Status { channel, json } => super::journal::channel_status(ctx, &channel, json).await,
     }
 }
 

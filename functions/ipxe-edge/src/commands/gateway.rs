@@ -152,10 +152,10 @@ pub async fn run(ctx: &Deployment, command: GatewayCommand) -> Result<(), OpErro
         GatewayCommand::Unpin { name } => pin(ctx, &name, None).await,
         GatewayCommand::SetSecrets { name, file } => set_secrets(ctx, &name, &file).await,
         GatewayCommand::History { name, limit, json } => {
-            super::outcomes::history(ctx, &name, limit as usize, json).await
+            super::journal::history(ctx, &name, limit as usize, json).await
         }
-        GatewayCommand::Status { name, json } => super::outcomes::status(ctx, &name, json).await,
-        GatewayCommand::Retry { name } => super::outcomes::retry(ctx, &name).await,
+        GatewayCommand::Status { name, json } => super::journal::status(ctx, &name, json).await,
+        GatewayCommand::Retry { name } => super::journal::retry(ctx, &name).await,
         GatewayCommand::Scratch { name, revoke_keys, json } => {
             super::scratch::scratch(ctx, &name, revoke_keys, json).await
         }

@@ -8,7 +8,7 @@ pub mod channel;
 pub mod gateway;
 pub mod image;
 pub mod import;
-pub mod outcomes;
+pub mod journal;
 pub mod preview;
 pub mod progress;
 pub mod release;

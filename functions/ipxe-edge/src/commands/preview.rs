@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ClientIdentity;
 use ipxe_edge_core::domain::query::BootQuery;
-use ipxe_edge_core::domain::token::Keyring;
+use ipxe_edge_core::domain::token::{Keyring, SECRETS_PREFIX};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::storage::{Presigner, StoreError};
 use std::sync::Arc;
@@ -76,9 +76,9 @@ pub async fn preview(
 pub fn redact_tokens(script: &str) -> String {
     let mut out = String::with_capacity(script.len());
     let mut rest = script;
-    while let Some(i) = rest.find("/secrets/") {
-        out.push_str(&rest[..i + "/secrets/".len()]);
-        rest = &rest[i + "/secrets/".len()..];
+    while let Some(i) = rest.find(SECRETS_PREFIX) {
+        out.push_str(&rest[..i + SECRETS_PREFIX.len()]);
+        rest = &rest[i + SECRETS_PREFIX.len()..];
         let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(rest.len());
         out.push_str("<one-time-token>");
         rest = &rest[end..];

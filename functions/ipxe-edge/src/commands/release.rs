@@ -3,7 +3,7 @@
 use super::progress::TerminalProgress;
 use crate::ops::release::{self, CreateRequest};
 use crate::ops::{check_name, file_error, Deployment, OpError};
-use ipxe_edge_core::domain::health::HealthGate;
+use ipxe_edge_core::domain::journal::HealthGate;
 use ipxe_edge_core::domain::model::DEFAULT_ARCH;
 use std::path::PathBuf;
 

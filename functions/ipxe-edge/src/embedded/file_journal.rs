@@ -15,10 +15,10 @@
 use crate::embedded::fs_store::FsStore;
 use crate::files::{open_creating_dirs, write_replacing};
 use async_trait::async_trait;
-use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth};
 use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::journal::{BootRecord, GatewayJournal};
 use ipxe_edge_core::storage::adapters::object_journal::{GatewayStates, MAX_BOOTS_KEPT};
-use ipxe_edge_core::storage::{BootJournal, StoreError, StoredHealth};
+use ipxe_edge_core::storage::{BootJournal, StoreError, StoredJournal};
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -137,7 +137,7 @@ impl FileJournal {
 
 #[async_trait]
 impl BootJournal for FileJournal {
-    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
         self.states.load(fp).await
     }
 
@@ -145,7 +145,7 @@ impl BootJournal for FileJournal {
         &self,
         fp: &Fingerprint,
         version: Option<&str>,
-        next: &GatewayHealth,
+        next: &GatewayJournal,
         boots: &[&BootRecord],
     ) -> Result<(), StoreError> {
         let _guard = self.states.lock(fp).lock().await;
@@ -179,7 +179,7 @@ impl BootJournal for FileJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipxe_edge_core::domain::health::{BootReason, HealthGate, Outcome};
+    use ipxe_edge_core::domain::journal::{BootReason, HealthGate, Outcome};
 
     fn boot(n: u64, issued_at: u64) -> BootRecord {
         BootRecord {
@@ -212,11 +212,11 @@ mod tests {
 
     /// A journal in a fresh folder whose gateway has committed one boot (seq 1, issued at 100),
     /// with retention 500 s; and that gateway's state.
-    async fn journal_with_one_boot(name: &str) -> (PathBuf, Arc<FileJournal>, Fingerprint, GatewayHealth) {
+    async fn journal_with_one_boot(name: &str) -> (PathBuf, Arc<FileJournal>, Fingerprint, GatewayJournal) {
         let dir = temp(name);
         let journal = Arc::new(FileJournal::open(&dir, Duration::from_secs(500)).unwrap());
         let fp = Fingerprint::of_der(b"gw");
-        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        let state = GatewayJournal { target: Some("r1".into()), ..Default::default() };
         journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
         (dir, journal, fp, state)
     }
@@ -230,7 +230,7 @@ mod tests {
         let state = dir.join(fp.as_str()).join("state.json");
         let other = fs::File::open(&state).unwrap();
         other.lock().unwrap();
-        let second = GatewayHealth { target: Some("r2".into()), ..Default::default() };
+        let second = GatewayJournal { target: Some("r2".into()), ..Default::default() };
         let task = tokio::spawn({
             let (journal, fp, second) = (journal.clone(), fp.clone(), second.clone());
             async move { journal.commit(&fp, version.as_deref(), &second, &[&boot(2, 200)]).await }
@@ -250,8 +250,8 @@ mod tests {
         let dir = temp("file");
         let journal = FileJournal::open(&dir, Duration::from_secs(500)).unwrap();
         let fp = Fingerprint::of_der(b"gw");
-        assert_eq!(journal.load(&fp).await.unwrap(), StoredHealth::default());
-        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        assert_eq!(journal.load(&fp).await.unwrap(), StoredJournal::default());
+        let state = GatewayJournal { target: Some("r1".into()), ..Default::default() };
         journal.commit(&fp, None, &state, &[&boot(1, 100)]).await.unwrap();
         assert!(matches!(journal.commit(&fp, None, &state, &[]).await, Err(StoreError::Conflict(_))));
         let loaded = journal.load(&fp).await.unwrap();

@@ -12,6 +12,7 @@ use ipxe_edge_core::domain::query::KNOWN_ARCHES;
 use ipxe_edge_core::domain::secret_template;
 use ipxe_edge_core::domain::{clock, identity};
 use ipxe_edge_core::storage::records::RecordError;
+use ipxe_edge_core::storage::update_journal;
 use ipxe_edge_pki::validity_days;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -242,4 +243,23 @@ pub async fn set_secrets(ctx: &Deployment, name: &str, file: &Path) -> Result<Se
         uses_scratch: scratch,
         unknown_variables: unknown.iter().map(|v| v.to_string()).collect(),
     })
+}
+
+/// What `retry` cleared.
+pub struct Retried {
+    /// Failures or a fallback were recorded, and are cleared now.
+    pub cleared: bool,
+    /// The release the gateway was falling back to, if it was.
+    pub fallback: Option<String>,
+}
+
+/// Gives the gateway's target another chance: clears its fallback and failure count in the
+/// boot journal, in one conditional write.
+pub async fn retry(ctx: &Deployment, gateway: &GatewayRecord) -> Result<Retried, OpError> {
+    let journal = ctx.journal()?;
+    let (cleared, fallback) = update_journal(&*journal, &gateway.fingerprint, |state| {
+        Ok::<_, OpError>((state.retry(), vec![], (state.failures > 0 || state.in_fallback(), state.fallback.clone())))
+    })
+    .await?;
+    Ok(Retried { cleared, fallback })
 }

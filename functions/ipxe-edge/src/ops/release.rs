@@ -3,7 +3,7 @@
 use super::upload::Progress;
 use super::{check_name, file_error, Deployment, OpError};
 use ipxe_edge_core::domain::clock::rfc3339_now;
-use ipxe_edge_core::domain::health::HealthGate;
+use ipxe_edge_core::domain::journal::HealthGate;
 use ipxe_edge_core::domain::model::{ArchAssets, ReleaseManifest};
 use ipxe_edge_core::domain::query::{KNOWN_ARCHES, KNOWN_PLATFORMS};
 use ipxe_edge_core::storage::records::RecordError;

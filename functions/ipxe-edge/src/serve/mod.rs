@@ -130,6 +130,23 @@ pub struct ServeArgs {
     pub clock_skew: u64,
 }
 
+impl ServeArgs {
+    /// The boot service's settings from these flags: the one place they are mapped (the Lambda
+    /// function fills the same type from its environment).
+    pub fn boot_settings(&self, secrets_base_url: String) -> BootSettings {
+        BootSettings {
+            presign_ttl: Duration::from_secs(self.presign_ttl),
+            token_ttl: Duration::from_secs(self.token_ttl),
+            clock_skew: Duration::from_secs(self.clock_skew),
+            secrets_base_url,
+            fallback_after: self.fallback_after as u32,
+            health_deadline: Duration::from_secs(self.health_deadline),
+            renewal_window: Duration::from_secs(self.renewal_window_days * 86_400),
+            retire_old_after_first_boot: self.retire_old_after_first_boot,
+        }
+    }
+}
+
 /// A size in bytes, with an optional binary unit (`KiB`, `MiB`, `GiB`, `TiB`).
 fn parse_bytes(value: &str) -> Result<u64, String> {
     let error = || format!("{value:?}: a size such as 1GiB, 500MiB or 1048576 (bytes), at least 1MiB");
@@ -267,8 +284,7 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
     let outcome = bootstrap::ensure(&dir, &records, &public_host).await?;
     let keyring = Arc::new(Keyring::parse(&datadir::read_private_string(&dir.token_keys())?).map_err(InitError::from)?);
     let bundle = load_trust_bundle(&records, keys::TRUST_BUNDLE).await?;
-    let clock_skew = Duration::from_secs(args.clock_skew);
-    let verifier = ChainVerifier::new(bundle, clock_skew);
+    let verifier = ChainVerifier::new(bundle, Duration::from_secs(args.clock_skew));
 
     // Send the CA with the leaf: clients that trust the CA by fingerprint only (iPXE's
     // trust anchors) need the certificate itself to verify the chain.
@@ -328,16 +344,8 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
     let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
     let secrets_base_url_for_checkins = secrets_base_url.clone();
-    let settings = BootSettings {
-        presign_ttl: Duration::from_secs(args.presign_ttl),
-        token_ttl: Duration::from_secs(args.token_ttl),
-        clock_skew,
-        secrets_base_url,
-        fallback_after: args.fallback_after as u32,
-        health_deadline: Duration::from_secs(args.health_deadline),
-        renewal_window: Duration::from_secs(args.renewal_window_days * 86_400),
-        retire_old_after_first_boot: args.retire_old_after_first_boot,
-    };
+    let settings = args.boot_settings(secrets_base_url);
+    let window = settings.renewal_window;
     let boot = Arc::new(BootApp {
         service: BootService::new(
             records.clone(),
@@ -391,13 +399,12 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
         days: args.auto_renew_days,
         replace: false,
     });
-    let window = Duration::from_secs(args.renewal_window_days * 86_400);
     certificates::check(&records_for_certificates, &dir, renewals.as_ref(), window, &serve_metrics).await;
     background.spawn(certificates::watch(
         records_for_certificates,
         dir.clone(),
         renewals,
-        Duration::from_secs(args.renewal_window_days * 86_400),
+        window,
         Duration::from_secs(args.certificate_check_interval),
         serve_metrics.clone(),
     ));

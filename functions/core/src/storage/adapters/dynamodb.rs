@@ -8,9 +8,9 @@
 //! `at`) and `sk = "boot#<issued_at, 10 digits>#<seq, 10 digits>#<boot id>"` (the boot as JSON in `record`, with
 //! `release` and `outcome` readable, expiring after the retention).
 
-use crate::domain::health::{BootRecord, GatewayHealth, LastGood};
 use crate::domain::identity::Fingerprint;
-use crate::storage::{BootJournal, LedgerOutcome, StoreError, StoredHealth, TokenLedger};
+use crate::domain::journal::{BootRecord, GatewayJournal, LastGood};
+use crate::storage::{BootJournal, LedgerOutcome, StoreError, StoredJournal, TokenLedger};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -195,7 +195,7 @@ fn bad_item(pk: &str, sk: &str, why: impl std::fmt::Display) -> StoreError {
 impl BootJournal for DynamoJournal {
     /// One strongly consistent query returns both `last-good` and `state` (the sort keys
     /// between them hold nothing else).
-    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
         let pk = gateway_pk(fp);
         let output = self
             .client
@@ -211,7 +211,7 @@ impl BootJournal for DynamoJournal {
             .send()
             .await
             .map_err(|e| unavailable("Query", e))?;
-        let mut stored = StoredHealth::default();
+        let mut stored = StoredJournal::default();
         let mut last_good = None;
         for item in output.items() {
             match attr_s(item, SORT_KEY) {
@@ -242,7 +242,7 @@ impl BootJournal for DynamoJournal {
         &self,
         fp: &Fingerprint,
         version: Option<&str>,
-        next: &GatewayHealth,
+        next: &GatewayJournal,
         boots: &[&BootRecord],
     ) -> Result<(), StoreError> {
         let pk = gateway_pk(fp);
@@ -253,7 +253,7 @@ impl BootJournal for DynamoJournal {
                 .put(put.table_name(&self.table).build().map_err(|e| unavailable("Put", e))?)
                 .build())
         };
-        let state_only = GatewayHealth { last_good: None, ..next.clone() };
+        let state_only = GatewayJournal { last_good: None, ..next.clone() };
         let health =
             serde_json::to_string(&state_only).map_err(|e| StoreError::Unavailable(format!("journal state: {e}")))?;
         let next_version = match version {

@@ -10,9 +10,9 @@
 //! so that a slower commit cannot overwrite a boot record a later one already closed. Old boot
 //! records are pruned off the request path ([`ObjectJournal::prune`]).
 
-use crate::domain::health::{BootRecord, GatewayHealth};
 use crate::domain::identity::Fingerprint;
-use crate::storage::{BootJournal, ObjectStore, StoreError, StoredHealth, WriteCondition};
+use crate::domain::journal::{BootRecord, GatewayJournal};
+use crate::storage::{BootJournal, ObjectStore, StoreError, StoredJournal, WriteCondition};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,24 +46,24 @@ impl GatewayStates {
         format!("{fp}/state.json")
     }
 
-    pub async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+    pub async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
         let key = Self::key(fp);
         match self.store.get(&key).await? {
-            None => Ok(StoredHealth::default()),
+            None => Ok(StoredJournal::default()),
             Some(object) => match serde_json::from_slice(&object.body) {
-                Ok(health) => Ok(StoredHealth { health, version: object.etag }),
+                Ok(health) => Ok(StoredJournal { health, version: object.etag }),
                 // A state a crash left unreadable starts over (no failures counted, no last
                 // known good: the target is served) and is overwritten by the next commit.
                 Err(e) => {
                     tracing::warn!(key, error = %e, "boot state unreadable; starting over");
-                    Ok(StoredHealth { health: GatewayHealth::default(), version: object.etag })
+                    Ok(StoredJournal { health: GatewayJournal::default(), version: object.etag })
                 }
             },
         }
     }
 
     /// Writes `next` if the stored state still carries `version`; the caller holds the lock.
-    pub async fn put(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayHealth) -> Result<(), StoreError> {
+    pub async fn put(&self, fp: &Fingerprint, version: Option<&str>, next: &GatewayJournal) -> Result<(), StoreError> {
         let (key, body, condition) = Self::write_of(fp, version, next)?;
         self.store.put(&key, body, condition).await
     }
@@ -73,7 +73,7 @@ impl GatewayStates {
     pub fn write_of(
         fp: &Fingerprint,
         version: Option<&str>,
-        next: &GatewayHealth,
+        next: &GatewayJournal,
     ) -> Result<(String, Vec<u8>, WriteCondition), StoreError> {
         let condition = match version {
             None => WriteCondition::Absent,
@@ -137,7 +137,7 @@ fn invalid(key: &str, e: serde_json::Error) -> StoreError {
 
 #[async_trait]
 impl BootJournal for ObjectJournal {
-    async fn load(&self, fp: &Fingerprint) -> Result<StoredHealth, StoreError> {
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
         self.states.load(fp).await
     }
 
@@ -145,7 +145,7 @@ impl BootJournal for ObjectJournal {
         &self,
         fp: &Fingerprint,
         version: Option<&str>,
-        next: &GatewayHealth,
+        next: &GatewayJournal,
         boots: &[&BootRecord],
     ) -> Result<(), StoreError> {
         let _guard = self.states.lock(fp).lock().await;
@@ -172,7 +172,7 @@ impl BootJournal for ObjectJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::health::{BootReason, HealthGate, Outcome};
+    use crate::domain::journal::{BootReason, HealthGate, Outcome};
     use crate::storage::adapters::memory::MemoryStore;
 
     fn boot(n: u64) -> BootRecord {
@@ -203,8 +203,8 @@ mod tests {
         let journal = ObjectJournal::new(Arc::new(MemoryStore::new()), Duration::from_secs(86_400));
         let fp = Fingerprint::of_der(b"gw");
         let empty = journal.load(&fp).await.unwrap();
-        assert_eq!(empty, StoredHealth::default());
-        let state = GatewayHealth { target: Some("r1".into()), ..Default::default() };
+        assert_eq!(empty, StoredJournal::default());
+        let state = GatewayJournal { target: Some("r1".into()), ..Default::default() };
         journal.commit(&fp, None, &state, &[&boot(100)]).await.unwrap();
         assert!(matches!(journal.commit(&fp, None, &state, &[]).await, Err(StoreError::Conflict(_))));
         let loaded = journal.load(&fp).await.unwrap();
@@ -215,7 +215,7 @@ mod tests {
         let torn = ObjectJournal::new(store.clone(), Duration::from_secs(60));
         store.insert(&GatewayStates::key(&fp), b"{\"target\":".to_vec());
         let loaded_torn = torn.load(&fp).await.unwrap();
-        assert_eq!(loaded_torn.health, GatewayHealth::default());
+        assert_eq!(loaded_torn.health, GatewayJournal::default());
         torn.commit(&fp, loaded_torn.version.as_deref(), &state, &[]).await.unwrap();
         assert_eq!(torn.load(&fp).await.unwrap().health, state);
         journal.commit(&fp, loaded.version.as_deref(), &state, &[&boot(200), &boot(1_000)]).await.unwrap();
@@ -227,7 +227,7 @@ mod tests {
     async fn prunes_by_age() {
         let journal = ObjectJournal::new(Arc::new(MemoryStore::new()), Duration::from_secs(500));
         let fp = Fingerprint::of_der(b"gw");
-        let state = GatewayHealth::default();
+        let state = GatewayJournal::default();
         journal.commit(&fp, None, &state, &[&boot(100), &boot(700), &boot(1_000)]).await.unwrap();
         let other = Fingerprint::of_der(b"other");
         journal.commit(&other, None, &state, &[&boot(100)]).await.unwrap();

@@ -3,8 +3,8 @@
 //! failing without failing boots or redemptions.
 
 use ipxe_edge_core::api::metrics::{Counter, Metrics};
-use ipxe_edge_core::domain::health::{BootReason, HealthGate, Outcome};
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
+use ipxe_edge_core::domain::journal::{BootReason, HealthGate, Outcome};
 use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
@@ -141,7 +141,7 @@ impl Harness {
         self.call(&url_path(script, "/secrets/"), "GET").await
     }
 
-    async fn state(&self) -> ipxe_edge_core::domain::health::GatewayHealth {
+    async fn state(&self) -> ipxe_edge_core::domain::journal::GatewayJournal {
         self.journal.load(&self.fp).await.unwrap().health
     }
 }

@@ -1,6 +1,6 @@
-//! Boot outcomes and automatic fallback: the per-gateway state machine. Pure: no I/O, `now`
-//! passed in; the services load the state, apply one transition, and write it back with a
-//! conditional write.
+//! The boot journal: each gateway's boots, their outcomes and the automatic fallback, as a
+//! per-gateway state machine. Pure: no I/O, `now` passed in; the services load the state, apply
+//! one transition, and write it back with a conditional write.
 //!
 //! A boot is `issued`, then `reached_linux` (its secrets URL was redeemed), then `healthy` (its
 //! check-in URL was posted). It passes when it reaches its release's [`HealthGate`]. It is
@@ -207,7 +207,7 @@ pub struct LastGood {
 /// A gateway's boot state: what it is meant to boot, how that went, and what it falls back to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GatewayHealth {
+pub struct GatewayJournal {
     /// The target of the latest boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -257,7 +257,7 @@ pub enum SignalRefused {
     Late,
 }
 
-impl GatewayHealth {
+impl GatewayJournal {
     /// Plans a boot of `target` at `now`. `fallback_after` consecutive failures of the target
     /// switch the gateway to its last known good release (0: never).
     pub fn plan(&self, target: &str, fallback_after: u32, now: u64) -> BootPlan {
@@ -288,9 +288,9 @@ impl GatewayHealth {
 
     /// The state after `boot` was issued as planned. `boot.reason` says what was served: the
     /// caller may have refused a planned fallback (release gone, no assets for the arch).
-    pub fn after_boot(&self, plan: &BootPlan, mut boot: BootRecord) -> GatewayHealth {
+    pub fn after_boot(&self, plan: &BootPlan, mut boot: BootRecord) -> GatewayJournal {
         boot.seq = self.latest.as_ref().map_or(1, |b| b.seq + 1);
-        GatewayHealth {
+        GatewayJournal {
             target: Some(plan.target.clone()),
             failures: plan.failures,
             fallback: (boot.reason == BootReason::Fallback).then(|| boot.release.clone()),
@@ -303,7 +303,7 @@ impl GatewayHealth {
     /// [`Signal::ReachedLinux`], its own id for [`Signal::Checkin`] (check-in tokens carry the
     /// boot id, so several can be minted for one boot). The returned record is the boot as
     /// changed.
-    pub fn signal(&self, key: &str, signal: Signal, now: u64) -> Result<(GatewayHealth, BootRecord), SignalRefused> {
+    pub fn signal(&self, key: &str, signal: Signal, now: u64) -> Result<(GatewayJournal, BootRecord), SignalRefused> {
         let latest = self.latest.as_ref().ok_or(SignalRefused::Superseded)?;
         let matches = match signal {
             Signal::ReachedLinux => latest.secrets_token.as_deref() == Some(key),
@@ -347,8 +347,8 @@ impl GatewayHealth {
     }
 
     /// An operator's retry: the target gets another chance.
-    pub fn retry(&self) -> GatewayHealth {
-        GatewayHealth { failures: 0, fallback: None, ..self.clone() }
+    pub fn retry(&self) -> GatewayJournal {
+        GatewayJournal { failures: 0, fallback: None, ..self.clone() }
     }
 
     /// Whether the gateway is on its fallback release.
@@ -364,12 +364,12 @@ mod tests {
     const DEADLINE: u64 = 600;
 
     fn issue(
-        state: &GatewayHealth,
+        state: &GatewayJournal,
         target: &str,
         fallback_after: u32,
         gate: HealthGate,
         n: u64,
-    ) -> (GatewayHealth, BootRecord, BootPlan) {
+    ) -> (GatewayJournal, BootRecord, BootPlan) {
         let now = n * 100;
         let plan = state.plan(target, fallback_after, now);
         let (release, reason) = match &plan.choice {
@@ -402,13 +402,13 @@ mod tests {
         (next, boot, plan)
     }
 
-    fn good(state: &GatewayHealth, boot: &BootRecord) -> GatewayHealth {
+    fn good(state: &GatewayJournal, boot: &BootRecord) -> GatewayJournal {
         state.signal(boot.secrets_token.as_deref().unwrap(), Signal::ReachedLinux, boot.issued_at + 5).unwrap().0
     }
 
     #[test]
     fn failed_boots_fall_back_to_last_good_and_a_new_target_clears_it() {
-        let (s, a1, _) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1);
+        let (s, a1, _) = issue(&GatewayJournal::default(), "A", 2, HealthGate::ReachedLinux, 1);
         let s = good(&s, &a1);
         assert_eq!(s.last_good.as_ref().unwrap().release, "A");
         let (s, b1, _) = issue(&s, "B", 2, HealthGate::ReachedLinux, 2);
@@ -440,14 +440,14 @@ mod tests {
 
     #[test]
     fn no_fallback_without_last_good_or_when_disabled_or_to_the_target_itself() {
-        let mut s = GatewayHealth::default();
+        let mut s = GatewayJournal::default();
         for n in 1..6 {
             let (next, b, _) = issue(&s, "B", 2, HealthGate::ReachedLinux, n);
             assert_eq!(b.release, "B", "no last good: the target is served");
             s = next;
         }
         assert_eq!(s.failures, 4);
-        let (s, a, _) = issue(&GatewayHealth::default(), "A", 0, HealthGate::ReachedLinux, 1);
+        let (s, a, _) = issue(&GatewayJournal::default(), "A", 0, HealthGate::ReachedLinux, 1);
         let mut s = good(&s, &a);
         for n in 2..6 {
             let (next, b, _) = issue(&s, "B", 0, HealthGate::ReachedLinux, n);
@@ -455,7 +455,7 @@ mod tests {
             s = next;
         }
         // Last good is the target itself: nothing else to fall back to.
-        let (s, a, _) = issue(&GatewayHealth::default(), "A", 1, HealthGate::ReachedLinux, 1);
+        let (s, a, _) = issue(&GatewayJournal::default(), "A", 1, HealthGate::ReachedLinux, 1);
         let mut s = good(&s, &a);
         for n in 2..5 {
             let (next, b, _) = issue(&s, "A", 1, HealthGate::ReachedLinux, n);
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn checkin_gate_needs_the_checkin_and_reached_linux_alone_fails_it() {
-        let (s, a, _) = issue(&GatewayHealth::default(), "A", 1, HealthGate::ReachedLinux, 1);
+        let (s, a, _) = issue(&GatewayJournal::default(), "A", 1, HealthGate::ReachedLinux, 1);
         let s = good(&s, &a);
         let (s, b, _) = issue(&s, "B", 1, HealthGate::Checkin, 2);
         let s = good(&s, &b);
@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn signals_are_single_use_bound_to_the_latest_boot_and_to_the_deadline() {
-        let (s, b1, _) = issue(&GatewayHealth::default(), "A", 2, HealthGate::Checkin, 1);
+        let (s, b1, _) = issue(&GatewayJournal::default(), "A", 2, HealthGate::Checkin, 1);
         assert_eq!(
             s.signal(&format!("{:032x}", 1), Signal::ReachedLinux, 101),
             Err(SignalRefused::Superseded),
@@ -497,7 +497,7 @@ mod tests {
         let (s2, _) = s.signal(&format!("{:032x}", 1), Signal::Checkin, 101).unwrap();
         assert_eq!(s2.signal(&format!("{:032x}", 1), Signal::Checkin, 102), Err(SignalRefused::Repeated));
         // A check-in without a redemption passes a reached_linux gate too (no secrets).
-        let (_, r) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1)
+        let (_, r) = issue(&GatewayJournal::default(), "A", 2, HealthGate::ReachedLinux, 1)
             .0
             .signal(&format!("{:032x}", 1), Signal::Checkin, 101)
             .unwrap();
@@ -510,7 +510,7 @@ mod tests {
 
     #[test]
     fn outcomes_over_time() {
-        let (s, b, _) = issue(&GatewayHealth::default(), "A", 2, HealthGate::ReachedLinux, 1);
+        let (s, b, _) = issue(&GatewayJournal::default(), "A", 2, HealthGate::ReachedLinux, 1);
         assert_eq!(b.outcome_at(101), Outcome::Issued);
         assert_eq!(b.outcome_at(100 + DEADLINE + 1), Outcome::Failed);
         let (_, _, p) = issue(&s, "A", 2, HealthGate::ReachedLinux, 20);
@@ -536,7 +536,7 @@ mod tests {
         let mut checked = 0;
         for fallback_after in [0u32, 1, 2] {
             for gate in [HealthGate::ReachedLinux, HealthGate::Checkin] {
-                let mut stack: Vec<(GatewayHealth, Vec<Event>)> = vec![(GatewayHealth::default(), vec![])];
+                let mut stack: Vec<(GatewayJournal, Vec<Event>)> = vec![(GatewayJournal::default(), vec![])];
                 while let Some((state, path)) = stack.pop() {
                     if path.len() == 6 {
                         continue;
@@ -600,7 +600,7 @@ mod tests {
                             assert_ne!(Some(fallback), next.target.as_ref(), "{path:?} {event:?}");
                         }
                         let json = serde_json::to_string(&next).unwrap();
-                        assert_eq!(serde_json::from_str::<GatewayHealth>(&json).unwrap(), next);
+                        assert_eq!(serde_json::from_str::<GatewayJournal>(&json).unwrap(), next);
                         checked += 1;
                         let mut path = path.clone();
                         path.push(event);

@@ -1,12 +1,11 @@
 //! Boot outcomes for operators: `gateway history`, `gateway status`, `gateway retry` and
 //! `channel status`, read from the boot journal (embedded, or the DynamoDB table).
 
-use crate::ops::{check_name, Deployment, OpError};
+use crate::ops::{self, check_name, Deployment, OpError};
 use ipxe_edge_core::domain::clock;
-use ipxe_edge_core::domain::health::{BootRecord, GatewayHealth, Outcome};
+use ipxe_edge_core::domain::journal::{BootRecord, GatewayJournal, Outcome};
 use ipxe_edge_core::domain::model::GatewayRecord;
 use ipxe_edge_core::service::boot::BootSettings;
-use ipxe_edge_core::storage::update_health;
 use serde_json::json;
 
 /// Boots of one gateway looked at by `channel status`.
@@ -90,7 +89,7 @@ async fn target(ctx: &Deployment, gateway: &GatewayRecord) -> Result<(String, &'
 
 fn state_json(
     gateway: &GatewayRecord,
-    health: &GatewayHealth,
+    health: &GatewayJournal,
     target: &str,
     why: &str,
     fallback_after: Option<u32>,
@@ -157,17 +156,9 @@ pub async fn status(ctx: &Deployment, name: &str, as_json: bool) -> Result<(), O
 /// target again.
 pub async fn retry(ctx: &Deployment, name: &str) -> Result<(), OpError> {
     let gateway = ctx.gateway(name).await?;
-    let journal = ctx.journal()?;
-    let (cleared, fallback) = update_health(&*journal, &gateway.fingerprint, |health| {
-        Ok::<_, OpError>((
-            health.retry(),
-            vec![],
-            (health.failures > 0 || health.in_fallback(), health.fallback.clone()),
-        ))
-    })
-    .await?;
+    let retried = ops::gateway::retry(ctx, &gateway).await?;
     let (target, _, _) = target(ctx, &gateway).await?;
-    match (cleared, fallback) {
+    match (retried.cleared, retried.fallback) {
         (true, Some(release)) => println!("gateway {name}: fallback to {release} cleared; the next boot gets {target}"),
         (true, None) => println!("gateway {name}: failure count cleared; the next boot gets {target}"),
         (false, _) => println!("gateway {name}: nothing to retry (no failures recorded); the next boot gets {target}"),
