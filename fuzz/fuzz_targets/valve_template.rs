@@ -2,7 +2,7 @@
 //! iPXE script, and every unknown name it reports occurs in the input.
 #![no_main]
 
-use ipxe_edge::commands::import::convert_template;
+use ipxe_edge::ops::import::convert_template;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
