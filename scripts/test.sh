@@ -23,4 +23,6 @@ cargo test --workspace --locked "$@"
 scripts/check-function-deps.sh
 scripts/lint-infra.sh
 scripts/test-deploy.sh
-tests/qemu/boot-test.sh
+# Both iPXE generations gateways run: Debian trixie's 1.21.1 and forky's 2.0.0.
+IPXE_VERSION=1.21.1 tests/qemu/boot-test.sh
+IPXE_VERSION=2.0.0 tests/qemu/boot-test.sh

@@ -14,13 +14,21 @@
 #      and boots on the new certificate.
 # The only change to the real iPXE binary is its trust anchor, replaced by the test CA's
 # fingerprint (iPXE cannot take a trust anchor from a script).
-# Usage: tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
+# Every scenario runs on the iPXE generation IPXE_VERSION names (1.21.1, Debian trixie's; or
+# 2.0.0, forky's), printed on each result line. On 2.0.0 also:
+#   7. an ECDSA gateway boots end to end (on 1.21.1 its boot is refused, with one log line);
+#   8. an asset altered in the store after `release create` is refused by iPXE's digest check
+#      (no Linux), while the untouched release boots.
+# Usage: IPXE_VERSION=2.0.0 tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CACHE="${IPXE_EDGE_QEMU_CACHE:-$HOME/.cache/ipxe-edge-qemu}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 QEMU_TIMEOUT="${QEMU_TIMEOUT:-150}"
+IPXE_VERSION="${IPXE_VERSION:-1.21.1}"
+case "$IPXE_VERSION" in 1.21.1 | 2.0.0) ;; *) echo "IPXE_VERSION must be 1.21.1 or 2.0.0"; exit 2 ;; esac
+IPXE_EFI="$CACHE/ipxe-$IPXE_VERSION/usr/lib/ipxe/ipxe-amd64.efi"
 tests/qemu/setup.sh >/dev/null
 cargo build -q -p ipxe-edge
 BIN="$TARGET/debug/ipxe-edge"
@@ -36,8 +44,8 @@ cleanup() {
 trap cleanup EXIT
 
 passed=0 failed=0
-pass() { passed=$((passed + 1)); echo "ok: $1"; }
-fail() { failed=$((failed + 1)); echo "FAIL: $1"; }
+pass() { passed=$((passed + 1)); echo "ok [iPXE $IPXE_VERSION]: $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL [iPXE $IPXE_VERSION]: $1"; }
 check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
@@ -129,7 +137,7 @@ fingerprint() { edge gateway show "$1" | sed -n 's/^  "fingerprint": "\([0-9a-f]
 
 # ---------------------------------------------------------------- iPXE with the test CA as anchor
 ca_fp=$(openssl x509 -in "$data/pki/ca.crt" -outform DER | sha256sum | cut -d' ' -f1)
-python3 - "$CACHE/ipxe/usr/lib/ipxe/ipxe-amd64.efi" "$work/ipxe.efi" "$ca_fp" <<'PY'
+python3 - "$IPXE_EFI" "$work/ipxe.efi" "$ca_fp" <<'PY'
 import sys
 src, dst, fp = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
 root = bytes.fromhex("9faf717b7f8ca2f93c256c79f8ac5591895d66d1ff3bee6397a70d29c65eed1a")
@@ -146,7 +154,7 @@ python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/www" >/d
 boot_url="https://10.0.2.2:$boot_port/boot.ipxe"
 # crosscert points at the guest's own loopback: nothing leaves the machine.
 for gw in qemu-gw revoked-gw fallback-gw; do
-  edge image script "$gw" --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >"$work/www/$gw.ipxe"
+  edge image script "$gw" --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/$gw.ipxe"
 done
 
 qemu_common=(-machine q35,accel=tcg -m 512 -nographic -no-reboot
@@ -181,6 +189,9 @@ check "the server identified the gateway by its fingerprint" 'grep "boot script 
 check "the server served the secret once" 'grep "secrets served" "$work/serve.log" | grep -q "$fp"'
 check "the server logged the replay as a security event" 'grep -q "\"security_event\":\"token_replay\"" "$work/serve.log"'
 check "no secret or token in the server log" '! grep -q "AK[0-9]*,SK" "$work/serve.log" && ! grep -q "/secrets/[A-Za-z0-9_-]\{40\}" "$work/serve.log"'
+if [ "$IPXE_VERSION" = 2.0.0 ]; then want_check=true; else want_check=false; fi
+check "the gateway reported iPXE $IPXE_VERSION; digests checked: $want_check" \
+  'grep "boot script served" "$work/serve.log" | grep "\"gateway\":\"qemu-gw\"" | grep "\"ipxe_version\":\"$IPXE_VERSION\"" | grep -q "\"digests_checked\":$want_check"'
 echo "time from QEMU start to the secret marker: ${marker_time}s"
 
 # ---------------------------------------------------------------- 2. a revoked gateway does not reach Linux
@@ -191,7 +202,7 @@ check "the server refused the revoked gateway" 'grep "boot refused" "$work/serve
 
 # ---------------------------------------------------------------- 3. a disk image from `ipxe-edge image build`
 edge image build image-gw --boot-url "$boot_url" --out "$work/gateway.img" --efi "$work/ipxe.efi" \
-  --crosscert http://127.0.0.1:9/ >/dev/null
+  --crosscert http://127.0.0.1:9/ --no-ntp >/dev/null
 check "the image is written 0600" '[ "$(stat -c %a "$work/gateway.img")" = 600 ]'
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 start=$(date +%s.%N)
@@ -263,7 +274,7 @@ edge gateway pin scratch-gw qemu-scratch >/dev/null
 printf '%s\n' 'b2c.minio="bbz,${s3_endpoint},${s3_access_key_id},${s3_access_key}"' \
   'b2c.volume="perm,mirror=bbz/${s3_bucket_name},pull_on=pipeline_start,push_on=changes,overwrite,delete"' >"$work/scratch-secrets.txt"
 edge gateway set-secrets scratch-gw --file "$work/scratch-secrets.txt" >/dev/null
-edge image script scratch-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >"$work/www/scratch-gw.ipxe"
+edge image script scratch-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/scratch-gw.ipxe"
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 start=$(date +%s.%N)
 run_kernel_boot scratch-gw "$work/serial-5.log" "$QEMU_TIMEOUT"
@@ -314,10 +325,10 @@ printf '%s\n' 'renew=${renewal_url} token=abc' >"$work/renew-secrets.txt"
 edge gateway set-secrets renew-gw --file "$work/renew-secrets.txt" >/dev/null
 old_fp=$(fingerprint renew-gw)
 edge image build renew-gw --boot-url "$boot_url" --out "$work/renew.img" --efi "$work/ipxe.efi" \
-  --crosscert http://127.0.0.1:9/ >/dev/null
+  --crosscert http://127.0.0.1:9/ --no-ntp >/dev/null
 cp "$work/renew.img" "$work/renew-before.img"
 check "gateway list shows renew-gw expiring" 'edge gateway list --expiring-within 60d | grep -q "^renew-gw "'
-edge gateway renew renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ >/dev/null
+edge gateway renew renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >/dev/null
 new_fp=$(openssl x509 -in "$data/pki/gateways/renew-gw.crt" -outform DER | sha256sum | cut -d' ' -f1)
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 start=$(date +%s.%N)
@@ -334,7 +345,7 @@ check "the second boot used the new certificate, same gateway and release" \
 check "the server logged the first boot with the new certificate" \
   'grep "\"boot_event\":\"cert_renewed\"" "$work/serve.log" | grep "$new_fp" | grep -q "\"renews\":\"$old_fp\""'
 check "the ESP holds the new autoexec.ipxe and the old one as a backup" \
-  '[ "$(esp_file "$work/renew.img" autoexec.ipxe)" = "$(edge image script renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/)" ] && [ "$(esp_file "$work/renew.img" autoexec.ipxe.bak)" = "$(esp_file "$work/renew-before.img" autoexec.ipxe)" ]'
+  '[ "$(esp_file "$work/renew.img" autoexec.ipxe)" = "$(edge image script renew-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp)" ] && [ "$(esp_file "$work/renew.img" autoexec.ipxe.bak)" = "$(esp_file "$work/renew-before.img" autoexec.ipxe)" ]'
 check "the old certificate still boots until retired" \
   '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp}.crt" --key "$data/pki/gateways/renew-gw.${old_fp}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 200 ]'
 edge gateway revoke-cert renew-gw "$old_fp" >/dev/null
@@ -342,6 +353,49 @@ check "once retired it is refused" \
   '[ "$(curl -s -o /dev/null -w "%{http_code}" --cacert "$data/pki/ca.crt" --cert "$data/pki/gateways/renew-gw.${old_fp}.crt" --key "$data/pki/gateways/renew-gw.${old_fp}.key" "https://127.0.0.1:$boot_port/boot.ipxe")" = 403 ]'
 check "no key material in the server log" '! grep -q "PRIVATE KEY\|privkey:hex" "$work/serve.log"'
 echo "time from QEMU start to the second boot on the renewed certificate: ${renew_time}s"
+
+# ---------------------------------------------------------------- 7. an ECDSA gateway
+edge gateway enroll ecdsa-gw --channel stable --key ecdsa-p256 >/dev/null
+edge gateway set-secrets ecdsa-gw --file "$work/secrets.txt" >/dev/null
+edge image script ecdsa-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/ecdsa-gw.ipxe"
+efp=$(fingerprint ecdsa-gw)
+cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+if [ "$IPXE_VERSION" = 2.0.0 ]; then
+  run_kernel_boot ecdsa-gw "$work/serial-7.log" "$QEMU_TIMEOUT"
+  check "an ECDSA gateway boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-7.log"'
+  check "the server identified the ECDSA gateway" 'grep "boot script served" "$work/serve.log" | grep -q "\"fingerprint\":\"$efp\".*\"gateway\":\"ecdsa-gw\""'
+else
+  run_kernel_boot ecdsa-gw "$work/serial-7.log" 40
+  check "an ECDSA gateway does not boot on iPXE before 2.0" '! grep -q "EDGE-LINUX-UP" "$work/serial-7.log"'
+  check "the server says why, in one line" 'grep -q "no client certificate" "$work/serve.log"'
+fi
+
+# ---------------------------------------------------------------- 8. a swapped asset is refused (iPXE 2.0)
+if [ "$IPXE_VERSION" = 2.0.0 ]; then
+  # A release of its own (content-addressed: the same bytes would be qemu-r1's asset).
+  cp -a "$root" "$work/swap-root"
+  { echo "$guest_up"; echo 'sleep 1; poweroff -f'; } >"$work/swap-root/init"
+  make_release qemu-swapped "$work/swap-root"
+  edge gateway enroll swap-gw --channel stable >/dev/null
+  edge gateway pin swap-gw qemu-swapped >/dev/null
+  edge gateway set-secrets swap-gw --file "$work/secrets.txt" >/dev/null
+  edge image script swap-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/swap-gw.ipxe"
+  swapped=$(edge release show qemu-swapped | python3 -c 'import json,sys; print(json.load(sys.stdin)["arches"]["x86_64"]["initrd"]["key"])')
+  # Same size, one byte different: what a tampered bucket or cache would serve.
+  python3 - "$data/s3/ipxe-edge/$swapped" <<'PY'
+import sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+data[len(data) // 2] ^= 0xFF
+open(path, "wb").write(data)
+PY
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+  run_kernel_boot swap-gw "$work/serial-8.log" 60
+  serial=$(tr -d '\r' <"$work/serial-8.log")
+  check "iPXE refused the swapped initrd before booting it" 'grep -q "does not match its release" <<<"$serial" && ! grep -q "EDGE-LINUX-UP" <<<"$serial"'
+  check "the gateway kept retrying" '[ "$(grep -c "does not match its release" <<<"$serial")" -ge 2 ]'
+  check "its secret was never redeemed" '! grep "secrets served" "$work/serve.log" | grep -q "$(fingerprint swap-gw)"'
+fi
 
 if [ "$failed" -gt 0 ]; then
   for f in "$work"/serial-*.log; do echo "== $f"; tail -n 40 "$f"; done

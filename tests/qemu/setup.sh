@@ -2,36 +2,34 @@
 # Installs what the QEMU boot tests need from Debian, once per machine, and caches the files it
 # extracts under $IPXE_EDGE_QEMU_CACHE (default ~/.cache/ipxe-edge-qemu):
 #   qemu-system-x86 (bookworm-backports, matching the installed qemu-utils), ovmf,
-#   busybox-static, cpio; trixie's ipxe (EFI binary with HTTPS); a bookworm linux-image.
+#   busybox-static, cpio; both iPXE generations the suite boots, each pinned by version:
+#   trixie's 1.21.1 (HTTPS, RSA only) and forky's 2.0.0 (ECDSA, sha256sum, ntp); a bookworm
+#   linux-image.
 set -euo pipefail
 
 CACHE="${IPXE_EDGE_QEMU_CACHE:-$HOME/.cache/ipxe-edge-qemu}"
 mkdir -p "$CACHE"
 export DEBIAN_FRONTEND=noninteractive
 
+updated=""
 sources=/etc/apt/sources.list.d/ipxe-edge.sources
 if [ ! -f "$sources" ]; then
-  cat > "$sources" <<SRC
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  # trixie only for `apt-get download ipxe`: never installed from.
-  cat > /etc/apt/preferences.d/ipxe-edge-trixie <<PREF
-Package: *
-Pin: release n=trixie
-Pin-Priority: 1
-PREF
-  apt-get update -qq
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$sources"
+  updated=1
 fi
+# A newer Debian suite apt downloads single packages from (`apt-get download ipxe=…`), pinned to
+# priority 1 so that nothing is ever installed from it.
+download_only_suite() { # suite
+  local file="/etc/apt/sources.list.d/ipxe-edge-$1.sources"
+  # Machines set up earlier list trixie in the file above already.
+  if [ -f "$file" ] || grep -qs "Suites: $1\$" "$sources"; then return 0; fi
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$1" >"$file"
+  printf 'Package: *\nPin: release n=%s\nPin-Priority: 1\n' "$1" >"/etc/apt/preferences.d/ipxe-edge-$1"
+  updated=1
+}
+download_only_suite trixie
+download_only_suite forky
+if [ -n "$updated" ]; then apt-get update -qq; fi
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
@@ -43,13 +41,18 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq -t bookworm-backports "${need[@]}" >/dev/null
 fi
 
-if [ ! -f "$CACHE/ipxe/usr/lib/ipxe/ipxe-amd64.efi" ]; then
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq -t trixie ipxe)
-  rm -rf "$CACHE/ipxe"
-  dpkg -x "$tmp"/ipxe_*.deb "$CACHE/ipxe"
-  rm -rf "$tmp"
-fi
+# The iPXE packages, by the version the suite is run with (IPXE_VERSION): unpacked into
+# $CACHE/ipxe-<version>, never installed.
+for pinned in "1.21.1=1.21.1+git20250501.dad20602+dfsg-1" "2.0.0=2.0.0+dfsg-5"; do
+  short=${pinned%%=*} version=${pinned#*=}
+  if [ ! -f "$CACHE/ipxe-$short/usr/lib/ipxe/ipxe-amd64.efi" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "ipxe=$version")
+    rm -rf "$CACHE/ipxe-$short"
+    dpkg -x "$tmp"/ipxe_*.deb "$CACHE/ipxe-$short"
+    rm -rf "$tmp"
+  fi
+done
 
 if [ ! -f "$CACHE/linux/vmlinuz" ]; then
   pkg=$(apt-cache depends linux-image-amd64 -t bookworm 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1)

@@ -147,6 +147,7 @@ pub async fn seed_gateway(
         created_at: None,
         description: None,
         health_gate: Default::default(),
+        skip_digest_check: false,
     };
     put_json(store, &keys::release(release_id), &manifest).await;
     put_json(
@@ -189,6 +190,7 @@ pub async fn seed_release(
         created_at: None,
         description: None,
         health_gate: gate,
+        skip_digest_check: false,
     };
     put_json(store, &keys::release(release.id), &manifest).await;
 }

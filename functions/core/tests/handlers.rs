@@ -145,6 +145,58 @@ async fn http_api_event_gets_a_presigned_boot_script() {
     assert_eq!(lines.len(), 4);
 }
 
+/// iPXE 2.0 reports its version and gets the script that checks each image's SHA-256 before
+/// `boot`; older versions, and gateways that do not say, get the plain one.
+#[tokio::test]
+async fn gateways_on_ipxe_2_get_a_script_that_checks_digests() {
+    let h = harness().await;
+    let query = |version: &str| format!("buildarch=x86_64&version={version}");
+    let script = |version: &str| {
+        let request = v2_boot(&h.gw.cert_pem, &query(version), default_params());
+        async { body(&boot_handler(&h.boot, request).await) }
+    };
+    let checked = script("2.0.0%2B%20%28g1234%29").await;
+    let lines: Vec<&str> = checked.lines().collect();
+    assert!(lines[1].starts_with("kernel --name kernel https://objects.invalid/"), "{checked}");
+    assert!(lines[2].starts_with("initrd --name initrd https://objects.invalid/"), "{checked}");
+    assert_eq!(lines[3], "sha256sum --set edge_kernel_sha256 kernel");
+    assert_eq!(lines[4], format!("iseq ${{edge_kernel_sha256}} {} || goto edge_mismatch", sha256_hex(b"KERNEL")));
+    assert_eq!(lines[6], format!("iseq ${{edge_initrd_sha256}} {} || goto edge_mismatch", sha256_hex(b"INITRD")));
+    assert_eq!(lines[7], "boot");
+    assert!(lines[8..].contains(&"exit 1"), "a mismatch ends the script with an error");
+    for older in ["1.21.1%2Bgit20250501", "", "garbage"] {
+        let plain = script(older).await;
+        assert!(!plain.contains("sha256sum") && plain.lines().nth(3) == Some("boot"), "{older:?}: {plain}");
+    }
+}
+
+/// ECDSA gateway certificates (iPXE 2.0) verify like RSA ones, under the same RSA CA.
+#[tokio::test]
+async fn ecdsa_gateway_certificates_boot() {
+    let store = Arc::new(MemoryStore::new());
+    let gw = test_ca()
+        .issue_client_with("gw-ec", ipxe_edge_pki::validity_days(10), ipxe_edge_pki::KeyType::EcdsaP256)
+        .unwrap();
+    assert!(gw.key_pem.contains("BEGIN PRIVATE KEY"));
+    let release = SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "" };
+    seed_gateway(store.as_ref(), "gw-ec", &gw.cert_der, release, Some(SECRET)).await;
+    let bundle = TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap();
+    let boot = BootApp {
+        service: BootService::new(
+            Records::new(store.clone()),
+            Arc::new(MemoryPresigner::default()),
+            Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
+            BootSettings::new("https://secrets.example.org"),
+        ),
+        verifier: ChainVerifier::new(bundle, DEFAULT_CLOCK_SKEW),
+        cert_header: CertHeader::Off,
+        metrics: Arc::new(NoMetrics),
+    };
+    let response = boot_handler(&boot, v2_boot(&gw.cert_pem, "buildarch=x86_64", default_params())).await;
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    assert!(body(&response).contains("/secrets/"));
+}
+
 #[tokio::test]
 async fn rest_api_event_with_x509_v1_certificate_boots() {
     let h = harness().await;

@@ -74,6 +74,13 @@ impl DataDir {
     pub fn server_key(&self) -> PathBuf {
         self.pki().join("server.key")
     }
+    /// The self-made ECDSA server certificate, for clients that speak ECDSA (iPXE 2.0).
+    pub fn server_ecdsa_cert(&self) -> PathBuf {
+        self.pki().join("server-ecdsa.crt")
+    }
+    pub fn server_ecdsa_key(&self) -> PathBuf {
+        self.pki().join("server-ecdsa.key")
+    }
     pub fn gateway_cert(&self, name: &str) -> PathBuf {
         self.pki().join("gateways").join(format!("{name}.crt"))
     }

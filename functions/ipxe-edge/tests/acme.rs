@@ -126,8 +126,30 @@ fn roots(pem: &[u8]) -> rustls::RootCertStore {
 }
 
 fn client_config(root_pem: &[u8], alpn: &[u8], identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    client_config_with(rustls::crypto::aws_lc_rs::default_provider(), root_pem, alpn, identity)
+}
+
+/// A client that can verify RSA signatures only, like iPXE before 2.0.
+fn rsa_only_client(root_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let mapping: Vec<_> =
+        algorithms.mapping.iter().filter(|(scheme, _)| format!("{scheme:?}").starts_with("RSA")).cloned().collect();
+    provider.signature_verification_algorithms = rustls::crypto::WebPkiSupportedAlgorithms {
+        all: algorithms.all,
+        mapping: Box::leak(mapping.into_boxed_slice()),
+    };
+    client_config_with(provider, root_pem, b"http/1.1", None)
+}
+
+fn client_config_with(
+    provider: rustls::crypto::CryptoProvider,
+    root_pem: &[u8],
+    alpn: &[u8],
+    identity: Option<(&Path, &Path)>,
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots(root_pem));
@@ -147,8 +169,12 @@ fn client_config(root_pem: &[u8], alpn: &[u8], identity: Option<(&Path, &Path)>)
 /// The leaf presented on `port` to a client that verifies it against pebble's root as `DOMAIN`;
 /// `None` while that fails (e.g. the self-made certificate is still presented).
 async fn verified_leaf(root_pem: &[u8], port: u16) -> Option<Vec<u8>> {
+    verified_leaf_with(client_config(root_pem, b"http/1.1", None), port).await
+}
+
+async fn verified_leaf_with(config: Arc<rustls::ClientConfig>, port: u16) -> Option<Vec<u8>> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let connector = tokio_rustls::TlsConnector::from(client_config(root_pem, b"http/1.1", None));
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector.connect(DOMAIN.try_into().unwrap(), tcp).await.ok()?;
     Some(tls.get_ref().1.peer_certificates()?[0].as_ref().to_vec())
 }
@@ -236,8 +262,14 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
     let pebble_log = std::fs::read_to_string(work.join("pebble.log")).unwrap();
     assert!(pebble_log.contains("set VALID by completed challenge"), "{pebble_log}");
 
-    // The certificate: RSA (iPXE before 2.0), for the domain, issued by pebble.
+    // Two certificates, for the domain, issued by pebble: ECDSA for a client that speaks it,
+    // RSA for one that does not (iPXE before 2.0).
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert_eq!(parsed.public_key().algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1", "ECDSA key");
+    assert!(parsed.issuer().to_string().contains("Pebble"), "{}", parsed.issuer());
+    let rsa_leaf =
+        verified_leaf_with(rsa_only_client(&root), serve.boot_port).await.expect("an RSA-only client verifies");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&rsa_leaf).unwrap();
     assert_eq!(parsed.public_key().algorithm.algorithm.to_id_string(), "1.2.840.113549.1.1.1", "RSA key");
     assert!(parsed.issuer().to_string().contains("Pebble"), "{}", parsed.issuer());
 
@@ -261,7 +293,7 @@ async fn certificates_from_an_acme_ca_validated_over_tls_alpn() {
     assert!(probe.is_err(), "no challenge certificate outside a validation");
 
     // Kept private in the data dir.
-    for file in ["acme/server.pem", "acme/account.json"] {
+    for file in ["acme/server.pem", "acme/server-ecdsa.pem", "acme/account.json"] {
         let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }

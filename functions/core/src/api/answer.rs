@@ -248,6 +248,9 @@ pub struct Fields {
     pub failures: Option<u32>,
     pub days_left: Option<i64>,
     pub format: Option<&'static str>,
+    /// The iPXE version a gateway reported, and whether its script checks image digests.
+    pub ipxe_version: Option<String>,
+    pub digests_checked: Option<bool>,
     pub detail: Option<String>,
     /// An event line's own outcome (the request's is [`Record::outcome`]).
     pub outcome: Option<&'static str>,

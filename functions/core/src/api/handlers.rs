@@ -100,6 +100,8 @@ fn boot_served(script: BootScript, identity: &ClientIdentity) -> Handled {
             reason: some(script.reason.as_str()),
             arch: some(script.arch),
             token_id: script.token_id.map(|t| t.to_string()),
+            ipxe_version: script.ipxe_version.map(|v| v.to_string()),
+            digests_checked: Some(script.digests_checked),
             ..gateway.clone()
         },
     );

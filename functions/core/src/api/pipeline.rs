@@ -147,6 +147,7 @@ macro_rules! emit {
             token_id = f.token_id.as_deref(), boot_outcome = f.boot_outcome.as_deref(), renewed = f.renewed.as_deref(),
             renews = f.renews.as_deref(), retired = f.retired.as_deref(), from = f.from.as_deref(), to = f.to.as_deref(),
             target = f.target.as_deref(), failures = f.failures, days_left = f.days_left, format = f.format,
+            ipxe_version = f.ipxe_version.as_deref(), digests_checked = f.digests_checked,
             outcome = $outcome, status = $status, latency_ms = $latency, detail = f.detail.as_deref(),
             "{}", $message
         )

@@ -239,9 +239,18 @@ pub struct ReleaseManifest {
     /// What a boot of this release must reach to count as good (automatic fallback).
     #[serde(default, skip_serializing_if = "HealthGate::is_default")]
     pub health_gate: HealthGate,
+    /// Leave out the digest check of the default script on gateways whose iPXE could do it
+    /// (`release create --no-verify-digests`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_digest_check: bool,
 }
 
 impl ReleaseManifest {
+    /// Whether gateways that can check image digests are given the script that does.
+    pub fn verifies_digests(&self) -> bool {
+        !self.skip_digest_check
+    }
+
     /// Checks a manifest, before it is written and whenever it is read: its id, architectures,
     /// template, command line and asset keys.
     pub fn validate(&self) -> Result<(), String> {
@@ -391,6 +400,7 @@ mod tests {
             created_at: None,
             description: None,
             health_gate: Default::default(),
+            skip_digest_check: false,
         };
         assert_eq!(m.assets_for("x86_64", Some("efi")).unwrap().kernel.key, "efi");
         assert_eq!(m.assets_for("x86_64", Some("pcbios")).unwrap().kernel.key, "generic");

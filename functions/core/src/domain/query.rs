@@ -1,5 +1,5 @@
-//! The boot request's query string: what iPXE's `${netX/mac}`, `${platform}` and `${buildarch}`
-//! expanded to. Every value is checked against what iPXE can actually produce.
+//! The boot request's query string: what iPXE's `${netX/mac}`, `${platform}`, `${buildarch}` and
+//! `${version}` expanded to. Every value is checked against what iPXE can actually produce.
 
 use crate::domain::model::DEFAULT_ARCH;
 
@@ -29,6 +29,44 @@ pub struct BootQuery {
     pub mac: Option<String>,
     pub platform: Option<&'static str>,
     pub buildarch: Option<&'static str>,
+    /// The iPXE version the gateway runs (`version=${version:uristring}`), when it says and the
+    /// value starts with one; anything else reads as unknown, like an older script that does not
+    /// send it.
+    pub version: Option<IpxeVersion>,
+}
+
+/// An iPXE release number, as `${version}` starts (`2.0.0+ (g…)`, `1.21.1+git…`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IpxeVersion {
+    pub major: u16,
+    pub minor: u16,
+    pub patch: u16,
+}
+
+impl IpxeVersion {
+    /// The first iPXE that checks image digests (`sha256sum --set`), speaks ECDSA and has `ntp`.
+    pub const V2: IpxeVersion = IpxeVersion { major: 2, minor: 0, patch: 0 };
+
+    /// Reads the leading `MAJOR.MINOR.PATCH` of a version string.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut numbers = text.trim_start().splitn(3, '.');
+        let mut next = |last: bool| -> Option<u16> {
+            let part = numbers.next()?;
+            let digits =
+                if last { &part[..part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len())] } else { part };
+            if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()
+        };
+        Some(IpxeVersion { major: next(false)?, minor: next(false)?, patch: next(true)? })
+    }
+}
+
+impl std::fmt::Display for IpxeVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
 }
 
 impl BootQuery {
@@ -40,6 +78,7 @@ impl BootQuery {
     /// Validates already-decoded query pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, QueryError> {
         let mut query = BootQuery::default();
+        let mut seen_version = false;
         for (name, value) in pairs {
             match name {
                 "mac" => {
@@ -59,6 +98,13 @@ impl BootQuery {
                         return Err(QueryError::Repeated("buildarch"));
                     }
                     query.buildarch = Some(pick(KNOWN_ARCHES, value).ok_or(QueryError::BadArch)?);
+                }
+                "version" => {
+                    if seen_version {
+                        return Err(QueryError::Repeated("version"));
+                    }
+                    seen_version = true;
+                    query.version = IpxeVersion::parse(value);
                 }
                 _ => {}
             }
@@ -111,6 +157,18 @@ fn parse_mac(value: &str) -> Result<String, QueryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_read_from_what_ipxe_sends() {
+        let v = |text: &str| BootQuery::parse(&format!("version={text}")).unwrap().version;
+        assert_eq!(v("2.0.0%2B%20%28g1a2b3%29"), Some(IpxeVersion::V2));
+        assert_eq!(v("1.21.1%2Bgit20250501.dad20602"), Some(IpxeVersion { major: 1, minor: 21, patch: 1 }));
+        assert!(v("1.21.1+").unwrap() < IpxeVersion::V2);
+        for unknown in ["", "x", "2.0", "2..0", "99999.0.0", "%24%7Bversion%7D"] {
+            assert_eq!(v(unknown), None, "{unknown:?}");
+        }
+        assert_eq!(BootQuery::parse("version=2.0.0&version=2.0.0"), Err(QueryError::Repeated("version")));
+    }
 
     #[test]
     fn accepts_what_ipxe_sends() {

@@ -18,6 +18,21 @@ use std::collections::BTreeMap;
 pub const DEFAULT_TEMPLATE: &str =
     "#!ipxe\nkernel ${kernel_url} ${cmdline}${secrets_arg}\ninitrd ${initrd_url}\nboot\n";
 
+/// The default script for gateways whose iPXE can check what it downloaded (2.0 and newer):
+/// each image is named and its SHA-256 compared with the release's before `boot`. A mismatch ends
+/// the script with an error, so the gateway's own retry loop asks again; nothing is booted.
+pub const VERIFYING_TEMPLATE: &str = "#!ipxe\n\
+kernel --name kernel ${kernel_url} ${cmdline}${secrets_arg}\n\
+initrd --name initrd ${initrd_url}\n\
+sha256sum --set edge_kernel_sha256 kernel\n\
+iseq ${edge_kernel_sha256} ${kernel_sha256} || goto edge_mismatch\n\
+sha256sum --set edge_initrd_sha256 initrd\n\
+iseq ${edge_initrd_sha256} ${initrd_sha256} || goto edge_mismatch\n\
+boot\n\
+:edge_mismatch\n\
+echo ipxe-edge: a downloaded image does not match its release\n\
+exit 1\n";
+
 /// Longest template accepted (iPXE scripts are small; anything larger is a mistake).
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 

@@ -3,8 +3,8 @@
 use crate::domain::identity::{ClientIdentity, Fingerprint, DEFAULT_CLOCK_SKEW};
 use crate::domain::journal::{BootPlan, BootReason, BootRecord, Choice, Outcome};
 use crate::domain::model::{days_until, GatewayCertificate, GatewayRecord, GatewayState, ReleaseManifest};
-use crate::domain::query::BootQuery;
-use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE};
+use crate::domain::query::{BootQuery, IpxeVersion};
+use crate::domain::render::{self, RenderError, Vars, DEFAULT_TEMPLATE, VERIFYING_TEMPLATE};
 use crate::domain::token::{Grant, Keyring, MintError, TokenId};
 use crate::storage::records::{RecordError, Records};
 use crate::storage::{update_journal_from, BootJournal, Presigner, StoreError, StoredJournal};
@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const RESERVED_VARS: &[&str] = &[
     "kernel_url",
     "initrd_url",
+    "kernel_sha256",
+    "initrd_sha256",
     "secrets_url",
     "secrets_arg",
     "checkin_url",
@@ -136,6 +138,16 @@ pub struct BootScript {
     pub fallback_refused: Option<String>,
     /// The certificate the gateway presented, and what its dates say.
     pub cert: CertificateUse,
+    /// The iPXE version the gateway reported.
+    pub ipxe_version: Option<IpxeVersion>,
+    /// The script checks each image's SHA-256 before booting it.
+    pub digests_checked: bool,
+}
+
+/// Whether the gateway gets the script that checks image digests: the release uses the default
+/// script and has not opted out, and the gateway's iPXE can check (2.0 and newer).
+pub fn checks_digests(manifest: &ReleaseManifest, query: &BootQuery) -> bool {
+    manifest.template.is_none() && manifest.verifies_digests() && query.version.is_some_and(|v| v >= IpxeVersion::V2)
 }
 
 /// The client certificate a boot used: which one, how long it has left, whether it is the
@@ -326,6 +338,8 @@ impl BootService {
             _ => (0, journal_error),
         };
         Ok(BootScript {
+            digests_checked: checks_digests(&chosen.manifest, query),
+            ipxe_version: query.version,
             script,
             gateway: gateway.name.clone(),
             release: chosen.manifest.id,
@@ -391,7 +405,8 @@ impl BootService {
             self.presigner.presign_get(&assets.initrd.key, self.settings.presign_ttl),
         )?;
         // The records layer validated the template and command line when it read the manifest.
-        let template = manifest.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+        let default = if checks_digests(manifest, query) { VERIFYING_TEMPLATE } else { DEFAULT_TEMPLATE };
+        let template = manifest.template.as_deref().unwrap_or(default);
         // The command line is part of the template: it may use our variables and iPXE's.
         let template = template.replacen("${cmdline}", &manifest.cmdline, 1);
         let mut vars = Vars::new();
@@ -402,6 +417,8 @@ impl BootService {
         }
         vars.set_own("kernel_url", kernel_url)?;
         vars.set_own("initrd_url", initrd_url)?;
+        vars.set_own("kernel_sha256", assets.kernel.sha256.as_str())?;
+        vars.set_own("initrd_sha256", assets.initrd.sha256.as_str())?;
         vars.set_own("gateway", gateway.name.as_str())?;
         vars.set_own("fingerprint", client.fingerprint.as_str())?;
         vars.set_own("release", manifest.id.as_str())?;

@@ -5,6 +5,7 @@ use crate::ops::renewal;
 use crate::ops::{Deployment, OpError};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::model::{GatewayState, DEFAULT_ARCH};
+use ipxe_edge_pki::KeyType;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]
@@ -25,6 +26,10 @@ pub enum GatewayCommand {
         /// The gateway's architecture (checked against releases it is given).
         #[arg(long, default_value = DEFAULT_ARCH)]
         arch: String,
+        /// The gateway's key: rsa-2048 (every iPXE) or ecdsa-p256 (iPXE 2.0 and newer: a
+        /// fraction of the handshake cost).
+        #[arg(long, default_value = "rsa-2048", value_parser = super::parse_key_type)]
+        key: KeyType,
     },
     /// Enroll an existing certificate (it must chain to the trust bundle; v1 certificates work).
     ///
@@ -135,8 +140,15 @@ pub enum GatewayCommand {
 
 pub async fn run(ctx: &Deployment, command: GatewayCommand) -> Result<(), OpError> {
     match command {
-        GatewayCommand::Enroll { name, channel, days, arch } => {
-            enroll(ctx, &name, channel.as_deref(), days, &arch).await
+        GatewayCommand::Enroll { name, channel, days, arch, key } => {
+            let enrolled = gateway::enroll(ctx, &name, channel.as_deref(), days, &arch, key).await?;
+            println!("enrolled gateway {name} ({})", enrolled.fingerprint);
+            println!(
+                "certificate {}  key {} (0600: whoever holds it boots as {name})",
+                enrolled.cert_path.display(),
+                enrolled.key_path.display()
+            );
+            Ok(())
         }
         GatewayCommand::Import { name, cert, channel, arch } => {
             import(ctx, &name, &cert, channel.as_deref(), &arch).await
@@ -240,17 +252,6 @@ pub async fn show(ctx: &Deployment, name: &str) -> Result<(), OpError> {
     let has_secrets = ctx.records.has_secrets(&record.fingerprint).await?;
     println!("secrets: {}", if has_secrets { "set" } else { "none" });
     println!("renewal: {}", if standing.pending { "pending (fetched once through ${renewal_url})" } else { "none" });
-    Ok(())
-}
-
-pub async fn enroll(ctx: &Deployment, name: &str, channel: Option<&str>, days: u32, arch: &str) -> Result<(), OpError> {
-    let enrolled = gateway::enroll(ctx, name, channel, days, arch).await?;
-    println!("enrolled gateway {name} ({})", enrolled.fingerprint);
-    println!(
-        "certificate {}  key {} (0600: whoever holds it boots as {name})",
-        enrolled.cert_path.display(),
-        enrolled.key_path.display()
-    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `ipxe-edge image …`: a gateway's iPXE script, and a bootable UEFI disk image around it.
 
-use crate::ops::image::{self, EfiBinaries, DEBIAN_IPXE_EFI};
+use crate::ops::image::{self, EfiBinaries, ScriptOptions, DEBIAN_IPXE_EFI, DEFAULT_NTP_SERVER};
 use crate::ops::{Deployment, OpError};
 use std::path::PathBuf;
 
@@ -26,9 +26,8 @@ pub enum ImageCommand {
         /// the --efi binary, placed beside it as ipxe.efi.
         #[arg(long)]
         shim: Option<PathBuf>,
-        /// Where iPXE fetches cross-signed certificates (default: iPXE's own, ca.ipxe.org).
-        #[arg(long)]
-        crosscert: Option<String>,
+        #[command(flatten)]
+        script: ScriptArgs,
     },
     /// Print the iPXE script of gateway NAME (certificate, key, chain loop): the autoexec.ipxe of
     /// `image build`, or the EMBED= script of a custom iPXE build. It holds the private key.
@@ -38,25 +37,47 @@ pub enum ImageCommand {
         name: String,
         #[arg(long)]
         boot_url: String,
-        #[arg(long)]
-        crosscert: Option<String>,
+        #[command(flatten)]
+        script: ScriptArgs,
     },
 }
 
 pub async fn run(ctx: &Deployment, command: ImageCommand) -> Result<(), OpError> {
     match command {
-        ImageCommand::Build { name, boot_url, out, efi, shim, crosscert } => {
+        ImageCommand::Build { name, boot_url, out, efi, shim, script } => {
             let binaries = EfiBinaries { efi, shim };
-            let size = image::build(ctx, &name, &boot_url, &out, &binaries, crosscert.as_deref()).await?;
+            let size = image::build(ctx, &name, &boot_url, &out, &binaries, &script.options()).await?;
             println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), size / (1024 * 1024));
             println!(
                 "it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret"
             );
             Ok(())
         }
-        ImageCommand::Script { name, boot_url, crosscert } => {
-            print!("{}", image::script(ctx, &name, &boot_url, crosscert.as_deref()).await?);
+        ImageCommand::Script { name, boot_url, script } => {
+            print!("{}", image::script(ctx, &name, &boot_url, &script.options()).await?);
             Ok(())
         }
+    }
+}
+
+/// What a gateway script does besides carrying the identity: `image build`, `image script` and
+/// `gateway renew` take the same options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScriptArgs {
+    /// Where iPXE fetches cross-signed certificates (default: iPXE's own, ca.ipxe.org).
+    #[arg(long)]
+    pub crosscert: Option<String>,
+    /// NTP server the script sets the clock from before each attempt (iPXE checks certificate
+    /// dates against it; builds without `ntp`, such as iPXE before 2.0, skip the line).
+    #[arg(long, default_value = DEFAULT_NTP_SERVER, conflicts_with = "no_ntp")]
+    pub ntp: String,
+    /// Leave the gateway's clock alone.
+    #[arg(long)]
+    pub no_ntp: bool,
+}
+
+impl ScriptArgs {
+    pub fn options(&self) -> ScriptOptions {
+        ScriptOptions { crosscert: self.crosscert.clone(), ntp: (!self.no_ntp).then(|| self.ntp.clone()) }
     }
 }

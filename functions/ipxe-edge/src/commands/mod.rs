@@ -19,6 +19,12 @@ use crate::ops::BackendArgs;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// A key type named on the command line (`--key`).
+pub fn parse_key_type(name: &str) -> Result<ipxe_edge_pki::KeyType, String> {
+    ipxe_edge_pki::KeyType::parse(name)
+        .ok_or_else(|| format!("{name:?}: one of {}", ipxe_edge_pki::KeyType::NAMES.join(", ")))
+}
+
 /// The whole command line (`main.rs` parses it and dispatches).
 #[derive(Parser)]
 #[command(

@@ -36,6 +36,10 @@ pub enum ReleaseCommand {
         /// automatic fallback.
         #[arg(long, default_value = "reached_linux", value_parser = ["reached_linux", "checkin"])]
         health_gate: String,
+        /// Do not give gateways on iPXE 2.0 or newer the default script that checks each image's
+        /// SHA-256 before booting it (custom templates are served as written either way).
+        #[arg(long)]
+        no_verify_digests: bool,
     },
     /// Table of releases.
     ///
@@ -49,7 +53,17 @@ pub enum ReleaseCommand {
 
 pub async fn run(ctx: &Deployment, command: ReleaseCommand) -> Result<(), OpError> {
     match command {
-        ReleaseCommand::Create { id, arch, kernel, initrd, cmdline, template, description, health_gate } => {
+        ReleaseCommand::Create {
+            id,
+            arch,
+            kernel,
+            initrd,
+            cmdline,
+            template,
+            description,
+            health_gate,
+            no_verify_digests,
+        } => {
             if kernel.len() != initrd.len() || (!arch.is_empty() && arch.len() != kernel.len()) {
                 return Err(OpError::Invalid(
                     "give one --kernel and one --initrd (and one --arch, if any) per architecture".into(),
@@ -62,7 +76,8 @@ pub async fn run(ctx: &Deployment, command: ReleaseCommand) -> Result<(), OpErro
             };
             let arches = arches.into_iter().zip(kernel).zip(initrd).map(|((a, k), i)| (a, k, i)).collect();
             let health_gate = if health_gate == "checkin" { HealthGate::Checkin } else { HealthGate::ReachedLinux };
-            let request = CreateRequest { id, arches, cmdline, template, description, health_gate };
+            let skip_digest_check = no_verify_digests;
+            let request = CreateRequest { id, arches, cmdline, template, description, health_gate, skip_digest_check };
             let manifest = release::create(ctx, request, &TerminalProgress::default()).await?;
             let arches: Vec<&str> = manifest.arches.keys().map(String::as_str).collect();
             println!("created release {} ({})", manifest.id, arches.join(", "));

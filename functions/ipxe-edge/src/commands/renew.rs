@@ -5,6 +5,7 @@ use crate::ops::{Deployment, OpError};
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::storage::records::RecordError;
+use ipxe_edge_pki::KeyType;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -19,8 +20,12 @@ pub struct RenewArgs {
     /// The boot URL the renewed autoexec.ipxe chains to (as for `image script`).
     #[arg(long, env = "IPXE_EDGE_BOOT_URL")]
     pub boot_url: String,
-    #[arg(long)]
-    pub crosscert: Option<String>,
+    #[command(flatten)]
+    pub script: super::image::ScriptArgs,
+    /// The new key: rsa-2048 (every iPXE) or ecdsa-p256 (iPXE 2.0 and newer) [default: the type
+    /// of the key the gateway holds].
+    #[arg(long, value_parser = super::parse_key_type)]
+    pub key: Option<KeyType>,
     /// Validity of the new certificate, in days.
     #[arg(long, default_value_t = renewal::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=ipxe_edge_pki::MAX_VALIDITY_DAYS as i64))]
     pub days: u32,
@@ -30,13 +35,15 @@ pub struct RenewArgs {
 }
 
 pub async fn renew(ctx: &Deployment, args: RenewArgs) -> Result<(), OpError> {
-    crate::ops::image::check_boot_url(&args.boot_url, args.crosscert.as_deref())?;
+    let script = args.script.options();
+    crate::ops::image::check_script(&args.boot_url, &script)?;
     let now = clock::unix_now();
     let ca = crate::ops::ca::load(&ctx.dir)?;
     let options = RenewOptions {
         boot_url: args.boot_url.clone(),
-        crosscert: args.crosscert.clone(),
+        script,
         days: args.days,
+        key_type: args.key,
         replace: args.replace,
     };
     let chosen: Vec<Standing> = match (&args.name, args.expiring_within) {

@@ -13,7 +13,7 @@ use ipxe_edge_core::domain::secret_template;
 use ipxe_edge_core::domain::{clock, identity};
 use ipxe_edge_core::storage::records::RecordError;
 use ipxe_edge_core::storage::update_journal;
-use ipxe_edge_pki::validity_days;
+use ipxe_edge_pki::{validity_days, KeyType};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -105,6 +105,7 @@ pub async fn enroll(
     channel: Option<&str>,
     days: u32,
     arch: &str,
+    key_type: KeyType,
 ) -> Result<Enrolled, OpError> {
     check_new_gateway(ctx, name, channel, arch).await?;
     let (cert_path, key_path) = (ctx.dir.gateway_cert(name), ctx.dir.gateway_key(name));
@@ -114,7 +115,7 @@ pub async fn enroll(
         }
     }
     let ca = super::ca::load(&ctx.dir)?;
-    let issued = ca.issue_client(name, validity_days(days)).map_err(|e| OpError::Pki(e.to_string()))?;
+    let issued = ca.issue_client_with(name, validity_days(days), key_type).map_err(|e| OpError::Pki(e.to_string()))?;
     let fp = Fingerprint::of_der(&issued.cert_der);
     let not_after = identity::not_after_der(&issued.cert_der);
     let record = new_record(name, fp.clone(), channel, arch, describe_der(&issued.cert_der).map(|(s, _)| s), not_after);

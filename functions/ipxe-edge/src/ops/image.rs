@@ -10,6 +10,7 @@ use super::{file_error, Deployment, OpError};
 use crate::datadir::{self, write_atomic};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 use gpt::disk::LogicalBlockSize;
+use ipxe_edge_pki::KeyType;
 use pkcs8::der::Decode;
 use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,33 +26,59 @@ fn hex_colons(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// The DER of a PEM private key as iPXE reads it: PKCS#1 RSAPrivateKey.
-pub fn rsa_private_key_der(pem: &str, path: &Path) -> Result<Vec<u8>, OpError> {
+/// The private key as iPXE's `privkey` setting takes it, DER: PKCS#1 for RSA, PKCS#8 for
+/// ECDSA (iPXE 2.0 reads both forms; older iPXE speaks RSA only).
+pub fn ipxe_private_key_der(pem: &str, path: &Path) -> Result<(KeyType, Vec<u8>), OpError> {
     let bad = |reason: String| OpError::Refused(format!("{}: {reason}", path.display()));
     let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|e| bad(format!("not a PEM key: {e}")))?;
     match label {
-        "RSA PRIVATE KEY" => Ok(der),
+        "RSA PRIVATE KEY" => Ok((KeyType::Rsa2048, der)),
+        "EC PRIVATE KEY" => Ok((KeyType::EcdsaP256, der)),
         "PRIVATE KEY" => {
             let info = pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| bad(format!("not a PKCS#8 key: {e}")))?;
-            if info.algorithm.oid != pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1") {
-                return Err(bad("iPXE needs an RSA key".into()));
+            if info.algorithm.oid == RSA_ENCRYPTION {
+                Ok((KeyType::Rsa2048, info.private_key.to_vec()))
+            } else if info.algorithm.oid == EC_PUBLIC_KEY {
+                Ok((KeyType::EcdsaP256, der))
+            } else {
+                Err(bad("iPXE needs an RSA or an ECDSA key".into()))
             }
-            Ok(info.private_key.to_vec())
         }
         other => Err(bad(format!("unsupported key type {other}"))),
     }
 }
 
+const RSA_ENCRYPTION: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const EC_PUBLIC_KEY: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// The NTP server gateway scripts set the clock from unless told otherwise.
+pub const DEFAULT_NTP_SERVER: &str = "pool.ntp.org";
+
+/// What a gateway's script does besides carrying its identity.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptOptions {
+    /// Where iPXE fetches cross-signed certificates (iPXE's own default when `None`).
+    pub crosscert: Option<String>,
+    /// The NTP server to set the clock from before each attempt (`None`: leave the clock alone).
+    /// iPXE checks the server certificate's dates against it, so a dead CMOS battery would
+    /// otherwise end every HTTPS boot; a build without `ntp` skips the line and goes on.
+    pub ntp: Option<String>,
+}
+
 /// The script iPXE runs at start: identity, then chain to the boot URL until it works.
-pub fn autoexec_script(cert_der: &[u8], key_der: &[u8], boot_url: &str, crosscert: Option<&str>) -> String {
+pub fn autoexec_script(cert_der: &[u8], key_der: &[u8], boot_url: &str, options: &ScriptOptions) -> String {
     let mut script = String::from("#!ipxe\n");
-    if let Some(url) = crosscert {
+    if let Some(url) = &options.crosscert {
         script.push_str(&format!("set crosscert {url}\n"));
     }
     script.push_str(&format!("set cert:hex {}\n", hex_colons(cert_der)));
     script.push_str(&format!("set privkey:hex {}\n", hex_colons(key_der)));
+    script.push_str(":retry\nifconf || goto fail\n");
+    if let Some(server) = &options.ntp {
+        script.push_str(&format!("ntp {server} || echo ipxe-edge: clock not set from {server}\n"));
+    }
     script.push_str(&format!(
-        ":retry\nifconf || goto fail\nchain {boot_url}?mac=${{netX/mac}}&platform=${{platform}}&buildarch=${{buildarch}} || goto fail\n:fail\necho ipxe-edge: boot failed, retrying in 5 s\nsleep 5\ngoto retry\n"
+        "chain {boot_url}?mac=${{netX/mac}}&platform=${{platform}}&buildarch=${{buildarch}}&version=${{version:uristring}} || goto fail\n:fail\necho ipxe-edge: boot failed, retrying in 5 s\nsleep 5\ngoto retry\n"
     ));
     script
 }
@@ -106,6 +133,18 @@ pub fn disk_image(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     Ok(disk.into_inner())
 }
 
+/// Refuses a boot URL, cross-signing URL or NTP server that cannot go into an iPXE script.
+pub fn check_script(boot_url: &str, options: &ScriptOptions) -> Result<(), OpError> {
+    check_boot_url(boot_url, options.crosscert.as_deref())?;
+    if let Some(server) = &options.ntp {
+        let host_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+        if server.is_empty() || server.len() > 253 || !server.chars().all(host_chars) {
+            return Err(OpError::Invalid(format!("--ntp must be a host name or address, got {server:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a boot URL or cross-signing URL that cannot go into an iPXE script.
 pub fn check_boot_url(boot_url: &str, crosscert: Option<&str>) -> Result<(), OpError> {
     if !boot_url.starts_with("https://")
@@ -129,9 +168,9 @@ pub async fn script(
     deployment: &Deployment,
     name: &str,
     boot_url: &str,
-    crosscert: Option<&str>,
+    options: &ScriptOptions,
 ) -> Result<String, OpError> {
-    check_boot_url(boot_url, crosscert)?;
+    check_script(boot_url, options)?;
     deployment.gateway(name).await?;
     let (cert_path, key_path) = (deployment.dir.gateway_cert(name), deployment.dir.gateway_key(name));
     let cert_der = ipxe_edge_core::domain::identity::pem_certificates(&datadir::read(&cert_path)?)?.remove(0);
@@ -141,8 +180,8 @@ pub async fn script(
             key_path.display()
         )));
     }
-    let key_der = rsa_private_key_der(&datadir::read_private_string(&key_path)?, &key_path)?;
-    Ok(autoexec_script(&cert_der, &key_der, boot_url, crosscert))
+    let (_, key_der) = ipxe_private_key_der(&datadir::read_private_string(&key_path)?, &key_path)?;
+    Ok(autoexec_script(&cert_der, &key_der, boot_url, options))
 }
 
 /// The EFI binaries an image boots: iPXE alone, or a Secure Boot shim that loads it.
@@ -170,9 +209,9 @@ pub async fn build(
     boot_url: &str,
     out: &Path,
     binaries: &EfiBinaries,
-    crosscert: Option<&str>,
+    options: &ScriptOptions,
 ) -> Result<u64, OpError> {
-    let script = script(deployment, name, boot_url, crosscert).await?;
+    let script = script(deployment, name, boot_url, options).await?;
     let efi = std::fs::read(&binaries.efi).map_err(|e| {
         OpError::Refused(format!(
             "{}: {e} (install Debian's ipxe package, 1.21.1 or newer, or pass --efi)",
@@ -238,9 +277,25 @@ mod tests {
 
     #[test]
     fn script_sets_identity_and_retries() {
-        let s = autoexec_script(&[1, 2, 255], &[16], "https://boot.example.org/boot.ipxe", Some("http://127.0.0.1:9/"));
+        let options = ScriptOptions { crosscert: Some("http://127.0.0.1:9/".into()), ntp: Some("10.0.2.2".into()) };
+        let s = autoexec_script(&[1, 2, 255], &[16], "https://boot.example.org/boot.ipxe", &options);
         assert!(s.starts_with("#!ipxe\nset crosscert http://127.0.0.1:9/\nset cert:hex 01:02:ff\nset privkey:hex 10\n"));
-        assert!(s.contains("chain https://boot.example.org/boot.ipxe?mac=${netX/mac}&platform=${platform}&buildarch=${buildarch} || goto fail"));
+        assert!(s.contains(
+            ":retry\nifconf || goto fail\nntp 10.0.2.2 || echo ipxe-edge: clock not set from 10.0.2.2\nchain "
+        ));
+        assert!(s.contains("chain https://boot.example.org/boot.ipxe?mac=${netX/mac}&platform=${platform}&buildarch=${buildarch}&version=${version:uristring} || goto fail"));
         assert!(s.contains("goto retry"));
+        let without = autoexec_script(&[1], &[2], "https://b/boot.ipxe", &ScriptOptions::default());
+        assert!(!without.contains("ntp") && !without.contains("crosscert"));
+    }
+
+    #[test]
+    fn ntp_servers_that_would_break_the_script_are_refused() {
+        let with = |ntp: &str| ScriptOptions { crosscert: None, ntp: Some(ntp.into()) };
+        assert!(check_script("https://b/boot.ipxe", &with("pool.ntp.org")).is_ok());
+        assert!(check_script("https://b/boot.ipxe", &with("[2001:db8::1]")).is_ok());
+        for bad in ["", "a b", "x\nchain http://evil", "x||shell", "${evil}"] {
+            assert!(check_script("https://b/boot.ipxe", &with(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -239,6 +239,7 @@ pub async fn apply(ctx: &Deployment, plan: Plan, progress: &dyn Progress) -> Res
                     template: p.template.clone(),
                     description: Some(format!("imported from valve-infra {}", p.folder.display())),
                     health_gate: Default::default(),
+                    skip_digest_check: false,
                 },
                 progress,
             )

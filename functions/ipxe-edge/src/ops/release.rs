@@ -20,6 +20,8 @@ pub struct CreateRequest {
     pub template: Option<String>,
     pub description: Option<String>,
     pub health_gate: HealthGate,
+    /// `--no-verify-digests`: gateways are not given the script that checks image digests.
+    pub skip_digest_check: bool,
 }
 
 fn check_arch_key(arch: &str) -> Result<(), OpError> {
@@ -71,6 +73,7 @@ pub async fn create(
         created_at: Some(rfc3339_now()),
         description: request.description.clone(),
         health_gate: request.health_gate,
+        skip_digest_check: request.skip_digest_check,
     };
     if request.arches.is_empty() {
         return Err(OpError::Invalid("a release needs --kernel and --initrd".into()));

@@ -2,12 +2,13 @@
 //! old one, and stage it as a pending renewal that the gateway fetches in band, once. Used by
 //! `gateway renew` and by `serve --auto-renew`; the CA key never leaves the data directory.
 
-use super::image::{autoexec_script, rsa_private_key_der};
+use super::image::{autoexec_script, ipxe_private_key_der, ScriptOptions};
 use super::OpError;
 use crate::datadir::{write_atomic, DataDir};
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::model::{newest, GatewayCertificate, GatewayRecord, GatewayState, PendingRenewal};
 use ipxe_edge_core::storage::records::{RecordError, Records};
+use ipxe_edge_pki::KeyType;
 use ipxe_edge_pki::{validity_days, CertificateAuthority};
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ pub const DEFAULT_DAYS: u32 = 365;
 #[derive(Clone, Debug)]
 pub struct RenewOptions {
     pub boot_url: String,
-    pub crosscert: Option<String>,
+    /// What the renewed `autoexec.ipxe` does besides carrying the new identity.
+    pub script: ScriptOptions,
     pub days: u32,
+    /// The new key's type; `None` keeps the type of the key the gateway holds now.
+    pub key_type: Option<KeyType>,
     /// Replace a pending renewal the gateway has not fetched (otherwise it is left alone).
     pub replace: bool,
 }
@@ -100,13 +104,18 @@ pub async fn renew(
     if gateway.state == GatewayState::Revoked {
         return Err(OpError::Refused(format!("gateway {} is revoked; enroll a new certificate instead", gateway.name)));
     }
-    let issued =
-        ca.issue_client(&gateway.name, validity_days(options.days)).map_err(|e| OpError::Pki(e.to_string()))?;
+    let key_type = match options.key_type {
+        Some(key_type) => key_type,
+        None => held_key_type(dir, &gateway.name)?,
+    };
+    let issued = ca
+        .issue_client_with(&gateway.name, validity_days(options.days), key_type)
+        .map_err(|e| OpError::Pki(e.to_string()))?;
     let fingerprint = Fingerprint::of_der(&issued.cert_der);
     let not_after = ipxe_edge_core::domain::identity::not_after_der(&issued.cert_der)
         .ok_or_else(|| OpError::Pki("the issued certificate cannot be read back".into()))?;
-    let key_der = rsa_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
-    let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, options.crosscert.as_deref());
+    let (_, key_der) = ipxe_private_key_der(&issued.key_pem, &dir.gateway_key(&gateway.name))?;
+    let autoexec = autoexec_script(&issued.cert_der, &key_der, &options.boot_url, &options.script);
     let replaced = match records.renewal(&gateway.fingerprint).await? {
         Some(previous) => Some(previous.fingerprint),
         None => None,
@@ -146,6 +155,15 @@ pub async fn renew(
 /// as `NAME.<fingerprint>.crt/.key`, named by the certificate the file holds (not the one the
 /// records say the gateway holds: after a replaced renewal they differ), and a kept pair is
 /// never overwritten: the gateway may still boot with it.
+/// The type of the key the gateway holds now (RSA when its key is not kept here).
+fn held_key_type(dir: &DataDir, name: &str) -> Result<KeyType, OpError> {
+    let path = dir.gateway_key(name);
+    if !path.exists() {
+        return Ok(KeyType::Rsa2048);
+    }
+    Ok(ipxe_private_key_der(&crate::datadir::read_private_string(&path)?, &path)?.0)
+}
+
 fn keep_files(dir: &DataDir, name: &str, cert_pem: &str, key_pem: &str) -> Result<(), OpError> {
     let (cert_path, key_path) = (dir.gateway_cert(name), dir.gateway_key(name));
     if cert_path.exists() {

@@ -13,6 +13,10 @@
 
 use crate::datadir::{self, DataDir};
 use crate::serve::tls::{self, ServerCert};
+use ipxe_edge_pki::KeyType;
+
+/// The certificates ordered: RSA first (every client speaks it), then ECDSA.
+const KEY_TYPES: [KeyType; 2] = [KeyType::Rsa2048, KeyType::EcdsaP256];
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -167,30 +171,39 @@ impl AcmeManager {
         AcmeManager { args, dir: data.root().join("acme"), cert }
     }
 
-    fn certificate_path(&self) -> PathBuf {
-        self.dir.join("server.pem")
+    /// Where the certificate of each key type is kept: an RSA one for every client, an ECDSA
+    /// one for those that speak it.
+    fn certificate_path(&self, key_type: KeyType) -> PathBuf {
+        match key_type {
+            KeyType::Rsa2048 => self.dir.join("server.pem"),
+            KeyType::EcdsaP256 => self.dir.join("server-ecdsa.pem"),
+        }
     }
 
     fn account_path(&self) -> PathBuf {
         self.dir.join("account.json")
     }
 
-    /// The stored certificate, if it is readable and names every domain asked for.
-    pub fn stored(&self) -> Option<StoredCertificate> {
-        let pem = datadir::read_private(&self.certificate_path()).ok()?;
+    /// The stored certificate of `key_type`, if it is readable and names every domain asked for.
+    pub fn stored(&self, key_type: KeyType) -> Option<StoredCertificate> {
+        let pem = datadir::read_private(&self.certificate_path(key_type)).ok()?;
         StoredCertificate::parse(&pem).filter(|c| c.covers(&self.args.domains))
     }
 
-    /// Presents the stored certificate now, if there is one; `true` when it did.
+    /// Presents the stored certificates now, if there are; `true` when both were.
     pub fn present_stored(&self) -> bool {
-        let Some(stored) = self.stored() else { return false };
-        match self.cert.replace(stored.chain, stored.key) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "stored ACME certificate refused; ordering a new one");
-                false
+        let mut all = true;
+        for key_type in KEY_TYPES {
+            let Some(stored) = self.stored(key_type) else {
+                all = false;
+                continue;
+            };
+            if let Err(e) = self.cert.replace(stored.chain, stored.key) {
+                tracing::warn!(error = %e, key = key_type.as_str(), "stored ACME certificate refused; ordering a new one");
+                all = false;
             }
         }
+        all
     }
 
     /// Checks every `check_interval` whether the certificate needs renewing, and renews it.
@@ -198,22 +211,29 @@ impl AcmeManager {
         let mut retry = FIRST_RETRY;
         loop {
             let now = ipxe_edge_core::domain::clock::unix_now() as i64;
-            let due = self.stored().map(|c| c.renew_at(self.args.renew_before_days) <= now).unwrap_or(true);
-            let wait = if !due {
-                Duration::from_secs(self.args.check_interval)
-            } else {
-                match self.obtain().await {
-                    Ok(()) => {
-                        retry = FIRST_RETRY;
-                        Duration::from_secs(self.args.check_interval)
-                    }
-                    Err(e) => {
-                        self.cert.clear_challenges();
-                        tracing::error!(error = %e, retry_in_seconds = retry.as_secs(), domains = ?self.args.domains, "could not obtain a certificate over ACME; still presenting the current one");
-                        let wait = retry;
-                        retry = (retry * 2).min(LAST_RETRY);
-                        wait
-                    }
+            let mut failed = None;
+            // Each key type that is due, in turn: RSA first, so every client has one soonest.
+            for key_type in KEY_TYPES {
+                let due = self.stored(key_type).map(|c| c.renew_at(self.args.renew_before_days) <= now).unwrap_or(true);
+                if !due {
+                    continue;
+                }
+                if let Err(e) = self.obtain(key_type).await {
+                    self.cert.clear_challenges();
+                    tracing::error!(error = %e, key = key_type.as_str(), retry_in_seconds = retry.as_secs(), domains = ?self.args.domains, "could not obtain a certificate over ACME; still presenting the current one");
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let wait = match failed {
+                None => {
+                    retry = FIRST_RETRY;
+                    Duration::from_secs(self.args.check_interval)
+                }
+                Some(_) => {
+                    let wait = retry;
+                    retry = (retry * 2).min(LAST_RETRY);
+                    wait
                 }
             };
             tokio::time::sleep(wait).await;
@@ -251,9 +271,9 @@ impl AcmeManager {
         Ok(account)
     }
 
-    /// One order: TLS-ALPN-01 for each domain, an RSA key and CSR, the certificate stored and
-    /// presented.
-    async fn obtain(&self) -> Result<(), AcmeError> {
+    /// One order: TLS-ALPN-01 for each domain, a key of `key_type` and its CSR, the certificate
+    /// stored and presented.
+    async fn obtain(&self, key_type: KeyType) -> Result<(), AcmeError> {
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = self.args.domains.iter().cloned().map(Identifier::Dns).collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
@@ -288,7 +308,7 @@ impl AcmeManager {
         if status != OrderStatus::Ready {
             return Err(AcmeError::Order(status));
         }
-        let request = ipxe_edge_pki::acme_signing_request(&self.args.domains)?;
+        let request = ipxe_edge_pki::acme_signing_request_with(&self.args.domains, key_type)?;
         order.finalize_csr(&request.csr_der).await?;
         let chain_pem = order.poll_certificate(&polling).await?;
         let file = format!("{}{}", request.key_pem, chain_pem);
@@ -300,9 +320,9 @@ impl AcmeManager {
         })?;
         let (not_after, names) = (obtained.not_after, obtained.names.clone());
         self.cert.replace(obtained.chain, obtained.key)?;
-        datadir::write_atomic(&self.certificate_path(), file.as_bytes(), 0o600)?;
+        datadir::write_atomic(&self.certificate_path(key_type), file.as_bytes(), 0o600)?;
         let not_after = time::OffsetDateTime::from_unix_timestamp(not_after).map(|t| t.to_string()).unwrap_or_default();
-        tracing::info!(names = ?names, not_after, directory = %self.args.directory, "server certificate obtained over ACME");
+        tracing::info!(names = ?names, not_after, key = key_type.as_str(), directory = %self.args.directory, "server certificate obtained over ACME");
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use ipxe_edge_core::domain::token::Keyring;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::{RecordError, Records};
 use ipxe_edge_core::storage::WriteCondition;
+use ipxe_edge_pki::KeyType;
 use ipxe_edge_pki::{validity_days, CertificateAuthority};
 use std::collections::BTreeMap;
 use x509_parser::extensions::GeneralName;
@@ -93,14 +94,24 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
     if !hosts.iter().any(|h| h == public_host) {
         hosts.push(public_host.trim_matches(|c| c == '[' || c == ']').to_string());
     }
-    let fits = dir.server_cert().exists()
-        && dir.server_key().exists()
-        && server_cert_fits(&datadir::read(&dir.server_cert())?, &hosts);
-    if !fits {
-        let server = ca.issue_server(&hosts, SERVER_CERT_DAYS).map_err(|e| ServeError::Bootstrap(e.to_string()))?;
-        write_atomic(&dir.server_key(), server.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&dir.server_cert(), server.cert_pem.as_bytes(), 0o600)?;
-        outcome.created.push(format!("server certificate {} for {}", dir.server_cert().display(), hosts.join(", ")));
+    for (cert, key, key_type) in [
+        (dir.server_cert(), dir.server_key(), KeyType::Rsa2048),
+        (dir.server_ecdsa_cert(), dir.server_ecdsa_key(), KeyType::EcdsaP256),
+    ] {
+        let fits = cert.exists() && key.exists() && server_cert_fits(&datadir::read(&cert)?, &hosts);
+        if !fits {
+            let server = ca
+                .issue_server_with(&hosts, SERVER_CERT_DAYS, key_type)
+                .map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+            write_atomic(&key, server.key_pem.as_bytes(), 0o600)?;
+            write_atomic(&cert, server.cert_pem.as_bytes(), 0o600)?;
+            outcome.created.push(format!(
+                "server certificate {} ({}) for {}",
+                cert.display(),
+                key_type.as_str(),
+                hosts.join(", ")
+            ));
+        }
     }
 
     if !dir.token_keys().exists() {
@@ -142,6 +153,7 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
                     "PLACEHOLDER ASSETS: a demo release that cannot boot; publish a real kernel and initrd".into(),
                 ),
                 health_gate: Default::default(),
+                skip_digest_check: false,
             };
             records.put_release(&manifest).await.map_err(record_err)?;
         }

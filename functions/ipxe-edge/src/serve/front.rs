@@ -136,7 +136,16 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             front.metrics.tls_refused(front.route.name());
-            tracing::warn!(listener = front.route.name(), peer = %peer, error = %e, outcome = "tls_refused", "TLS handshake failed");
+            let no_certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented));
+            if no_certificate {
+                // What an iPXE that cannot use its key does (an ECDSA key before iPXE 2.0).
+                tracing::warn!(listener = front.route.name(), peer = %peer, outcome = "tls_refused", "TLS handshake failed: no client certificate (a gateway on iPXE before 2.0 cannot use an ECDSA key: give it an RSA one)");
+            } else {
+                tracing::warn!(listener = front.route.name(), peer = %peer, error = %e, outcome = "tls_refused", "TLS handshake failed");
+            }
             return;
         }
         Err(_) => {

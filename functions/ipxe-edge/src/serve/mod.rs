@@ -15,6 +15,7 @@ use crate::embedded::s3_endpoint;
 use crate::embedded::scratch::EmbeddedScratch;
 use crate::listener::{Limits, ListenerStats};
 use crate::ops::backends::{self, BackendArgs, Journal, Ledger, Store};
+use crate::ops::image::ScriptOptions;
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
@@ -36,12 +37,15 @@ use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Boot listener (HTTPS, client certificate required).
+    /// Boot listener (HTTPS, client certificate required); repeat it to listen on several
+    /// addresses (IPv4 and IPv6: `--listen 0.0.0.0:8443 --listen [::]:8443`). URLs handed out use
+    /// the first one's port.
     #[arg(long, default_value = "127.0.0.1:8443")]
-    pub listen: SocketAddr,
-    /// Secrets listener (HTTPS, no client certificate, like the production split).
+    pub listen: Vec<SocketAddr>,
+    /// Secrets listener (HTTPS, no client certificate, like the production split); repeatable
+    /// like --listen.
     #[arg(long, default_value = "127.0.0.1:8444")]
-    pub secrets_listen: SocketAddr,
+    pub secrets_listen: Vec<SocketAddr>,
     /// Serve the secrets listener over plain HTTP, for booted systems whose TLS client cannot
     /// talk to it (busybox's built-in TLS); only on a network you trust. Production's secrets
     /// endpoint is HTTPS.
@@ -67,13 +71,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     pub scratch_quota: u64,
     /// Present this certificate chain (PEM, leaf first, e.g. certbot's fullchain.pem) on every
-    /// listener instead of the self-made one; reloaded when the file changes. RSA for iPXE
-    /// before 2.0.
+    /// listener instead of the self-made ones; reloaded when the file changes. Give it twice (an
+    /// RSA and an ECDSA pair) to let clients that speak ECDSA use it: iPXE before 2.0 needs RSA.
     #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM, e.g. certbot's privkey.pem).
+    pub tls_cert: Vec<PathBuf>,
+    /// The private key of --tls-cert (PEM, e.g. certbot's privkey.pem), once per --tls-cert.
     #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    pub tls_key: Vec<PathBuf>,
     #[command(flatten)]
     pub acme: acme::AcmeArgs,
     /// Seconds between checks of --tls-cert and --tls-key for changes.
@@ -118,6 +122,10 @@ pub struct ServeArgs {
     /// Cross-signing URL written into renewed autoexec.ipxe files (as `image script --crosscert`).
     #[arg(long)]
     pub renewal_crosscert: Option<String>,
+    /// NTP server renewed autoexec.ipxe files set the clock from (as `image script --ntp`;
+    /// `off` leaves the clock alone).
+    #[arg(long, default_value = crate::ops::image::DEFAULT_NTP_SERVER)]
+    pub renewal_ntp: String,
     /// Seconds between looks at the gateways' certificates (renewals and expiry gauges).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400), hide = true)]
     pub certificate_check_interval: u64,
@@ -198,8 +206,8 @@ fn host_for_urls(args: &ServeArgs) -> String {
     match &args.public_host {
         Some(h) => h.clone(),
         None if args.acme.enabled() => args.acme.domains[0].clone(),
-        None if args.listen.ip().is_unspecified() => "127.0.0.1".into(),
-        None => args.listen.ip().to_string(),
+        None if args.listen[0].ip().is_unspecified() => "127.0.0.1".into(),
+        None => args.listen[0].ip().to_string(),
     }
 }
 
@@ -229,8 +237,14 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
         ..Limits::default()
     };
 
-    let boot_listener = bind(args.listen, "boot").await?;
-    let secrets_listener = bind(args.secrets_listen, "secrets").await?;
+    let mut boot_listeners = Vec::new();
+    for addr in &args.listen {
+        boot_listeners.push(bind(*addr, "boot").await?);
+    }
+    let mut secrets_listeners = Vec::new();
+    for addr in &args.secrets_listen {
+        secrets_listeners.push(bind(*addr, "secrets").await?);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // Loops with nothing to finish (certificate reload and renewal): aborted at shutdown.
@@ -288,17 +302,23 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
 
     // Send the CA with the leaf: clients that trust the CA by fingerprint only (iPXE's
     // trust anchors) need the certificate itself to verify the chain.
-    let server_cert = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let loaded = tls::ServerCert::from_files(cert, key)?;
-            background.spawn(tls::watch(loaded.clone(), Duration::from_secs(args.tls_reload_interval)));
-            loaded
+    let server_cert = if args.tls_cert.is_empty() {
+        let ca = tls::load_certs(&datadir::read(&dir.ca_cert())?, "CA certificate")?;
+        let mut pairs = Vec::new();
+        for (cert, key) in [(dir.server_cert(), dir.server_key()), (dir.server_ecdsa_cert(), dir.server_ecdsa_key())] {
+            let mut chain = tls::load_certs(&datadir::read(&cert)?, "server certificate")?;
+            chain.extend(ca.iter().cloned());
+            pairs.push((chain, tls::load_key(&datadir::read_private(&key)?, "server key")?));
         }
-        _ => {
-            let mut chain = tls::load_certs(&datadir::read(&dir.server_cert())?, "server certificate")?;
-            chain.extend(tls::load_certs(&datadir::read(&dir.ca_cert())?, "CA certificate")?);
-            tls::ServerCert::fixed(chain, tls::load_key(&datadir::read_private(&dir.server_key())?, "server key")?)?
+        tls::ServerCert::fixed(pairs)?
+    } else {
+        if args.tls_cert.len() != args.tls_key.len() {
+            return Err(ServeError::Bootstrap("give one --tls-key per --tls-cert, in the same order".into()));
         }
+        let files: Vec<(PathBuf, PathBuf)> = args.tls_cert.iter().cloned().zip(args.tls_key.iter().cloned()).collect();
+        let loaded = tls::ServerCert::from_files(&files)?;
+        background.spawn(tls::watch(loaded.clone(), Duration::from_secs(args.tls_reload_interval)));
+        loaded
     };
     let acme = args.acme.enabled().then(|| acme::AcmeManager::new(args.acme.clone(), &dir, server_cert.clone()));
     if let Some(manager) = &acme {
@@ -322,7 +342,11 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
         ("s3", stats.s3.clone()),
         ("metrics", stats.metrics.clone()),
     ]));
-    let mut health_listeners = vec![("boot", local_addr(&boot_listener)), ("secrets", local_addr(&secrets_listener))];
+    let mut health_listeners: Vec<(&'static str, SocketAddr)> = boot_listeners
+        .iter()
+        .map(|l| ("boot", local_addr(l)))
+        .chain(secrets_listeners.iter().map(|l| ("secrets", local_addr(l))))
+        .collect();
     if let Some((s3_listener, _)) = &embedded_s3 {
         health_listeners.push(("s3", local_addr(s3_listener)));
     }
@@ -342,7 +366,7 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
     }
 
     let secrets_scheme = if args.secrets_http { "http" } else { "https" };
-    let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen.port()));
+    let secrets_base_url = format!("{secrets_scheme}://{}", authority(&public_host, args.secrets_listen[0].port()));
     let secrets_base_url_for_checkins = secrets_base_url.clone();
     let settings = args.boot_settings(secrets_base_url);
     let window = settings.renewal_window;
@@ -378,27 +402,38 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
         public_host_arc.clone(),
         serve_metrics.clone(),
     );
-    tasks.spawn(front::run(boot_listener, boot_front, limits, stats.boot.clone(), shutdown_rx.clone()));
+    for listener in boot_listeners {
+        tasks.spawn(front::run(listener, boot_front.clone(), limits, stats.boot.clone(), shutdown_rx.clone()));
+    }
     let secrets_front = front::Front::new(
         front::Route::Redeem(redeem),
         (!args.secrets_http).then(|| TlsAcceptor::from(secrets_tls)),
         public_host_arc,
         serve_metrics.clone(),
     );
-    tasks.spawn(front::run(secrets_listener, secrets_front, limits, stats.secrets.clone(), shutdown_rx.clone()));
+    for listener in secrets_listeners {
+        tasks.spawn(front::run(listener, secrets_front.clone(), limits, stats.secrets.clone(), shutdown_rx.clone()));
+    }
 
     if let Some(manager) = acme {
         // After the listeners: the CA's validation connects to them.
         background.spawn(manager.run());
     }
 
-    let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen.port()));
+    let boot_url = format!("https://{}/boot.ipxe", authority(&public_host, args.listen[0].port()));
     let renewals = args.auto_renew.then(|| crate::ops::renewal::RenewOptions {
         boot_url: boot_url.clone(),
-        crosscert: args.renewal_crosscert.clone(),
+        script: ScriptOptions {
+            crosscert: args.renewal_crosscert.clone(),
+            ntp: (args.renewal_ntp != "off").then(|| args.renewal_ntp.clone()),
+        },
         days: args.auto_renew_days,
+        key_type: None,
         replace: false,
     });
+    if let Some(options) = &renewals {
+        crate::ops::image::check_script(&options.boot_url, &options.script)?;
+    }
     certificates::check(&records_for_certificates, &dir, renewals.as_ref(), window, &serve_metrics).await;
     background.spawn(certificates::watch(
         records_for_certificates,
@@ -409,7 +444,7 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
         serve_metrics.clone(),
     ));
     bootstrap::announce(&dir, &outcome, &boot_url, &public_host);
-    tracing::info!(boot = %args.listen, secrets = %args.secrets_listen, s3 = %args.s3_listen, public_host = %public_host, "ipxe-edge serve ready");
+    tracing::info!(boot = ?args.listen, secrets = ?args.secrets_listen, s3 = %args.s3_listen, public_host = %public_host, "ipxe-edge serve ready");
 
     wait_for_signal().await;
     tracing::info!("shutting down");

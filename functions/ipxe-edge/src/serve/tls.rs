@@ -37,6 +37,8 @@ fn provider() -> CryptoProvider {
         cipher_suites: vec![
             TLS13_AES_256_GCM_SHA384,
             TLS13_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         ],
@@ -93,16 +95,80 @@ fn stamp(path: &Path) -> std::io::Result<FileStamp> {
     Ok((meta.modified()?, meta.len(), meta.ino()))
 }
 
-/// The server certificate every listener presents. From files (`--tls-cert`, `--tls-key`) it
-/// is reloaded when they change, without a restart; a broken new pair is refused and the
-/// current one kept.
+/// The server certificates every listener presents: an RSA one for every client, and an ECDSA
+/// one for clients that can use it (iPXE 2.0, browsers, curl), picked per handshake. From files
+/// (`--tls-cert`, `--tls-key`, once per pair) they are reloaded when they change, without a
+/// restart; a broken new pair is refused and the current ones kept.
 #[derive(Debug)]
 pub struct ServerCert {
-    current: RwLock<Arc<CertifiedKey>>,
+    current: RwLock<Presented>,
     /// TLS-ALPN-01 answers by domain, presented only to clients that ask for `acme-tls/1`.
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    files: Option<(PathBuf, PathBuf)>,
-    stamps: Mutex<Option<(FileStamp, FileStamp)>>,
+    files: Vec<(PathBuf, PathBuf)>,
+    stamps: Mutex<Option<Vec<(FileStamp, FileStamp)>>>,
+}
+
+/// At most one certificate per key type.
+#[derive(Clone, Debug, Default)]
+struct Presented {
+    rsa: Option<Arc<CertifiedKey>>,
+    ecdsa: Option<Arc<CertifiedKey>>,
+}
+
+impl Presented {
+    fn from_pairs(pairs: Vec<Arc<CertifiedKey>>) -> Result<Self, TlsSetupError> {
+        let mut presented = Presented::default();
+        for pair in pairs {
+            presented.put(pair)?;
+        }
+        if presented.rsa.is_none() && presented.ecdsa.is_none() {
+            return Err(TlsSetupError::Pem { what: "server certificate".into(), reason: "none given".into() });
+        }
+        Ok(presented)
+    }
+
+    /// Puts `pair` in the slot of its key type; two pairs of one type are refused.
+    fn put(&mut self, pair: Arc<CertifiedKey>) -> Result<(), TlsSetupError> {
+        let slot = match pair.key.algorithm() {
+            rustls::SignatureAlgorithm::RSA => &mut self.rsa,
+            rustls::SignatureAlgorithm::ECDSA => &mut self.ecdsa,
+            other => {
+                return Err(TlsSetupError::Pem {
+                    what: "server certificate".into(),
+                    reason: format!("{other:?} keys are not supported: give RSA and/or ECDSA pairs"),
+                })
+            }
+        };
+        if slot.is_some() {
+            return Err(TlsSetupError::Pem {
+                what: "server certificate".into(),
+                reason: "two certificates with the same key type: give at most one RSA and one ECDSA pair".into(),
+            });
+        }
+        *slot = Some(pair);
+        Ok(())
+    }
+
+    /// ECDSA when the client can verify an ECDSA signature and agree on a suite for it (any
+    /// TLS 1.3 suite, or an ECDHE-ECDSA one for TLS 1.2); RSA otherwise (iPXE before 2.0).
+    fn choose(&self, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let ecdsa_ok = hello.signature_schemes().iter().any(|s| {
+            matches!(s, rustls::SignatureScheme::ECDSA_NISTP256_SHA256 | rustls::SignatureScheme::ECDSA_NISTP384_SHA384)
+        }) && hello.cipher_suites().iter().any(|suite| {
+            let name = format!("{suite:?}");
+            name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_ECDSA_")
+        });
+        match (&self.ecdsa, &self.rsa) {
+            (Some(ecdsa), _) if ecdsa_ok => Some(ecdsa.clone()),
+            (_, Some(rsa)) => Some(rsa.clone()),
+            (Some(ecdsa), None) => Some(ecdsa.clone()),
+            (None, None) => None,
+        }
+    }
+
+    fn leaves(&self) -> Vec<CertificateDer<'static>> {
+        [&self.rsa, &self.ecdsa].into_iter().flatten().map(|pair| pair.cert[0].clone()).collect()
+    }
 }
 
 fn certified(
@@ -115,47 +181,64 @@ fn certified(
     Ok(Arc::new(certified))
 }
 
+/// A certificate chain and its key.
+pub type Pair = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 impl ServerCert {
-    /// A certificate that never changes (the one `serve` makes itself).
-    pub fn fixed(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<Self>, TlsSetupError> {
+    /// Certificates that never change (the ones `serve` makes itself), at most one per key type.
+    pub fn fixed(pairs: Vec<Pair>) -> Result<Arc<Self>, TlsSetupError> {
+        let pairs = pairs
+            .into_iter()
+            .map(|(chain, key)| certified(chain, key, "server certificate"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(ServerCert {
-            current: RwLock::new(certified(chain, key, "server certificate")?),
+            current: RwLock::new(Presented::from_pairs(pairs)?),
             challenges: RwLock::default(),
-            files: None,
+            files: Vec::new(),
             stamps: Mutex::new(None),
         }))
     }
 
-    /// A certificate chain and key read from PEM files, reloaded by [`ServerCert::reload_if_changed`].
-    pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsSetupError> {
-        let (loaded, stamps) = Self::load(cert, key)?;
+    /// Certificate chains and keys read from PEM files, reloaded by [`ServerCert::reload_if_changed`].
+    pub fn from_files(files: &[(PathBuf, PathBuf)]) -> Result<Arc<Self>, TlsSetupError> {
+        let (loaded, stamps) = Self::load(files)?;
         Ok(Arc::new(ServerCert {
             current: RwLock::new(loaded),
             challenges: RwLock::default(),
-            files: Some((cert.to_path_buf(), key.to_path_buf())),
+            files: files.to_vec(),
             stamps: Mutex::new(Some(stamps)),
         }))
     }
 
-    fn load(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, (FileStamp, FileStamp)), TlsSetupError> {
+    fn load(files: &[(PathBuf, PathBuf)]) -> Result<(Presented, Vec<(FileStamp, FileStamp)>), TlsSetupError> {
         fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsSetupError + '_ {
             move |e| TlsSetupError::Pem { what: path.display().to_string(), reason: e.to_string() }
         }
-        let stamps = (stamp(cert).map_err(io(cert))?, stamp(key).map_err(io(key))?);
-        let chain = load_certs(&std::fs::read(cert).map_err(io(cert))?, &cert.display().to_string())?;
-        let private = load_key(&std::fs::read(key).map_err(io(key))?, &key.display().to_string())?;
-        Ok((certified(chain, private, &cert.display().to_string())?, stamps))
+        let mut pairs = Vec::new();
+        let mut stamps = Vec::new();
+        for (cert, key) in files {
+            stamps.push((stamp(cert).map_err(io(cert))?, stamp(key).map_err(io(key))?));
+            let chain = load_certs(&std::fs::read(cert).map_err(io(cert))?, &cert.display().to_string())?;
+            let private = load_key(&std::fs::read(key).map_err(io(key))?, &key.display().to_string())?;
+            pairs.push(certified(chain, private, &cert.display().to_string())?);
+        }
+        Ok((Presented::from_pairs(pairs)?, stamps))
     }
 
-    /// Presents `chain` and `key` from now on (a certificate obtained over ACME); a pair whose
-    /// key does not match is refused and the current one kept.
+    /// Presents `chain` and `key` from now on in place of the pair of the same key type (a
+    /// certificate obtained over ACME); a pair whose key does not match is refused and the
+    /// current one kept.
     pub fn replace(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsSetupError> {
         let loaded = certified(chain, key, "ACME certificate")?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        match loaded.key.algorithm() {
+            rustls::SignatureAlgorithm::ECDSA => current.ecdsa = Some(loaded),
+            _ => current.rsa = Some(loaded),
+        }
         Ok(())
     }
 
@@ -181,23 +264,24 @@ impl ServerCert {
         self.challenges.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// The leaf certificate presented now.
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
+    /// The leaf certificates presented now, RSA first.
+    pub fn leaves(&self) -> Vec<CertificateDer<'static>> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).leaves()
     }
 
-    /// Reads the files again if they changed since the last load; `Ok(true)` when the new pair
-    /// is now presented.
+    /// Reads the files again if they changed since the last load; `Ok(true)` when the new pairs
+    /// are now presented.
     pub fn reload_if_changed(&self) -> Result<bool, TlsSetupError> {
-        let Some((cert, key)) = &self.files else { return Ok(false) };
-        let now = (stamp(cert).ok(), stamp(key).ok());
-        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(c), Some(k)) = now {
-            if stamps.as_ref() == Some(&(c, k)) {
-                return Ok(false);
-            }
+        if self.files.is_empty() {
+            return Ok(false);
         }
-        match Self::load(cert, key) {
+        let now: Option<Vec<(FileStamp, FileStamp)>> =
+            self.files.iter().map(|(cert, key)| Some((stamp(cert).ok()?, stamp(key).ok()?))).collect();
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_some() && *stamps == now {
+            return Ok(false);
+        }
+        match Self::load(&self.files) {
             Ok((loaded, new_stamps)) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
                 *stamps = Some(new_stamps);
@@ -205,8 +289,8 @@ impl ServerCert {
             }
             Err(e) => {
                 // Do not retry the same broken files every tick: wait for the next change.
-                if let (Some(c), Some(k)) = now {
-                    *stamps = Some((c, k));
+                if now.is_some() {
+                    *stamps = now;
                 }
                 Err(e)
             }
@@ -222,7 +306,7 @@ impl ResolvesServerCert for ServerCert {
             let name = hello.server_name()?.to_ascii_lowercase();
             return self.challenges.read().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
         }
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        self.current.read().unwrap_or_else(|p| p.into_inner()).choose(&hello)
     }
 }
 
@@ -232,13 +316,16 @@ pub async fn watch(cert: Arc<ServerCert>, every: Duration) {
     loop {
         interval.tick().await;
         let cert = cert.clone();
-        match tokio::task::spawn_blocking(move || cert.reload_if_changed().map(|changed| (changed, cert.leaf()))).await
+        match tokio::task::spawn_blocking(move || cert.reload_if_changed().map(|changed| (changed, cert.leaves())))
+            .await
         {
-            Ok(Ok((true, leaf))) => {
-                let (subject, not_after) = X509Certificate::from_der(leaf.as_ref())
-                    .map(|(_, c)| (c.subject().to_string(), c.validity().not_after.to_string()))
-                    .unwrap_or_default();
-                tracing::info!(subject, not_after, "server certificate reloaded")
+            Ok(Ok((true, leaves))) => {
+                for leaf in leaves {
+                    let (subject, not_after) = X509Certificate::from_der(leaf.as_ref())
+                        .map(|(_, c)| (c.subject().to_string(), c.validity().not_after.to_string()))
+                        .unwrap_or_default();
+                    tracing::info!(subject, not_after, "server certificate reloaded")
+                }
             }
             Ok(Ok((false, _))) => {}
             Ok(Err(e)) => {
