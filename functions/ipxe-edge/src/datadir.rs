@@ -68,6 +68,13 @@ impl DataDir {
     pub fn ca_key(&self) -> PathBuf {
         self.pki().join("ca.key")
     }
+    /// The ECDSA CA that issues ECDSA gateway certificates (iPXE 2.0 needs them ECDSA-signed).
+    pub fn ca_ecdsa_cert(&self) -> PathBuf {
+        self.pki().join("ca-ecdsa.crt")
+    }
+    pub fn ca_ecdsa_key(&self) -> PathBuf {
+        self.pki().join("ca-ecdsa.key")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.pki().join("server.crt")
     }

@@ -103,7 +103,13 @@ pub fn validity_days(days: u32) -> (OffsetDateTime, OffsetDateTime) {
 impl CertificateAuthority {
     /// A new self-signed RSA-2048 CA.
     pub fn generate(common_name: &str, days: u32) -> Result<Self, PkiError> {
-        let key = rsa_key()?;
+        Self::generate_with(common_name, days, KeyType::Rsa2048)
+    }
+
+    /// A new self-signed CA with a key of `key_type`. What it issues is signed with that key:
+    /// iPXE 2.0 uses an ECDSA client certificate only when its issuer signed it with ECDSA.
+    pub fn generate_with(common_name: &str, days: u32, key_type: KeyType) -> Result<Self, PkiError> {
+        let key = key_type.generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

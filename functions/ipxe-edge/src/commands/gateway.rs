@@ -142,6 +142,9 @@ pub async fn run(ctx: &Deployment, command: GatewayCommand) -> Result<(), OpErro
     match command {
         GatewayCommand::Enroll { name, channel, days, arch, key } => {
             let enrolled = gateway::enroll(ctx, &name, channel.as_deref(), days, &arch, key).await?;
+            if enrolled.created_ecdsa_ca {
+                println!("created the ECDSA CA {} and added it to the trust bundle (restart serve, or upload the bundle: ipxe-edge ca truststore)", ctx.dir.ca_ecdsa_cert().display());
+            }
             println!("enrolled gateway {name} ({})", enrolled.fingerprint);
             println!(
                 "certificate {}  key {} (0600: whoever holds it boots as {name})",

@@ -5,16 +5,30 @@ use crate::datadir::{self, write_atomic, DataDir, DataDirError};
 use ipxe_edge_core::domain::identity::{der_to_pem, pem_certificates, TrustBundle};
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::{Change, Records, UPDATE_ATTEMPTS};
-use ipxe_edge_pki::CertificateAuthority;
-use std::path::Path;
+use ipxe_edge_pki::{CertificateAuthority, KeyType};
+use std::path::{Path, PathBuf};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Default CA lifetime: ten years (gateways are re-imaged rarely).
 pub const CA_DAYS: u32 = 3650;
 
+/// Where the CA of `key_type` keeps its certificate and key.
+fn paths(dir: &DataDir, key_type: KeyType) -> (PathBuf, PathBuf) {
+    match key_type {
+        KeyType::Rsa2048 => (dir.ca_cert(), dir.ca_key()),
+        KeyType::EcdsaP256 => (dir.ca_ecdsa_cert(), dir.ca_ecdsa_key()),
+    }
+}
+
 /// Creates the CA in the data directory; refuses to overwrite an existing one.
 pub fn create(dir: &DataDir, days: u32) -> Result<CertificateAuthority, OpError> {
-    for path in [dir.ca_cert(), dir.ca_key()] {
+    create_with(dir, days, KeyType::Rsa2048)
+}
+
+/// Creates the CA of `key_type`; refuses to overwrite an existing one.
+pub fn create_with(dir: &DataDir, days: u32, key_type: KeyType) -> Result<CertificateAuthority, OpError> {
+    let (cert_path, key_path) = paths(dir, key_type);
+    for path in [&cert_path, &key_path] {
         if path.exists() {
             return Err(OpError::Refused(format!(
                 "a CA exists already at {}; refusing to overwrite it",
@@ -22,10 +36,44 @@ pub fn create(dir: &DataDir, days: u32) -> Result<CertificateAuthority, OpError>
             )));
         }
     }
-    let ca = CertificateAuthority::generate("ipxe-edge CA", days).map_err(|e| OpError::Pki(e.to_string()))?;
-    write_atomic(&dir.ca_key(), ca.key_pem().as_bytes(), 0o600)?;
-    write_atomic(&dir.ca_cert(), ca.cert_pem().as_bytes(), 0o600)?;
+    let name = match key_type {
+        KeyType::Rsa2048 => "ipxe-edge CA",
+        KeyType::EcdsaP256 => "ipxe-edge ECDSA CA",
+    };
+    let ca = CertificateAuthority::generate_with(name, days, key_type).map_err(|e| OpError::Pki(e.to_string()))?;
+    write_atomic(&key_path, ca.key_pem().as_bytes(), 0o600)?;
+    write_atomic(&cert_path, ca.cert_pem().as_bytes(), 0o600)?;
     Ok(ca)
+}
+
+/// The CA that issues certificates with keys of `key_type`: the RSA CA, or the ECDSA one.
+pub fn load_for(dir: &DataDir, key_type: KeyType) -> Result<CertificateAuthority, OpError> {
+    match key_type {
+        KeyType::Rsa2048 => load(dir),
+        KeyType::EcdsaP256 => {
+            let (cert_path, key_path) = paths(dir, key_type);
+            if !cert_path.exists() {
+                return Err(OpError::Refused(format!(
+                    "no ECDSA CA in {} (enroll an ECDSA gateway, or start serve once)",
+                    dir.pki().display()
+                )));
+            }
+            let cert = datadir::read_string(&cert_path)?;
+            let key = datadir::read_private_string(&key_path)?;
+            CertificateAuthority::from_pem(&cert, &key)
+                .map_err(|e| DataDirError::Corrupt { path: cert_path, reason: e.to_string() }.into())
+        }
+    }
+}
+
+/// Creates the ECDSA CA, if there is none yet, and trusts it; `true` when it was created.
+pub async fn ensure_ecdsa(dir: &DataDir, records: &Records, days: u32) -> Result<bool, OpError> {
+    if dir.ca_ecdsa_cert().exists() {
+        return Ok(false);
+    }
+    let ca = create_with(dir, days, KeyType::EcdsaP256)?;
+    add_to_bundle(records, ca.cert_pem().as_bytes()).await?;
+    Ok(true)
 }
 
 /// Loads the CA of the data directory.
@@ -96,10 +144,11 @@ pub async fn bundle_pem(deployment: &Deployment) -> Result<Vec<u8>, OpError> {
         .ok_or_else(|| OpError::Refused("no trust bundle yet (run: ipxe-edge ca init)".into()))
 }
 
-/// Creates the CA and adds it to the trust bundle.
+/// Creates the CAs (RSA, and ECDSA for ECDSA gateways) and adds them to the trust bundle.
 pub async fn init(deployment: &Deployment, days: u32) -> Result<(), OpError> {
     let ca = create(&deployment.dir, days)?;
     add_to_bundle(&deployment.records, ca.cert_pem().as_bytes()).await?;
+    ensure_ecdsa(&deployment.dir, &deployment.records, days).await?;
     Ok(())
 }
 

@@ -96,6 +96,8 @@ pub struct Enrolled {
     pub fingerprint: Fingerprint,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// The ECDSA CA was created (and trusted) for this enrollment.
+    pub created_ecdsa_ca: bool,
 }
 
 /// Issues a client certificate with the local CA and enrolls a new gateway with it.
@@ -114,7 +116,9 @@ pub async fn enroll(
             return Err(OpError::Refused(format!("{} exists already; refusing to overwrite it", path.display())));
         }
     }
-    let ca = super::ca::load(&ctx.dir)?;
+    let created_ecdsa_ca =
+        key_type == KeyType::EcdsaP256 && super::ca::ensure_ecdsa(&ctx.dir, &ctx.records, super::ca::CA_DAYS).await?;
+    let ca = super::ca::load_for(&ctx.dir, key_type)?;
     let issued = ca.issue_client_with(name, validity_days(days), key_type).map_err(|e| OpError::Pki(e.to_string()))?;
     let fp = Fingerprint::of_der(&issued.cert_der);
     let not_after = identity::not_after_der(&issued.cert_der);
@@ -122,7 +126,7 @@ pub async fn enroll(
     write_atomic(&key_path, issued.key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, issued.cert_pem.as_bytes(), 0o600)?;
     register(ctx, &record).await?;
-    Ok(Enrolled { fingerprint: fp, cert_path, key_path })
+    Ok(Enrolled { fingerprint: fp, cert_path, key_path, created_ecdsa_ca })
 }
 
 /// Enrolls an existing certificate that chains to the trust bundle.

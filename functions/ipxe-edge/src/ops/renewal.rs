@@ -108,6 +108,15 @@ pub async fn renew(
         Some(key_type) => key_type,
         None => held_key_type(dir, &gateway.name)?,
     };
+    // ECDSA gateways get certificates signed by the ECDSA CA (what iPXE 2.0 needs).
+    let ecdsa_ca;
+    let ca = match key_type {
+        KeyType::Rsa2048 => ca,
+        KeyType::EcdsaP256 => {
+            ecdsa_ca = super::ca::load_for(dir, key_type)?;
+            &ecdsa_ca
+        }
+    };
     let issued = ca
         .issue_client_with(&gateway.name, validity_days(options.days), key_type)
         .map_err(|e| OpError::Pki(e.to_string()))?;

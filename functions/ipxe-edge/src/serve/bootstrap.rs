@@ -126,6 +126,10 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
         store.put(keys::TRUST_BUNDLE, ca.cert_pem().into_bytes(), WriteCondition::Absent).await.map_err(storage)?;
         outcome.created.push(format!("trust bundle object {}", keys::TRUST_BUNDLE));
     }
+    // The ECDSA CA signs ECDSA gateway certificates; it is trusted from the first start on.
+    if crate::ops::ca::ensure_ecdsa(dir, records, crate::ops::ca::CA_DAYS).await? {
+        outcome.created.push(format!("ECDSA CA certificate {}", dir.ca_ecdsa_cert().display()));
+    }
 
     if records.channel(model::DEFAULT_CHANNEL).await.map_err(record_err)?.is_none() {
         if !records.release_exists(DEMO_RELEASE).await.map_err(record_err)? {
