@@ -356,7 +356,12 @@ impl ServeProcess {
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{boot_port}")])
             .args(["--secrets-listen", &format!("127.0.0.1:{secrets_port}")])
-            .args(["--s3-listen", &format!("127.0.0.1:{s3_port}")])
+            // A test that names its own S3 address (one flag, one address) replaces this one.
+            .args(if extra.contains(&"--s3-listen") {
+                vec![]
+            } else {
+                vec!["--s3-listen".to_string(), format!("127.0.0.1:{s3_port}")]
+            })
             .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)

@@ -391,3 +391,33 @@ async fn gateways_sending_an_intermediate_boot() {
         assert_eq!(response.status(), 403);
     }
 }
+
+/// IPv6 beside IPv4 (iPXE 2.0 enables IPv6 by default): each listener on both loopbacks, the
+/// URLs handed out naming `::1`; a gateway boots, downloads and redeems over IPv6 only, and the
+/// same listeners still answer over IPv4.
+#[tokio::test]
+async fn boots_and_redeems_over_ipv6() {
+    let data = temp_dir("serve-ipv6");
+    let ports = (free_port(), free_port(), free_port());
+    let (boot_v6, secrets_v6) = (format!("[::1]:{}", ports.0), format!("[::1]:{}", ports.1));
+    // The S3 endpoint takes one address: `[::]` takes IPv4 connections too.
+    let s3_any = format!("[::]:{}", ports.2);
+    let extra = ["--listen", &boot_v6, "--secrets-listen", &secrets_v6, "--public-host", "::1", "--s3-listen", &s3_any];
+    let serve = ServeProcess::start_on(BIN, &data, ports, &extra).expect("serve starts on both families");
+
+    let client = demo_client(&data);
+    let (status, script) = boot(&client, &format!("https://[::1]:{}/boot.ipxe", ports.0)).await;
+    assert_eq!(status, 200, "{script}");
+    let kernel = url_after(&script, "kernel ");
+    assert!(kernel.starts_with(&format!("https://[::1]:{}/", ports.2)), "{kernel}");
+    check_asset(&data, &kernel).await;
+    let secrets = secrets_url(&script);
+    assert!(secrets.starts_with(&format!("https://[::1]:{}/secrets/", ports.1)), "{secrets}");
+    let secrets_client = https_client(&read(&data.join("pki/ca.crt")), None);
+    assert_eq!(secrets_client.get(&secrets).send().await.unwrap().status(), 200);
+    assert_eq!(secrets_client.get(&secrets).send().await.unwrap().status(), 410);
+
+    let (status, _) = boot(&client, &serve.boot_url()).await;
+    assert_eq!(status, 200, "the IPv4 listener still answers");
+    assert!(serve.logs().contains("\"gateway\":\"demo\""));
+}
