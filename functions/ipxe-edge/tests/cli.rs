@@ -358,7 +358,8 @@ async fn valve_infra_import() {
         "{p}"
     );
     assert!(p.contains("initrd <presigned-url:"), "{p}");
-    assert!(t.ok(&["ca", "truststore"]).matches("BEGIN CERTIFICATE").count() == 2, "farm CA trusted");
+    // Our RSA and ECDSA CAs, and the farm's.
+    assert!(t.ok(&["ca", "truststore"]).matches("BEGIN CERTIFICATE").count() == 3, "farm CA trusted");
 }
 
 mod sha1_check {
