@@ -313,6 +313,28 @@ pub async fn create_ledger_table(client: &aws_sdk_dynamodb::Client, table: &str)
         .expect("enable TTL");
 }
 
+/// The ledger's item marking `token_id` used, if any (read straight from the table).
+pub async fn ledger_used_entry(
+    ledger: &ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger,
+    token_id: &str,
+) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, PARTITION_KEY, SORT_KEY};
+    let key = [
+        (PARTITION_KEY.to_string(), AttributeValue::S(token_pk(token_id))),
+        (SORT_KEY.to_string(), AttributeValue::S("used".into())),
+    ];
+    ledger
+        .client()
+        .get_item()
+        .table_name(ledger.table())
+        .set_key(Some(key.into_iter().collect()))
+        .send()
+        .await
+        .expect("read the ledger item")
+        .item
+}
+
 /// A bucket or table name unique to this test run.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,13 +1,12 @@
 //! Redeeming against a DynamoDB-compatible server (moto) for the used-token ledger and an
 //! S3-compatible server (s3s-fs) for the secrets.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::domain::identity::Fingerprint;
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{redeem_handler, RedeemApp};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, DynamoLedger, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
+use ipxe_edge_core::storage::adapters::dynamodb::{DynamoLedger, TTL_ATTRIBUTE};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::Records;
@@ -50,26 +49,6 @@ fn redeem_request(token: &str) -> lambda_http::Request {
     )
 }
 
-/// The ledger's item for a used token, if any.
-async fn used_entry(
-    ledger: &DynamoLedger,
-    token_id: &str,
-) -> Option<std::collections::HashMap<String, AttributeValue>> {
-    let key = [
-        (PARTITION_KEY.to_string(), AttributeValue::S(token_pk(token_id))),
-        (SORT_KEY.to_string(), AttributeValue::S("used".into())),
-    ];
-    ledger
-        .client()
-        .get_item()
-        .table_name(ledger.table())
-        .set_key(Some(key.into_iter().collect()))
-        .send()
-        .await
-        .unwrap()
-        .item
-}
-
 #[tokio::test]
 async fn thirty_two_concurrent_redemptions_give_exactly_one_secret() {
     let Some((ddb, s3)) = servers("thirty_two_concurrent_redemptions_give_exactly_one_secret") else { return };
@@ -107,7 +86,7 @@ async fn thirty_two_concurrent_redemptions_give_exactly_one_secret() {
     assert_eq!(results.iter().filter(|(s, _)| *s == 410).count(), 31);
 
     // The ledger entry carries a TTL at or after the token's expiry.
-    let item = used_entry(&ledger, &id.to_string()).await.expect("used token recorded");
+    let item = ledger_used_entry(&ledger, &id.to_string()).await.expect("used token recorded");
     let ttl: u64 = item[TTL_ATTRIBUTE].as_n().unwrap().parse().unwrap();
     assert!(ttl >= expires_at, "ttl {ttl} before expiry {expires_at}");
     assert_eq!(item["fingerprint"].as_s().unwrap(), fp.as_str());
@@ -137,7 +116,10 @@ async fn failed_secret_read_leaves_the_token_redeemable() {
     };
     let response = redeem_handler(&failing, redeem_request(&token)).await;
     assert_eq!(response.status(), 503);
-    assert!(used_entry(&ledger, &id.to_string()).await.is_none(), "token recorded although its secret was not served");
+    assert!(
+        ledger_used_entry(&ledger, &id.to_string()).await.is_none(),
+        "token recorded although its secret was not served"
+    );
 
     // A ledger that cannot be written also leaves it redeemable.
     let missing_table = Arc::new(DynamoLedger::new(ledger.client().clone(), "no-such-table"));

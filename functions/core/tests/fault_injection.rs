@@ -10,7 +10,7 @@ use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::{token_pk, DynamoLedger, PARTITION_KEY, SORT_KEY};
+use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::Records;
 use ipxe_edge_core::storage::{keys, ObjectStore, WriteCondition};
@@ -32,23 +32,6 @@ fn redeem_request(token: &str) -> lambda_http::Request {
         "function-url-redeem.json",
         &[("__PATH__", json!(format!("/secrets/{token}"))), ("__METHOD__", json!("GET"))],
     )
-}
-
-async fn is_recorded(ledger: &DynamoLedger, token_id: &str) -> bool {
-    let key = [
-        (PARTITION_KEY.to_string(), aws_sdk_dynamodb::types::AttributeValue::S(token_pk(token_id))),
-        (SORT_KEY.to_string(), aws_sdk_dynamodb::types::AttributeValue::S("used".into())),
-    ];
-    ledger
-        .client()
-        .get_item()
-        .table_name(ledger.table())
-        .set_key(Some(key.into_iter().collect()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +82,7 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
             );
             assert!(proxy.faulted() > before, "{step}, {fault:?}: the fault was not met");
             assert!(
-                !is_recorded(&direct_ledger, &id.to_string()).await,
+                ledger_used_entry(&direct_ledger, &id.to_string()).await.is_none(),
                 "{step}, {fault:?}: token spent without its secret"
             );
             // Fault cleared: exactly one answer.

@@ -170,17 +170,21 @@ async fn gateways_on_ipxe_2_get_a_script_that_checks_digests() {
     }
 }
 
-/// ECDSA gateway certificates (iPXE 2.0) verify like RSA ones, under the same RSA CA.
+/// ECDSA gateways (iPXE 2.0): a P-256 leaf signed by the deployment's ECDSA CA, whose
+/// certificate sits in the truststore beside the RSA CA's, boots through both API Gateway event
+/// shapes; an ECDSA leaf of a CA outside the truststore does not. A P-256 leaf under the RSA CA
+/// verifies too (the CA's signature algorithm is what iPXE cares about, not the verifier).
 #[tokio::test]
 async fn ecdsa_gateway_certificates_boot() {
+    use ipxe_edge_pki::{validity_days, KeyType};
     let store = Arc::new(MemoryStore::new());
-    let gw = test_ca()
-        .issue_client_with("gw-ec", ipxe_edge_pki::validity_days(10), ipxe_edge_pki::KeyType::EcdsaP256)
-        .unwrap();
-    assert!(gw.key_pem.contains("BEGIN PRIVATE KEY"));
-    let release = SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "" };
-    seed_gateway(store.as_ref(), "gw-ec", &gw.cert_der, release, Some(SECRET)).await;
-    let bundle = TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap();
+    let ecdsa_ca = CertificateAuthority::generate_with("ipxe-edge test ECDSA CA", 30, KeyType::EcdsaP256).unwrap();
+    let gw = ecdsa_ca.issue_client_with("gw-ec", validity_days(10), KeyType::EcdsaP256).unwrap();
+    let under_rsa = test_ca().issue_client_with("gw-ec-rsa-ca", validity_days(10), KeyType::EcdsaP256).unwrap();
+    let release = || SeedRelease { id: "r1", kernel: b"KERNEL", initrd: b"INITRD", cmdline: "" };
+    seed_gateway(store.as_ref(), "gw-ec", &gw.cert_der, release(), Some(SECRET)).await;
+    seed_gateway(store.as_ref(), "gw-ec-rsa-ca", &under_rsa.cert_der, release(), Some(SECRET)).await;
+    let truststore = format!("{}{}", test_ca().cert_pem(), ecdsa_ca.cert_pem());
     let boot = BootApp {
         service: BootService::new(
             Records::new(store.clone()),
@@ -188,13 +192,23 @@ async fn ecdsa_gateway_certificates_boot() {
             Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
             BootSettings::new("https://secrets.example.org"),
         ),
-        verifier: ChainVerifier::new(bundle, DEFAULT_CLOCK_SKEW),
+        verifier: ChainVerifier::new(TrustBundle::from_pem(truststore.as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };
-    let response = boot_handler(&boot, v2_boot(&gw.cert_pem, "buildarch=x86_64", default_params())).await;
+    for leaf in [&gw, &under_rsa] {
+        let response = boot_handler(&boot, v2_boot(&leaf.cert_pem, "buildarch=x86_64", default_params())).await;
+        assert_eq!(response.status(), 200, "{}", body(&response));
+        assert!(body(&response).contains("/secrets/"));
+    }
+    let rest = request("apigw-rest-boot.json", &[("__CLIENT_CERT_PEM__", json!(gw.cert_pem))]);
+    let response = boot_handler(&boot, rest).await;
     assert_eq!(response.status(), 200, "{}", body(&response));
-    assert!(body(&response).contains("/secrets/"));
+
+    let foreign_ca = CertificateAuthority::generate_with("another farm's ECDSA CA", 30, KeyType::EcdsaP256).unwrap();
+    let foreign = foreign_ca.issue_client_with("gw-ec", validity_days(10), KeyType::EcdsaP256).unwrap();
+    let response = boot_handler(&boot, v2_boot(&foreign.cert_pem, "buildarch=x86_64", default_params())).await;
+    assert_eq!(response.status(), 403, "{}", body(&response));
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! Throughput of `ipxe-edge serve` (release build recommended): boots per second through the
 //! mTLS front, with keep-alive connections and with a new TLS connection per boot; then the
 //! same keep-alive boots with 10,000 enrolled gateways, to show a boot's cost does not depend
-//! on the farm's size. Prints tables.
+//! on the farm's size. Prints tables. New-connection boots are also measured the way iPXE
+//! connects (TLS 1.2, a full handshake per request), for RSA gateways (iPXE 1.x) and ECDSA
+//! gateways (iPXE 2.0) side by side, each against nginx holding the same certificates.
 //!
 //! Each row also prints the CPU time `serve` spent per boot (user + system, all its threads) and
 //! the client's own, since both share this machine's cores: `2 cores / serve CPU per boot` is
@@ -15,6 +17,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipxe-edge");
 
+/// Makes the HTTPS client of connection `i` (again for every boot without keep-alive).
+type Clients = std::sync::Arc<dyn Fn(usize) -> reqwest::Client + Send + Sync>;
+
 /// Boots through `connections` clients, client `i` as gateway `identities[i % len]` (a farm's
 /// gateways boot as themselves: one gateway does not boot sixteen times at once).
 async fn run(
@@ -25,14 +30,14 @@ async fn run(
     per_connection: usize,
     keep_alive: bool,
 ) -> (f64, Duration, Duration) {
-    run_url(format!("{}?buildarch=x86_64", serve.boot_url()), ca, identities, connections, per_connection, keep_alive)
-        .await
+    let (ca, identities) = (ca.to_vec(), identities.to_vec());
+    let clients: Clients = std::sync::Arc::new(move |i| https_client(&ca, Some(&identities[i % identities.len()])));
+    run_url(format!("{}?buildarch=x86_64", serve.boot_url()), clients, connections, per_connection, keep_alive).await
 }
 
 async fn run_url(
     url: String,
-    ca: &[u8],
-    identities: &[Vec<u8>],
+    clients: Clients,
     connections: usize,
     per_connection: usize,
     keep_alive: bool,
@@ -40,13 +45,13 @@ async fn run_url(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..connections {
-        let (ca, identity, url) = (ca.to_vec(), identities[i % identities.len()].clone(), url.clone());
+        let (clients, url) = (clients.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_connection);
-            let mut client = https_client(&ca, Some(&identity));
+            let mut client = clients(i);
             for _ in 0..per_connection {
                 if !keep_alive {
-                    client = https_client(&ca, Some(&identity));
+                    client = clients(i);
                 }
                 let t = Instant::now();
                 let response = client.get(&url).send().await.expect("boot request");
@@ -65,6 +70,33 @@ async fn run_url(
     all.sort();
     let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
     (all.len() as f64 / elapsed, at(0.5), at(0.99))
+}
+
+/// A client that speaks TLS like iPXE: TLS 1.2 only, full handshakes, and for `Rsa2048` only
+/// ECDHE-RSA suites (iPXE 1.x: the server must sign with RSA), for `EcdsaP256` only
+/// ECDHE-ECDSA ones (an ECDSA gateway on iPXE 2.0: the server signs with P-256).
+fn ipxe_like_client(ca_pem: &[u8], identity_pem: &[u8], key_type: ipxe_edge_pki::KeyType) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let prefix = match key_type {
+        ipxe_edge_pki::KeyType::Rsa2048 => "TLS_ECDHE_RSA_",
+        ipxe_edge_pki::KeyType::EcdsaP256 => "TLS_ECDHE_ECDSA_",
+    };
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|suite| format!("{:?}", suite.suite()).starts_with(prefix));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(identity_pem).map(Result::unwrap).collect();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(identity_pem).unwrap())
+        .unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(config).timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 #[tokio::main]
@@ -104,26 +136,52 @@ async fn main() {
     }
     println!("(median of 3 rounds per row)");
 
-    // The handshake dominates a boot on a new connection: the same clients against a bare mTLS
-    // server (nginx answering a constant, same certificates, same CA) on this machine.
+    // The handshake dominates a boot on a new connection: iPXE-like clients (TLS 1.2, a new
+    // connection per boot) of RSA gateways and of ECDSA gateways, against `serve` (which picks
+    // its RSA or ECDSA certificate per handshake) and against a bare mTLS server holding the
+    // same certificates (nginx answering a constant) on this machine.
+    let ecdsa_identity = ecdsa_gateways(&data, 50);
     match BareMtls::start(&data) {
         Some(bare) => {
-            // Alternating rounds, median of each: one round's rate varies by ±10 % here.
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                ours.push(run(&serve, &ca, &identity, 16, 40 * scale, false).await.0);
-                theirs.push(run_url(bare.url.clone(), &ca, &identity, 16, 40 * scale, false).await.0);
+            println!(
+                "\n| new TLS connection per boot, TLS 1.2, 16 clients (median of 5) | boots/s | serve CPU/boot (µs) |"
+            );
+            println!(
+                "|-----------------------------------------------------------------|---------|---------------------|"
+            );
+            let mut figures = Vec::new();
+            for (key_type, identities) in
+                [(ipxe_edge_pki::KeyType::Rsa2048, &identity), (ipxe_edge_pki::KeyType::EcdsaP256, &ecdsa_identity)]
+            {
+                let (ca, identities) = (ca.clone(), identities.clone());
+                let clients: Clients =
+                    std::sync::Arc::new(move |i| ipxe_like_client(&ca, &identities[i % identities.len()], key_type));
+                let per = 40 * scale;
+                // Alternating rounds, median of each: one round's rate varies by ±10 % here.
+                let (mut ours, mut cpu, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..5 {
+                    let before = cpu_time(serve.child.id());
+                    let url = format!("{}?buildarch=x86_64", serve.boot_url());
+                    ours.push(run_url(url, clients.clone(), 16, per, false).await.0);
+                    cpu.push((cpu_time(serve.child.id()) - before).as_secs_f64() * 1e6 / (16 * per) as f64);
+                    theirs.push(run_url(bare.url.clone(), clients.clone(), 16, per, false).await.0);
+                }
+                let (ours, cpu, theirs) = (median(ours), median(cpu), median(theirs));
+                let kind = key_type.as_str();
+                println!(
+                    "| ipxe-edge serve (whole boot), {kind:<12} gateways and server key | {ours:>7.0} | {cpu:>19.0} |"
+                );
+                println!("| nginx, mTLS, constant answer, {kind:<12} gateways and server key | {theirs:>7.0} |                     |");
+                figures.push((kind, ours, theirs));
             }
-            let median = |mut rates: Vec<f64>| {
-                rates.sort_by(f64::total_cmp);
-                rates[rates.len() / 2]
-            };
-            let (ours, theirs) = (median(ours), median(theirs));
-            println!("\n| new TLS connection per boot, 16 clients (median of 5) | boots/s |");
-            println!("|-------------------------------------------------------|---------|");
-            println!("| ipxe-edge serve (whole boot)                          | {ours:>7.0} |");
-            println!("| nginx, mTLS, constant answer                          | {theirs:>7.0} |");
-            println!("ratio: {:.2}", ours / theirs);
+            for (kind, ours, theirs) in &figures {
+                println!("{kind}: serve / nginx {:.2}", ours / theirs);
+            }
+            println!(
+                "ecdsa-p256 / rsa-2048: serve {:.2}, nginx {:.2}",
+                figures[1].1 / figures[0].1,
+                figures[1].2 / figures[0].2
+            );
         }
         None => {
             println!("\nnginx not found: install it (apt-get install nginx-light) to compare with a bare mTLS server")
@@ -163,29 +221,42 @@ fn cpu_time(pid: u32) -> Duration {
 
 /// Enrolls `n` gateways (the demo gateway first) and returns each one's certificate and key.
 fn gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
-    let identity = |name: &str| {
-        [
-            std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap(),
-            std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap(),
-        ]
-        .concat()
-    };
-    let mut all = vec![identity("demo")];
-    for i in 1..n {
-        let name = format!("bench-gw-{i}");
-        let status = std::process::Command::new(BIN)
-            .arg("--data")
-            .arg(data)
-            .args(["gateway", "enroll", &name])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{}/secrets", fingerprint_of(data, &name))), b"k=v\n")
-            .unwrap();
-        all.push(identity(&name));
-    }
+    let mut all = vec![identity_of(data, "demo")];
+    all.extend((1..n).map(|i| enroll(data, &format!("bench-gw-{i}"), "rsa-2048")));
     all
+}
+
+/// Enrolls `n` ECDSA gateways (certificates from the deployment's ECDSA CA).
+fn ecdsa_gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| enroll(data, &format!("bench-ecdsa-gw-{i}"), "ecdsa-p256")).collect()
+}
+
+/// Enrolls one gateway with secrets; its certificate and key.
+fn enroll(data: &std::path::Path, name: &str, key: &str) -> Vec<u8> {
+    let status = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["gateway", "enroll", name, "--key", key])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{}/secrets", fingerprint_of(data, name))), b"k=v\n")
+        .unwrap();
+    identity_of(data, name)
+}
+
+fn identity_of(data: &std::path::Path, name: &str) -> Vec<u8> {
+    [
+        std::fs::read(data.join(format!("pki/gateways/{name}.crt"))).unwrap(),
+        std::fs::read(data.join(format!("pki/gateways/{name}.key"))).unwrap(),
+    ]
+    .concat()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn fingerprint_of(data: &std::path::Path, name: &str) -> String {
@@ -209,7 +280,8 @@ fn enroll_many(data: &std::path::Path, n: usize) {
     }
 }
 
-/// nginx with mutual TLS and a constant answer, on the server certificate of `serve`.
+/// nginx with mutual TLS and a constant answer, on the server certificates of `serve` (RSA and
+/// ECDSA: nginx, too, picks per handshake) and trusting both of the deployment's CAs.
 struct BareMtls {
     child: std::process::Child,
     url: String,
@@ -220,20 +292,22 @@ impl BareMtls {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
         let dir = data.with_extension("nginx");
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let chain =
-            [std::fs::read(data.join("pki/server.crt")).unwrap(), std::fs::read(data.join("pki/ca.crt")).unwrap()]
-                .concat();
-        std::fs::write(dir.join("chain.pem"), chain).unwrap();
+        let pki = |name: &str| std::fs::read(data.join("pki").join(name)).unwrap();
+        std::fs::write(dir.join("chain.pem"), [pki("server.crt"), pki("ca.crt")].concat()).unwrap();
+        std::fs::write(dir.join("chain-ecdsa.pem"), [pki("server-ecdsa.crt"), pki("ca.crt")].concat()).unwrap();
+        std::fs::write(dir.join("clients.pem"), [pki("ca.crt"), pki("ca-ecdsa.crt")].concat()).unwrap();
         let port = free_port();
         let conf = format!(
             "worker_processes 2; daemon off; pid {dir}/nginx.pid; error_log {dir}/logs/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
-             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {dir}/chain.pem; ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on;\n\
+             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {dir}/chain.pem; ssl_certificate_key {key};\n\
+             ssl_certificate {dir}/chain-ecdsa.pem; ssl_certificate_key {ecdsa_key};\n\
+             ssl_client_certificate {dir}/clients.pem; ssl_verify_client on;\n\
              ssl_protocols TLSv1.2 TLSv1.3; location / {{ return 200 \"#!ipxe\\n\"; }} }} }}\n",
             dir = dir.display(),
             key = data.join("pki/server.key").display(),
-            ca = data.join("pki/ca.crt").display(),
+            ecdsa_key = data.join("pki/server-ecdsa.key").display(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = std::process::Command::new(nginx)

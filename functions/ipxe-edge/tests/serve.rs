@@ -421,3 +421,77 @@ async fn boots_and_redeems_over_ipv6() {
     assert_eq!(status, 200, "the IPv4 listener still answers");
     assert!(serve.logs().contains("\"gateway\":\"demo\""));
 }
+
+/// What `openssl s_client` (TLS 1.2, the given OpenSSL cipher list, the demo gateway's
+/// certificate) receives from `port`: the server's leaf certificate (PEM) if the handshake
+/// completed.
+fn leaf_for_ciphers(data: &Path, port: u16, ciphers: &str) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-cipher", ciphers, "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-cert")
+        .arg(data.join("pki/gateways/demo.crt"))
+        .arg("-key")
+        .arg(data.join("pki/gateways/demo.key"))
+        .arg("-CAfile")
+        .arg(data.join("pki/ca.crt"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start + "-----END CERTIFICATE-----".len();
+    Some(format!("{}\n", &text[start..end]))
+}
+
+/// `serve` holds an RSA and an ECDSA certificate and picks per handshake: a client with
+/// ECDHE-RSA suites only (iPXE 1.x) gets the RSA one, a client with ECDHE-ECDSA suites the
+/// ECDSA one; a client sharing no suite (static RSA key exchange) gets an alert, and `serve`
+/// one log line for it.
+#[tokio::test]
+async fn picks_the_server_certificate_per_handshake() {
+    let data = temp_dir("serve-keys");
+    let serve = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    let pem = |name: &str| String::from_utf8(read(&data.join("pki").join(name))).unwrap();
+    assert_eq!(
+        leaf_for_ciphers(&data, serve.boot_port, "ECDHE-RSA-AES128-GCM-SHA256").as_deref(),
+        Some(&*pem("server.crt"))
+    );
+    assert_eq!(
+        leaf_for_ciphers(&data, serve.boot_port, "ECDHE-ECDSA-AES128-GCM-SHA256").as_deref(),
+        Some(&*pem("server-ecdsa.crt"))
+    );
+    let refused_before = serve.logs().matches("\"outcome\":\"tls_refused\"").count();
+    assert_eq!(leaf_for_ciphers(&data, serve.boot_port, "AES128-GCM-SHA256:AES256-SHA"), None);
+    let mut logs = serve.logs();
+    for _ in 0..50 {
+        if logs.matches("\"outcome\":\"tls_refused\"").count() > refused_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        logs = serve.logs();
+    }
+    let refusals: Vec<&str> = logs.lines().filter(|l| l.contains("\"outcome\":\"tls_refused\"")).collect();
+    assert_eq!(refusals.len(), refused_before + 1, "one line for the refused handshake: {logs}");
+    assert!(refusals.last().unwrap().contains("TLS handshake failed"), "{logs}");
+}
+
+/// `--tls-cert` and `--tls-key` come in pairs: a count mismatch stops `serve` at start with a
+/// message, before it listens.
+#[test]
+fn unpaired_tls_certificates_are_refused_at_start() {
+    let data = temp_dir("serve-unpaired");
+    let first = ServeProcess::start(BIN, &data, &[]).expect("serve starts");
+    drop(first);
+    let pki = data.join("pki");
+    let (rsa, ecdsa, rsa_key) = (pki.join("server.crt"), pki.join("server-ecdsa.crt"), pki.join("server.key"));
+    let args = [
+        "--tls-cert",
+        rsa.to_str().unwrap(),
+        "--tls-cert",
+        ecdsa.to_str().unwrap(),
+        "--tls-key",
+        rsa_key.to_str().unwrap(),
+    ];
+    let err = ServeProcess::start(BIN, &data, &args).err().expect("serve refuses to start");
+    assert!(err.contains("give one --tls-key per --tls-cert"), "{err}");
+}
