@@ -23,6 +23,19 @@ cargo test --workspace --locked "$@"
 scripts/check-function-deps.sh
 scripts/lint-infra.sh
 scripts/test-deploy.sh
-# Both iPXE generations gateways run: Debian trixie's 1.21.1 and forky's 2.0.0.
-IPXE_VERSION=1.21.1 tests/qemu/boot-test.sh
-IPXE_VERSION=2.0.0 tests/qemu/boot-test.sh
+# Both iPXE generations gateways run, Debian trixie's 1.21.1 and forky's 2.0.0, side by side:
+# each QEMU emulates on one core, and each suite has a network namespace of its own.
+tests/qemu/setup.sh >/dev/null
+cargo build -q -p ipxe-edge
+declare -A qemu_pid
+for version in 1.21.1 2.0.0; do
+  IPXE_VERSION=$version tests/qemu/boot-test.sh >"$state/qemu-$version.log" 2>&1 &
+  qemu_pid[$version]=$!
+done
+qemu_failed=0
+for version in 1.21.1 2.0.0; do
+  wait "${qemu_pid[$version]}" || qemu_failed=1
+  echo "== QEMU suite, iPXE $version"
+  cat "$state/qemu-$version.log"
+done
+[ "$qemu_failed" -eq 0 ]

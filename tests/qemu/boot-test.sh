@@ -19,6 +19,10 @@
 #   7. an ECDSA gateway boots end to end (on 1.21.1 its boot is refused, with one log line);
 #   8. an asset altered in the store after `release create` is refused by iPXE's digest check
 #      (no Linux), while the untouched release boots.
+#   9. a gateway whose firmware clock is years off fails its TLS handshake without `ntp` and
+#      boots with it, set from an SNTP responder on the host side of the user network (on
+#      1.21.1, which has no `ntp`, the script says so and the gateway does not boot).
+# The suite runs in a network namespace of its own (iPXE's NTP port is fixed at 123).
 # Usage: IPXE_VERSION=2.0.0 tests/qemu/boot-test.sh   (prints "N passed, N failed"; exit 1 on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,8 +33,14 @@ QEMU_TIMEOUT="${QEMU_TIMEOUT:-150}"
 IPXE_VERSION="${IPXE_VERSION:-1.21.1}"
 case "$IPXE_VERSION" in 1.21.1 | 2.0.0) ;; *) echo "IPXE_VERSION must be 1.21.1 or 2.0.0"; exit 2 ;; esac
 IPXE_EFI="$CACHE/ipxe-$IPXE_VERSION/usr/lib/ipxe/ipxe-amd64.efi"
-tests/qemu/setup.sh >/dev/null
-cargo build -q -p ipxe-edge
+if [ -z "${IPXE_EDGE_QEMU_NETNS:-}" ]; then
+  tests/qemu/setup.sh >/dev/null
+  cargo build -q -p ipxe-edge
+  # The rest runs in a network namespace of its own: every listener (serve, the script server,
+  # the SNTP responder on iPXE's fixed port 123) is on that namespace's loopback only.
+  exec unshare --map-root-user --net env IPXE_EDGE_QEMU_NETNS=1 "$PWD/tests/qemu/boot-test.sh" "$@"
+fi
+ip link set lo up
 BIN="$TARGET/debug/ipxe-edge"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-qemu.XXXXXX")
@@ -395,6 +405,42 @@ PY
   check "iPXE refused the swapped initrd before booting it" 'grep -q "does not match its release" <<<"$serial" && ! grep -q "EDGE-LINUX-UP" <<<"$serial"'
   check "the gateway kept retrying" '[ "$(grep -c "does not match its release" <<<"$serial")" -ge 2 ]'
   check "its secret was never redeemed" '! grep "secrets served" "$work/serve.log" | grep -q "$(fingerprint swap-gw)"'
+fi
+
+# ---------------------------------------------------------------- 9. a gateway whose clock is years off
+# The firmware clock (QEMU's RTC) is set to 2015, before every certificate here was issued: iPXE
+# refuses the server's certificate until `ntp` sets its clock, from the SNTP responder on the
+# host side of the user network (10.0.2.2:123 is this namespace's loopback).
+python3 tests/qemu/sntp.py 127.0.0.1 123 >"$work/sntp.log" 2>&1 &
+edge gateway enroll clock-gw --channel stable >/dev/null
+edge gateway set-secrets clock-gw --file "$work/secrets.txt" >/dev/null
+edge image script clock-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/clock-gw-no-ntp.ipxe"
+edge image script clock-gw --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --ntp 10.0.2.2 >"$work/www/clock-gw.ipxe"
+cfp=$(fingerprint clock-gw)
+qemu_clock=("${qemu_common[@]}" -rtc base=2015-06-01T12:00:00)
+run_clock_boot() { # script, log, timeout
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+  timeout "$3" qemu-system-x86_64 "${qemu_clock[@]}" -kernel "$work/ipxe.efi" \
+    -append "ipxe.efi set net0/ip 10.0.2.15 && set net0/netmask 255.255.255.0 && set net0/gateway 10.0.2.2 && ifopen net0 && chain http://10.0.2.2:$http_port/$1.ipxe" \
+    </dev/null >"$2" 2>&1 || true
+}
+if [ "$IPXE_VERSION" = 2.0.0 ]; then
+  run_clock_boot clock-gw-no-ntp "$work/serial-9a.log" 40
+  check "with its clock in 2015 and no ntp, the gateway does not reach Linux" '! grep -q "EDGE-LINUX-UP" "$work/serial-9a.log"'
+  check "... and gets no boot script (its TLS handshake fails)" '! grep "boot script served" "$work/serve.log" | grep -q "$cfp"'
+  start=$(date +%s.%N)
+  run_clock_boot clock-gw "$work/serial-9b.log" "$QEMU_TIMEOUT"
+  clock_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+  check "the SNTP responder answered the gateway" 'grep -q "^answered 127.0.0.1" "$work/sntp.log"'
+  check "with ntp, the same gateway boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-9b.log"'
+  check "the server identified the gateway once its clock was right" 'grep "boot script served" "$work/serve.log" | grep -q "\"fingerprint\":\"$cfp\".*\"gateway\":\"clock-gw\""'
+  echo "time from QEMU start to poweroff, clock set over NTP: ${clock_time}s"
+else
+  # Debian's 1.21.1 has no `ntp` command: the script says so and the gateway cannot boot until
+  # its firmware clock is right (what the docs tell operators of such gateways).
+  run_clock_boot clock-gw "$work/serial-9b.log" 40
+  check "without an ntp command, the script says the clock was not set" 'grep -q "ipxe-edge: clock not set from 10.0.2.2" "$work/serial-9b.log"'
+  check "... and a gateway with its clock in 2015 does not reach Linux" '! grep -q "EDGE-LINUX-UP" "$work/serial-9b.log" && ! grep "boot script served" "$work/serve.log" | grep -q "$cfp"'
 fi
 
 if [ "$failed" -gt 0 ]; then
