@@ -156,13 +156,12 @@ async fn main() {
                 let (ca, identities) = (ca.clone(), identities.clone());
                 let clients: Clients =
                     std::sync::Arc::new(move |i| ipxe_like_client(&ca, &identities[i % identities.len()], key_type));
-                let per = 40 * scale;
+                let (per, url) = (40 * scale, format!("{}?buildarch=x86_64", serve.boot_url()));
                 // Alternating rounds, median of each: one round's rate varies by ±10 % here.
                 let (mut ours, mut cpu, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..5 {
                     let before = cpu_time(serve.child.id());
-                    let url = format!("{}?buildarch=x86_64", serve.boot_url());
-                    ours.push(run_url(url, clients.clone(), 16, per, false).await.0);
+                    ours.push(run_url(url.clone(), clients.clone(), 16, per, false).await.0);
                     cpu.push((cpu_time(serve.child.id()) - before).as_secs_f64() * 1e6 / (16 * per) as f64);
                     theirs.push(run_url(bare.url.clone(), clients.clone(), 16, per, false).await.0);
                 }
@@ -222,21 +221,21 @@ fn cpu_time(pid: u32) -> Duration {
 /// Enrolls `n` gateways (the demo gateway first) and returns each one's certificate and key.
 fn gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
     let mut all = vec![identity_of(data, "demo")];
-    all.extend((1..n).map(|i| enroll(data, &format!("bench-gw-{i}"), "rsa-2048")));
+    all.extend((1..n).map(|i| enroll(data, &format!("bench-gw-{i}"), ipxe_edge_pki::KeyType::Rsa2048)));
     all
 }
 
 /// Enrolls `n` ECDSA gateways (certificates from the deployment's ECDSA CA).
 fn ecdsa_gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| enroll(data, &format!("bench-ecdsa-gw-{i}"), "ecdsa-p256")).collect()
+    (0..n).map(|i| enroll(data, &format!("bench-ecdsa-gw-{i}"), ipxe_edge_pki::KeyType::EcdsaP256)).collect()
 }
 
 /// Enrolls one gateway with secrets; its certificate and key.
-fn enroll(data: &std::path::Path, name: &str, key: &str) -> Vec<u8> {
+fn enroll(data: &std::path::Path, name: &str, key: ipxe_edge_pki::KeyType) -> Vec<u8> {
     let status = std::process::Command::new(BIN)
         .arg("--data")
         .arg(data)
-        .args(["gateway", "enroll", name, "--key", key])
+        .args(["gateway", "enroll", name, "--key", key.as_str()])
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
