@@ -35,10 +35,39 @@ struct Plan {
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// One request the proxy forwarded: what it was, when it left and when its answer came back.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The API operation: DynamoDB's `X-Amz-Target` action (`PutItem`), or for S3
+    /// `GetObject`, `GetObject if-none-match`, `HeadObject`, `PutObject`, `ListObjectsV2`, ...
+    pub operation: String,
+    pub status: u16,
+    pub started: std::time::Instant,
+    pub ended: std::time::Instant,
+}
+
+/// The longest chain of calls each started after the previous one ended: the round trips a
+/// request waited for one after another (calls made side by side overlap).
+pub fn sequential_depth(calls: &[Call]) -> usize {
+    let mut by_end: Vec<&Call> = calls.iter().collect();
+    by_end.sort_by_key(|c| c.ended);
+    let (mut depth, mut last_end) = (0, None);
+    for call in by_end {
+        if last_end.is_none_or(|end| call.started >= end) {
+            depth += 1;
+            last_end = Some(call.ended);
+        }
+    }
+    depth
+}
+
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`, to give the client instead of the server's endpoint.
     pub endpoint: String,
     plan: Arc<Mutex<Plan>>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// Added before forwarding each request, like a network's round trip.
+    latency: Arc<Mutex<Duration>>,
     forwarded: Arc<AtomicUsize>,
     faulted: Arc<AtomicUsize>,
     /// Bodies of the requests forwarded, in order.
@@ -66,12 +95,15 @@ impl FaultProxy {
         let upstream: Arc<str> = Arc::from(upstream.trim_end_matches('/'));
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (calls, latency) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Duration::ZERO)));
         let (p, fw, fl, bs) = (plan.clone(), forwarded.clone(), faulted.clone(), bodies.clone());
+        let (cs, lt) = (calls.clone(), latency.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (plan, forwarded, faulted, upstream, client, bodies) =
                     (p.clone(), fw.clone(), fl.clone(), upstream.clone(), client.clone(), bs.clone());
+                let (calls, latency) = (cs.clone(), lt.clone());
                 let one_at_a_time = one_at_a_time.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -91,12 +123,22 @@ impl FaultProxy {
                         }
                         let (upstream, client, one_at_a_time, bodies) =
                             (upstream.clone(), client.clone(), one_at_a_time.clone(), bodies.clone());
+                        let (calls, latency) = (calls.clone(), *latency.lock().unwrap());
                         async move {
+                            let started = std::time::Instant::now();
+                            let operation = operation(&req);
+                            tokio::time::sleep(latency).await;
                             let _turn = match &one_at_a_time {
                                 Some(lock) => Some(lock.clone().lock_owned().await),
                                 None => None,
                             };
-                            proxy(req, fault, upstream, client, bodies).await
+                            let response = proxy(req, fault, upstream, client, bodies).await;
+                            if fault.is_none() {
+                                let status = response.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                                let ended = std::time::Instant::now();
+                                calls.lock().unwrap().push(Call { operation, status, started, ended });
+                            }
+                            response
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -105,7 +147,18 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { endpoint, plan, forwarded, faulted, bodies }
+        FaultProxy { endpoint, plan, calls, latency, forwarded, faulted, bodies }
+    }
+
+    /// Every forwarded request waits this long first (a network's round trip), so that calls
+    /// made one after another cannot overlap.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock().unwrap() = latency;
+    }
+
+    /// The calls forwarded since the last time, in the order they were answered; forgets them.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
     }
 
     /// The next requests meet these faults, in order; later ones pass.
@@ -146,6 +199,27 @@ impl FaultProxy {
     /// How many requests went through untouched.
     pub fn forwarded(&self) -> usize {
         self.forwarded.load(Ordering::SeqCst)
+    }
+}
+
+/// The API operation a request calls.
+fn operation(req: &Request<Incoming>) -> String {
+    if let Some(target) = req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return target.rsplit('.').next().unwrap_or(target).to_string();
+    }
+    let query = req.uri().query().unwrap_or("");
+    let object = req.uri().path().trim_start_matches('/').contains('/');
+    let name = match (req.method().as_str(), object) {
+        ("GET", _) if query.contains("list-type=2") => "ListObjectsV2",
+        ("GET", true) => "GetObject",
+        ("HEAD", true) => "HeadObject",
+        ("PUT", true) => "PutObject",
+        ("DELETE", true) => "DeleteObject",
+        (method, _) => return format!("{method} {}", req.uri().path()),
+    };
+    match req.headers().contains_key("if-none-match") && name == "GetObject" {
+        true => "GetObject if-none-match".to_string(),
+        false => name.to_string(),
     }
 }
 

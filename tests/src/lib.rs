@@ -158,6 +158,8 @@ pub async fn seed_gateway(
     .await;
     let mut record = ipxe_edge_core::domain::model::new_gateway(name, fp.clone());
     record.vars.insert("site".into(), "lab-1".into());
+    // As `gateway set-secrets` leaves it.
+    record.has_secrets = Some(secrets.is_some());
     put_json(store, &keys::gateway(&fp), &record).await;
     if let Some(secrets) = secrets {
         store.put(&keys::secrets(&fp), secrets.to_vec(), WriteCondition::Always).await.unwrap();

@@ -7,6 +7,7 @@
 
 use criterion::{criterion_group, Criterion};
 use ipxe_edge_core::api::metrics::NoMetrics;
+use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
 use ipxe_edge_core::domain::token::Keyring;
@@ -66,10 +67,10 @@ fn setup(recording: bool) -> Bench {
     }
     let boot = BootApp {
         service,
-        verifier: ChainVerifier::new(
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
             TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
             DEFAULT_CLOCK_SKEW,
-        ),
+        ))),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };

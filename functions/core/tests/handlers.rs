@@ -2,6 +2,7 @@
 //! Lambda function URL), with in-memory stores.
 
 use ipxe_edge_core::api::metrics::NoMetrics;
+use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle};
 use ipxe_edge_core::domain::model::{GatewayState, ReleaseManifest};
@@ -59,10 +60,10 @@ async fn harness_with(cert_header: CertHeader, secrets: Option<&[u8]>) -> Harnes
             keyring.clone(),
             settings,
         ),
-        verifier: ChainVerifier::new(
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
             TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
             DEFAULT_CLOCK_SKEW,
-        ),
+        ))),
         cert_header,
         metrics: Arc::new(NoMetrics),
     };
@@ -192,7 +193,10 @@ async fn ecdsa_gateway_certificates_boot() {
             Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
             BootSettings::new("https://secrets.example.org"),
         ),
-        verifier: ChainVerifier::new(TrustBundle::from_pem(truststore.as_bytes()).unwrap(), DEFAULT_CLOCK_SKEW),
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
+            TrustBundle::from_pem(truststore.as_bytes()).unwrap(),
+            DEFAULT_CLOCK_SKEW,
+        ))),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };
@@ -450,10 +454,10 @@ async fn presign_lifetime_is_configurable() {
             h.keyring.clone(),
             settings,
         ),
-        verifier: ChainVerifier::new(
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
             TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
             DEFAULT_CLOCK_SKEW,
-        ),
+        ))),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     };

@@ -3,6 +3,7 @@
 //! failing without failing boots or redemptions.
 
 use ipxe_edge_core::api::metrics::{Counter, Metrics};
+use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
 use ipxe_edge_core::domain::journal::{BootReason, HealthGate, Outcome};
 use ipxe_edge_core::domain::token::Keyring;
@@ -87,10 +88,10 @@ async fn harness(secrets: Option<&[u8]>) -> Harness {
             BootSettings::new(BASE),
         )
         .with_journal(journal.clone()),
-        verifier: ChainVerifier::new(
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
             TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
             DEFAULT_CLOCK_SKEW,
-        ),
+        ))),
         cert_header: CertHeader::Off,
         metrics: metrics.clone(),
     };

@@ -2,6 +2,7 @@
 //! URLs: the URLs in the boot script download exactly the uploaded bytes, and nothing else.
 
 use ipxe_edge_core::api::metrics::NoMetrics;
+use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::identity::DEFAULT_CLOCK_SKEW;
 use ipxe_edge_core::domain::identity::{ChainVerifier, TrustBundle};
 use ipxe_edge_core::domain::token::Keyring;
@@ -33,10 +34,10 @@ fn app(store: Arc<S3Store>, presign_ttl: Duration) -> BootApp {
             Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
             settings,
         ),
-        verifier: ChainVerifier::new(
+        trust: Trust::Fixed(Arc::new(ChainVerifier::new(
             TrustBundle::from_pem(test_ca().cert_pem().as_bytes()).unwrap(),
             DEFAULT_CLOCK_SKEW,
-        ),
+        ))),
         cert_header: CertHeader::Off,
         metrics: Arc::new(NoMetrics),
     }

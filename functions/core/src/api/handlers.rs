@@ -22,7 +22,7 @@ fn some(value: impl ToString) -> Option<String> {
 
 /// `GET /boot.ipxe`.
 pub async fn boot(app: &BootApp, info: &RequestInfo, now: u64) -> Handled {
-    let identity = match identify(app, &info.client, now) {
+    let identity = match identify(app, &info.client, now).await {
         Ok(identity) => identity,
         Err((failure, detail, subject)) => {
             return boot_refused(failure, Fields { subject, detail: Some(detail), ..Fields::default() })
@@ -55,7 +55,11 @@ pub fn boot_unrouted(failure: Failure, detail: String) -> Handled {
 }
 
 /// The identity the server in front verified, or the one the presented chain proves.
-fn identify(app: &BootApp, client: &ClientCert, now: u64) -> Result<ClientIdentity, (Failure, String, Option<String>)> {
+async fn identify(
+    app: &BootApp,
+    client: &ClientCert,
+    now: u64,
+) -> Result<ClientIdentity, (Failure, String, Option<String>)> {
     let pem = match client {
         ClientCert::Verified(identity) => return Ok(identity.clone()),
         ClientCert::Presented(Ok(pem)) => pem,
@@ -64,7 +68,7 @@ fn identify(app: &BootApp, client: &ClientCert, now: u64) -> Result<ClientIdenti
             return Err((Failure::from(&IdentityError::Missing), IdentityError::Missing.to_string(), None))
         }
     };
-    app.verifier.verify_pem(pem, now as i64).map_err(|e| {
+    app.trust.verifier().await.verify_pem(pem, now as i64).map_err(|e| {
         let described = pem_certificates(pem).ok().and_then(|ders| ders.first().and_then(|d| describe_der(d)));
         let detail = match &described {
             Some((subject, issuer)) => format!("{e} (subject {subject}, issuer {issuer})"),

@@ -6,9 +6,10 @@
 use super::answer::{Failure, Fields, Handled, Level, Record};
 use super::handlers;
 use super::route::{Route, Unrouted};
+use super::trust::Trust;
 use crate::api::metrics::Metrics;
 use crate::domain::clock;
-use crate::domain::identity::{ChainVerifier, ClientIdentity, IdentityError};
+use crate::domain::identity::{ClientIdentity, IdentityError};
 use crate::service::boot::BootService;
 use crate::service::redeem::RedeemService;
 use bytes::Bytes;
@@ -30,7 +31,7 @@ pub enum CertHeader {
 
 pub struct BootApp {
     pub service: BootService,
-    pub verifier: ChainVerifier,
+    pub trust: Trust,
     pub cert_header: CertHeader,
     pub metrics: Arc<dyn Metrics>,
 }

@@ -58,6 +58,10 @@ pub struct GatewayRecord {
     /// existed: then the one accepted certificate is `fingerprint`, expiry unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<GatewayCertificate>,
+    /// Whether secrets are stored for the gateway (set with them), so that a boot need not list
+    /// the gateway's objects to know. Absent on records written before: a listing decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_secrets: Option<bool>,
 }
 
 /// One certificate a gateway may boot with. During a renewal the gateway holds two: the one
@@ -349,6 +353,7 @@ pub fn new_gateway(name: &str, fingerprint: Fingerprint) -> GatewayRecord {
         arch: None,
         subject: None,
         certificates: Vec::new(),
+        has_secrets: None,
     }
 }
 

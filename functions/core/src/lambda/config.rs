@@ -54,6 +54,17 @@ pub struct BootConfig {
     pub table: Option<String>,
     /// `BOOT_HISTORY_DAYS` (90): how long boot records are kept.
     pub boot_history: Duration,
+    /// `CHANNEL_MAX_AGE_SECONDS` (10): how long a warm function boots from its copy of a
+    /// channel before revalidating it, so the longest a promote or rollback takes to reach it.
+    pub channel_max_age: Duration,
+    /// `TRUST_MAX_AGE_SECONDS` (60): the same for the trust bundle (`ca trust`, `ca untrust`).
+    pub trust_max_age: Duration,
+}
+
+impl BootConfig {
+    pub const DEFAULT_CHANNEL_MAX_AGE_SECS: u64 = 10;
+    pub const DEFAULT_TRUST_MAX_AGE_SECS: u64 = 60;
+    pub const MAX_AGE_RANGE: RangeInclusive<u64> = 0..=3600;
 }
 
 /// The redeem function's settings.
@@ -228,6 +239,18 @@ impl BootConfig {
             s3_force_path_style: s3_path_style(lookup)?,
             table: lookup("TABLE"),
             boot_history: boot_history(lookup)?,
+            channel_max_age: seconds(
+                lookup,
+                "CHANNEL_MAX_AGE_SECONDS",
+                Self::DEFAULT_CHANNEL_MAX_AGE_SECS,
+                Self::MAX_AGE_RANGE,
+            )?,
+            trust_max_age: seconds(
+                lookup,
+                "TRUST_MAX_AGE_SECONDS",
+                Self::DEFAULT_TRUST_MAX_AGE_SECS,
+                Self::MAX_AGE_RANGE,
+            )?,
         })
     }
 }

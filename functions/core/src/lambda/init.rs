@@ -2,7 +2,8 @@
 //! the connections warmed so that the first request after a cold start skips the TLS handshakes.
 
 use crate::api::metrics::EmfMetrics;
-use crate::domain::identity::{ChainVerifier, TrustBundle};
+use crate::api::trust::{RevalidatedTrust, Trust};
+use crate::domain::identity::TrustBundle;
 use crate::domain::token::{Keyring, KeyringError};
 use crate::lambda::config::{BootConfig, ConfigError, KeyringSource, RedeemConfig, ScratchConfig};
 use crate::lambda::http::{BootApp, RedeemApp};
@@ -11,7 +12,7 @@ use crate::service::redeem::RedeemService;
 use crate::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger};
 use crate::storage::adapters::iam::{IamScratch, ScratchSettings};
 use crate::storage::adapters::s3::S3Store;
-use crate::storage::records::{RecordError, Records};
+use crate::storage::records::{ReadCache, RecordError, Records};
 use aws_config::{BehaviorVersion, SdkConfig};
 use std::sync::Arc;
 
@@ -144,32 +145,63 @@ pub async fn load_keyring(source: &KeyringSource, config: &SdkConfig) -> Result<
 
 /// Reads the CA bundle client certificates must chain to.
 pub async fn load_trust_bundle(records: &Records, key: &str) -> Result<TrustBundle, InitError> {
+    Ok(load_versioned_trust_bundle(records, key).await?.0)
+}
+
+/// The CA bundle and its version tag.
+async fn load_versioned_trust_bundle(records: &Records, key: &str) -> Result<(TrustBundle, Option<String>), InitError> {
     let bad = |reason: String| InitError::TrustBundle { key: key.to_string(), reason };
-    let pem = records
-        .trust_bundle(key)
+    let object = records
+        .store()
+        .get(key)
         .await
         .map_err(|e| bad(e.to_string()))?
         .ok_or_else(|| bad("object not found".into()))?;
-    TrustBundle::from_pem(&pem).map_err(|e| bad(e.to_string()))
+    Ok((TrustBundle::from_pem(&object.body).map_err(|e| bad(e.to_string()))?, object.etag))
 }
 
 /// The boot function's application, from its settings.
 pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
     let sdk = sdk_config(None, Timeouts::Request).await;
-    let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
-    let records = Records::new(s3.clone());
+    let (s3, dynamodb) = (s3_client(&sdk, config.s3_force_path_style), aws_sdk_dynamodb::Client::new(&sdk));
+    boot_app_with(config, &sdk, s3, dynamodb).await
+}
+
+/// [`boot_app`] over given clients (tests put a proxy in front of the servers); `sdk` reads the
+/// keyring from SSM.
+pub async fn boot_app_with(
+    config: BootConfig,
+    sdk: &SdkConfig,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+) -> Result<BootApp, InitError> {
+    let s3 = Arc::new(S3Store::new(s3, config.bucket.clone()));
+    let records = Records::new(s3.clone()).with_read_cache(ReadCache::new(config.channel_max_age));
     // Reading the bundle also opens the S3 connection the first request will reuse.
-    let (keyring, bundle) =
-        tokio::join!(load_keyring(&config.keyring, &sdk), load_trust_bundle(&records, &config.trust_bundle_key));
+    let (keyring, bundle) = tokio::join!(
+        load_keyring(&config.keyring, sdk),
+        load_versioned_trust_bundle(&records, &config.trust_bundle_key)
+    );
     let keyring = Arc::new(keyring?);
-    let verifier = ChainVerifier::new(bundle?, config.boot.clock_skew);
+    let (bundle, etag) = bundle?;
+    let trusted_cas = bundle.len();
+    let trust = RevalidatedTrust::new(
+        s3.clone(),
+        config.trust_bundle_key.clone(),
+        bundle,
+        etag,
+        config.boot.clock_skew,
+        config.trust_max_age,
+    );
     let cert_header = match &config.cert_header {
         crate::lambda::http::CertHeader::Off => "off".to_string(),
         crate::lambda::http::CertHeader::Trusted(name) => name.to_string(),
     };
     tracing::info!(
         key_id = keyring.signing_key_id(),
-        trusted_cas = verifier.bundle().len(),
+        trusted_cas,
+        channel_max_age_secs = config.channel_max_age.as_secs(),
+        trust_max_age_secs = config.trust_max_age.as_secs(),
         cert_header,
         boot_records = config.table.as_deref().unwrap_or("off"),
         fallback_after = config.boot.fallback_after,
@@ -178,13 +210,14 @@ pub async fn boot_app(config: BootConfig) -> Result<BootApp, InitError> {
     let presigner = Arc::new(crate::storage::presign_cache::CachingPresigner::new(s3));
     let mut service = BootService::new(records, presigner, keyring, config.boot);
     if let Some(table) = &config.table {
-        service = service.with_journal(Arc::new(DynamoJournal::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            table.clone(),
-            config.boot_history,
-        )));
+        service = service.with_journal(Arc::new(DynamoJournal::new(dynamodb, table.clone(), config.boot_history)));
     }
-    Ok(BootApp { service, verifier, cert_header: config.cert_header, metrics: Arc::new(EmfMetrics) })
+    Ok(BootApp {
+        service,
+        trust: Trust::Revalidated(trust),
+        cert_header: config.cert_header,
+        metrics: Arc::new(EmfMetrics),
+    })
 }
 
 pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
@@ -194,21 +227,34 @@ pub async fn boot_app_from_env() -> Result<BootApp, InitError> {
 /// The redeem function's application, from its settings.
 pub async fn redeem_app(config: RedeemConfig) -> Result<RedeemApp, InitError> {
     let sdk = sdk_config(None, Timeouts::Request).await;
-    let s3 = Arc::new(S3Store::new(s3_client(&sdk, config.s3_force_path_style), config.bucket.clone()));
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let (s3, dynamodb) = (s3_client(&sdk, config.s3_force_path_style), aws_sdk_dynamodb::Client::new(&sdk));
+    let scratch = config.scratch.as_ref().map(|scratch| iam_scratch(&sdk, scratch, config.s3_force_path_style));
+    let mut app = redeem_app_with(config, &sdk, s3, dynamodb).await?;
+    if let Some(scratch) = scratch {
+        app.service = app.service.with_scratch(Arc::new(scratch));
+    }
+    Ok(app)
+}
+
+/// [`redeem_app`] over given clients, without scratch keys (tests put a proxy in front of the
+/// servers); `sdk` reads the keyring from SSM.
+pub async fn redeem_app_with(
+    config: RedeemConfig,
+    sdk: &SdkConfig,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+) -> Result<RedeemApp, InitError> {
+    let s3 = Arc::new(S3Store::new(s3, config.bucket.clone()));
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), config.table.clone()));
     let journal = Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history));
-    let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, &sdk), warm_s3(&s3), warm_dynamodb(&ledger));
+    let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
     tracing::info!(
         key_id = keyring.signing_key_id(),
         scratch = config.scratch.is_some(),
         "redeem function initialised"
     );
-    let mut service = RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal);
-    if let Some(scratch) = &config.scratch {
-        service = service.with_scratch(Arc::new(iam_scratch(&sdk, scratch, config.s3_force_path_style)));
-    }
+    let service = RedeemService::new(Records::new(s3), ledger, keyring).with_journal(journal);
     Ok(RedeemApp { service, metrics: Arc::new(EmfMetrics) })
 }
 

@@ -310,10 +310,9 @@ impl BootService {
     /// the boot.
     pub async fn boot(&self, client: &ClientIdentity, query: &BootQuery, now: u64) -> Result<BootScript, BootError> {
         let (gateway, cert_entry) = self.admit(client).await?;
-        let fp = &gateway.fingerprint;
         let (target, has_secrets, (stored, journal_error)) = tokio::try_join!(
             self.resolve_target(&gateway),
-            async { Ok::<_, BootError>(self.records.has_secrets(fp).await?) },
+            async { Ok::<_, BootError>(self.records.has_secrets(&gateway).await?) },
             async { Ok::<_, BootError>(self.load_journal(&gateway).await) },
         )?;
         let plan = stored.as_ref().map(|s| s.health.plan(&target.manifest.id, target.fallback_after, now));

@@ -7,7 +7,9 @@ use crate::domain::model::{GatewayRecord, GatewayState, PendingRenewal};
 use crate::domain::secret_template;
 use crate::domain::token::{Grant, Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
-use crate::storage::{update_journal, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, TokenLedger};
+use crate::storage::{
+    update_journal_from, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, StoredJournal, TokenLedger,
+};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -242,17 +244,19 @@ impl RedeemService {
 
     /// Applies a signal to the gateway's latest boot, retrying lost races. `key`: the secrets
     /// token id, or the boot id of a check-in.
+    /// `first`: the state as read already, when it was.
     async fn signal(
         &self,
         claims: &TokenClaims,
         key: &str,
         signal: Signal,
         now: u64,
+        first: Option<StoredJournal>,
     ) -> Result<BootRecord, SignalError> {
         let Some(journal) = &self.journal else {
             return Err(SignalError::Store(StoreError::Unavailable("no journal".into())));
         };
-        update_journal(journal.as_ref(), &claims.fingerprint, |health| {
+        update_journal_from(journal.as_ref(), &claims.fingerprint, first, |health| {
             // A refused signal writes nothing and changes no record.
             let (next, boot) = health.signal(key, signal, now).map_err(SignalError::Refused)?;
             Ok((next, vec![boot.clone()], boot))
@@ -276,7 +280,7 @@ impl RedeemService {
             Some(gateway) => return Err(CheckinError::GatewayNotEnabled(gateway.name)),
             None => return Err(CheckinError::GatewayNotEnabled(claims.fingerprint.to_string())),
         }
-        match self.signal(&claims, &boot_id, Signal::Checkin, now).await {
+        match self.signal(&claims, &boot_id, Signal::Checkin, now, None).await {
             Ok(boot) => Ok(CheckedIn { claims, boot }),
             Err(SignalError::Refused(why)) => Err(CheckinError::Refused { id: claims.id, why }),
             Err(SignalError::Store(e)) => Err(CheckinError::Store(e)),
@@ -302,7 +306,15 @@ impl RedeemService {
         if claims.grant != Grant::Secrets {
             return Err(RedeemError::Token(TokenError::Forged));
         }
-        let secret = self.records.secrets(&claims.fingerprint).await?.ok_or(RedeemError::SecretsGone(claims.id))?;
+        // The boot state is read beside the secret (a read spends nothing); it is written only
+        // once the ledger accepted the token.
+        let (secret, journal_state) = tokio::join!(self.records.secrets(&claims.fingerprint), async {
+            match &self.journal {
+                Some(journal) => journal.load(&claims.fingerprint).await.ok(),
+                None => None,
+            }
+        });
+        let secret = secret?.ok_or(RedeemError::SecretsGone(claims.id))?;
         let id = claims.id.to_string();
         let variables = secret_template::variables(&secret);
         let needs_record =
@@ -343,7 +355,7 @@ impl RedeemService {
         // condition.
         let signal = match &self.journal {
             None => SignalOutcome::NotRecorded,
-            Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now).await {
+            Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now, journal_state).await {
                 Ok(boot) => SignalOutcome::Recorded(Box::new(boot)),
                 Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
                 Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),

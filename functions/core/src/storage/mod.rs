@@ -57,10 +57,31 @@ impl WriteCondition {
     }
 }
 
+/// What a read conditional on a version tag found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revalidated {
+    /// The object still carries the tag: nothing was transferred.
+    Unchanged,
+    /// The object changed (or is gone): its current bytes.
+    Changed(Option<Versioned>),
+}
+
+/// Objects by key. Calls may run concurrently; a conditional [`ObjectStore::put`] is atomic
+/// against every other write of the same key.
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// The object's bytes, or `None` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+    /// The object unless it still carries `etag` (S3's `If-None-Match`): a cached copy is
+    /// checked in one round trip that carries no body when nothing changed. A store without
+    /// conditional reads answers [`Revalidated::Changed`] with a full read.
+    async fn get_unless(&self, key: &str, etag: &str) -> Result<Revalidated, StoreError> {
+        let current = self.get(key).await?;
+        match &current {
+            Some(object) if object.etag.as_deref() == Some(etag) => Ok(Revalidated::Unchanged),
+            _ => Ok(Revalidated::Changed(current)),
+        }
+    }
     async fn exists(&self, key: &str) -> Result<bool, StoreError>;
     async fn put(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError>;
     /// Keys under a prefix, sorted.

@@ -3,7 +3,7 @@
 //! existing record is one conditional read-modify-write ([`Records::update`]), retried when
 //! another writer got there first.
 
-use super::{keys, ObjectStore, StoreError, WriteCondition};
+use super::{keys, ObjectStore, Revalidated, StoreError, Versioned, WriteCondition};
 use crate::domain::identity::Fingerprint;
 use crate::domain::model::{
     valid_name, Asset, CertificateAlias, Channel, ChannelEntry, GatewayCertificate, GatewayRecord, PendingRenewal,
@@ -12,7 +12,9 @@ use crate::domain::model::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How often a read-modify-write is tried before giving up on a record that keeps changing.
 pub const UPDATE_ATTEMPTS: usize = 5;
@@ -106,11 +108,86 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Records {
     store: Arc<dyn ObjectStore>,
+    cache: Option<Arc<ReadCache>>,
+}
+
+/// Copies a long-lived process (a warm function) keeps between requests, so that a boot does
+/// not read what cannot have changed: release manifests are immutable and kept once read;
+/// channels are served from memory for `max_age` after they were last read or revalidated, then
+/// revalidated by version tag (one round trip, no body when unchanged). A promote is thus
+/// visible to such a process within `max_age`. Writes through these records update the copy.
+pub struct ReadCache {
+    max_age: Duration,
+    releases: Mutex<HashMap<String, ReleaseManifest>>,
+    channels: Mutex<HashMap<String, Checked>>,
+}
+
+/// A record's bytes, its version tag and when the store last confirmed them.
+struct Checked {
+    object: Versioned,
+    checked_at: Instant,
+}
+
+/// Release manifests kept at most (a few KiB each); all are forgotten when full.
+const CACHED_RELEASES: usize = 256;
+
+impl ReadCache {
+    pub fn new(max_age: Duration) -> Self {
+        ReadCache { max_age, releases: Mutex::default(), channels: Mutex::default() }
+    }
+
+    /// How long a channel is served from memory before it is revalidated.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
 }
 
 impl Records {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Records { store }
+        Records { store, cache: None }
+    }
+
+    /// These records, keeping copies between calls (see [`ReadCache`]).
+    pub fn with_read_cache(mut self, cache: ReadCache) -> Self {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    /// A channel's bytes, from the read cache while they are fresh, else from the store
+    /// (revalidating the cached copy when there is one).
+    async fn read_channel_object(&self, key: &str) -> Result<Option<Vec<u8>>, RecordError> {
+        let Some(cache) = &self.cache else { return Ok(self.store.get(key).await?.map(|o| o.body)) };
+        let cached = cache.channels.lock().unwrap().get(key).map(|c| (c.object.clone(), c.checked_at));
+        let now = Instant::now();
+        let current = match cached {
+            Some((object, checked_at)) if now.duration_since(checked_at) < cache.max_age => {
+                return Ok(Some(object.body))
+            }
+            Some((object, _)) if object.etag.is_some() => {
+                match self.store.get_unless(key, object.etag.as_deref().unwrap_or_default()).await? {
+                    Revalidated::Unchanged => Some(object),
+                    Revalidated::Changed(current) => current,
+                }
+            }
+            _ => self.store.get(key).await?,
+        };
+        let mut channels = cache.channels.lock().unwrap();
+        match &current {
+            Some(object) => {
+                channels.insert(key.to_string(), Checked { object: object.clone(), checked_at: now });
+            }
+            None => {
+                channels.remove(key);
+            }
+        }
+        Ok(current.map(|o| o.body))
+    }
+
+    /// Forgets the cached copy of a record this process just changed.
+    fn forget_channel(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.channels.lock().unwrap().remove(key);
+        }
     }
 
     /// The store underneath, for assets and other untyped objects.
@@ -397,11 +474,15 @@ impl Records {
 
     // --- secrets ---
 
-    /// Whether the gateway has secrets, found by listing its prefix: the boot side never needs
-    /// the right to read any secret.
-    pub async fn has_secrets(&self, fp: &Fingerprint) -> Result<bool, RecordError> {
-        let secrets = keys::secrets(fp);
-        Ok(self.store.list(&keys::gateway_prefix(fp)).await?.contains(&secrets))
+    /// Whether the gateway has secrets: its record says so, or on records written before it
+    /// did, a listing of its prefix finds them (the boot side never needs the right to read
+    /// any secret).
+    pub async fn has_secrets(&self, gateway: &GatewayRecord) -> Result<bool, RecordError> {
+        if let Some(known) = gateway.has_secrets {
+            return Ok(known);
+        }
+        let secrets = keys::secrets(&gateway.fingerprint);
+        Ok(self.store.list(&keys::gateway_prefix(&gateway.fingerprint)).await?.contains(&secrets))
     }
 
     /// The gateway's secrets (redeem side).
@@ -409,8 +490,14 @@ impl Records {
         Ok(self.store.get(&keys::secrets(fp)).await?.map(|o| o.body))
     }
 
+    /// Stores an enrolled gateway's secrets, then marks its record as having them.
     pub async fn put_secrets(&self, fp: &Fingerprint, secrets: Vec<u8>) -> Result<(), RecordError> {
         self.store.put(&keys::secrets(fp), secrets, WriteCondition::Always).await?;
+        self.update_gateway::<RecordError>(fp, |record| {
+            record.has_secrets = Some(true);
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -418,10 +505,22 @@ impl Records {
 
     pub async fn release(&self, id: &str) -> Result<Option<ReleaseManifest>, RecordError> {
         let key = keys::release(name(id)?);
+        if let Some(cache) = &self.cache {
+            if let Some(manifest) = cache.releases.lock().unwrap().get(id) {
+                return Ok(Some(manifest.clone()));
+            }
+        }
         let manifest: Option<ReleaseManifest> = self.read(&key).await?;
         if let Some(m) = &manifest {
             if m.id != id {
                 return Err(RecordError::Invalid { key, reason: format!("manifest id {} differs from {id}", m.id) });
+            }
+            if let Some(cache) = &self.cache {
+                let mut releases = cache.releases.lock().unwrap();
+                if releases.len() >= CACHED_RELEASES {
+                    releases.clear();
+                }
+                releases.insert(id.to_string(), m.clone());
             }
         }
         Ok(manifest)
@@ -480,7 +579,8 @@ impl Records {
 
     pub async fn channel(&self, channel: &str) -> Result<Option<Channel>, RecordError> {
         let key = keys::channel(name(channel)?);
-        let record: Option<Channel> = self.read(&key).await?;
+        let record: Option<Channel> =
+            self.read_channel_object(&key).await?.map(|body| parse(&key, &body)).transpose()?;
         if let Some(c) = &record {
             if c.name != channel {
                 return Err(RecordError::Invalid {
@@ -525,6 +625,7 @@ impl Records {
                 Ok(Change::Write(ch))
             })
             .await?;
+        self.forget_channel(&keys::channel(channel));
         match outcome {
             Change::Write(ch) => Ok(ch),
             Change::Keep => unreachable!("promote always writes"),
@@ -548,6 +649,77 @@ mod tests {
     fn records() -> (Arc<MemoryStore>, Records) {
         let store = Arc::new(MemoryStore::new());
         (store.clone(), Records::new(store))
+    }
+
+    fn calls(store: &MemoryStore) -> u64 {
+        store.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn manifest(id: &str) -> ReleaseManifest {
+        let sha = sha256_hex(id.as_bytes());
+        let asset = serde_json::json!({"key": keys::asset(&sha), "sha256": sha, "size": 2});
+        let arches = serde_json::json!({"x86_64": {"kernel": asset, "initrd": asset}});
+        serde_json::from_value(serde_json::json!({"id": id, "cmdline": "", "arches": arches})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_cache_reads_a_manifest_once_and_a_channel_once_per_max_age() {
+        let store = Arc::new(MemoryStore::new());
+        store.insert(&keys::release("r1"), to_json(&manifest("r1")));
+        store.insert(&keys::channel("stable"), br#"{"name":"stable","release":"r1"}"#.to_vec());
+        let kept = Records::new(store.clone()).with_read_cache(ReadCache::new(Duration::from_secs(3600)));
+        let revalidating = Records::new(store.clone()).with_read_cache(ReadCache::new(Duration::ZERO));
+        for records in [&kept, &revalidating] {
+            assert_eq!(records.release("r1").await.unwrap().unwrap().id, "r1");
+            assert_eq!(records.channel("stable").await.unwrap().unwrap().release, "r1");
+        }
+        let before = calls(&store);
+        assert_eq!(kept.release("r1").await.unwrap().unwrap().id, "r1");
+        assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r1");
+        assert_eq!(calls(&store), before, "manifest and fresh channel from memory");
+        assert_eq!(revalidating.release("r1").await.unwrap().unwrap().id, "r1");
+        assert_eq!(calls(&store), before, "a manifest never changes");
+        assert_eq!(revalidating.channel("stable").await.unwrap().unwrap().release, "r1");
+        assert_eq!(calls(&store), before + 1, "a stale channel is revalidated");
+
+        // Another process promotes: the stale copy sees it, the fresh one keeps its copy.
+        store.insert(&keys::release("r2"), to_json(&manifest("r2")));
+        store.insert(&keys::channel("stable"), br#"{"name":"stable","release":"r2"}"#.to_vec());
+        assert_eq!(revalidating.channel("stable").await.unwrap().unwrap().release, "r2");
+        assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r1");
+        // A promote through the cached records themselves is seen at once.
+        kept.promote("stable", "r1", "now", None).await.unwrap();
+        assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r1");
+        kept.promote("stable", "r2", "now", None).await.unwrap();
+        assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r2");
+
+        // A channel deleted is gone after max age; an outage is an error, not a stale answer.
+        store.delete(&keys::channel("stable")).await.unwrap();
+        assert_eq!(revalidating.channel("stable").await.unwrap(), None);
+        assert_eq!(kept.release("r2").await.unwrap().unwrap().id, "r2");
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(revalidating.channel("stable").await.is_err());
+        assert_eq!(kept.release("r2").await.unwrap().unwrap().id, "r2", "kept manifests need no store");
+    }
+
+    #[tokio::test]
+    async fn secrets_presence_comes_from_the_record_once_secrets_are_set() {
+        let (store, records) = records();
+        let fp = Fingerprint::of_der(b"gw");
+        records.enroll(&new_gateway("gw", fp.clone())).await.unwrap();
+        // A record written before it said so: the listing decides.
+        let old = records.gateway(&fp).await.unwrap().unwrap();
+        assert_eq!(old.has_secrets, None);
+        assert!(!records.has_secrets(&old).await.unwrap());
+        store.insert(&keys::secrets(&fp), b"s".to_vec());
+        assert!(records.has_secrets(&old).await.unwrap(), "found by listing");
+        records.put_secrets(&fp, b"s2".to_vec()).await.unwrap();
+        let record = records.gateway(&fp).await.unwrap().unwrap();
+        assert_eq!(record.has_secrets, Some(true));
+        let before = calls(&store);
+        assert!(records.has_secrets(&record).await.unwrap());
+        assert_eq!(calls(&store), before, "no listing");
+        assert_eq!(records.secrets(&fp).await.unwrap().unwrap(), b"s2");
     }
 
     #[tokio::test]

@@ -252,7 +252,7 @@ pub async fn show(ctx: &Deployment, name: &str) -> Result<(), OpError> {
             renewal::days_cell(cert.days_left(now)),
         );
     }
-    let has_secrets = ctx.records.has_secrets(&record.fingerprint).await?;
+    let has_secrets = ctx.records.has_secrets(&record).await?;
     println!("secrets: {}", if has_secrets { "set" } else { "none" });
     println!("renewal: {}", if standing.pending { "pending (fetched once through ${renewal_url})" } else { "none" });
     Ok(())

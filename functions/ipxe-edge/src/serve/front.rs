@@ -175,7 +175,7 @@ async fn serve_connection(
     let mut conn = Connection { peer, client: None };
     if let (Route::Boot(app), false) = (&front.route, chain.is_empty()) {
         // The handshake accepted this chain with the same verifier; this gives its identity.
-        match app.verifier.verify_der_chain(&chain, clock::unix_now() as i64) {
+        match app.trust.verifier().await.verify_der_chain(&chain, clock::unix_now() as i64) {
             Ok(identity) => conn.client = Some(identity),
             Err(e) => {
                 front.metrics.tls_refused("boot");

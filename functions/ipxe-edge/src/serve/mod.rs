@@ -16,6 +16,7 @@ use crate::embedded::scratch::EmbeddedScratch;
 use crate::listener::{Limits, ListenerStats};
 use crate::ops::backends::{self, BackendArgs, Journal, Ledger, Store};
 use crate::ops::image::ScriptOptions;
+use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::clock;
 use ipxe_edge_core::domain::identity::ChainVerifier;
 use ipxe_edge_core::domain::token::Keyring;
@@ -378,7 +379,8 @@ pub async fn run(data: PathBuf, backends: BackendArgs, args: ServeArgs) -> Resul
             settings,
         )
         .with_journal(journal.clone()),
-        verifier,
+        // The TLS handshake verifies with this very verifier, fixed for the process.
+        trust: Trust::Fixed(Arc::new(verifier)),
         cert_header: CertHeader::Off,
         metrics: serve_metrics.clone(),
     });

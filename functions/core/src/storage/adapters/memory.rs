@@ -16,6 +16,8 @@ pub struct MemoryStore {
     next_version: AtomicU64,
     /// While set, every call fails with [`StoreError::Unavailable`].
     pub fail: AtomicBool,
+    /// Calls that reached the store, of every kind (to count round trips).
+    pub calls: AtomicU64,
 }
 
 impl MemoryStore {
@@ -29,6 +31,7 @@ impl MemoryStore {
     }
 
     fn check(&self) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable("simulated outage".into()))
         } else {

@@ -1,6 +1,6 @@
 //! Amazon S3 (or any S3-compatible server) as the object store and presigner.
 
-use crate::storage::{ObjectStore, Presigner, StoreError, Versioned, WriteCondition};
+use crate::storage::{ObjectStore, Presigner, Revalidated, StoreError, Versioned, WriteCondition};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
@@ -41,15 +41,26 @@ fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
     StoreError::Unavailable(format!("S3 {op} {key}: {}", DisplayErrorContext(&err)))
 }
 
-#[async_trait]
-impl ObjectStore for S3Store {
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let result = self.client.get_object().bucket(&self.bucket).key(key).send().await;
+impl S3Store {
+    /// GetObject, conditional on the object no longer carrying `unless` (`Ok(None)`: it still
+    /// does, S3 answered 304).
+    async fn get_object(&self, key: &str, unless: Option<&str>) -> Result<Option<Option<Versioned>>, StoreError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_none_match(unless.map(str::to_string))
+            .send()
+            .await;
         let output = match result {
             Ok(output) => output,
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => return Ok(None),
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => return Ok(None),
-            Err(e) => return Err(unavailable("GetObject", key, e)),
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => return Ok(Some(None)),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(404) => return Ok(Some(None)),
+                Some(304) if unless.is_some() => return Ok(None),
+                _ => return Err(unavailable("GetObject", key, e)),
+            },
         };
         if output.content_length().unwrap_or(0) > MAX_RECORD_BYTES {
             return Err(StoreError::Unavailable(format!("S3 object {key} is too large to be a record")));
@@ -62,7 +73,23 @@ impl ObjectStore for S3Store {
             .map_err(|e| StoreError::Unavailable(format!("S3 GetObject {key}: body: {e}")))?
             .into_bytes()
             .to_vec();
-        Ok(Some(Versioned { body, etag }))
+        Ok(Some(Some(Versioned { body, etag })))
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.get_object(key, None).await?.flatten())
+    }
+
+    async fn get_unless(&self, key: &str, etag: &str) -> Result<Revalidated, StoreError> {
+        Ok(match self.get_object(key, Some(etag)).await? {
+            None => Revalidated::Unchanged,
+            // A server that ignores the condition answers in full: compare the tags here.
+            Some(Some(object)) if object.etag.as_deref() == Some(etag) => Revalidated::Unchanged,
+            Some(current) => Revalidated::Changed(current),
+        })
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
