@@ -344,3 +344,76 @@ async fn concurrent_boots_and_checkins_keep_the_state_consistent() {
     let failed = history.iter().filter(|b| b.outcome == Outcome::Failed).count() as u32;
     assert_eq!(state.failures, failed, "consecutive failures = failed boots (no fallback target here)");
 }
+
+/// A journal whose reads take a while, as over a network (boots arriving together overlap),
+/// counting its reads and writes.
+struct SlowReads(Arc<ObjectJournal>, std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl BootJournal for SlowReads {
+    async fn load(
+        &self,
+        fp: &Fingerprint,
+    ) -> Result<ipxe_edge_core::storage::StoredJournal, ipxe_edge_core::storage::StoreError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.load(fp).await
+    }
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &ipxe_edge_core::domain::journal::GatewayJournal,
+        boots: &[&ipxe_edge_core::domain::journal::BootRecord],
+    ) -> Result<(), ipxe_edge_core::storage::StoreError> {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        self.0.commit(fp, version, next, boots).await
+    }
+    async fn history(
+        &self,
+        fp: &Fingerprint,
+        limit: usize,
+    ) -> Result<Vec<ipxe_edge_core::domain::journal::BootRecord>, ipxe_edge_core::storage::StoreError> {
+        self.0.history(fp, limit).await
+    }
+}
+
+/// Sixteen boots of one gateway at once (a tight iPXE loop): each is recorded with one read and
+/// one write of the state; none loses its write to the others and starts over (they take turns
+/// in the process instead of all reading one state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_of_one_gateway_at_once_are_all_recorded() {
+    let h = harness(None).await;
+    let journal = Arc::new(SlowReads(h.journal.clone(), Default::default(), Default::default()));
+    let service = Arc::new(
+        BootService::new(
+            Records::new(h.store.clone()),
+            Arc::new(MemoryPresigner::default()),
+            Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap()),
+            BootSettings::new(BASE),
+        )
+        .with_journal(journal.clone()),
+    );
+    let client = ipxe_edge_core::domain::identity::ClientIdentity {
+        fingerprint: h.fp.clone(),
+        subject: "CN=gw1".into(),
+        issuer: "CN=ca".into(),
+        not_after: i64::MAX,
+    };
+    let now = ipxe_edge_core::domain::clock::unix_now();
+    let boots: Vec<_> = (0..16)
+        .map(|_| {
+            let (service, client) = (service.clone(), client.clone());
+            tokio::spawn(async move {
+                service.boot(&client, &ipxe_edge_core::domain::query::BootQuery::default(), now).await.unwrap()
+            })
+        })
+        .collect();
+    for boot in boots {
+        let boot = boot.await.unwrap();
+        assert_eq!(boot.journal_error, None, "a boot went unrecorded");
+    }
+    assert_eq!(h.journal.history(&h.fp, 100).await.unwrap().len(), 16);
+    let (reads, writes) = (journal.1.load(Ordering::SeqCst), journal.2.load(Ordering::SeqCst));
+    assert_eq!((reads, writes), (16, 16), "state reads and writes of 16 boots");
+}

@@ -234,11 +234,46 @@ pub struct BootService {
     keyring: Arc<Keyring>,
     settings: BootSettings,
     journal: Option<Arc<dyn BootJournal>>,
+    booting: BootingGateways,
+}
+
+/// One lock per gateway booting in this process, held from reading its boot state to writing the
+/// next one. Boots of one gateway arriving together (a tight iPXE loop, a test rig) then take
+/// turns instead of all reading the same state, all but one losing the conditional write, and
+/// reading and computing again; boots of different gateways never wait for each other. Writers
+/// in other processes still meet the conditional write.
+#[derive(Default)]
+struct BootingGateways {
+    locks: std::sync::Mutex<std::collections::HashMap<Fingerprint, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A gateway's turn; its lock is dropped from the map once nobody holds or waits for it.
+struct Turn<'a> {
+    gateways: &'a BootingGateways,
+    fp: Fingerprint,
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl BootingGateways {
+    async fn turn(&self, fp: &Fingerprint) -> Turn<'_> {
+        let lock = self.locks.lock().unwrap().entry(fp.clone()).or_default().clone();
+        Turn { gateways: self, fp: fp.clone(), lock: Some(lock.lock_owned().await) }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.lock.take();
+        let mut locks = self.gateways.locks.lock().unwrap();
+        if locks.get(&self.fp).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            locks.remove(&self.fp);
+        }
+    }
 }
 
 impl BootService {
     pub fn new(records: Records, presigner: Arc<dyn Presigner>, keyring: Arc<Keyring>, settings: BootSettings) -> Self {
-        BootService { records, presigner, keyring, settings, journal: None }
+        BootService { records, presigner, keyring, settings, journal: None, booting: BootingGateways::default() }
     }
 
     /// Records every boot and falls back on failures (without a journal, neither happens).
@@ -310,6 +345,10 @@ impl BootService {
     /// the boot.
     pub async fn boot(&self, client: &ClientIdentity, query: &BootQuery, now: u64) -> Result<BootScript, BootError> {
         let (gateway, cert_entry) = self.admit(client).await?;
+        let _turn = match &self.journal {
+            Some(_) => Some(self.booting.turn(&gateway.fingerprint).await),
+            None => None,
+        };
         let (target, has_secrets, (stored, journal_error)) = tokio::try_join!(
             self.resolve_target(&gateway),
             async { Ok::<_, BootError>(self.records.has_secrets(&gateway).await?) },
