@@ -153,7 +153,23 @@ async fn main() {
     // its RSA or ECDSA certificate per handshake) and against a bare mTLS server holding the
     // same certificates (nginx answering a constant) on this machine.
     let ecdsa_identity = ecdsa_gateways(&data, 50);
-    match BareMtls::start(&data) {
+    let script = https_client(&ca, Some(&identity[0]))
+        .get(format!("{}?buildarch=x86_64", serve.boot_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let files = data.with_extension("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let initrd: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(files.join("initrd.img"), &initrd).unwrap();
+    let bare = BareMtls::start(&data, &script, &files);
+    if let Some(bare) = &bare {
+        keep_alive_against_nginx(&serve, &ca, &identity, bare, scale).await;
+    }
+    match &bare {
         Some(bare) => {
             println!(
                 "\n| new TLS connection per boot, TLS 1.2, 16 clients (median of 5) | boots/s | serve CPU/boot (µs) |"
@@ -199,6 +215,10 @@ async fn main() {
         }
     }
 
+    if let Some(bare) = &bare {
+        downloads_against_nginx(&data, &serve, &ca, &identity[0], &files, bare).await;
+    }
+
     // Farm size: one gateway booting on one keep-alive connection, among the 50 gateways
     // enrolled so far and then among 10,000 more (each with secrets).
     let demo = &identity[..1];
@@ -213,7 +233,136 @@ async fn main() {
     println!("| 10,050            | {:>8.2} | {:>8.2} |", many_p50.as_secs_f64() * 1e3, many_p99.as_secs_f64() * 1e3);
     println!("p99 ratio (10,050 / 50): {:.2}", many_p99.as_secs_f64() / few_p99.as_secs_f64());
     drop(serve);
+    drop(bare);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&files);
+}
+
+/// Keep-alive boots against nginx answering a static copy of a boot script (same size) behind
+/// mutual TLS, 16 connections, alternating rounds.
+async fn keep_alive_against_nginx(
+    serve: &ServeProcess,
+    ca: &[u8],
+    identity: &[Vec<u8>],
+    bare: &BareMtls,
+    scale: usize,
+) {
+    let (ca, identities) = (ca.to_vec(), identity.to_vec());
+    let clients: Clients = std::sync::Arc::new(move |i| https_client(&ca, Some(&identities[i % identities.len()])));
+    let boot_url = format!("{}?buildarch=x86_64", serve.boot_url());
+    let per = 2500 * scale;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(run_url(boot_url.clone(), clients.clone(), 16, per, true).await.0);
+        theirs.push(run_url(bare.static_url.clone(), clients.clone(), 16, per, true).await.0);
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!("\n| keep-alive, 16 connections (median of 3)                    | boots/s |");
+    println!("|--------------------------------------------------------------|---------|");
+    println!("| ipxe-edge serve (whole boot)                                 | {ours:>7.0} |");
+    println!("| nginx, mTLS, a static file the size of the boot script       | {theirs:>7.0} |");
+    println!("keep-alive: serve / nginx {:.2} (goal: at least 0.6)", ours / theirs);
+}
+
+/// A 64 MiB initrd through its presigned URL from `serve`'s embedded S3 endpoint, against nginx
+/// serving the same file over HTTPS with the same server certificate: one stream, then eight
+/// at once; MB/s of all streams together, best of 3.
+async fn downloads_against_nginx(
+    data: &std::path::Path,
+    serve: &ServeProcess,
+    ca: &[u8],
+    identity: &[u8],
+    files: &std::path::Path,
+    bare: &BareMtls,
+) {
+    let initrd = files.join("initrd.img");
+    let kernel = files.join("vmlinuz");
+    std::fs::write(&kernel, b"KERNEL").unwrap();
+    let status = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["release", "create", "bench-64m", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "release create");
+    let status = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["channel", "promote", "stable", "bench-64m"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "channel promote");
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&initrd).unwrap()));
+    let mut presigned = None;
+    for _ in 0..50 {
+        let script = https_client(ca, Some(identity))
+            .get(format!("{}?buildarch=x86_64", serve.boot_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        presigned = script
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .find(|word| word.starts_with("https://") && word.contains(&digest))
+            .map(str::to_string);
+        if presigned.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let presigned = presigned.expect("the promoted release's initrd URL in the boot script");
+    let ours_url = presigned.clone();
+    let theirs_url = format!("{}/initrd.img", bare.files_url);
+    let size = std::fs::metadata(&initrd).unwrap().len();
+    println!("\n| 64 MiB initrd over HTTPS (best of 3)          | 1 stream (MB/s) | 8 streams (MB/s) |");
+    println!("|-----------------------------------------------|-----------------|------------------|");
+    let mut ratios = Vec::new();
+    let mut rows = Vec::new();
+    for (label, url) in [("ipxe-edge serve, presigned URL", &ours_url), ("nginx, the same file", &theirs_url)] {
+        let mut rates = Vec::new();
+        for streams in [1usize, 8] {
+            let mut best: f64 = 0.0;
+            for _ in 0..3 {
+                let started = std::time::Instant::now();
+                let tasks: Vec<_> = (0..streams)
+                    .map(|_| {
+                        let (client, url) = (https_client(ca, None), url.clone());
+                        tokio::spawn(async move {
+                            let mut response = client.get(&url).send().await.expect("download");
+                            assert_eq!(response.status(), 200, "{url}");
+                            let mut bytes = 0u64;
+                            while let Some(chunk) = response.chunk().await.unwrap() {
+                                bytes += chunk.len() as u64;
+                            }
+                            bytes
+                        })
+                    })
+                    .collect();
+                let mut total = 0;
+                for task in tasks {
+                    let bytes = task.await.unwrap();
+                    assert_eq!(bytes, size, "whole file");
+                    total += bytes;
+                }
+                best = best.max(total as f64 / started.elapsed().as_secs_f64() / 1e6);
+            }
+            rates.push(best);
+        }
+        println!("| {label:<45} | {:>15.0} | {:>16.0} |", rates[0], rates[1]);
+        rows.push(rates);
+    }
+    for (i, streams) in [1, 8].into_iter().enumerate() {
+        ratios.push(format!("{streams} stream{}: {:.2}", if streams == 1 { "" } else { "s" }, rows[0][i] / rows[1][i]));
+    }
+    println!("downloads, serve / nginx: {} (goal: at least 0.9)", ratios.join(", "));
 }
 
 /// CPU time (user + system, every thread) a process has used so far, from `/proc/<pid>/stat`.
@@ -293,13 +442,18 @@ fn enroll_many(data: &std::path::Path, n: usize) {
 
 /// nginx with mutual TLS and a constant answer, on the server certificates of `serve` (RSA and
 /// ECDSA: nginx, too, picks per handshake) and trusting both of the deployment's CAs.
+/// Also, with mutual TLS, a static copy of a boot script (`static_url`), and over HTTPS without
+/// a client certificate, as the embedded S3 endpoint serves presigned URLs, the files of
+/// `files` (`files_url`).
 struct BareMtls {
     child: std::process::Child,
     url: String,
+    static_url: String,
+    files_url: String,
 }
 
 impl BareMtls {
-    fn start(data: &std::path::Path) -> Option<Self> {
+    fn start(data: &std::path::Path, script: &[u8], files: &std::path::Path) -> Option<Self> {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
         let dir = data.with_extension("nginx");
         std::fs::create_dir_all(dir.join("logs")).unwrap();
@@ -307,7 +461,9 @@ impl BareMtls {
         std::fs::write(dir.join("chain.pem"), [pki("server.crt"), pki("ca.crt")].concat()).unwrap();
         std::fs::write(dir.join("chain-ecdsa.pem"), [pki("server-ecdsa.crt"), pki("ca.crt")].concat()).unwrap();
         std::fs::write(dir.join("clients.pem"), [pki("ca.crt"), pki("ca-ecdsa.crt")].concat()).unwrap();
-        let port = free_port();
+        std::fs::create_dir_all(dir.join("static")).unwrap();
+        std::fs::write(dir.join("static/script.ipxe"), script).unwrap();
+        let (port, files_port) = (free_port(), free_port());
         let conf = format!(
             "worker_processes 2; daemon off; pid {dir}/nginx.pid; error_log {dir}/logs/error.log;\n\
              events {{ worker_connections 1024; }}\n\
@@ -315,7 +471,11 @@ impl BareMtls {
              server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {dir}/chain.pem; ssl_certificate_key {key};\n\
              ssl_certificate {dir}/chain-ecdsa.pem; ssl_certificate_key {ecdsa_key};\n\
              ssl_client_certificate {dir}/clients.pem; ssl_verify_client on;\n\
-             ssl_protocols TLSv1.2 TLSv1.3; location / {{ return 200 \"#!ipxe\\n\"; }} }} }}\n",
+             ssl_protocols TLSv1.2 TLSv1.3; keepalive_requests 100000;\n\
+             location /static/ {{ root {dir}; }} location / {{ return 200 \"#!ipxe\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{files_port} ssl; ssl_certificate {dir}/chain.pem; ssl_certificate_key {key};\n\
+             ssl_protocols TLSv1.2 TLSv1.3; location /files/ {{ alias {files}/; }} }} }}\n",
+            files = files.display(),
             dir = dir.display(),
             key = data.join("pki/server.key").display(),
             ecdsa_key = data.join("pki/server-ecdsa.key").display(),
@@ -332,7 +492,12 @@ impl BareMtls {
             .ok()?;
         for _ in 0..50 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(BareMtls { child, url: format!("https://127.0.0.1:{port}/boot.ipxe") });
+                return Some(BareMtls {
+                    child,
+                    url: format!("https://127.0.0.1:{port}/boot.ipxe"),
+                    static_url: format!("https://127.0.0.1:{port}/static/script.ipxe"),
+                    files_url: format!("https://127.0.0.1:{files_port}/files"),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
