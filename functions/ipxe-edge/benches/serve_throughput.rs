@@ -153,18 +153,16 @@ async fn main() {
     // its RSA or ECDSA certificate per handshake) and against a bare mTLS server holding the
     // same certificates (nginx answering a constant) on this machine.
     let ecdsa_identity = ecdsa_gateways(&data, 50);
-    let script = https_client(&ca, Some(&identity[0]))
-        .get(format!("{}?buildarch=x86_64", serve.boot_url()))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let script = boot_script(&serve, &ca, &identity[0]).await;
     let files = data.with_extension("files");
     std::fs::create_dir_all(&files).unwrap();
     let initrd: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(files.join("initrd.img"), &initrd).unwrap();
+    let initrd_digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&initrd))
+    };
+    drop(initrd);
     let bare = BareMtls::start(&data, &script, &files);
     if let Some(bare) = &bare {
         keep_alive_against_nginx(&serve, &ca, &identity, bare, scale).await;
@@ -216,7 +214,7 @@ async fn main() {
     }
 
     if let Some(bare) = &bare {
-        downloads_against_nginx(&data, &serve, &ca, &identity[0], &files, bare).await;
+        downloads_against_nginx(&data, &serve, &ca, &identity[0], &files, &initrd_digest, bare).await;
     }
 
     // Farm size: one gateway booting on one keep-alive connection, among the 50 gateways
@@ -273,45 +271,20 @@ async fn downloads_against_nginx(
     ca: &[u8],
     identity: &[u8],
     files: &std::path::Path,
+    digest: &str,
     bare: &BareMtls,
 ) {
     let initrd = files.join("initrd.img");
     let kernel = files.join("vmlinuz");
     std::fs::write(&kernel, b"KERNEL").unwrap();
-    let status = std::process::Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["release", "create", "bench-64m", "--kernel"])
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "release create");
-    let status = std::process::Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["channel", "promote", "stable", "bench-64m"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "channel promote");
-    use sha2::Digest;
-    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&initrd).unwrap()));
+    cli(data, &["release", "create", "bench-64m", "--kernel"], &[&kernel, std::path::Path::new("--initrd"), &initrd]);
+    cli(data, &["channel", "promote", "stable", "bench-64m"], &[]);
     let mut presigned = None;
     for _ in 0..50 {
-        let script = https_client(ca, Some(identity))
-            .get(format!("{}?buildarch=x86_64", serve.boot_url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let script = String::from_utf8(boot_script(serve, ca, identity).await).unwrap();
         presigned = script
             .split(|c: char| c.is_whitespace() || c == '"')
-            .find(|word| word.starts_with("https://") && word.contains(&digest))
+            .find(|word| word.starts_with("https://") && word.contains(digest))
             .map(str::to_string);
         if presigned.is_some() {
             break;
@@ -393,17 +366,30 @@ fn ecdsa_gateways(data: &std::path::Path, n: usize) -> Vec<Vec<u8>> {
 
 /// Enrolls one gateway with secrets; its certificate and key.
 fn enroll(data: &std::path::Path, name: &str, key: ipxe_edge_pki::KeyType) -> Vec<u8> {
-    let status = std::process::Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["gateway", "enroll", name, "--key", key.as_str()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cli(data, &["gateway", "enroll", name, "--key", key.as_str()], &[]);
     std::fs::write(data.join(format!("s3/ipxe-edge/gateways/{}/secrets", fingerprint_of(data, name))), b"k=v\n")
         .unwrap();
     identity_of(data, name)
+}
+
+/// Runs one `ipxe-edge --data DATA` command (its words, then path arguments) and requires success.
+fn cli(data: &std::path::Path, words: &[&str], paths: &[&std::path::Path]) {
+    let status = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(words)
+        .args(paths)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "ipxe-edge {}", words.join(" "));
+}
+
+/// The boot script `serve` answers one gateway.
+async fn boot_script(serve: &ServeProcess, ca: &[u8], identity: &[u8]) -> Vec<u8> {
+    let response =
+        https_client(ca, Some(identity)).get(format!("{}?buildarch=x86_64", serve.boot_url())).send().await.unwrap();
+    response.bytes().await.unwrap().to_vec()
 }
 
 fn identity_of(data: &std::path::Path, name: &str) -> Vec<u8> {

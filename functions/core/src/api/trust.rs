@@ -1,7 +1,7 @@
 //! The CA bundle client certificates must chain to, as each request sees it.
 
 use crate::domain::identity::{ChainVerifier, TrustBundle};
-use crate::storage::{ObjectStore, Revalidated, StoreError};
+use crate::storage::{ObjectStore, Revalidated};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,7 @@ impl RevalidatedTrust {
                 tracing::error!(key = %self.key, "trust bundle is gone; keeping the previous one");
                 verifier
             }
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict(_) | StoreError::InvalidKey(_))) => {
+            Err(e) => {
                 tracing::warn!(key = %self.key, error = %e, "trust bundle cannot be revalidated; keeping the current one");
                 verifier
             }

@@ -377,6 +377,14 @@ mod tests {
             boot(&[("BOOT_HISTORY_DAYS", "0")]),
             Err(ConfigError::Invalid { name: "BOOT_HISTORY_DAYS", .. })
         ));
+        for name in ["CHANNEL_MAX_AGE_SECONDS", "TRUST_MAX_AGE_SECONDS"] {
+            for value in ["3601", "abc", "-1"] {
+                assert!(
+                    matches!(boot(&[(name, value)]), Err(ConfigError::Invalid { name: n, .. }) if n == name),
+                    "{name}={value} must be refused"
+                );
+            }
+        }
         let bad_url =
             BootConfig::from_lookup(&lookup(&[("BUCKET", "b"), ("SECRETS_BASE_URL", "ftp://x"), ("TOKEN_KEYS", "k")]));
         assert!(matches!(bad_url, Err(ConfigError::Invalid { name: "SECRETS_BASE_URL", .. })));
