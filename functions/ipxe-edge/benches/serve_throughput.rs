@@ -10,7 +10,9 @@
 //! the rate `serve` could answer with the cores to itself.
 //!
 //! Run: cargo bench -p ipxe-edge --bench serve_throughput
-//! (`BENCH_SCALE=10` runs ten times as many boots per row, e.g. under `perf record -p`.)
+//! (`BENCH_SCALE=10` runs ten times as many boots per row, e.g. under `perf record -p`;
+//! `BENCH_ONLY=downloads` runs one part: `boots`, `nginx` (keep-alive and new connections
+//! against nginx), `downloads` or `farm`, or several separated by commas.)
 
 use ipxe_edge_tests::*;
 use std::time::{Duration, Instant};
@@ -108,45 +110,49 @@ async fn main() {
     // Warm-up: the record cache, the allocator's pages and the TLS sessions of a first round.
     run(&serve, &ca, &identity, 16, 200, true).await;
     let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
-    println!("\n| mode                         | conns | boots | boots/s | p50 (ms) | p99 (ms) | serve CPU/boot (µs) | client CPU/boot (µs) |");
-    println!("|------------------------------|-------|-------|---------|----------|----------|---------------------|----------------------|");
-    // `one gateway`: every connection boots the same gateway, as a gateway stuck in a tight
-    // iPXE loop (or a test rig) does; its boots meet on one journal state.
-    let mut cpu_per_boot = std::collections::HashMap::new();
-    for (label, conns, per, keep, farm) in [
-        ("keep-alive", 16, 2500, true, 50),
-        ("keep-alive, one gateway", 16, 2500, true, 1),
-        ("keep-alive", 50, 600, true, 50),
-        ("new TLS connection per boot", 16, 40, false, 50),
-    ] {
-        let identity = &identity[..farm];
-        let per = per * scale;
-        let boots = (conns * per) as f64;
-        // Three rounds of a few seconds each (shorter ones mostly measure their own start and
-        // end); the row is the round with the median rate.
-        let mut rounds = Vec::new();
-        for _ in 0..3 {
-            let (serve_before, client_before) = (cpu_time(serve.child.id()), cpu_time(std::process::id()));
-            let (rate, p50, p99) = run(&serve, &ca, identity, conns, per, keep).await;
-            let serve_us = (cpu_time(serve.child.id()) - serve_before).as_secs_f64() * 1e6 / boots;
-            let client_us = (cpu_time(std::process::id()) - client_before).as_secs_f64() * 1e6 / boots;
-            rounds.push((rate, p50, p99, serve_us, client_us));
+    let only = std::env::var("BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|only| only.split(',').any(|p| p.trim() == name));
+    if part("boots") {
+        println!("\n| mode                         | conns | boots | boots/s | p50 (ms) | p99 (ms) | serve CPU/boot (µs) | client CPU/boot (µs) |");
+        println!("|------------------------------|-------|-------|---------|----------|----------|---------------------|----------------------|");
+        // `one gateway`: every connection boots the same gateway, as a gateway stuck in a tight
+        // iPXE loop (or a test rig) does; its boots meet on one journal state.
+        let mut cpu_per_boot = std::collections::HashMap::new();
+        for (label, conns, per, keep, farm) in [
+            ("keep-alive", 16, 2500, true, 50),
+            ("keep-alive, one gateway", 16, 2500, true, 1),
+            ("keep-alive", 50, 600, true, 50),
+            ("new TLS connection per boot", 16, 40, false, 50),
+        ] {
+            let identity = &identity[..farm];
+            let per = per * scale;
+            let boots = (conns * per) as f64;
+            // Three rounds of a few seconds each (shorter ones mostly measure their own start and
+            // end); the row is the round with the median rate.
+            let mut rounds = Vec::new();
+            for _ in 0..3 {
+                let (serve_before, client_before) = (cpu_time(serve.child.id()), cpu_time(std::process::id()));
+                let (rate, p50, p99) = run(&serve, &ca, identity, conns, per, keep).await;
+                let serve_us = (cpu_time(serve.child.id()) - serve_before).as_secs_f64() * 1e6 / boots;
+                let client_us = (cpu_time(std::process::id()) - client_before).as_secs_f64() * 1e6 / boots;
+                rounds.push((rate, p50, p99, serve_us, client_us));
+            }
+            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (rate, p50, p99, serve_us, client_us) = rounds[1];
+            cpu_per_boot.insert((label, conns), serve_us);
+            println!(
+                "| {label:<28} | {conns:>5} | {:>5} | {rate:>7.0} | {:>8.1} | {:>8.1} | {serve_us:>19.0} | {client_us:>20.0} |",
+                conns * per,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
         }
-        rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (rate, p50, p99, serve_us, client_us) = rounds[1];
-        cpu_per_boot.insert((label, conns), serve_us);
+        println!("(median of 3 rounds per row)");
         println!(
-            "| {label:<28} | {conns:>5} | {:>5} | {rate:>7.0} | {:>8.1} | {:>8.1} | {serve_us:>19.0} | {client_us:>20.0} |",
-            conns * per,
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "serve CPU per boot, one gateway / 50 gateways (16 keep-alive connections): {:.2} (goal: at most 1.3)",
+            cpu_per_boot[&("keep-alive, one gateway", 16)] / cpu_per_boot[&("keep-alive", 16)]
         );
     }
-    println!("(median of 3 rounds per row)");
-    println!(
-        "serve CPU per boot, one gateway / 50 gateways (16 keep-alive connections): {:.2} (goal: at most 1.3)",
-        cpu_per_boot[&("keep-alive, one gateway", 16)] / cpu_per_boot[&("keep-alive", 16)]
-    );
 
     // The handshake dominates a boot on a new connection: iPXE-like clients (TLS 1.2, a new
     // connection per boot) of RSA gateways and of ECDSA gateways, against `serve` (which picks
@@ -164,11 +170,11 @@ async fn main() {
     };
     drop(initrd);
     let bare = BareMtls::start(&data, &script, &files);
-    if let Some(bare) = &bare {
+    if let (Some(bare), true) = (&bare, part("nginx")) {
         keep_alive_against_nginx(&serve, &ca, &identity, bare, scale).await;
     }
     match &bare {
-        Some(bare) => {
+        Some(bare) if part("nginx") => {
             println!(
                 "\n| new TLS connection per boot, TLS 1.2, 16 clients (median of 5) | boots/s | serve CPU/boot (µs) |"
             );
@@ -208,28 +214,35 @@ async fn main() {
                 figures[1].2 / figures[0].2
             );
         }
+        Some(_) => {}
         None => {
             println!("\nnginx not found: install it (apt-get install nginx-light) to compare with a bare mTLS server")
         }
     }
 
-    if let Some(bare) = &bare {
+    if let (Some(bare), true) = (&bare, part("downloads")) {
         downloads_against_nginx(&data, &serve, &ca, &identity[0], &files, &initrd_digest, bare).await;
     }
 
-    // Farm size: one gateway booting on one keep-alive connection, among the 50 gateways
-    // enrolled so far and then among 10,000 more (each with secrets).
-    let demo = &identity[..1];
-    run(&serve, &ca, demo, 1, 50, true).await; // warm-up
-    let (_, few_p50, few_p99) = run(&serve, &ca, demo, 1, 1000, true).await;
-    enroll_many(&data, 10_000);
-    run(&serve, &ca, demo, 1, 50, true).await; // warm-up
-    let (_, many_p50, many_p99) = run(&serve, &ca, demo, 1, 1000, true).await;
-    println!("\n| enrolled gateways | p50 (ms) | p99 (ms) |");
-    println!("|-------------------|----------|----------|");
-    println!("| 50                | {:>8.2} | {:>8.2} |", few_p50.as_secs_f64() * 1e3, few_p99.as_secs_f64() * 1e3);
-    println!("| 10,050            | {:>8.2} | {:>8.2} |", many_p50.as_secs_f64() * 1e3, many_p99.as_secs_f64() * 1e3);
-    println!("p99 ratio (10,050 / 50): {:.2}", many_p99.as_secs_f64() / few_p99.as_secs_f64());
+    if part("farm") {
+        // Farm size: one gateway booting on one keep-alive connection, among the 50 gateways
+        // enrolled so far and then among 10,000 more (each with secrets).
+        let demo = &identity[..1];
+        run(&serve, &ca, demo, 1, 50, true).await; // warm-up
+        let (_, few_p50, few_p99) = run(&serve, &ca, demo, 1, 1000, true).await;
+        enroll_many(&data, 10_000);
+        run(&serve, &ca, demo, 1, 50, true).await; // warm-up
+        let (_, many_p50, many_p99) = run(&serve, &ca, demo, 1, 1000, true).await;
+        println!("\n| enrolled gateways | p50 (ms) | p99 (ms) |");
+        println!("|-------------------|----------|----------|");
+        println!("| 50                | {:>8.2} | {:>8.2} |", few_p50.as_secs_f64() * 1e3, few_p99.as_secs_f64() * 1e3);
+        println!(
+            "| 10,050            | {:>8.2} | {:>8.2} |",
+            many_p50.as_secs_f64() * 1e3,
+            many_p99.as_secs_f64() * 1e3
+        );
+        println!("p99 ratio (10,050 / 50): {:.2}", many_p99.as_secs_f64() / few_p99.as_secs_f64());
+    }
     drop(serve);
     drop(bare);
     let _ = std::fs::remove_dir_all(&data);

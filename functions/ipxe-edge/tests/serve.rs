@@ -57,6 +57,14 @@ async fn check_asset(data: &Path, url: &str) {
     assert_eq!(response.status(), 200, "{url}");
     let bytes = response.bytes().await.unwrap();
     assert_eq!(sha256_hex(&bytes), digest);
+    // Ranges (a resumed download) answer exactly their bytes.
+    for (range, expected) in
+        [("bytes=1-3", &bytes[1..4]), ("bytes=-2", &bytes[bytes.len() - 2..]), ("bytes=2-", &bytes[2..])]
+    {
+        let part = client.get(url).header("range", range).send().await.unwrap();
+        assert_eq!(part.status(), 206, "{range}");
+        assert_eq!(&part.bytes().await.unwrap()[..], expected, "{range}");
+    }
     let mut tampered = url.to_string();
     tampered.push('0');
     let status = client.get(&tampered).send().await.unwrap().status().as_u16();

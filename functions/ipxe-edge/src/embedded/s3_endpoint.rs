@@ -23,14 +23,19 @@ use tokio_rustls::TlsAcceptor;
 pub const S3_CONNECTION_LIFETIME: Duration = Duration::from_secs(1800);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an accepted socket may wait for its slot before it is closed: a client retries a
-/// fresh connection sooner than it would give up on a silent one.
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an accepted socket may wait for its slot once its client has spoken. A storm of
+/// large initrds queues for minutes (a thousand 256 MiB downloads are minutes of TLS on two
+/// cores), and a gateway that waits its turn boots sooner than one whose download fails: that
+/// one sleeps, boots again and counts a failed boot toward its fallback.
+const SLOT_WAIT: Duration = Duration::from_secs(600);
 /// A gateway's scratch space unless `--scratch-quota` says otherwise.
 pub const DEFAULT_SCRATCH_QUOTA: u64 = 1 << 30;
-/// Response bytes buffered per connection, in hyper and again in TLS: a thousand downloads at
-/// once stay within memory, and the socket, not the buffer, paces each one.
+/// Bytes hyper buffers per connection: a thousand downloads at once stay within memory, and
+/// the socket, not the buffer, paces each one.
 const RESPONSE_BUFFER: usize = 8 * 1024;
+/// Plaintext TLS holds per connection before the socket takes it: at least a few full
+/// 16 KiB records, so that a download is sent in full records rather than in small writes.
+const TLS_SEND_BUFFER: usize = 64 * 1024;
 /// Threads reading object files (s3s-fs reads through tokio's blocking pool). Reads come from
 /// the page cache and are short: a few threads keep up, and a boot storm cannot grow hundreds.
 const FILE_READ_THREADS: usize = 8;
@@ -114,9 +119,10 @@ pub fn run_isolated(
 /// At most `slots` ([`Limits::concurrent_work`]) connections are served at once, from the TLS handshake
 /// to their close; the others wait before their handshake, as bare sockets. A storm's thousand
 /// downloads then hold a thousand sockets but only that many TLS sessions, HTTP buffers and open
-/// files. A socket takes its place in the queue once the client has spoken, and is closed if no
-/// slot is free within [`QUEUE_TIMEOUT`]; an idle keep-alive connection gives its slot back
-/// after [`HEADER_TIMEOUT`]; one address holds at most a thirty-second of the slots.
+/// files. A socket takes its place in the queue once the client has spoken (it is closed if the
+/// client says nothing within [`HANDSHAKE_TIMEOUT`]), and is closed if no slot is free within
+/// [`SLOT_WAIT`]; an idle keep-alive connection gives its slot back after [`HEADER_TIMEOUT`];
+/// one address holds at most a thirty-second of the slots.
 async fn run(
     listener: TcpListener,
     service: s3s::service::S3Service,
@@ -129,11 +135,11 @@ async fn run(
     accept_loop(listener, "s3", limits, stats, shutdown, move |stream, peer| {
         let (service, acceptor, slots) = (service.clone(), acceptor.clone(), slots.clone());
         async move {
-            let queued = async {
-                stream.readable().await.ok()?;
-                slots.acquire(peer.ip()).await
-            };
-            let Ok(Some(_slot)) = tokio::time::timeout(QUEUE_TIMEOUT, queued).await else {
+            if !matches!(tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
+                tracing::debug!(listener = "s3", peer = %peer, "closed: the client said nothing");
+                return;
+            }
+            let Ok(Some(_slot)) = tokio::time::timeout(SLOT_WAIT, slots.acquire(peer.ip())).await else {
                 tracing::debug!(listener = "s3", peer = %peer, "closed while waiting for a slot");
                 return;
             };
@@ -160,7 +166,7 @@ async fn serve_connection(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(mut tls)) => {
-            tls.get_mut().1.set_buffer_limit(Some(RESPONSE_BUFFER));
+            tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let _ = http.serve_connection(TokioIo::new(tls), service).await;
         }
         Ok(Err(e)) => tracing::debug!(listener = "s3", peer = %peer, error = %e, "TLS handshake failed"),

@@ -6,6 +6,7 @@
 //! whichever key signed the request; [`ConfinedFs`] checks again, below the access rules, that
 //! the path the file store resolves stays inside the bucket's folder.
 
+use crate::embedded::object_body::object_body;
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use std::path::{Component, Path, PathBuf};
@@ -226,6 +227,16 @@ macro_rules! confined_operations {
     ($($op:ident($input:ty) -> $output:ty: |$this:ident, $in:ident| $check:expr;)*) => {
         #[async_trait::async_trait]
         impl S3 for ConfinedFs {
+            /// The file store's answer, its body read in large chunks ([`object_body`]).
+            async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+                let path = confined(&self.root, &req.input.bucket, &req.input.key).map_err(refused)?;
+                let mut response = self.inner.get_object(req).await?;
+                if let Some(body) = object_body(&path, &response.output).await {
+                    response.output.body = Some(body);
+                }
+                Ok(response)
+            }
+
             $(
                 async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
                     {
@@ -247,7 +258,6 @@ confined_operations! {
     list_buckets(ListBucketsInput) -> ListBucketsOutput: |_s, _i| S3Result::<()>::Ok(());
     list_objects(ListObjectsInput) -> ListObjectsOutput: |s, i| s.prefix(&i.bucket, i.prefix.as_deref());
     list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output: |s, i| s.prefix(&i.bucket, i.prefix.as_deref());
-    get_object(GetObjectInput) -> GetObjectOutput: |s, i| s.object(&i.bucket, &i.key);
     head_object(HeadObjectInput) -> HeadObjectOutput: |s, i| s.object(&i.bucket, &i.key);
     put_object(PutObjectInput) -> PutObjectOutput: |s, i| s.object(&i.bucket, &i.key);
     delete_object(DeleteObjectInput) -> DeleteObjectOutput: |s, i| s.object(&i.bucket, &i.key);
