@@ -178,6 +178,13 @@ impl FaultProxy {
         plan.always = Some(fault);
     }
 
+    /// The first `n` requests pass, the next ones meet these faults in order, later ones pass.
+    pub fn fail_after_next(&self, n: usize, faults: impl IntoIterator<Item = Fault>) {
+        let mut plan = self.plan.lock().unwrap();
+        plan.pass = n;
+        plan.next.extend(faults);
+    }
+
     pub fn clear(&self) {
         let mut plan = self.plan.lock().unwrap();
         plan.pass = 0;

@@ -4,6 +4,7 @@
 pub mod fault;
 
 use ipxe_edge_core::domain::identity::Fingerprint;
+use ipxe_edge_core::domain::journal::{BootReason, BootRecord, HealthGate, Outcome};
 use ipxe_edge_core::domain::model::{ArchAssets, Asset, Channel, GatewayRecord, ReleaseManifest};
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::{ObjectStore, WriteCondition};
@@ -165,6 +166,31 @@ pub async fn seed_gateway(
         store.put(&keys::secrets(&fp), secrets.to_vec(), WriteCondition::Always).await.unwrap();
     }
     Seeded { fingerprint: fp, kernel_key: k.key, initrd_key: i.key }
+}
+
+/// A boot issued at `issued_at` (release `r1`, gated on reaching Linux) whose secrets token id
+/// is `secrets_token`, as the boot service records it.
+pub fn issued_boot(id: u64, seq: u64, issued_at: u64, secrets_token: &str) -> BootRecord {
+    BootRecord {
+        id: format!("{id:032x}"),
+        seq,
+        release: "r1".into(),
+        target: "r1".into(),
+        reason: BootReason::Channel,
+        gate: HealthGate::ReachedLinux,
+        arch: "x86_64".into(),
+        platform: None,
+        mac: Some("52:54:00:12:34:56".into()),
+        cert: Some(Fingerprint::of_der(b"cert")),
+        issued_at,
+        deadline: issued_at + 600,
+        secrets_token: Some(secrets_token.into()),
+        outcome: Outcome::Issued,
+        reached_linux_at: None,
+        healthy_at: None,
+        failed_at: None,
+        fail_reason: None,
+    }
 }
 
 /// Writes another x86_64 release (assets and manifest), without touching any channel.

@@ -1,5 +1,6 @@
 //! The boot journal in a DynamoDB-compatible server (moto): the item layout, conditional
-//! commits, history order and TTL, and the whole fallback flow through the services.
+//! commits, history order and TTL, a token's use written with the state, and the whole
+//! fallback flow through the services.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use ipxe_edge_core::domain::identity::{ClientIdentity, Fingerprint};
@@ -13,7 +14,7 @@ use ipxe_edge_core::storage::adapters::dynamodb::{
 };
 use ipxe_edge_core::storage::adapters::memory::{MemoryPresigner, MemoryStore};
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{update_journal, BootJournal, StoreError};
+use ipxe_edge_core::storage::{update_journal, BootJournal, StoreError, TokenLedger, TokenUse, UseCommit};
 use ipxe_edge_tests::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,26 +29,7 @@ async fn journal(env: &ServerEnv) -> (aws_sdk_dynamodb::Client, String, DynamoJo
 }
 
 fn boot(id: u64, seq: u64, issued_at: u64) -> BootRecord {
-    BootRecord {
-        id: format!("{id:032x}"),
-        seq,
-        release: "r1".into(),
-        target: "r1".into(),
-        reason: BootReason::Channel,
-        gate: HealthGate::ReachedLinux,
-        arch: "x86_64".into(),
-        platform: None,
-        mac: Some("52:54:00:12:34:56".into()),
-        cert: Some(ipxe_edge_core::domain::identity::Fingerprint::of_der(b"cert")),
-        issued_at,
-        deadline: issued_at + 600,
-        secrets_token: Some("00ff".into()),
-        outcome: Outcome::Issued,
-        reached_linux_at: None,
-        healthy_at: None,
-        failed_at: None,
-        fail_reason: None,
-    }
+    issued_boot(id, seq, issued_at, "00ff")
 }
 
 async fn item(
@@ -149,12 +131,61 @@ async fn racing_updates_through_a_serializing_proxy_lose_nothing() {
     assert_eq!(journal.load(&fp).await.unwrap().health.failures, ok, "every successful update counted exactly once");
 }
 
+/// A token's use and the boot state in one transaction: both or neither, and exactly one of
+/// `commit_with_use` and `record_use` records a token.
+#[tokio::test]
+async fn a_use_and_the_state_are_written_together_or_not_at_all() {
+    let Some(env) = dynamodb_env("a_use_and_the_state_are_written_together_or_not_at_all") else { return };
+    let (client, table, journal) = journal(&env).await;
+    let ledger = DynamoLedger::new(client.clone(), table.clone());
+    let beside = DynamoJournal::new(client.clone(), table.clone(), RETENTION).with_ledger(&ledger);
+    let fp = Fingerprint::of_der(b"gw-together");
+    let state = GatewayJournal { latest: Some(boot(1, 1, 1_000)), ..Default::default() };
+    let token = |id| TokenUse { token_id: id, fingerprint: fp.as_str(), used_at: 1_001, expires_at: 2_000 };
+    let boots = [&boot(1, 1, 1_000)];
+
+    // Apart (no ledger beside, or another table's ledger): not offered.
+    assert!(journal.commit_with_use(&fp, None, &state, &boots, &token("aa01")).await.is_none());
+    let elsewhere = DynamoLedger::new(client.clone(), format!("{table}-other"));
+    let apart = DynamoJournal::new(client.clone(), table.clone(), RETENTION).with_ledger(&elsewhere);
+    assert!(apart.commit_with_use(&fp, None, &state, &boots, &token("aa01")).await.is_none());
+
+    let written = beside.commit_with_use(&fp, None, &state, &boots, &token("aa01")).await.unwrap().unwrap();
+    assert_eq!(written, UseCommit::Recorded);
+    assert!(ledger.is_used("aa01").await.unwrap());
+    let stored = beside.load(&fp).await.unwrap();
+    assert_eq!(
+        (stored.version.as_deref(), stored.health.latest.map(|b| b.id)),
+        (Some("1"), Some(format!("{:032x}", 1)))
+    );
+    assert_eq!(beside.history(&fp, 10).await.unwrap().len(), 1, "the boot record came with it");
+
+    // The state moved on (a stale version): nothing written, the token is not spent.
+    let stale = beside.commit_with_use(&fp, None, &state, &boots, &token("aa02")).await.unwrap().unwrap();
+    assert_eq!(stale, UseCommit::StateChanged);
+    assert!(!ledger.is_used("aa02").await.unwrap(), "a token spent without its state");
+    // Used before, by either way of recording: nothing written, the state keeps its version.
+    let replay = beside.commit_with_use(&fp, Some("1"), &state, &boots, &token("aa01")).await.unwrap().unwrap();
+    assert_eq!(replay, UseCommit::AlreadyUsed);
+    ledger.record_use("aa03", fp.as_str(), 1_001, 2_000).await.unwrap();
+    let recorded_apart = beside.commit_with_use(&fp, Some("1"), &state, &boots, &token("aa03")).await.unwrap().unwrap();
+    assert_eq!(recorded_apart, UseCommit::AlreadyUsed);
+    assert_eq!(beside.load(&fp).await.unwrap().version.as_deref(), Some("1"), "a refused use wrote the state");
+    // And the other way round: a use recorded with the state is a replay to the ledger.
+    assert_eq!(
+        ledger.record_use("aa01", fp.as_str(), 1_001, 2_000).await.unwrap(),
+        ipxe_edge_core::storage::LedgerOutcome::AlreadyUsed
+    );
+}
+
 /// The services on the real table: A passes, B fails twice, the third boot is A.
 #[tokio::test]
 async fn services_fall_back_on_the_real_table() {
     let Some(env) = dynamodb_env("services_fall_back_on_the_real_table") else { return };
-    let (client, table, journal) = journal(&env).await;
-    let journal = Arc::new(journal);
+    let (client, table, _) = journal(&env).await;
+    // Wired as the redemption function is: the journal writes each use with the boot state.
+    let ledger = Arc::new(DynamoLedger::new(client.clone(), table.clone()));
+    let journal = Arc::new(DynamoJournal::new(client, table, RETENTION).with_ledger(&ledger));
     let store = Arc::new(MemoryStore::new());
     let gw = issue_gateway("gw-ddb");
     let seeded = seed_gateway(
@@ -180,8 +211,7 @@ async fn services_fall_back_on_the_real_table() {
         BootSettings::new("https://s.example"),
     )
     .with_journal(journal.clone());
-    let redeem = RedeemService::new(Records::new(store.clone()), Arc::new(DynamoLedger::new(client, table)), keyring)
-        .with_journal(journal.clone());
+    let redeem = RedeemService::new(Records::new(store.clone()), ledger, keyring).with_journal(journal.clone());
     let client_id = ClientIdentity {
         fingerprint: seeded.fingerprint.clone(),
         subject: "CN=gw-ddb".into(),

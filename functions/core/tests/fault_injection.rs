@@ -2,19 +2,21 @@
 //! DynamoDB): refused connections, resets mid-response, delays past the client's timeout,
 //! `500`/`503 SlowDown` answers, at every step and on every retry. Redeem answers `503` with
 //! `Retry-After` and never spends a token whose secret it did not answer; once the fault
-//! clears the token redeems exactly once. Boot answers `503`, never a script with a broken URL.
+//! clears the token redeems exactly once, also where the token's use is written in one
+//! transaction with the boot state. Boot answers `503`, never a script with a broken URL.
 
 use ipxe_edge_core::api::metrics::NoMetrics;
 use ipxe_edge_core::api::trust::Trust;
 use ipxe_edge_core::domain::identity::{ChainVerifier, Fingerprint, TrustBundle, DEFAULT_CLOCK_SKEW};
+use ipxe_edge_core::domain::journal::GatewayJournal;
 use ipxe_edge_core::domain::token::{Grant, Keyring};
 use ipxe_edge_core::lambda::http::{boot_handler, redeem_handler, BootApp, CertHeader, RedeemApp};
 use ipxe_edge_core::service::boot::{BootService, BootSettings};
 use ipxe_edge_core::service::redeem::RedeemService;
-use ipxe_edge_core::storage::adapters::dynamodb::DynamoLedger;
+use ipxe_edge_core::storage::adapters::dynamodb::{DynamoJournal, DynamoLedger};
 use ipxe_edge_core::storage::adapters::s3::S3Store;
 use ipxe_edge_core::storage::records::Records;
-use ipxe_edge_core::storage::{keys, ObjectStore, WriteCondition};
+use ipxe_edge_core::storage::{keys, BootJournal, ObjectStore, WriteCondition};
 use ipxe_edge_tests::fault::{Fault, FaultProxy};
 use ipxe_edge_tests::*;
 use serde_json::json;
@@ -35,22 +37,34 @@ fn redeem_request(token: &str) -> lambda_http::Request {
     )
 }
 
+/// On the real servers, directly: a bucket holding the gateway's secret and a ledger table;
+/// their names and a DynamoDB client for checking.
+async fn secret_and_table(
+    s3: &ServerEnv,
+    ddb: &ServerEnv,
+    fp: &Fingerprint,
+    name: &str,
+) -> (String, String, aws_sdk_dynamodb::Client) {
+    let bucket = unique_name(name);
+    let direct_s3 = s3_client(s3).await;
+    direct_s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    S3Store::new(direct_s3, bucket.clone())
+        .put(&keys::secrets(fp), SECRET.to_vec(), WriteCondition::Always)
+        .await
+        .unwrap();
+    let table = unique_name(&format!("{name}-ledger"));
+    let direct_ddb = dynamodb_client(ddb).await;
+    create_ledger_table(&direct_ddb, &table).await;
+    (bucket, table, direct_ddb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeem_faults_at_every_step_never_spend_a_token() {
     let (Some(s3), Some(ddb)) = (s3_env("redeem_faults"), dynamodb_env("redeem_faults")) else { return };
     let fp = Fingerprint::of_der(b"gateway-faults");
     let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
     // The real servers, directly, for setting up and checking.
-    let bucket = unique_name("faults");
-    let direct_s3 = s3_client(&s3).await;
-    direct_s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    S3Store::new(direct_s3, bucket.clone())
-        .put(&keys::secrets(&fp), SECRET.to_vec(), WriteCondition::Always)
-        .await
-        .unwrap();
-    let table = unique_name("faults-ledger");
-    let direct_ddb = dynamodb_client(&ddb).await;
-    create_ledger_table(&direct_ddb, &table).await;
+    let (bucket, table, direct_ddb) = secret_and_table(&s3, &ddb, &fp, "faults").await;
     let direct_ledger = DynamoLedger::new(direct_ddb, table.clone());
     // The function's view, through the proxies.
     let (s3_proxy, ddb_proxy) = (FaultProxy::start(&s3.endpoint).await, FaultProxy::start(&ddb.endpoint).await);
@@ -101,6 +115,73 @@ async fn redeem_faults_at_every_step_never_spend_a_token() {
         let response = redeem_handler(&app, redeem_request(&token)).await;
         assert_eq!(response.status(), 200, "one {fault:?} on the ledger write");
         assert_eq!(redeem_handler(&app, redeem_request(&token)).await.status(), 410);
+    }
+}
+
+/// A boot issued for `token_id` (the gateway's next), as the boot function records it.
+async fn record_boot(journal: &DynamoJournal, fp: &Fingerprint, token_id: &str, now: u64) {
+    let stored = journal.load(fp).await.unwrap();
+    let seq = stored.health.latest.map_or(1, |b| b.seq + 1);
+    let next = GatewayJournal { latest: Some(issued_boot(seq, seq, now, token_id)), ..Default::default() };
+    journal.commit(fp, stored.version.as_deref(), &next, &[next.latest.as_ref().unwrap()]).await.unwrap();
+}
+
+/// The redemption function as deployed: the journal beside the ledger, so the token's use and
+/// the boot's new state are one transaction. Every fault on that transaction (its retries and
+/// the undo included) leaves the token redeemable; a single reset is absorbed by the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_the_one_write_of_a_redemption_never_spend_a_token() {
+    let (Some(s3), Some(ddb)) = (s3_env("one_write_faults"), dynamodb_env("one_write_faults")) else { return };
+    let fp = Fingerprint::of_der(b"gateway-one-write");
+    let keyring = Arc::new(Keyring::parse(&Keyring::generate_entry("k1")).unwrap());
+    let (bucket, table, direct_ddb) = secret_and_table(&s3, &ddb, &fp, "one-write").await;
+    let direct_ledger = DynamoLedger::new(direct_ddb.clone(), table.clone());
+    let retention = Duration::from_secs(86_400);
+    let direct_journal = DynamoJournal::new(direct_ddb, table.clone(), retention).with_ledger(&direct_ledger);
+    let ddb_proxy = FaultProxy::start(&ddb.endpoint).await;
+    let through =
+        ServerEnv { endpoint: ddb_proxy.endpoint.clone(), access_key: ddb.access_key, secret_key: ddb.secret_key };
+    let ddb_client = dynamodb_client(&through).await;
+    let ledger = Arc::new(DynamoLedger::new(ddb_client.clone(), table.clone()));
+    let journal = Arc::new(DynamoJournal::new(ddb_client, table, retention).with_ledger(&ledger));
+    let app = RedeemApp {
+        service: RedeemService::new(
+            Records::new(Arc::new(S3Store::new(s3_client(&s3).await, bucket))),
+            ledger,
+            keyring.clone(),
+        )
+        .with_journal(journal),
+        metrics: Arc::new(NoMetrics),
+    };
+    let now = ipxe_edge_core::domain::clock::unix_now();
+    for fault in faults() {
+        let (id, token) = keyring.mint(&fp, &Grant::Secrets, now + 300).unwrap();
+        record_boot(&direct_journal, &fp, &id.to_string(), now).await;
+        // The state read passes; the transaction and everything after it meet the fault.
+        ddb_proxy.fail_after(1, fault);
+        let before = ddb_proxy.faulted();
+        let response = redeem_handler(&app, redeem_request(&token)).await;
+        ddb_proxy.clear();
+        assert_eq!(response.status(), 503, "{fault:?}");
+        assert!(ddb_proxy.faulted() > before, "{fault:?}: the fault was not met");
+        assert!(
+            ledger_used_entry(&direct_ledger, &id.to_string()).await.is_none(),
+            "{fault:?}: token spent without its secret"
+        );
+        let response = redeem_handler(&app, redeem_request(&token)).await;
+        assert_eq!(response.status(), 200, "{fault:?}: after the fault");
+        assert_eq!(response.body().as_ref(), SECRET);
+        assert_eq!(redeem_handler(&app, redeem_request(&token)).await.status(), 410, "{fault:?}: replay");
+    }
+    for fault in [Fault::Reset, Fault::Status(503), Fault::Refuse] {
+        let (id, token) = keyring.mint(&fp, &Grant::Secrets, now + 300).unwrap();
+        record_boot(&direct_journal, &fp, &id.to_string(), now).await;
+        ddb_proxy.fail_after_next(1, [fault]);
+        let response = redeem_handler(&app, redeem_request(&token)).await;
+        assert_eq!(response.status(), 200, "one {fault:?} on the transaction");
+        assert_eq!(redeem_handler(&app, redeem_request(&token)).await.status(), 410);
+        let latest = direct_journal.load(&fp).await.unwrap().health.latest.unwrap();
+        assert_eq!(latest.outcome, ipxe_edge_core::domain::journal::Outcome::ReachedLinux, "{fault:?}");
     }
 }
 

@@ -246,7 +246,8 @@ pub async fn redeem_app_with(
 ) -> Result<RedeemApp, InitError> {
     let s3 = Arc::new(S3Store::new(s3, config.bucket.clone()));
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), config.table.clone()));
-    let journal = Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history));
+    let journal =
+        Arc::new(DynamoJournal::new(dynamodb, config.table.clone(), config.boot_history).with_ledger(&ledger));
     let (keyring, _, _) = tokio::join!(load_keyring(&config.keyring, sdk), warm_s3(&s3), warm_dynamodb(&ledger));
     let keyring = Arc::new(keyring?);
     tracing::info!(

@@ -9,6 +9,7 @@ use crate::domain::token::{Grant, Keyring, TokenClaims, TokenError, TokenId};
 use crate::storage::records::{RecordError, Records};
 use crate::storage::{
     update_journal_from, BootJournal, LedgerOutcome, ScratchKey, ScratchKeys, StoreError, StoredJournal, TokenLedger,
+    TokenUse, UseCommit,
 };
 use std::sync::Arc;
 
@@ -308,7 +309,7 @@ impl RedeemService {
         }
         // The boot state is read beside the secret (a read spends nothing); it is written only
         // once the ledger accepted the token.
-        let (secret, journal_state) = tokio::join!(self.records.secrets(&claims.fingerprint), async {
+        let (secret, mut journal_state) = tokio::join!(self.records.secrets(&claims.fingerprint), async {
             match &self.journal {
                 Some(journal) => journal.load(&claims.fingerprint).await.ok(),
                 None => None,
@@ -328,11 +329,43 @@ impl RedeemService {
             (Some(gateway), true) => Some(self.mint_scratch(gateway, claims.id, now).await?),
             _ => None,
         };
-        let outcome = match self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
+        // Where the journal keeps the ledger, the token's use and the boot's next state (from
+        // the state read beside the secret) are one write; otherwise, or when the state moved
+        // since, the ledger decides first and the journal is written after.
+        let token_use = TokenUse {
+            token_id: &id,
+            fingerprint: claims.fingerprint.as_str(),
+            used_at: now,
+            expires_at: claims.expires_at,
+        };
+        let together = match (&self.journal, &journal_state) {
+            (Some(journal), Some(stored)) => match stored.health.signal(&id, Signal::ReachedLinux, now) {
+                Ok((next, boot)) => journal
+                    .commit_with_use(&claims.fingerprint, stored.version.as_deref(), &next, &[&boot], &token_use)
+                    .await
+                    .map(|written| (written, boot)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let (outcome, recorded) = match together {
+            Some((Ok(UseCommit::Recorded), boot)) => (LedgerOutcome::Recorded, Some(boot)),
+            Some((Ok(UseCommit::AlreadyUsed), _)) => (LedgerOutcome::AlreadyUsed, None),
+            Some((Err(e), _)) => {
                 self.discard(gateway.as_ref(), minted.as_ref()).await;
                 return Err(e.into());
+            }
+            moved_or_apart => {
+                if matches!(moved_or_apart, Some((Ok(UseCommit::StateChanged), _))) {
+                    journal_state = None;
+                }
+                match self.ledger.record_use(&id, claims.fingerprint.as_str(), now, claims.expires_at).await {
+                    Ok(outcome) => (outcome, None),
+                    Err(e) => {
+                        self.discard(gateway.as_ref(), minted.as_ref()).await;
+                        return Err(e.into());
+                    }
+                }
             }
         };
         if outcome == LedgerOutcome::AlreadyUsed {
@@ -353,9 +386,10 @@ impl RedeemService {
         }
         // The secret goes out whatever the journal says: the boot's outcome is a record, not a
         // condition.
-        let signal = match &self.journal {
-            None => SignalOutcome::NotRecorded,
-            Some(_) => match self.signal(&claims, &id, Signal::ReachedLinux, now, journal_state).await {
+        let signal = match (&self.journal, recorded) {
+            (None, _) => SignalOutcome::NotRecorded,
+            (Some(_), Some(boot)) => SignalOutcome::Recorded(Box::new(boot)),
+            (Some(_), None) => match self.signal(&claims, &id, Signal::ReachedLinux, now, journal_state).await {
                 Ok(boot) => SignalOutcome::Recorded(Box::new(boot)),
                 Err(SignalError::Refused(why)) => SignalOutcome::Ignored(why),
                 Err(SignalError::Store(e)) => SignalOutcome::Failed(e.to_string()),

@@ -207,6 +207,44 @@ pub trait BootJournal: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The latest `limit` boots, newest first.
     async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError>;
+    /// [`Self::commit`] and [`TokenLedger::record_use`] of `token` as one atomic write, for a
+    /// journal that keeps the service's used-token ledger beside it: a redemption then writes
+    /// once instead of twice. Both or neither are written. `None`: this journal does not keep
+    /// the ledger, and the caller records the use first, then commits.
+    ///
+    /// Contract: as [`TokenLedger::record_use`], of any number of concurrent calls (of this
+    /// method or of `record_use`) for one token exactly one records it; an error means nothing
+    /// is written (an uncertain write of ours is undone, as `record_use` does).
+    async fn commit_with_use(
+        &self,
+        _fp: &Fingerprint,
+        _version: Option<&str>,
+        _next: &GatewayJournal,
+        _boots: &[&BootRecord],
+        _token: &TokenUse<'_>,
+    ) -> Option<Result<UseCommit, StoreError>> {
+        None
+    }
+}
+
+/// A token's use, as [`TokenLedger::record_use`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenUse<'a> {
+    pub token_id: &'a str,
+    pub fingerprint: &'a str,
+    pub used_at: u64,
+    pub expires_at: u64,
+}
+
+/// What [`BootJournal::commit_with_use`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UseCommit {
+    /// The token is recorded and the state written.
+    Recorded,
+    /// The token was recorded before: nothing written.
+    AlreadyUsed,
+    /// The state changed since it was read: nothing written, the token is not recorded.
+    StateChanged,
 }
 
 /// How often a read-modify-write of a gateway's boot state is tried before giving up.

@@ -10,7 +10,7 @@
 
 use crate::domain::identity::Fingerprint;
 use crate::domain::journal::{BootRecord, GatewayJournal, LastGood};
-use crate::storage::{BootJournal, LedgerOutcome, StoreError, StoredJournal, TokenLedger};
+use crate::storage::{BootJournal, LedgerOutcome, StoreError, StoredJournal, TokenLedger, TokenUse, UseCommit};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -69,18 +69,13 @@ impl TokenLedger for DynamoLedger {
         now: u64,
         expires_at: u64,
     ) -> Result<LedgerOutcome, StoreError> {
-        let pk = token_pk(token_id);
-        let nonce = format!("{:016x}", rand::random::<u64>());
+        let token = TokenUse { token_id, fingerprint, used_at: now, expires_at };
+        let nonce = new_nonce();
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item(PARTITION_KEY, AttributeValue::S(pk.clone()))
-            .item(SORT_KEY, AttributeValue::S("used".into()))
-            .item("fingerprint", AttributeValue::S(fingerprint.to_string()))
-            .item("used_at", AttributeValue::N(now.to_string()))
-            .item(NONCE_ATTRIBUTE, AttributeValue::S(nonce.clone()))
-            .item(TTL_ATTRIBUTE, AttributeValue::N((expires_at + RETENTION_AFTER_EXPIRY_SECS).to_string()))
+            .set_item(Some(used_token_item(&token, &nonce)))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PARTITION_KEY)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -90,16 +85,14 @@ impl TokenLedger for DynamoLedger {
             Ok(_) => Ok(LedgerOutcome::Recorded),
             Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
                 let ours = match e.err() {
-                    PutItemError::ConditionalCheckFailedException(c) => {
-                        c.item().and_then(|i| i.get(NONCE_ATTRIBUTE)).and_then(|v| v.as_s().ok()) == Some(&nonce)
-                    }
+                    PutItemError::ConditionalCheckFailedException(c) => carries_nonce(c.item(), &nonce),
                     _ => false,
                 };
                 Ok(if ours { LedgerOutcome::Recorded } else { LedgerOutcome::AlreadyUsed })
             }
             Err(e) => {
                 let error = StoreError::Unavailable(format!("DynamoDB PutItem: {}", DisplayErrorContext(&e)));
-                self.forget_if_ours(&pk, &nonce).await;
+                forget_use_if_ours(&self.client, &self.table, token_id, &nonce).await;
                 Err(error)
             }
         }
@@ -122,31 +115,48 @@ impl TokenLedger for DynamoLedger {
     }
 }
 
-impl DynamoLedger {
-    /// Removes the entry if this call wrote it (best effort: if this fails too, the token stays
-    /// spent, the documented at-most-once cost).
-    async fn forget_if_ours(&self, pk: &str, nonce: &str) {
-        let removed = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(pk.to_string()))
-            .key(SORT_KEY, AttributeValue::S("used".into()))
-            .condition_expression("#nonce = :nonce")
-            .expression_attribute_names("#nonce", NONCE_ATTRIBUTE)
-            .expression_attribute_values(":nonce", AttributeValue::S(nonce.to_string()))
-            .send()
-            .await;
-        match removed {
-            Ok(_) => tracing::warn!(
-                outcome = "ledger_rolled_back",
-                "an uncertain ledger write was ours and is undone; the token stays redeemable"
-            ),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) => {}
-            Err(e) => {
-                tracing::error!(error = %DisplayErrorContext(&e), "could not undo an uncertain ledger write; the token may be spent")
-            }
+fn new_nonce() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The used-token entry, tagged with the writing call's `nonce`.
+fn used_token_item(token: &TokenUse<'_>, nonce: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (PARTITION_KEY.to_string(), AttributeValue::S(token_pk(token.token_id))),
+        (SORT_KEY.to_string(), AttributeValue::S("used".into())),
+        ("fingerprint".to_string(), AttributeValue::S(token.fingerprint.to_string())),
+        ("used_at".to_string(), AttributeValue::N(token.used_at.to_string())),
+        (NONCE_ATTRIBUTE.to_string(), AttributeValue::S(nonce.to_string())),
+        (TTL_ATTRIBUTE.to_string(), AttributeValue::N((token.expires_at + RETENTION_AFTER_EXPIRY_SECS).to_string())),
+    ])
+}
+
+/// Whether an entry a failed condition returned was written by the call tagged `nonce`.
+fn carries_nonce(item: Option<&HashMap<String, AttributeValue>>, nonce: &str) -> bool {
+    item.and_then(|i| i.get(NONCE_ATTRIBUTE)).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(nonce)
+}
+
+/// Removes a used-token entry if the call tagged `nonce` wrote it (best effort: if this fails
+/// too, the token stays spent, the documented at-most-once cost).
+async fn forget_use_if_ours(client: &Client, table: &str, token_id: &str, nonce: &str) {
+    let removed = client
+        .delete_item()
+        .table_name(table)
+        .key(PARTITION_KEY, AttributeValue::S(token_pk(token_id)))
+        .key(SORT_KEY, AttributeValue::S("used".into()))
+        .condition_expression("#nonce = :nonce")
+        .expression_attribute_names("#nonce", NONCE_ATTRIBUTE)
+        .expression_attribute_values(":nonce", AttributeValue::S(nonce.to_string()))
+        .send()
+        .await;
+    match removed {
+        Ok(_) => tracing::warn!(
+            outcome = "ledger_rolled_back",
+            "an uncertain ledger write was ours and is undone; the token stays redeemable"
+        ),
+        Err(SdkError::ServiceError(e)) if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) => {}
+        Err(e) => {
+            tracing::error!(error = %DisplayErrorContext(&e), "could not undo an uncertain ledger write; the token may be spent")
         }
     }
 }
@@ -167,12 +177,28 @@ pub struct DynamoJournal {
     client: Client,
     table: String,
     retention: Duration,
+    /// The service's ledger is this table: [`BootJournal::commit_with_use`] writes both.
+    ledger_beside: bool,
 }
 
 impl DynamoJournal {
     pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
-        DynamoJournal { client, table: table.into(), retention }
+        DynamoJournal { client, table: table.into(), retention, ledger_beside: false }
     }
+
+    /// The journal of a service whose used tokens `ledger` records: when it is this table, a
+    /// redemption records its token and its boot state in one transaction.
+    pub fn with_ledger(mut self, ledger: &DynamoLedger) -> Self {
+        self.ledger_beside = ledger.table == self.table;
+        self
+    }
+}
+
+/// How a journal transaction ended.
+enum Transaction {
+    Written,
+    /// A condition failed: the reasons, in the order of the items.
+    Cancelled(Vec<aws_sdk_dynamodb::types::CancellationReason>),
 }
 
 fn unavailable(what: &str, e: impl std::error::Error) -> StoreError {
@@ -191,60 +217,15 @@ fn bad_item(pk: &str, sk: &str, why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB item {pk}/{sk} is not valid: {why}"))
 }
 
-#[async_trait]
-impl BootJournal for DynamoJournal {
-    /// One strongly consistent query returns both `last-good` and `state` (the sort keys
-    /// between them hold nothing else).
-    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
-        let pk = gateway_pk(fp);
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
-            .expression_attribute_names("#pk", PARTITION_KEY)
-            .expression_attribute_names("#sk", SORT_KEY)
-            .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
-            .expression_attribute_values(":from", AttributeValue::S(LAST_GOOD_SK.into()))
-            .expression_attribute_values(":to", AttributeValue::S(STATE_SK.into()))
-            .send()
-            .await
-            .map_err(|e| unavailable("Query", e))?;
-        let mut stored = StoredJournal::default();
-        let mut last_good = None;
-        for item in output.items() {
-            match attr_s(item, SORT_KEY) {
-                Some(STATE_SK) => {
-                    let json = attr_s(item, "health").ok_or_else(|| bad_item(&pk, STATE_SK, "no health"))?;
-                    stored.health = serde_json::from_str(json).map_err(|e| bad_item(&pk, STATE_SK, e))?;
-                    stored.version =
-                        Some(attr_n(item, "version").ok_or_else(|| bad_item(&pk, STATE_SK, "no version"))?.to_string());
-                }
-                Some(LAST_GOOD_SK) => {
-                    let release = attr_s(item, "release").ok_or_else(|| bad_item(&pk, LAST_GOOD_SK, "no release"))?;
-                    last_good = Some(LastGood {
-                        release: release.to_string(),
-                        boot: attr_s(item, "boot").unwrap_or_default().to_string(),
-                        at: attr_n(item, "at").unwrap_or_default(),
-                    });
-                }
-                _ => {}
-            }
-        }
-        stored.health.last_good = last_good;
-        Ok(stored)
-    }
-
-    /// One transaction: the state (conditional on its version), the last-good item and the
-    /// boot records. A client request token makes the SDK's own retries idempotent.
-    async fn commit(
+impl DynamoJournal {
+    /// The state (conditional on its version), the last-good item and the boot records.
+    fn commit_items(
         &self,
         fp: &Fingerprint,
         version: Option<&str>,
         next: &GatewayJournal,
         boots: &[&BootRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let pk = gateway_pk(fp);
         let key_attr =
             |sk: &str| [(PARTITION_KEY, AttributeValue::S(pk.clone())), (SORT_KEY, AttributeValue::S(sk.to_string()))];
@@ -304,6 +285,12 @@ impl BootJournal for DynamoJournal {
                 .item(TTL_ATTRIBUTE, AttributeValue::N((boot.issued_at + self.retention.as_secs()).to_string()));
             items.push(build(put)?);
         }
+        Ok(items)
+    }
+
+    /// Writes `items` in one transaction; a failed condition or a conflicting transaction is
+    /// [`Transaction::Cancelled`], any other failure unavailable.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Transaction, StoreError> {
         let result = self
             .client
             .transact_write_items()
@@ -312,14 +299,14 @@ impl BootJournal for DynamoJournal {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Transaction::Written),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(c)
                     if c.cancellation_reasons()
                         .iter()
                         .any(|r| matches!(r.code(), Some("ConditionalCheckFailed") | Some("TransactionConflict"))) =>
                 {
-                    Err(StoreError::Conflict(pk))
+                    Ok(Transaction::Cancelled(c.cancellation_reasons().to_vec()))
                 }
                 other => {
                     Err(StoreError::Unavailable(format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(other))))
@@ -327,6 +314,118 @@ impl BootJournal for DynamoJournal {
             },
             Err(e) => Err(unavailable("TransactWriteItems", e)),
         }
+    }
+}
+
+#[async_trait]
+impl BootJournal for DynamoJournal {
+    /// One strongly consistent query returns both `last-good` and `state` (the sort keys
+    /// between them hold nothing else).
+    async fn load(&self, fp: &Fingerprint) -> Result<StoredJournal, StoreError> {
+        let pk = gateway_pk(fp);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .expression_attribute_names("#sk", SORT_KEY)
+            .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+            .expression_attribute_values(":from", AttributeValue::S(LAST_GOOD_SK.into()))
+            .expression_attribute_values(":to", AttributeValue::S(STATE_SK.into()))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query", e))?;
+        let mut stored = StoredJournal::default();
+        let mut last_good = None;
+        for item in output.items() {
+            match attr_s(item, SORT_KEY) {
+                Some(STATE_SK) => {
+                    let json = attr_s(item, "health").ok_or_else(|| bad_item(&pk, STATE_SK, "no health"))?;
+                    stored.health = serde_json::from_str(json).map_err(|e| bad_item(&pk, STATE_SK, e))?;
+                    stored.version =
+                        Some(attr_n(item, "version").ok_or_else(|| bad_item(&pk, STATE_SK, "no version"))?.to_string());
+                }
+                Some(LAST_GOOD_SK) => {
+                    let release = attr_s(item, "release").ok_or_else(|| bad_item(&pk, LAST_GOOD_SK, "no release"))?;
+                    last_good = Some(LastGood {
+                        release: release.to_string(),
+                        boot: attr_s(item, "boot").unwrap_or_default().to_string(),
+                        at: attr_n(item, "at").unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        stored.health.last_good = last_good;
+        Ok(stored)
+    }
+
+    /// One transaction: the state (conditional on its version), the last-good item and the
+    /// boot records. A client request token makes the SDK's own retries idempotent.
+    async fn commit(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayJournal,
+        boots: &[&BootRecord],
+    ) -> Result<(), StoreError> {
+        let items = self.commit_items(fp, version, next, boots)?;
+        match self.transact(items).await? {
+            Transaction::Written => Ok(()),
+            Transaction::Cancelled(_) => Err(StoreError::Conflict(gateway_pk(fp))),
+        }
+    }
+
+    /// The used-token entry (first, conditional on its absence) and the commit's items in one
+    /// transaction. A lost answer is settled as `record_use` settles it: a retry that finds
+    /// the entry tagged with this call's nonce landed (and, the transaction being atomic, so
+    /// did the state); an outcome still unknown is undone.
+    async fn commit_with_use(
+        &self,
+        fp: &Fingerprint,
+        version: Option<&str>,
+        next: &GatewayJournal,
+        boots: &[&BootRecord],
+        token: &TokenUse<'_>,
+    ) -> Option<Result<UseCommit, StoreError>> {
+        if !self.ledger_beside {
+            return None;
+        }
+        let nonce = new_nonce();
+        let written = async {
+            let used = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(used_token_item(token, &nonce)))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .build()
+                .map_err(|e| unavailable("Put", e))?;
+            let mut items = vec![TransactWriteItem::builder().put(used).build()];
+            items.extend(self.commit_items(fp, version, next, boots)?);
+            self.transact(items).await
+        };
+        Some(match written.await {
+            Ok(Transaction::Written) => Ok(UseCommit::Recorded),
+            Ok(Transaction::Cancelled(reasons)) => {
+                let used = reasons.first();
+                if used.is_some_and(|r| r.code() == Some("ConditionalCheckFailed")) {
+                    Ok(if carries_nonce(used.and_then(|r| r.item()), &nonce) {
+                        UseCommit::Recorded
+                    } else {
+                        UseCommit::AlreadyUsed
+                    })
+                } else {
+                    Ok(UseCommit::StateChanged)
+                }
+            }
+            Err(e) => {
+                forget_use_if_ours(&self.client, &self.table, token.token_id, &nonce).await;
+                Err(e)
+            }
+        })
     }
 
     async fn history(&self, fp: &Fingerprint, limit: usize) -> Result<Vec<BootRecord>, StoreError> {
