@@ -179,29 +179,10 @@ impl BootJournal for FileJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipxe_edge_core::domain::journal::{BootReason, HealthGate, Outcome};
+    use ipxe_edge_core::domain::journal::Outcome;
 
     fn boot(n: u64, issued_at: u64) -> BootRecord {
-        BootRecord {
-            id: format!("{n:032x}"),
-            seq: n,
-            release: "r1".into(),
-            target: "r1".into(),
-            reason: BootReason::Channel,
-            gate: HealthGate::ReachedLinux,
-            arch: "x86_64".into(),
-            platform: None,
-            mac: None,
-            cert: None,
-            issued_at,
-            deadline: issued_at + 600,
-            secrets_token: None,
-            outcome: Outcome::Issued,
-            reached_linux_at: None,
-            healthy_at: None,
-            failed_at: None,
-            fail_reason: None,
-        }
+        ipxe_edge_tests::issued_boot(n, n, issued_at, "token")
     }
 
     fn temp(name: &str) -> PathBuf {

@@ -69,10 +69,10 @@ struct FileChunks {
 }
 
 impl FileChunks {
-    /// Starts the next read on the blocking pool; false when every byte has been read.
-    fn read_ahead(&mut self) -> bool {
+    /// Starts the next read on the blocking pool, unless every byte has been read.
+    fn read_ahead(&mut self) {
         if self.next >= self.end {
-            return false;
+            return;
         }
         let (file, offset) = (self.file.clone(), self.next);
         let len = usize::try_from(self.end - offset).map_or(CHUNK, |left| left.min(CHUNK));
@@ -82,7 +82,6 @@ impl FileChunks {
             file.read_exact_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
         }));
-        true
     }
 }
 
@@ -91,8 +90,8 @@ impl futures_core::Stream for FileChunks {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.reading.is_none() && !this.read_ahead() {
-            return Poll::Ready(None);
+        if this.reading.is_none() {
+            this.read_ahead();
         }
         let Some(reading) = this.reading.as_mut() else { return Poll::Ready(None) };
         let chunk = match Pin::new(reading).poll(cx) {
