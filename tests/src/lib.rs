@@ -484,3 +484,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// The smallest file an EFI binary check accepts for `machine` (0x8664 x86_64, 0xaa64 arm64):
+/// a DOS header pointing at offset 0x40, the PE signature, the COFF machine type.
+pub fn minimal_pe(machine: u16) -> Vec<u8> {
+    let mut pe = vec![0u8; 0x48];
+    pe[..2].copy_from_slice(b"MZ");
+    pe[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    pe[0x40..0x44].copy_from_slice(b"PE\0\0");
+    pe[0x44..0x46].copy_from_slice(&machine.to_le_bytes());
+    pe
+}
+
+/// What an mtools command (`mtype`, `mdir -b`) prints for `path` inside the ESP of a disk image
+/// from `image build` (its partition starts at 1 MiB); panics when it fails.
+pub fn esp_read(tool: &[&str], image: &std::path::Path, path: &str) -> String {
+    let out = std::process::Command::new(tool[0])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(&tool[1..])
+        .args(["-i", &format!("{}@@1M", image.display()), &format!("::/{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{tool:?} {path}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

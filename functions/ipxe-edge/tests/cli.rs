@@ -490,3 +490,52 @@ fn no_input_panics_and_a_closed_stdout_ends_quietly() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+#[test]
+fn image_build_for_arm64_writes_bootaa64_and_refuses_a_binary_of_the_other_architecture() {
+    let t = Target::embedded("cli-image-arch");
+    t.ok(&["ca", "init"]);
+    t.ok(&["gateway", "enroll", "gw-arm"]);
+    let dir = t.data.with_extension("efi");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (x86, arm) = (dir.join("ipxe-amd64.efi"), dir.join("ipxe-arm64.efi"));
+    std::fs::write(&x86, minimal_pe(0x8664)).unwrap();
+    std::fs::write(&arm, minimal_pe(0xaa64)).unwrap();
+    std::fs::write(dir.join("not-pe.efi"), b"MZ but nothing after").unwrap();
+    let image = dir.join("gw-arm.img");
+    let build = |arch: &str, efi: &Path| {
+        t.run(&[
+            "image",
+            "build",
+            "gw-arm",
+            "--boot-url",
+            "https://boot.example.org/boot.ipxe",
+            "--out",
+            image.to_str().unwrap(),
+            "--arch",
+            arch,
+            "--efi",
+            efi.to_str().unwrap(),
+        ])
+    };
+    let out = build("arm64", &arm);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = esp_read(&["mdir", "-b"], &image, "EFI/BOOT");
+    assert!(files.contains("BOOTAA64.EFI") && files.contains("autoexec.ipxe"), "{files}");
+    assert!(!files.contains("BOOTX64.EFI"), "{files}");
+    std::fs::remove_file(&image).unwrap();
+
+    for (arch, efi, says) in [
+        ("arm64", x86.clone(), "is not an Arm64 EFI binary (PE machine type 0x8664)"),
+        ("x86_64", arm.clone(), "is not an X86_64 EFI binary (PE machine type 0xaa64)"),
+        ("x86_64", dir.join("not-pe.efi"), "is not an EFI binary (no PE header)"),
+    ] {
+        let out = build(arch, &efi);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{arch} {}: {err}", efi.display());
+        assert!(!image.exists(), "nothing written for a refused binary");
+    }
+    let out = build("sparc", &x86);
+    assert_eq!(out.status.code(), Some(2), "an unknown --arch is a usage error");
+    let _ = std::fs::remove_dir_all(&dir);
+}

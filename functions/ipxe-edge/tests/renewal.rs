@@ -202,7 +202,7 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
 
     // A third, installed by the gateway's script on an `image build` disk through mtools.
     let efi = data.with_extension("efi");
-    std::fs::write(&efi, b"MZ fake EFI binary").unwrap();
+    std::fs::write(&efi, minimal_pe(0x8664)).unwrap();
     let image = data.with_extension("img");
     edge_ok(
         &data,
@@ -237,15 +237,9 @@ async fn a_renewal_is_handed_over_once_and_both_certificates_boot_until_the_old_
     serve.terminate();
 }
 
-/// A file inside the ESP of a disk image (partition at 1 MiB), through mtools.
+/// A file inside the ESP of a disk image, through mtools.
 fn mtype(image: &Path, path: &str) -> String {
-    let out = Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &format!("{}@@1M", image.display()), &format!("::/{path}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    esp_read(&["mtype"], image, path)
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! `ipxe-edge image …`: a gateway's iPXE script, and a bootable UEFI disk image around it.
 
-use crate::ops::image::{self, EfiBinaries, ScriptOptions, DEBIAN_IPXE_EFI, DEFAULT_NTP_SERVER};
+use crate::ops::image::{self, EfiArch, EfiBinaries, ScriptOptions, DEFAULT_NTP_SERVER};
 use crate::ops::{Deployment, OpError};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
     /// Write a bootable UEFI disk image for gateway NAME: GPT + FAT32 ESP with Debian's
-    /// ipxe.efi as EFI/BOOT/BOOTX64.EFI and an autoexec.ipxe holding the gateway's certificate
+    /// iPXE as EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI with --arch arm64) and an autoexec.ipxe holding the gateway's certificate
     /// and key that chains to the boot URL, retrying forever.
     ///
     /// The image holds the gateway's private key: it is written 0600; treat it as a secret.
@@ -19,11 +19,15 @@ pub enum ImageCommand {
         boot_url: String,
         #[arg(long)]
         out: PathBuf,
-        /// The iPXE EFI binary (Debian's ipxe package, 1.21.1 or newer, or a signed iPXE 2.0 build).
-        #[arg(long, alias = "ipxe-efi", default_value = DEBIAN_IPXE_EFI)]
-        efi: PathBuf,
-        /// A signed UEFI shim for Secure Boot (e.g. iPXE 2.0's): it becomes BOOTX64.EFI and loads
-        /// the --efi binary, placed beside it as ipxe.efi.
+        /// The gateway's processor: x86_64 or arm64.
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: EfiArch,
+        /// The iPXE EFI binary, for --arch (default: Debian's ipxe package, 1.21.1 or newer:
+        /// /usr/lib/ipxe/ipxe.efi, or ipxe-arm64.efi for arm64; or a signed iPXE 2.0 build).
+        #[arg(long, alias = "ipxe-efi")]
+        efi: Option<PathBuf>,
+        /// A signed UEFI shim for Secure Boot (e.g. iPXE 2.0's): it becomes the boot file and
+        /// loads the --efi binary, placed beside it as ipxe.efi.
         #[arg(long)]
         shim: Option<PathBuf>,
         #[command(flatten)]
@@ -44,8 +48,9 @@ pub enum ImageCommand {
 
 pub async fn run(ctx: &Deployment, command: ImageCommand) -> Result<(), OpError> {
     match command {
-        ImageCommand::Build { name, boot_url, out, efi, shim, script } => {
-            let binaries = EfiBinaries { efi, shim };
+        ImageCommand::Build { name, boot_url, out, arch, efi, shim, script } => {
+            let efi = efi.unwrap_or_else(|| PathBuf::from(arch.debian_ipxe()));
+            let binaries = EfiBinaries { arch, efi, shim };
             let size = image::build(ctx, &name, &boot_url, &out, &binaries, &script.options()).await?;
             println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), size / (1024 * 1024));
             println!(

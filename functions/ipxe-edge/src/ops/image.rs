@@ -17,6 +17,55 @@ use std::path::{Path, PathBuf};
 
 /// Where Debian's `ipxe` package puts its x86_64 EFI binary (HTTPS included).
 pub const DEBIAN_IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+
+/// The processor a gateway image boots on: which iPXE binary it takes and the file name UEFI
+/// firmware starts from a removable disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EfiArch {
+    #[value(name = "x86_64")]
+    X86_64,
+    Arm64,
+}
+
+impl EfiArch {
+    /// The removable-media boot file of this architecture (UEFI specification, 3.5.1.1).
+    pub fn boot_file(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            EfiArch::Arm64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// Where Debian's ipxe package puts its iPXE for this architecture.
+    pub fn debian_ipxe(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => DEBIAN_IPXE_EFI,
+            EfiArch::Arm64 => "/usr/lib/ipxe/ipxe-arm64.efi",
+        }
+    }
+
+    /// The PE machine type of this architecture's binaries.
+    fn pe_machine(self) -> u16 {
+        match self {
+            EfiArch::X86_64 => 0x8664,
+            EfiArch::Arm64 => 0xaa64,
+        }
+    }
+}
+
+/// The PE machine type of an EFI binary (COFF header after the `PE\0\0` signature the DOS
+/// header points at), or `None` when it is not a PE file.
+pub fn pe_machine(binary: &[u8]) -> Option<u16> {
+    if !binary.starts_with(b"MZ") {
+        return None;
+    }
+    let at = u32::from_le_bytes(binary.get(0x3c..0x40)?.try_into().ok()?) as usize;
+    if binary.get(at..at.checked_add(4)?)? != b"PE\0\0" {
+        return None;
+    }
+    let machine = binary.get(at + 4..at + 6)?;
+    Some(u16::from_le_bytes([machine[0], machine[1]]))
+}
 const SECTOR: u64 = 512;
 /// 64 MiB disk: FAT32 needs at least 65525 clusters, i.e. ~33 MiB with 512-byte clusters.
 const DISK_BYTES: u64 = 64 * 1024 * 1024;
@@ -184,20 +233,26 @@ pub async fn script(
     Ok(autoexec_script(&cert_der, &key_der, boot_url, options))
 }
 
-/// The EFI binaries an image boots: iPXE alone, or a Secure Boot shim that loads it.
+/// The EFI binaries an image boots: iPXE alone, or a Secure Boot shim that loads it, both for
+/// `arch`.
 pub struct EfiBinaries {
+    pub arch: EfiArch,
     pub efi: PathBuf,
     pub shim: Option<PathBuf>,
 }
 
-/// Where each file goes on the ESP. Firmware starts `BOOTX64.EFI`; the iPXE shim loads
-/// `ipxe.efi` from its own folder; iPXE runs the `autoexec.ipxe` beside itself.
-pub fn esp_layout<'a>(efi: &'a [u8], shim: Option<&'a [u8]>, script: &'a [u8]) -> Vec<(&'static str, &'a [u8])> {
+/// Where each file goes on the ESP. Firmware starts the architecture's boot file
+/// (`BOOTX64.EFI`, `BOOTAA64.EFI`); the iPXE shim loads `ipxe.efi` from its own folder; iPXE
+/// runs the `autoexec.ipxe` beside itself.
+pub fn esp_layout<'a>(
+    arch: EfiArch,
+    efi: &'a [u8],
+    shim: Option<&'a [u8]>,
+    script: &'a [u8],
+) -> Vec<(&'static str, &'a [u8])> {
     match shim {
-        None => vec![("EFI/BOOT/BOOTX64.EFI", efi), ("EFI/BOOT/autoexec.ipxe", script)],
-        Some(shim) => {
-            vec![("EFI/BOOT/BOOTX64.EFI", shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)]
-        }
+        None => vec![(arch.boot_file(), efi), ("EFI/BOOT/autoexec.ipxe", script)],
+        Some(shim) => vec![(arch.boot_file(), shim), ("EFI/BOOT/ipxe.efi", efi), ("EFI/BOOT/autoexec.ipxe", script)],
     }
 }
 
@@ -223,11 +278,20 @@ pub async fn build(
         None => None,
     };
     for (path, bytes) in std::iter::once((&binaries.efi, &efi)).chain(binaries.shim.as_ref().zip(shim.as_ref())) {
-        if !bytes.starts_with(b"MZ") {
-            return Err(OpError::Invalid(format!("{} is not an EFI binary (no MZ header)", path.display())));
+        match pe_machine(bytes) {
+            None => return Err(OpError::Invalid(format!("{} is not an EFI binary (no PE header)", path.display()))),
+            Some(machine) if machine != binaries.arch.pe_machine() => {
+                return Err(OpError::Invalid(format!(
+                    "{} is not an {:?} EFI binary (PE machine type {machine:#06x}); pass --arch to match it",
+                    path.display(),
+                    binaries.arch
+                )))
+            }
+            Some(_) => {}
         }
     }
-    let image = disk_image(&esp_layout(&efi, shim.as_deref(), script.as_bytes())).map_err(file_error(out))?;
+    let layout = esp_layout(binaries.arch, &efi, shim.as_deref(), script.as_bytes());
+    let image = disk_image(&layout).map_err(file_error(out))?;
     write_atomic(out, &image, 0o600)?;
     Ok(image.len() as u64)
 }
@@ -257,7 +321,7 @@ mod tests {
 
     #[test]
     fn secure_boot_layout_puts_the_shim_first_and_ipxe_beside_it() {
-        let layout = esp_layout(b"MZ-ipxe", Some(b"MZ-shim"), b"#!ipxe\n");
+        let layout = esp_layout(EfiArch::X86_64, b"MZ-ipxe", Some(b"MZ-shim"), b"#!ipxe\n");
         let image = disk_image(&layout).unwrap();
         let disk = gpt::GptConfig::new().writable(false).open_from_device(Cursor::new(image.clone())).unwrap();
         let part = disk.partitions().get(&1).unwrap();
@@ -272,7 +336,25 @@ mod tests {
         assert_eq!(read("EFI/BOOT/BOOTX64.EFI"), b"MZ-shim");
         assert_eq!(read("EFI/BOOT/ipxe.efi"), b"MZ-ipxe");
         assert_eq!(read("EFI/BOOT/autoexec.ipxe"), b"#!ipxe\n");
-        assert_eq!(esp_layout(b"MZ-ipxe", None, b"s")[0], ("EFI/BOOT/BOOTX64.EFI", &b"MZ-ipxe"[..]));
+        assert_eq!(esp_layout(EfiArch::X86_64, b"MZ-ipxe", None, b"s")[0], ("EFI/BOOT/BOOTX64.EFI", &b"MZ-ipxe"[..]));
+        assert_eq!(esp_layout(EfiArch::Arm64, b"MZ-ipxe", None, b"s")[0], ("EFI/BOOT/BOOTAA64.EFI", &b"MZ-ipxe"[..]));
+        assert_eq!(esp_layout(EfiArch::Arm64, b"MZ-ipxe", Some(b"MZ-shim"), b"s")[0].0, "EFI/BOOT/BOOTAA64.EFI");
+    }
+
+    use ipxe_edge_tests::minimal_pe as pe;
+
+    #[test]
+    fn pe_machine_reads_the_coff_header_and_refuses_what_is_not_pe() {
+        assert_eq!(pe_machine(&pe(0x8664)), Some(0x8664));
+        assert_eq!(pe_machine(&pe(0xaa64)), Some(0xaa64));
+        let mut pointing_past_the_end = pe(0x8664);
+        pointing_past_the_end[0x3c..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
+        for bad in [&b""[..], b"MZ", b"MZ-efi", &pointing_past_the_end, &pe(0x8664)[..0x45], b"\x7fELF"] {
+            assert_eq!(pe_machine(bad), None, "{bad:?}");
+        }
+        let mut no_signature = pe(0x8664);
+        no_signature[0x40] = b'X';
+        assert_eq!(pe_machine(&no_signature), None);
     }
 
     #[test]
