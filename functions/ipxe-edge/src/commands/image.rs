@@ -7,8 +7,8 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
     /// Write a bootable UEFI disk image for gateway NAME: GPT + FAT32 ESP with Debian's
-    /// iPXE as EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI with --arch arm64) and an autoexec.ipxe holding the gateway's certificate
-    /// and key that chains to the boot URL, retrying forever.
+    /// iPXE as EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI with --arch arm64) and an autoexec.ipxe
+    /// holding the gateway's certificate and key that chains to the boot URL, retrying forever.
     ///
     /// The image holds the gateway's private key: it is written 0600; treat it as a secret.
     ///

@@ -15,9 +15,6 @@ use pkcs8::der::Decode;
 use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Where Debian's `ipxe` package puts its x86_64 EFI binary (HTTPS included).
-pub const DEBIAN_IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-
 /// The processor a gateway image boots on: which iPXE binary it takes and the file name UEFI
 /// firmware starts from a removable disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,10 +33,10 @@ impl EfiArch {
         }
     }
 
-    /// Where Debian's ipxe package puts its iPXE for this architecture.
+    /// Where Debian's `ipxe` package puts its iPXE for this architecture (HTTPS included).
     pub fn debian_ipxe(self) -> &'static str {
         match self {
-            EfiArch::X86_64 => DEBIAN_IPXE_EFI,
+            EfiArch::X86_64 => "/usr/lib/ipxe/ipxe.efi",
             EfiArch::Arm64 => "/usr/lib/ipxe/ipxe-arm64.efi",
         }
     }
