@@ -6,13 +6,18 @@
 //! by renaming a new one over them, so a change shows as a new inode, size or change time.
 //! File times tick coarsely, so a file read within [`RACY_WINDOW`] of its last change is not
 //! kept: a second change within the same tick would look the same (git's "racy clean").
+//!
+//! A file checked less than [`RECHECK_AFTER`] ago is used without a new `stat`: under load a
+//! record is read thousands of times a second, and a path lookup per read was a tenth of a
+//! boot's cost. A change by another process is therefore seen by every read that starts at
+//! least that long after it; this process's own writes are seen at once.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Files larger than this are read every time (kernels and initrds are not records).
 pub const MAX_CACHED_FILE: usize = 64 * 1024;
@@ -20,6 +25,9 @@ pub const MAX_CACHED_FILE: usize = 64 * 1024;
 const MAX_CACHED_BYTES: usize = 16 * 1024 * 1024;
 /// How recent a change must be for the file not to be kept.
 const RACY_WINDOW_NS: i128 = 100_000_000;
+/// How long a file's last check stands for the next reads. Far below what starting a CLI
+/// command or answering a request takes, so no operator or client can tell.
+pub const RECHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// What identifies one content of a file (or one listing of a folder).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +76,8 @@ impl Cached {
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<PathBuf, (Stamp, Cached)>,
+    /// Each file's stamp, content and when its stamp was last compared with the file's.
+    map: HashMap<PathBuf, (Stamp, Cached, Instant)>,
     bytes: usize,
 }
 
@@ -88,9 +97,21 @@ impl std::fmt::Debug for FileCache {
 impl FileCache {
     /// What was cached for `path`, if the file still has the metadata it had then.
     pub fn get(&self, path: &Path, meta: &Metadata) -> Option<Cached> {
+        let mut entries = self.entries.lock().ok()?;
+        let (stamp, cached, checked) = entries.map.get_mut(path)?;
+        if *stamp != Stamp::of(meta) {
+            return None;
+        }
+        *checked = Instant::now();
+        Some(cached.clone())
+    }
+
+    /// What was cached for `path`, if it was checked against the file (or kept) less than
+    /// [`RECHECK_AFTER`] ago: no `stat` needed.
+    pub fn recent(&self, path: &Path) -> Option<Cached> {
         let entries = self.entries.lock().ok()?;
-        let (stamp, cached) = entries.map.get(path)?;
-        (*stamp == Stamp::of(meta)).then(|| cached.clone())
+        let (_, cached, checked) = entries.map.get(path)?;
+        (checked.elapsed() < RECHECK_AFTER).then(|| cached.clone())
     }
 
     /// Keeps what was just read, unless its file changed too recently to tell the next change.
@@ -111,7 +132,7 @@ impl FileCache {
 
     pub fn forget(&self, path: &Path) {
         if let Ok(mut entries) = self.entries.lock() {
-            if let Some((_, old)) = entries.map.remove(path) {
+            if let Some((_, old, _)) = entries.map.remove(path) {
                 entries.bytes -= old.weight();
             }
         }
@@ -127,7 +148,7 @@ impl FileCache {
             entries.map.clear();
             entries.bytes = 0;
         }
-        if let Some((_, old)) = entries.map.insert(path.to_path_buf(), (stamp, cached)) {
+        if let Some((_, old, _)) = entries.map.insert(path.to_path_buf(), (stamp, cached, Instant::now())) {
             entries.bytes -= old.weight();
         }
         entries.bytes += weight;
@@ -183,6 +204,28 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// A file checked a moment ago is used without a `stat`; once the moment has passed, only
+    /// a check against the file's metadata gives it out again, and renews the moment.
+    #[test]
+    fn a_recent_check_stands_for_a_moment_only() {
+        let dir = temp("recent");
+        let path = dir.join("channel.json");
+        fs::write(&path, b"one").unwrap();
+        let cache = FileCache::default();
+        assert!(cache.recent(&path).is_none(), "nothing kept yet");
+        cache.keep_written(&path, &fs::metadata(&path).unwrap(), file(b"one"));
+        assert!(matches!(cache.recent(&path), Some(Cached::File { body, .. }) if body == b"one"));
+        std::thread::sleep(RECHECK_AFTER * 2);
+        assert!(cache.recent(&path).is_none(), "a check older than the moment stood in for a stat");
+        assert!(cache.get(&path, &fs::metadata(&path).unwrap()).is_some());
+        assert!(cache.recent(&path).is_some(), "the check renewed the moment");
+        std::thread::sleep(RECHECK_AFTER * 2);
+        fs::write(&path, b"two, longer").unwrap();
+        assert!(cache.recent(&path).is_none());
+        assert!(cache.get(&path, &fs::metadata(&path).unwrap()).is_none(), "the change shows in the stamp");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn large_files_are_not_kept_and_the_budget_holds() {
         let dir = temp("big");
@@ -197,7 +240,7 @@ mod tests {
         }
         let entries = cache.entries.lock().unwrap();
         assert!(entries.bytes <= MAX_CACHED_BYTES, "{} bytes held", entries.bytes);
-        assert_eq!(entries.bytes, entries.map.values().map(|(_, c)| c.weight()).sum::<usize>());
+        assert_eq!(entries.bytes, entries.map.values().map(|(_, c, _)| c.weight()).sum::<usize>());
         drop(entries);
         let _ = fs::remove_dir_all(&dir);
     }

@@ -10,7 +10,8 @@
 //! The states, and the commit lock held across the state write and the appends, are the core's
 //! [`GatewayStates`]. Old boots are pruned by rewriting the log ([`FileJournal::prune`], hourly
 //! in `serve`). Writes are not fsynced: a crash may lose the latest boots, and a torn state
-//! starts over.
+//! starts over. The two files of the gateways that booted last stay open
+//! ([`MAX_OPEN_GATEWAYS`]): opening two long paths was a third of a commit's cost.
 
 use crate::embedded::fs_store::FsStore;
 use crate::files::{open_creating_dirs, write_replacing};
@@ -24,10 +25,18 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const LOG: &str = "boots.jsonl";
+/// How many gateways' files stay open between commits (two descriptors each).
+pub const MAX_OPEN_GATEWAYS: usize = 128;
+
+/// A gateway's state file and log, open. Written only under the gateway's commit lock.
+struct GatewayFiles {
+    state: std::fs::File,
+    log: std::fs::File,
+}
 
 pub struct FileJournal {
     root: PathBuf,
@@ -35,6 +44,7 @@ pub struct FileJournal {
     store: FsStore,
     states: GatewayStates,
     retention: Duration,
+    open: Mutex<HashMap<Fingerprint, Arc<GatewayFiles>>>,
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -78,7 +88,37 @@ impl FileJournal {
         let root = root.into();
         let store = FsStore::open_volatile(&root)?;
         let states = GatewayStates::new(Arc::new(store.clone()));
-        Ok(FileJournal { root, store, states, retention })
+        Ok(FileJournal { root, store, states, retention, open: Mutex::default() })
+    }
+
+    /// The gateway's open files, opened (and created) if they are not; call it under the
+    /// gateway's commit lock.
+    fn files(&self, fp: &Fingerprint, state: &Path, key: &str) -> Result<Arc<GatewayFiles>, StoreError> {
+        if let Some(files) = self.open.lock().ok().and_then(|open| open.get(fp).cloned()) {
+            return Ok(files);
+        }
+        let log_path = self.log_path(fp);
+        let files = Arc::new(GatewayFiles {
+            state: self.store.open_in_place(state, key)?,
+            log: open_creating_dirs(&log_path, OpenOptions::new().append(true).create(true).mode(0o600))
+                .map_err(io(&log_path))?,
+        });
+        if let Ok(mut open) = self.open.lock() {
+            if open.len() >= MAX_OPEN_GATEWAYS {
+                if let Some(any) = open.keys().next().cloned() {
+                    open.remove(&any);
+                }
+            }
+            open.insert(fp.clone(), files.clone());
+        }
+        Ok(files)
+    }
+
+    /// Closes the gateway's files (after its log was replaced, or its state deleted).
+    fn close(&self, fp: &Fingerprint) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(fp);
+        }
     }
 
     fn log_path(&self, fp: &Fingerprint) -> PathBuf {
@@ -130,6 +170,8 @@ impl FileJournal {
             }
             removed += boots.len() - kept.len();
             write_replacing(&path, &log_lines(kept)?, 0o600, false).map_err(io(&path))?;
+            // Appends through the open log would go to the file just replaced.
+            self.close(&fp);
         }
         Ok(removed)
     }
@@ -151,10 +193,28 @@ impl BootJournal for FileJournal {
         let _guard = self.states.lock(fp).lock().await;
         let (key, body, condition) = GatewayStates::write_of(fp, version, next)?;
         let (store, path) = (self.store.clone(), self.log_path(fp));
-        // A few page-cache writes: done here unless another process (the CLI) holds the state's
-        // lock, since a hand-off to the blocking pool would cost a boot more than the writes.
-        if store.try_put_now(&key, &body, &condition)? {
-            return Self::append(&path, boots);
+        let state = store.path(&key)?;
+        // A few page-cache writes through the open files: done here unless another process
+        // (the CLI) holds the state's lock, since a hand-off to the blocking pool would cost a
+        // boot more than the writes.
+        for attempt in 0..2 {
+            let files = self.files(fp, &state, &key)?;
+            match store.write_in_place(&files.state, &state, &key, &body, &condition, false) {
+                Ok(true) if boots.is_empty() => return Ok(()),
+                Ok(true) => {
+                    let lines = log_lines(boots.iter().copied())?;
+                    // One write of whole lines: appends of concurrent commits never interleave.
+                    return (&files.log).write_all(&lines).map_err(io(&path));
+                }
+                Ok(false) => break,
+                Err(e @ StoreError::Conflict(_)) => return Err(e),
+                // Deleted under the open file: open the path again, once.
+                Err(StoreError::Unavailable(_)) if attempt == 0 => self.close(fp),
+                Err(e) => {
+                    self.close(fp);
+                    return Err(e);
+                }
+            }
         }
         let boots: Vec<BootRecord> = boots.iter().map(|b| (*b).clone()).collect();
         tokio::task::spawn_blocking(move || {
@@ -277,6 +337,28 @@ mod tests {
         drop(commit_in_progress);
         assert_eq!(pruning.await.unwrap().unwrap(), 1);
         assert!(journal.history(&fp, 10).await.unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The files a commit keeps open never swallow a later commit: after a prune replaced the
+    /// log, and after the gateway's folder was deleted, the next boots land in the files the
+    /// paths name, as another process (the CLI) reads them.
+    #[tokio::test]
+    async fn commits_after_the_open_files_were_replaced_land_at_the_paths() {
+        let (dir, journal, fp, state) = journal_with_one_boot("reopen").await;
+        let version = journal.load(&fp).await.unwrap().version;
+        journal.commit(&fp, version.as_deref(), &state, &[&boot(2, 900)]).await.unwrap();
+        let pruning = journal.clone();
+        assert_eq!(tokio::task::spawn_blocking(move || pruning.prune(1_000)).await.unwrap().unwrap(), 1);
+        let version = journal.load(&fp).await.unwrap().version;
+        journal.commit(&fp, version.as_deref(), &state, &[&boot(3, 950)]).await.unwrap();
+        let reader = FileJournal::open(&dir, Duration::from_secs(500)).unwrap();
+        assert_eq!(reader.history(&fp, 10).await.unwrap().iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3, 2]);
+        fs::remove_dir_all(dir.join(fp.as_str())).unwrap();
+        let moved = GatewayJournal { target: Some("r9".into()), ..Default::default() };
+        journal.commit(&fp, None, &moved, &[&boot(4, 990)]).await.unwrap();
+        assert_eq!(reader.history(&fp, 10).await.unwrap().iter().map(|b| b.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(reader.load(&fp).await.unwrap().health, moved);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

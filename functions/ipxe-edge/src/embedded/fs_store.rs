@@ -1,14 +1,14 @@
 //! The embedded bucket as plain files (`DIR/s3/<bucket>/<key>`), the layout the embedded S3
 //! endpoint serves. The operator CLI writes through it when no server is running, and a running
-//! server sees each write at once.
+//! server sees each write within a millisecond.
 //!
 //! Writes are atomic (temporary file, fsync, rename). Conditional writes hold an exclusive lock
 //! on the bucket's lock file while they compare and write, so concurrent operators on one
 //! machine cannot lose an update. Version tags are the SHA-256 of the content.
 //!
-//! Records are kept in memory ([`FileCache`]) and checked with one `stat` per read, done in
-//! place: on the page-cached data dir a hand-off to the blocking pool costs more than the
-//! lookup. Misses, folder walks and writes run on the blocking pool.
+//! Records are kept in memory ([`FileCache`]) and checked with one `stat` per read (at most
+//! one per [`RECHECK_AFTER`](crate::embedded::file_cache::RECHECK_AFTER)), done in place: on
+//! the page-cached data dir a hand-off to the blocking pool costs more than the lookup. Misses, folder walks and writes run on the blocking pool.
 
 use crate::embedded::file_cache::{Cached, FileCache, MAX_CACHED_FILE};
 use crate::files::{create_private_dirs, open_creating_dirs, write_replacing};
@@ -92,7 +92,7 @@ impl FsStore {
     }
 
     /// The file of a key; keys that could leave the bucket directory are refused.
-    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+    pub(crate) fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let relative = Path::new(key);
         let safe = !key.is_empty()
             && !key.contains('\0')
@@ -254,13 +254,31 @@ impl FsStore {
         condition: &WriteCondition,
         wait: bool,
     ) -> Result<bool, StoreError> {
-        use std::io::Read;
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let mut file = open_creating_dirs(
-            path,
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600),
-        )
-        .map_err(io(key))?;
+        let file = self.open_in_place(path, key)?;
+        self.write_in_place(&file, path, key, body, condition, wait)
+    }
+
+    /// The file of a volatile store's key, opened (and created) for [`Self::write_in_place`].
+    pub(crate) fn open_in_place(&self, path: &Path, key: &str) -> Result<File, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        open_creating_dirs(path, OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600))
+            .map_err(io(key))
+    }
+
+    /// [`Self::put_in_place`] through a file already open at `path`, which may stay open for
+    /// the next write: its lock is released on return. A file no longer linked at its path
+    /// (deleted under the open handle) is [`StoreError::Unavailable`] and nothing counts as
+    /// written; the caller opens the path again.
+    pub(crate) fn write_in_place(
+        &self,
+        file: &File,
+        path: &Path,
+        key: &str,
+        body: &[u8],
+        condition: &WriteCondition,
+        wait: bool,
+    ) -> Result<bool, StoreError> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
         if wait {
             file.lock().map_err(io(key))?;
         } else {
@@ -270,32 +288,59 @@ impl FsStore {
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(key)(e)),
             }
         }
-        // The file itself, not the cache: another process's write within one tick of the
-        // clock could leave the cache's stamp unchanged.
-        let mut current = Vec::new();
-        file.read_to_end(&mut current).map_err(io(key))?;
-        let tag = (!current.is_empty()).then(|| Self::tag(&current));
-        if !condition.allows(tag.as_deref()) {
-            self.cache.forget(path);
-            return Err(StoreError::Conflict(key.to_string()));
-        }
-        file.write_all_at(body, 0).map_err(io(key))?;
-        if body.len() < current.len() {
-            file.set_len(body.len() as u64).map_err(io(key))?;
-        }
-        let meta = file.metadata().map_err(io(key))?;
-        if !body.is_empty() {
-            self.keep_written(path, key, &meta, body);
-        }
-        Ok(true)
+        let written = (|| {
+            // The file itself, not the cache: another process's write within one tick of the
+            // clock could leave the cache's stamp unchanged.
+            let current = read_whole_at(file).map_err(io(key))?;
+            let tag = (!current.is_empty()).then(|| Self::tag(&current));
+            let deleted = || StoreError::Unavailable(format!("{key}: deleted while open"));
+            if !condition.allows(tag.as_deref()) {
+                self.cache.forget(path);
+                // Only a file still at its path conflicts; a deleted one holds nobody's state.
+                return Err(match file.metadata() {
+                    Ok(meta) if meta.nlink() == 0 => deleted(),
+                    _ => StoreError::Conflict(key.to_string()),
+                });
+            }
+            file.write_all_at(body, 0).map_err(io(key))?;
+            if body.len() < current.len() {
+                file.set_len(body.len() as u64).map_err(io(key))?;
+            }
+            let meta = file.metadata().map_err(io(key))?;
+            if meta.nlink() == 0 {
+                self.cache.forget(path);
+                return Err(deleted());
+            }
+            if !body.is_empty() {
+                self.keep_written(path, key, &meta, body);
+            }
+            Ok(true)
+        })();
+        // Released before any other use of the handle; a failed unlock is released at close.
+        let _ = file.unlock();
+        written
     }
+}
 
-    /// [`Self::put_in_place`] for a key, on the calling thread, unless another process holds
-    /// the file's lock (`Ok(false)`): for callers that would rather not hand a page-cache
-    /// write to the blocking pool.
-    pub(crate) fn try_put_now(&self, key: &str, body: &[u8], condition: &WriteCondition) -> Result<bool, StoreError> {
-        debug_assert!(!self.durable, "only volatile stores write in place");
-        self.put_in_place(&self.path(key)?, key, body, condition, false)
+/// A regular file's whole content read from offset 0, without moving its cursor: a short read
+/// of a regular file is its end.
+fn read_whole_at(file: &File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut body = vec![0; 4096];
+    let mut len = 0;
+    loop {
+        match file.read_at(&mut body[len..], len as u64) {
+            Ok(n) => {
+                len += n;
+                if n == 0 || len < body.len() {
+                    body.truncate(len);
+                    return Ok(body);
+                }
+                body.resize(body.len() * 2, 0);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -303,6 +348,11 @@ impl FsStore {
 impl ObjectStore for FsStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let path = self.path(key)?;
+        match self.cache.recent(&path) {
+            Some(Cached::File { body, etag }) => return Ok(Some(Versioned { body, etag: Some(etag) })),
+            Some(Cached::Folder(_)) => return Ok(None),
+            None => {}
+        }
         match fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => return Ok(None),
             Ok(meta) => {
@@ -345,6 +395,9 @@ impl ObjectStore for FsStore {
             Some(_) => return Err(StoreError::InvalidKey(prefix)),
             None => root.clone(),
         };
+        if let Some(Cached::Folder(keys)) = self.cache.recent(&start) {
+            return Ok(keys.into_iter().filter(|k| k.starts_with(&prefix)).collect());
+        }
         if let Ok(meta) = fs::metadata(&start) {
             if let Some(Cached::Folder(keys)) = self.cache.get(&start, &meta) {
                 return Ok(keys.into_iter().filter(|k| k.starts_with(&prefix)).collect());
