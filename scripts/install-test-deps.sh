@@ -72,11 +72,13 @@ if [ "$(cat "$TOOLS/.infra-venv-spec" 2>/dev/null)" != "$want_infra" ]; then
 fi
 
 # openssl for the v1-certificate tests; pebble (the ACME test CA, with pebble-challtestsrv as
-# its DNS) for the ACME tests; mtools for the renewal installer's tests on a FAT image.
+# its DNS) for the ACME tests; mtools for the renewal installer's tests on a FAT image; sbsigntool
+# to sign the PE images of the kernel-signature tests.
 debs=()
 command -v openssl >/dev/null 2>&1 || debs+=(openssl)
 command -v mmove >/dev/null 2>&1 || debs+=(mtools)
 command -v pebble-challtestsrv >/dev/null 2>&1 || debs+=(pebble)
+command -v sbsign >/dev/null 2>&1 || debs+=(sbsigntool)
 if [ ${#debs[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi

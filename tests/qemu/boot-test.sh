@@ -33,82 +33,21 @@ QEMU_TIMEOUT="${QEMU_TIMEOUT:-150}"
 IPXE_VERSION="${IPXE_VERSION:-1.21.1}"
 case "$IPXE_VERSION" in 1.21.1 | 2.0.0) ;; *) echo "IPXE_VERSION must be 1.21.1 or 2.0.0"; exit 2 ;; esac
 IPXE_EFI="$CACHE/ipxe-$IPXE_VERSION/usr/lib/ipxe/ipxe-amd64.efi"
-if [ -z "${IPXE_EDGE_QEMU_NETNS:-}" ]; then
-  tests/qemu/setup.sh >/dev/null
-  cargo build -q -p ipxe-edge
-  # The rest runs in a network namespace of its own: every listener (serve, the script server,
-  # the SNTP responder on iPXE's fixed port 123) is on that namespace's loopback only.
-  exec unshare --map-root-user --net env IPXE_EDGE_QEMU_NETNS=1 "$PWD/tests/qemu/boot-test.sh" "$@"
-fi
-ip link set lo up
+# shellcheck source=tests/qemu/lib.sh
+. tests/qemu/lib.sh
+enter_own_netns tests/qemu/boot-test.sh "$@"
 BIN="$TARGET/debug/ipxe-edge"
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-qemu.XXXXXX")
-serve_pid=""
-cleanup() {
-  # shellcheck disable=SC2046
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-passed=0 failed=0
-pass() { passed=$((passed + 1)); echo "ok [iPXE $IPXE_VERSION]: $1"; }
-fail() { failed=$((failed + 1)); echo "FAIL [iPXE $IPXE_VERSION]: $1"; }
-check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-boot_port=$(free_port); secrets_port=$(free_port); s3_port=$(free_port)
-data="$work/data"
-edge() { "$BIN" --data "$data" "$@"; }
+SUITE_LABEL="iPXE $IPXE_VERSION"
+make_work ipxe-edge-qemu
 
 # ---------------------------------------------------------------- server
-"$BIN" serve --data "$data" --listen "127.0.0.1:$boot_port" --secrets-listen "127.0.0.1:$secrets_port" \
-  --s3-listen "127.0.0.1:$s3_port" --public-host 10.0.2.2 --secrets-http >"$work/serve.out" 2>"$work/serve.log" &
-serve_pid=$!
-for _ in $(seq 1 100); do grep -q "curl --cert" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
-grep -q "curl --cert" "$work/serve.out" || { cat "$work/serve.out" "$work/serve.log"; echo "serve did not start"; exit 1; }
+start_serve
 
 # ---------------------------------------------------------------- initramfs
 root="$work/initramfs"
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules}
-cp /bin/busybox "$root/bin/busybox"
-mods=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
-for m in "${mods[@]}"; do
-  find "$CACHE"/linux/root/lib/modules/*/kernel -name "$m.ko" -exec cp {} "$root/lib/modules/" \;
-done
-# What every booted test system does first: network up, then a marker on the console.
-guest_up=$(cat <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
-  insmod /lib/modules/$m.ko 2>/dev/null
-done
-ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-ip route add default via 10.0.2.2
-echo "EDGE-LINUX-UP"
-INIT
-)
-{ echo "$guest_up"; cat <<'INIT'
-url=$(sed -n 's/.*b2c.extra_args_url="\([^"]*\)".*/\1/p' /proc/cmdline)
-[ -n "$url" ] || echo "EDGE-NO-SECRETS-URL"
-if wget -q -O /tmp/secret "$url" 2>/tmp/err; then
-  echo "EDGE-SECRET sha256=$(sha256sum /tmp/secret | cut -c1-16)"
-else
-  echo "EDGE-SECRET-FAILED"; cat /tmp/err
-fi
-status=$(wget -S -O /tmp/again "$url" 2>&1 | sed -n 's/.*HTTP\/1.1 \([0-9]*\).*/\1/p' | head -n 1)
-echo "EDGE-REPLAY status=$status"
-sleep 1
-poweroff -f
-INIT
-} >"$root/init"
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+initramfs_tree "$root" /bin/busybox "$CACHE/linux/root"
+{ echo "$guest_up"; echo "$guest_redeem"; } >"$root/init"
+pack_initramfs "$root" "$work/initrd.img"
 
 # Release B's initrd: Linux comes up, never fetches its secret, and reboots (a broken update).
 cat >"$root/init" <<'INIT'
@@ -119,7 +58,7 @@ echo "EDGE-BAD-RELEASE-UP"
 sleep 1
 reboot -f
 INIT
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-bad.img"
+pack_initramfs "$root" "$work/initrd-bad.img"
 
 # ---------------------------------------------------------------- release and gateways
 printf 'b2c.minio="ci,https://s3.example,AK%s,SK%s"\n' "$RANDOM" "$RANDOM" >"$work/secrets.txt"
@@ -138,30 +77,16 @@ done
 edge gateway revoke revoked-gw >/dev/null
 # Packs an initramfs tree (its /init made executable) into release NAME with the test kernel.
 make_release() { # release, initramfs root
-  chmod +x "$2/init"
-  (cd "$2" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd-$1.img"
+  pack_initramfs "$2" "$work/initrd-$1.img"
   edge release create "$1" --kernel "$CACHE/linux/vmlinuz" --initrd "$work/initrd-$1.img" \
     --cmdline "console=ttyS0 panic=-1 quiet" >/dev/null 2>&1
 }
-fingerprint() { edge gateway show "$1" | sed -n 's/^  "fingerprint": "\([0-9a-f]*\)".*/\1/p'; }
 
 # ---------------------------------------------------------------- iPXE with the test CA as anchor
-ca_fp=$(openssl x509 -in "$data/pki/ca.crt" -outform DER | sha256sum | cut -d' ' -f1)
-python3 - "$IPXE_EFI" "$work/ipxe.efi" "$ca_fp" <<'PY'
-import sys
-src, dst, fp = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
-root = bytes.fromhex("9faf717b7f8ca2f93c256c79f8ac5591895d66d1ff3bee6397a70d29c65eed1a")
-data = open(src, "rb").read()
-assert data.count(root) == 1, "iPXE's built-in root fingerprint not found exactly once"
-open(dst, "wb").write(data.replace(root, fp))
-PY
+anchor_ipxe "$IPXE_EFI" "$work/ipxe.efi"
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 
-# A loopback HTTP server hands iPXE its start script (too long for the kernel command line).
-http_port=$(free_port)
-mkdir -p "$work/www"
-python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
-boot_url="https://10.0.2.2:$boot_port/boot.ipxe"
+start_script_server
 # crosscert points at the guest's own loopback: nothing leaves the machine.
 for gw in qemu-gw revoked-gw fallback-gw; do
   edge image script "$gw" --boot-url "$boot_url" --crosscert http://127.0.0.1:9/ --no-ntp >"$work/www/$gw.ipxe"
@@ -173,15 +98,14 @@ qemu_common=(-machine q35,accel=tcg -m 512 -nographic -no-reboot
   -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
 
 run_kernel_boot() { # gateway, log, timeout, [more QEMU arguments]
-  timeout "$3" qemu-system-x86_64 "${qemu_common[@]}" "${@:4}" -kernel "$work/ipxe.efi" \
-    -append "ipxe.efi set net0/ip 10.0.2.15 && set net0/netmask 255.255.255.0 && set net0/gateway 10.0.2.2 && ifopen net0 && chain http://10.0.2.2:$http_port/$1.ipxe" \
+  timeout "$3" qemu-system-x86_64 "${qemu_common[@]}" "${@:4}" -kernel "$work/ipxe.efi" -append "$(ipxe_args "$1")" \
     </dev/null >"$2" 2>&1 || true
 }
 
 # ---------------------------------------------------------------- 1. boot with the gateway's certificate
 start=$(date +%s.%N)
 run_kernel_boot qemu-gw "$work/serial-1.log" "$QEMU_TIMEOUT"
-marker_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+marker_time=$(since "$start")
 serial=$(tr -d '\r' <"$work/serial-1.log")
 fp=$(fingerprint qemu-gw)
 check "Linux booted from the served kernel and initrd" 'grep -q "EDGE-LINUX-UP" <<<"$serial"'
@@ -219,7 +143,7 @@ start=$(date +%s.%N)
 timeout "$QEMU_TIMEOUT" qemu-system-x86_64 "${qemu_common[@]}" \
   -drive "if=none,id=d0,format=raw,snapshot=on,file=$work/gateway.img" -device virtio-blk-pci,drive=d0,bootindex=0 \
   </dev/null >"$work/serial-3.log" 2>&1 || true
-image_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+image_time=$(since "$start")
 check "the disk image boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-3.log"'
 check "the server identified the image's gateway" 'grep "boot script served" "$work/serve.log" | grep -q "\"gateway\":\"image-gw\""'
 echo "time from QEMU start (disk image) to poweroff: ${image_time}s"
@@ -236,10 +160,9 @@ cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 qemu_reboots=()
 for arg in "${qemu_common[@]}"; do [ "$arg" = -no-reboot ] || qemu_reboots+=("$arg"); done
 start=$(date +%s.%N)
-timeout $((QEMU_TIMEOUT * 3)) qemu-system-x86_64 "${qemu_reboots[@]}" -kernel "$work/ipxe.efi" \
-  -append "ipxe.efi set net0/ip 10.0.2.15 && set net0/netmask 255.255.255.0 && set net0/gateway 10.0.2.2 && ifopen net0 && chain http://10.0.2.2:$http_port/fallback-gw.ipxe" \
+timeout $((QEMU_TIMEOUT * 3)) qemu-system-x86_64 "${qemu_reboots[@]}" -kernel "$work/ipxe.efi" -append "$(ipxe_args fallback-gw)" \
   </dev/null >"$work/serial-4.log" 2>&1 || true
-fallback_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+fallback_time=$(since "$start")
 serial=$(tr -d '\r' <"$work/serial-4.log")
 check "release B booted twice and rebooted without its secret" '[ "$(grep -c "EDGE-BAD-RELEASE-UP" <<<"$serial")" -eq 2 ]'
 check "the third boot got release A and reached Linux on its own" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial"'
@@ -290,7 +213,7 @@ edge image script scratch-gw --boot-url "$boot_url" --crosscert http://127.0.0.1
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 start=$(date +%s.%N)
 run_kernel_boot scratch-gw "$work/serial-5.log" "$QEMU_TIMEOUT"
-scratch_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+scratch_time=$(since "$start")
 serial=$(tr -d '\r' <"$work/serial-5.log")
 check "the booted system stored and read back a file with its minted key" 'grep -q "EDGE-SCRATCH put=200 back=state written by the booted gateway" <<<"$serial"'
 check "the minted key is refused in another gateway's space" 'grep -q "EDGE-SCRATCH-OTHER status=403" <<<"$serial"'
@@ -348,7 +271,7 @@ start=$(date +%s.%N)
 timeout $((QEMU_TIMEOUT * 2)) qemu-system-x86_64 "${qemu_reboots[@]}" \
   -drive "if=none,id=d0,format=raw,file=$work/renew.img" -device virtio-blk-pci,drive=d0,bootindex=0 \
   </dev/null >"$work/serial-6.log" 2>&1 || true
-renew_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+renew_time=$(since "$start")
 serial=$(tr -d '\r' <"$work/serial-6.log")
 esp_file() { MTOOLS_SKIP_CHECK=1 mtype -i "$1@@1M" "::/EFI/BOOT/$2"; }
 check "the booted gateway installed its renewal and rebooted" 'grep -q "EDGE-RENEWAL-INSTALLED" <<<"$serial" && [ "$(grep -c "EDGE-LINUX-UP" <<<"$serial")" -eq 2 ]'
@@ -430,7 +353,7 @@ if [ "$IPXE_VERSION" = 2.0.0 ]; then
   check "... and gets no boot script (its TLS handshake fails)" '! grep "boot script served" "$work/serve.log" | grep -q "$cfp"'
   start=$(date +%s.%N)
   run_clock_boot clock-gw "$work/serial-9b.log" "$QEMU_TIMEOUT"
-  clock_time=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+  clock_time=$(since "$start")
   check "the SNTP responder answered the gateway" 'grep -q "^answered 127.0.0.1" "$work/sntp.log"'
   check "with ntp, the same gateway boots Linux and redeems its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" "$work/serial-9b.log"'
   check "the server identified the gateway once its clock was right" 'grep "boot script served" "$work/serve.log" | grep -q "\"fingerprint\":\"$cfp\".*\"gateway\":\"clock-gw\""'

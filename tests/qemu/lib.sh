@@ -1,6 +1,32 @@
-# Shared by the QEMU suites (boot-test.sh, platform-test.sh); sourced, never run. Each suite sets
-# CACHE, BIN and work, and names what its result lines carry in SUITE_LABEL.
+# Shared by the QEMU suites (boot-test.sh, platform-test.sh); sourced, never run, from the
+# repository's root. Each suite sets CACHE and BIN, and names what its result lines carry in
+# SUITE_LABEL.
 # shellcheck shell=bash
+
+# Run first: outside a network namespace of its own, prepares the QEMU cache and the binary
+# and runs the suite again inside one, where every listener (serve, the script server, an SNTP
+# responder on iPXE's fixed port 123) is on that namespace's loopback only.
+enter_own_netns() { # suite script, its arguments
+  if [ -z "${IPXE_EDGE_QEMU_NETNS:-}" ]; then
+    tests/qemu/setup.sh >/dev/null
+    cargo build -q -p ipxe-edge
+    exec unshare --map-root-user --net env IPXE_EDGE_QEMU_NETNS=1 "$PWD/$1" "${@:2}"
+  fi
+  ip link set lo up
+}
+
+# The suite's work folder, $work, and its removal (with every background job) on exit; kept
+# and named when KEEP_WORK is set.
+make_work() { # name prefix
+  work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  trap cleanup EXIT
+}
+cleanup() {
+  # shellcheck disable=SC2046
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
 
 passed=0 failed=0
 pass() { passed=$((passed + 1)); echo "ok [$SUITE_LABEL]: $1"; }

@@ -22,26 +22,13 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 IPXE_VERSION="${IPXE_VERSION:-2.0.0}"
 ARM64_TIMEOUT="${ARM64_TIMEOUT:-420}"
 X86_TIMEOUT="${X86_TIMEOUT:-180}"
-if [ -z "${IPXE_EDGE_QEMU_NETNS:-}" ]; then
-  tests/qemu/setup.sh >/dev/null
-  cargo build -q -p ipxe-edge
-  exec unshare --map-root-user --net env IPXE_EDGE_QEMU_NETNS=1 "$PWD/tests/qemu/platform-test.sh" "$@"
-fi
-ip link set lo up
+# shellcheck source=tests/qemu/lib.sh
+. tests/qemu/lib.sh
+enter_own_netns tests/qemu/platform-test.sh "$@"
 BIN="$TARGET/debug/ipxe-edge"
 IPXE_DIR="$CACHE/ipxe-$IPXE_VERSION/usr/lib/ipxe"
 SUITE_LABEL="platforms, iPXE $IPXE_VERSION"
-# shellcheck source=tests/qemu/lib.sh
-. tests/qemu/lib.sh
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/ipxe-edge-platform.XXXXXX")
-cleanup() {
-  # shellcheck disable=SC2046
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+make_work ipxe-edge-platform
 
 start_serve
 start_script_server
@@ -69,17 +56,25 @@ for gw in arm-gw x86-gw; do
 done
 kernel_digest() { sha256sum "$1" | cut -d' ' -f1; }
 
+# Boots a gateway from its anchored iPXE binary in QEMU with UEFI firmware in flash (a fresh
+# copy of its variable store); sets boot_time and serial (the console, without CRs).
+run_efi_gateway() { # name, timeout, firmware code, variable store, iPXE binary, gateway, QEMU command...
+  local start
+  cp "$4" "$work/vars-$1.fd"
+  start=$(date +%s.%N)
+  timeout "$2" "${@:7}" -nographic -no-reboot \
+    -drive "if=pflash,format=raw,unit=0,readonly=on,file=$3" \
+    -drive "if=pflash,format=raw,unit=1,file=$work/vars-$1.fd" \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+    -kernel "$5" -append "$(ipxe_args "$6")" </dev/null >"$work/serial-$1.log" 2>&1 || true
+  boot_time=$(since "$start")
+  serial=$(tr -d '\r' <"$work/serial-$1.log")
+}
+
 # ---------------------------------------------------------------- arm64 gateway
 anchor_ipxe "$IPXE_DIR/ipxe-arm64.efi" "$work/ipxe-arm64.efi"
-cp /usr/share/AAVMF/AAVMF_VARS.fd "$work/aavmf-vars.fd"
-start=$(date +%s.%N)
-timeout "$ARM64_TIMEOUT" qemu-system-aarch64 -machine virt -cpu max -m 1024 -nographic -no-reboot \
-  -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd \
-  -drive "if=pflash,format=raw,unit=1,file=$work/aavmf-vars.fd" \
-  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-  -kernel "$work/ipxe-arm64.efi" -append "$(ipxe_args arm-gw)" </dev/null >"$work/serial-arm64.log" 2>&1 || true
-arm_time=$(since "$start")
-serial=$(tr -d '\r' <"$work/serial-arm64.log")
+run_efi_gateway arm64 "$ARM64_TIMEOUT" /usr/share/AAVMF/AAVMF_CODE.fd /usr/share/AAVMF/AAVMF_VARS.fd \
+  "$work/ipxe-arm64.efi" arm-gw qemu-system-aarch64 -machine virt -cpu max -m 1024
 arm_fp=$(fingerprint arm-gw)
 check "the arm64 gateway booted Linux on an aarch64 machine" 'grep -q "EDGE-MACHINE aarch64" <<<"$serial"'
 check "the arm64 gateway redeemed its secret once (replay: 410)" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial" && grep -q "EDGE-REPLAY status=410" <<<"$serial"'
@@ -87,24 +82,17 @@ check "serve identified the arm64 gateway by its certificate and served release 
   'grep "boot script served" "$work/serve.log" | grep "\"fingerprint\":\"$arm_fp\"" | grep "\"release\":\"multi-r1\"" | grep -q "\"arch\":\"arm64\""'
 check "the arm64 gateway downloaded the arm64 kernel" \
   'grep -q "assets/sha256/$(kernel_digest "$CACHE/linux-arm64/vmlinuz")" <<<"$serial"'
-echo "arm64 gateway, QEMU start to poweroff (timeout ${ARM64_TIMEOUT}s): ${arm_time}s"
+echo "arm64 gateway, QEMU start to poweroff (timeout ${ARM64_TIMEOUT}s): ${boot_time}s"
 
 # ---------------------------------------------------------------- x86_64 gateway, same channel
 anchor_ipxe "$IPXE_DIR/ipxe-amd64.efi" "$work/ipxe-amd64.efi"
-cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/ovmf-vars.fd"
-start=$(date +%s.%N)
-timeout "$X86_TIMEOUT" qemu-system-x86_64 -machine q35,accel=tcg -m 512 -nographic -no-reboot \
-  -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
-  -drive "if=pflash,format=raw,unit=1,file=$work/ovmf-vars.fd" \
-  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-  -kernel "$work/ipxe-amd64.efi" -append "$(ipxe_args x86-gw)" </dev/null >"$work/serial-x86.log" 2>&1 || true
-x86_time=$(since "$start")
-serial=$(tr -d '\r' <"$work/serial-x86.log")
+run_efi_gateway x86 "$X86_TIMEOUT" /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd \
+  "$work/ipxe-amd64.efi" x86-gw qemu-system-x86_64 -machine q35,accel=tcg -m 512
 check "the x86_64 gateway on the same channel booted Linux on an x86_64 machine" 'grep -q "EDGE-MACHINE x86_64" <<<"$serial"'
 check "the x86_64 gateway downloaded the x86_64 kernel, not the arm64 one" \
   'grep -q "assets/sha256/$(kernel_digest "$CACHE/linux/vmlinuz")" <<<"$serial" && ! grep -q "assets/sha256/$(kernel_digest "$CACHE/linux-arm64/vmlinuz")" <<<"$serial"'
 check "the x86_64 gateway redeemed its secret" 'grep -q "EDGE-SECRET sha256=$secret_digest" <<<"$serial"'
-echo "x86_64 gateway, QEMU start to poweroff (timeout ${X86_TIMEOUT}s): ${x86_time}s"
+echo "x86_64 gateway, QEMU start to poweroff (timeout ${X86_TIMEOUT}s): ${boot_time}s"
 
 # ---------------------------------------------------------------- a release without arm64 assets
 edge channel promote multi x86-only >/dev/null

@@ -139,7 +139,7 @@ pub async fn seed_gateway(
     store.put(&k.key, kernel.to_vec(), WriteCondition::Always).await.unwrap();
     store.put(&i.key, initrd.to_vec(), WriteCondition::Always).await.unwrap();
     let mut arches = BTreeMap::new();
-    arches.insert("x86_64".to_string(), ArchAssets { kernel: k.clone(), initrd: i.clone() });
+    arches.insert("x86_64".to_string(), ArchAssets { kernel: k.clone(), initrd: i.clone(), kernel_signature: None });
     let manifest = ReleaseManifest {
         id: release_id.into(),
         cmdline: cmdline.into(),
@@ -154,7 +154,13 @@ pub async fn seed_gateway(
     put_json(
         store,
         &keys::channel("stable"),
-        &Channel { name: "stable".into(), release: release_id.into(), history: vec![], fallback_after: None },
+        &Channel {
+            name: "stable".into(),
+            release: release_id.into(),
+            history: vec![],
+            fallback_after: None,
+            require_signed: None,
+        },
     )
     .await;
     let mut record = ipxe_edge_core::domain::model::new_gateway(name, fp.clone());
@@ -209,7 +215,7 @@ pub async fn seed_release(
     store.put(&k.key, release.kernel.to_vec(), WriteCondition::Always).await.unwrap();
     store.put(&i.key, release.initrd.to_vec(), WriteCondition::Always).await.unwrap();
     let mut arches = BTreeMap::new();
-    arches.insert("x86_64".to_string(), ArchAssets { kernel: k, initrd: i });
+    arches.insert("x86_64".to_string(), ArchAssets { kernel: k, initrd: i, kernel_signature: None });
     let manifest = ReleaseManifest {
         id: release.id.into(),
         cmdline: release.cmdline.into(),
@@ -232,6 +238,7 @@ pub async fn point_stable(store: &dyn ObjectStore, release: &str) {
         release: release.into(),
         history: vec![],
         fallback_after: None,
+        require_signed: None,
     });
     channel.release = release.into();
     put_json(store, &keys::channel("stable"), &channel).await;
@@ -485,14 +492,41 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The smallest file an EFI binary check accepts for `machine` (0x8664 x86_64, 0xaa64 arm64):
-/// a DOS header pointing at offset 0x40, the PE signature, the COFF machine type.
+/// A minimal well-formed PE32+ EFI application for `machine` (0x8664 x86_64, 0xaa64 arm64):
+/// headers in the first 512 bytes, one 512-byte section; `sbsign` signs it.
 pub fn minimal_pe(machine: u16) -> Vec<u8> {
-    let mut pe = vec![0u8; 0x48];
-    pe[..2].copy_from_slice(b"MZ");
-    pe[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
-    pe[0x40..0x44].copy_from_slice(b"PE\0\0");
-    pe[0x44..0x46].copy_from_slice(&machine.to_le_bytes());
+    let mut pe = vec![0u8; 0x400];
+    let mut put = |at: usize, bytes: &[u8]| pe[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, b"MZ");
+    put(0x3c, &0x40u32.to_le_bytes());
+    put(0x40, b"PE\0\0");
+    // COFF header: machine, one section, a PE32+ optional header of 240 bytes, executable.
+    put(0x44, &machine.to_le_bytes());
+    put(0x46, &1u16.to_le_bytes());
+    put(0x54, &240u16.to_le_bytes());
+    put(0x56, &0x0022u16.to_le_bytes());
+    // Optional header (PE32+): entry point and code in the one section, 4 KiB sections,
+    // 512-byte file alignment, an EFI application, 16 data directories (all empty).
+    let opt = 0x58;
+    put(opt, &0x20bu16.to_le_bytes());
+    put(opt + 4, &0x200u32.to_le_bytes());
+    put(opt + 16, &0x1000u32.to_le_bytes());
+    put(opt + 20, &0x1000u32.to_le_bytes());
+    put(opt + 32, &0x1000u32.to_le_bytes());
+    put(opt + 36, &0x200u32.to_le_bytes());
+    put(opt + 56, &0x2000u32.to_le_bytes());
+    put(opt + 60, &0x200u32.to_le_bytes());
+    put(opt + 68, &10u16.to_le_bytes());
+    put(opt + 108, &16u32.to_le_bytes());
+    // The section table after the 240-byte optional header: .text, 512 bytes at 0x200.
+    let section = opt + 240;
+    put(section, b".text\0\0\0");
+    put(section + 8, &0x200u32.to_le_bytes());
+    put(section + 12, &0x1000u32.to_le_bytes());
+    put(section + 16, &0x200u32.to_le_bytes());
+    put(section + 20, &0x200u32.to_le_bytes());
+    put(section + 36, &0x6000_0020u32.to_le_bytes());
+    put(0x200, b"\xeb\xfe minimal PE image");
     pe
 }
 

@@ -526,8 +526,8 @@ fn image_build_for_arm64_writes_bootaa64_and_refuses_a_binary_of_the_other_archi
     std::fs::remove_file(&image).unwrap();
 
     for (arch, efi, says) in [
-        ("arm64", x86.clone(), "is not an Arm64 EFI binary (PE machine type 0x8664)"),
-        ("x86_64", arm.clone(), "is not an X86_64 EFI binary (PE machine type 0xaa64)"),
+        ("arm64", x86.clone(), "is not an arm64 EFI binary (PE machine type 0x8664)"),
+        ("x86_64", arm.clone(), "is not an x86_64 EFI binary (PE machine type 0xaa64)"),
         ("x86_64", dir.join("not-pe.efi"), "is not an EFI binary (no PE header)"),
     ] {
         let out = build(arch, &efi);
@@ -537,5 +537,160 @@ fn image_build_for_arm64_writes_bootaa64_and_refuses_a_binary_of_the_other_archi
     }
     let out = build("sparc", &x86);
     assert_eq!(out.status.code(), Some(2), "an unknown --arch is a usage error");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs a command-line tool that must succeed.
+fn tool(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn kernel_signatures_are_recorded_and_a_channel_can_require_them() {
+    let t = Target::embedded("cli-signed");
+    let dir = t.data.with_extension("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // A farm's db key, another vendor's key, and a farm CA with a signing key it issued.
+    for (name, subject) in [("db", "/CN=Farm db"), ("other", "/CN=Other vendor"), ("ca", "/CN=Farm signing CA")] {
+        let (key, crt) = (p(&format!("{name}.key")), p(&format!("{name}.crt")));
+        tool(
+            "openssl",
+            &[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", subject, "-keyout", &key,
+                "-out", &crt,
+            ],
+        );
+    }
+    tool(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=Farm kernel signer",
+            "-keyout",
+            &p("leaf.key"),
+            "-out",
+            &p("leaf.csr"),
+        ],
+    );
+    tool(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("leaf.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-days",
+            "30",
+            "-out",
+            &p("leaf.crt"),
+        ],
+    );
+    std::fs::write(p("unsigned.efi"), minimal_pe(0x8664)).unwrap();
+    for (signer, out) in [("db", "signed.efi"), ("other", "other.efi"), ("leaf", "leaf.efi")] {
+        tool(
+            "sbsign",
+            &[
+                "--key",
+                &p(&format!("{signer}.key")),
+                "--cert",
+                &p(&format!("{signer}.crt")),
+                "--output",
+                &p(out),
+                &p("unsigned.efi"),
+            ],
+        );
+    }
+    // Signed, then one byte of its code changed: what firmware refuses.
+    let mut tampered = std::fs::read(p("signed.efi")).unwrap();
+    tampered[0x210] ^= 0xff;
+    std::fs::write(p("tampered.efi"), tampered).unwrap();
+    std::fs::write(p("bzimage"), b"not a PE image at all").unwrap();
+    let initrd = t.file("initrd", b"initrd");
+    for (release, kernel) in [
+        ("r-signed", "signed.efi"),
+        ("r-unsigned", "unsigned.efi"),
+        ("r-other", "other.efi"),
+        ("r-leaf", "leaf.efi"),
+        ("r-tampered", "tampered.efi"),
+        ("r-notpe", "bzimage"),
+    ] {
+        t.ok(&["release", "create", release, "--kernel", &p(kernel), "--initrd", s(&initrd)]);
+    }
+    let signature = |release: &str| {
+        let manifest: serde_json::Value = serde_json::from_str(&t.ok(&["release", "show", release])).unwrap();
+        manifest["arches"]["x86_64"]["kernel_signature"].clone()
+    };
+    let der_sha256 = |crt: &str| {
+        let pem = std::fs::read_to_string(p(crt)).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+        ))
+    };
+    let signed = signature("r-signed");
+    assert_eq!(signed["status"], "signed", "{signed}");
+    assert_eq!(signed["signers"][0]["subject"], "CN=Farm db", "{signed}");
+    assert_eq!(signed["signers"][0]["sha256"], der_sha256("db.crt"), "{signed}");
+    assert_eq!(signature("r-leaf")["signers"][0]["issuer"], "CN=Farm signing CA");
+    assert_eq!(signature("r-unsigned")["status"], "unsigned");
+    let tampered = signature("r-tampered");
+    assert_eq!(tampered["status"], "invalid", "{tampered}");
+    assert!(tampered["reason"].as_str().unwrap().contains("changed after it was signed"), "{tampered}");
+    assert_eq!(signature("r-notpe")["status"], "not_pe");
+
+    // Nothing about signatures blocks a channel that did not ask for them.
+    t.ok(&["channel", "promote", "sb", "r-unsigned"]);
+    t.ok(&["channel", "promote", "sb", "r-notpe"]);
+    // Asked for: every release that is not signed by the farm's db key is refused, named.
+    let db = p("db.crt");
+    for (release, says) in [
+        ("r-unsigned", "release r-unsigned's x86_64 kernel is unsigned, not by CN=Farm db"),
+        ("r-other", "release r-other's x86_64 kernel is signed by CN=Other vendor"),
+        ("r-tampered", "release r-tampered's x86_64 kernel has a signature that does not hold"),
+        ("r-notpe", "release r-notpe's x86_64 kernel is not a PE image"),
+    ] {
+        let err = t.fails(&["channel", "promote", "sb", release, "--require-signed", &db]);
+        assert!(err.contains("channel sb requires signed kernels") && err.contains(says), "{release}: {err}");
+    }
+    let current = |channel: &str| {
+        let history = t.ok(&["channel", "history", channel]);
+        let line = history.lines().find(|l| l.ends_with("(current)")).unwrap_or_default().to_string();
+        line.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(current("sb"), "r-notpe");
+    t.ok(&["channel", "promote", "sb", "r-signed", "--require-signed", &db]);
+    let history = t.ok(&["channel", "history", "sb"]);
+    assert!(history.contains("kernels must be signed by CN=Farm db (sha256 "), "{history}");
+    // The requirement stays with the channel: later promotes and rollbacks are checked too.
+    let err = t.fails(&["channel", "promote", "sb", "r-unsigned"]);
+    assert!(err.contains("r-unsigned's x86_64 kernel is unsigned"), "{err}");
+    let err = t.fails(&["channel", "rollback", "sb"]);
+    assert!(err.contains("r-notpe's x86_64 kernel is not a PE image") && err.contains("not rolled back"), "{err}");
+    // A certificate a CA in db issued is accepted under that CA; the CA's own key is not needed.
+    t.ok(&["channel", "promote", "farm", "r-leaf", "--require-signed", &p("ca.crt")]);
+    assert!(t.fails(&["channel", "promote", "farm", "r-signed"]).contains("is signed by CN=Farm db"));
+    // Dropped on request.
+    t.ok(&["channel", "promote", "sb", "r-unsigned", "--allow-unsigned"]);
+    assert!(!t.ok(&["channel", "history", "sb"]).contains("must be signed"));
+
+    // An unreadable certificate is a usage error, and nothing is changed.
+    std::fs::write(p("garbage.crt"), b"-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    for cert in [p("missing.crt"), p("garbage.crt"), p("db.key")] {
+        let out = t.run(&["channel", "promote", "sb", "r-signed", "--require-signed", &cert]);
+        assert_eq!(out.status.code(), Some(2), "{cert}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(current("sb"), "r-unsigned");
     let _ = std::fs::remove_dir_all(&dir);
 }

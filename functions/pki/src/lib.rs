@@ -1,6 +1,8 @@
 //! Certificate issuance for operators and tests: an RSA CA, gateway client certificates and
 //! server certificates, each with an RSA-2048 key (every iPXE) or an ECDSA P-256 key (iPXE 2.0
-//! and newer).
+//! and newer). And the other side of signing: [`authenticode`] reads who signed a PE image.
+
+pub mod authenticode;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,

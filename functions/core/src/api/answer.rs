@@ -128,7 +128,8 @@ impl From<RecordError> for Failure {
             | RecordError::UnknownRelease(_)
             | RecordError::AlreadyEnrolled(_)
             | RecordError::UnknownCertificate { .. }
-            | RecordError::LastCertificate { .. } => {
+            | RecordError::LastCertificate { .. }
+            | RecordError::Refused(_) => {
                 Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "record invalid; see server logs")
             }
         }

@@ -222,6 +222,49 @@ pub struct Asset {
 pub struct ArchAssets {
     pub kernel: Asset,
     pub initrd: Asset,
+    /// What the kernel's Authenticode certificate table held when the release was created;
+    /// absent in releases made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_signature: Option<KernelSignature>,
+}
+
+/// A kernel's Authenticode signatures, each checked against the kernel's bytes: what UEFI
+/// firmware checks before it starts the kernel under Secure Boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KernelSignature {
+    /// Not a PE image (no EFI stub): firmware never starts it under Secure Boot.
+    NotPe {
+        reason: String,
+    },
+    Unsigned,
+    /// Every signature holds; at least one signer.
+    Signed {
+        signers: Vec<SigningCertificate>,
+    },
+    /// A signature is there but does not hold (the kernel changed after signing).
+    Invalid {
+        reason: String,
+    },
+}
+
+/// A certificate that signs boot binaries: an image's signer, or what a channel requires its
+/// kernels to be signed by (that certificate itself, or one it issued).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningCertificate {
+    pub subject: String,
+    pub issuer: String,
+    /// SHA-256 of the certificate's DER, lowercase hex.
+    pub sha256: String,
+    /// The certificate's DER, base64.
+    pub der: String,
+}
+
+impl std::fmt::Display for SigningCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (sha256 {})", self.subject, &self.sha256[..self.sha256.len().min(16)])
+    }
 }
 
 /// What a release boots, per architecture. Keys of `arches` are an architecture (`x86_64`,
@@ -304,6 +347,10 @@ pub struct Channel {
     /// known good release (0: never); the server's setting when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_after: Option<u32>,
+    /// Every release this channel points at must have kernels signed by this certificate (or
+    /// one it issued): an unsigned release cannot reach a Secure Boot farm by mistake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signed: Option<SigningCertificate>,
 }
 
 impl Channel {
@@ -380,13 +427,20 @@ mod tests {
         gw.pinned_release = None;
         gw.channel = Some("../x".into());
         assert!(gw.validate().unwrap_err().contains("channel"));
-        let ch = Channel { name: "stable".into(), release: "../x".into(), history: vec![], fallback_after: None };
+        let ch = Channel {
+            name: "stable".into(),
+            release: "../x".into(),
+            history: vec![],
+            fallback_after: None,
+            require_signed: None,
+        };
         assert!(ch.validate().unwrap_err().contains("release"));
         let ch = Channel {
             name: "stable".into(),
             release: "r1".into(),
             history: vec![ChannelEntry { release: "a/b".into(), at: String::new() }],
             fallback_after: None,
+            require_signed: None,
         };
         assert!(ch.validate().is_err());
     }
@@ -395,8 +449,14 @@ mod tests {
     fn platform_specific_assets_win() {
         let asset = |k: &str| Asset { key: k.into(), sha256: "00".repeat(32), size: 1 };
         let mut arches = BTreeMap::new();
-        arches.insert("x86_64".into(), ArchAssets { kernel: asset("generic"), initrd: asset("i") });
-        arches.insert("x86_64-efi".into(), ArchAssets { kernel: asset("efi"), initrd: asset("i") });
+        arches.insert(
+            "x86_64".into(),
+            ArchAssets { kernel: asset("generic"), initrd: asset("i"), kernel_signature: None },
+        );
+        arches.insert(
+            "x86_64-efi".into(),
+            ArchAssets { kernel: asset("efi"), initrd: asset("i"), kernel_signature: None },
+        );
         let m = ReleaseManifest {
             id: "r".into(),
             cmdline: String::new(),

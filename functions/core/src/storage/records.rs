@@ -7,7 +7,7 @@ use super::{keys, ObjectStore, Revalidated, StoreError, Versioned, WriteConditio
 use crate::domain::identity::Fingerprint;
 use crate::domain::model::{
     valid_name, Asset, CertificateAlias, Channel, ChannelEntry, GatewayCertificate, GatewayRecord, PendingRenewal,
-    ReleaseManifest,
+    ReleaseManifest, SigningCertificate,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,9 +38,26 @@ pub enum RecordError {
     UnknownCertificate { gateway: String, fingerprint: Fingerprint },
     #[error("certificate {fingerprint} is the last one of gateway {gateway}: revoke the gateway instead")]
     LastCertificate { gateway: String, fingerprint: Fingerprint },
+    /// A change the record's own rules refuse (a channel's signer requirement), said in one line.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// What a promote changes on a channel besides its release, and the check the release must pass
+/// against the channel as the conditional write finds it (so a requirement set meanwhile by
+/// another operator still holds).
+#[derive(Default)]
+pub struct Promotion<'a> {
+    pub fallback_after: Option<u32>,
+    /// Sets the channel's signer requirement (`Some(None)` drops it); kept when `None`.
+    pub require_signed: Option<Option<SigningCertificate>>,
+    pub check: Option<&'a PromotionCheck<'a>>,
+}
+
+/// Refuses a channel as a promote would write it, saying why in one line.
+pub type PromotionCheck<'a> = dyn Fn(&Channel) -> Result<(), String> + Sync + 'a;
 
 /// A record type: JSON, with rules checked on every read and write.
 pub trait Record: Serialize + DeserializeOwned {
@@ -601,7 +618,7 @@ impl Records {
         channel: &str,
         release: &str,
         at: &str,
-        fallback_after: Option<u32>,
+        promotion: &Promotion<'_>,
     ) -> Result<Channel, RecordError> {
         name(channel)?;
         if !self.release_exists(release).await? {
@@ -610,17 +627,27 @@ impl Records {
         let outcome = self
             .update::<Channel, RecordError>(&keys::channel(channel), UPDATE_ATTEMPTS, |current| {
                 let mut ch = match current {
-                    None => {
-                        Channel { name: channel.into(), release: release.into(), history: vec![], fallback_after: None }
-                    }
+                    None => Channel {
+                        name: channel.into(),
+                        release: release.into(),
+                        history: vec![],
+                        fallback_after: None,
+                        require_signed: None,
+                    },
                     Some(mut ch) => {
                         ch.history.push(ChannelEntry { release: ch.release.clone(), at: at.into() });
                         ch.release = release.into();
                         ch
                     }
                 };
-                if fallback_after.is_some() {
-                    ch.fallback_after = fallback_after;
+                if promotion.fallback_after.is_some() {
+                    ch.fallback_after = promotion.fallback_after;
+                }
+                if let Some(require) = &promotion.require_signed {
+                    ch.require_signed = require.clone();
+                }
+                if let Some(check) = promotion.check {
+                    check(&ch).map_err(RecordError::Refused)?;
                 }
                 Ok(Change::Write(ch))
             })
@@ -688,9 +715,9 @@ mod tests {
         assert_eq!(revalidating.channel("stable").await.unwrap().unwrap().release, "r2");
         assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r1");
         // A promote through the cached records themselves is seen at once.
-        kept.promote("stable", "r1", "now", None).await.unwrap();
+        kept.promote("stable", "r1", "now", &Promotion::default()).await.unwrap();
         assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r1");
-        kept.promote("stable", "r2", "now", None).await.unwrap();
+        kept.promote("stable", "r2", "now", &Promotion::default()).await.unwrap();
         assert_eq!(kept.channel("stable").await.unwrap().unwrap().release, "r2");
 
         // A channel deleted is gone after max age; an outage is an error, not a stale answer.
@@ -775,11 +802,17 @@ mod tests {
     #[tokio::test]
     async fn promote_keeps_history_and_refuses_unknown_releases() {
         let (store, records) = records();
-        assert!(matches!(records.promote("stable", "r1", "t", None).await, Err(RecordError::UnknownRelease(_))));
+        assert!(matches!(
+            records.promote("stable", "r1", "t", &Promotion::default()).await,
+            Err(RecordError::UnknownRelease(_))
+        ));
         store.insert(&keys::release("r1"), b"{}".to_vec());
         store.insert(&keys::release("r2"), b"{}".to_vec());
-        records.promote("stable", "r1", "t1", None).await.unwrap();
-        let ch = records.promote("stable", "r2", "t2", Some(3)).await.unwrap();
+        records.promote("stable", "r1", "t1", &Promotion::default()).await.unwrap();
+        let ch = records
+            .promote("stable", "r2", "t2", &Promotion { fallback_after: Some(3), ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!(ch.release, "r2");
         assert_eq!(ch.fallback_after, Some(3));
         assert_eq!(ch.history, vec![ChannelEntry { release: "r1".into(), at: "t2".into() }]);

@@ -14,6 +14,14 @@ pub enum ChannelCommand {
         /// good release (0: never); kept on the channel. The server's setting when never given.
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
         fallback_after: Option<u32>,
+        /// From now on every release of this channel must have kernels signed by this
+        /// certificate (PEM or DER: the db certificate of a Secure Boot farm) or one it issued;
+        /// kept on the channel, checked at every promote and rollback.
+        #[arg(long, value_name = "CERT", conflicts_with = "allow_unsigned")]
+        require_signed: Option<std::path::PathBuf>,
+        /// Drop the channel's signed-kernel requirement.
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Point CHANNEL back at the release it had before.
     ///
@@ -35,8 +43,13 @@ pub enum ChannelCommand {
 
 pub async fn run(ctx: &Deployment, command: ChannelCommand) -> Result<(), OpError> {
     match command {
-        ChannelCommand::Promote { channel, release, fallback_after } => {
-            let previous = ops::channel::promote(ctx, &channel, &release, fallback_after).await?;
+        ChannelCommand::Promote { channel, release, fallback_after, require_signed, allow_unsigned } => {
+            let require_signed = match (require_signed, allow_unsigned) {
+                (Some(path), _) => Some(Some(ops::channel::signing_certificate_file(&path)?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let previous = ops::channel::promote(ctx, &channel, &release, fallback_after, require_signed).await?;
             println!("channel {channel}: {} -> {release}", previous.as_deref().unwrap_or("nothing"));
             Ok(())
         }
@@ -58,6 +71,9 @@ pub async fn history(ctx: &Deployment, channel: &str) -> Result<(), OpError> {
     println!("{:<32} (current)", ch.release);
     for entry in ch.history.iter().rev() {
         println!("{:<32} {}", entry.release, entry.at);
+    }
+    if let Some(required) = &ch.require_signed {
+        println!("kernels must be signed by {required}");
     }
     Ok(())
 }

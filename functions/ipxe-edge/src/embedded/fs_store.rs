@@ -215,7 +215,8 @@ impl FsStore {
     pub(crate) fn put_blocking(&self, key: &str, body: Vec<u8>, condition: WriteCondition) -> Result<(), StoreError> {
         let path = self.path(key)?;
         if !self.durable {
-            return self.put_in_place(&path, key, &body, &condition, true).map(drop);
+            let file = self.open_in_place(&path, key)?;
+            return self.write_in_place(&file, &path, key, &body, &condition, true).map(drop);
         }
         if condition == WriteCondition::Always {
             return self.write_object(&path, &body, key);
@@ -243,21 +244,6 @@ impl FsStore {
         }
     }
 
-    /// A volatile store's write: the file is overwritten in place (no new inode) under its own
-    /// lock, which readers share; an empty file counts as none. With `wait` false, gives up
-    /// (`Ok(false)`) instead of waiting for another process's lock.
-    pub(crate) fn put_in_place(
-        &self,
-        path: &Path,
-        key: &str,
-        body: &[u8],
-        condition: &WriteCondition,
-        wait: bool,
-    ) -> Result<bool, StoreError> {
-        let file = self.open_in_place(path, key)?;
-        self.write_in_place(&file, path, key, body, condition, wait)
-    }
-
     /// The file of a volatile store's key, opened (and created) for [`Self::write_in_place`].
     pub(crate) fn open_in_place(&self, path: &Path, key: &str) -> Result<File, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -265,8 +251,10 @@ impl FsStore {
             .map_err(io(key))
     }
 
-    /// [`Self::put_in_place`] through a file already open at `path`, which may stay open for
-    /// the next write: its lock is released on return. A file no longer linked at its path
+    /// A volatile store's write: the file is overwritten in place (no new inode) under its own
+    /// lock, which readers share; an empty file counts as none. With `wait` false, gives up
+    /// (`Ok(false)`) instead of waiting for another process's lock. `file` is open at `path`
+    /// and may stay open for the next write: its lock is released on return. A file no longer linked at its path
     /// (deleted under the open handle) is [`StoreError::Unavailable`] and nothing counts as
     /// written; the caller opens the path again.
     pub(crate) fn write_in_place(

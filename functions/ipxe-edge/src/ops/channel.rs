@@ -3,10 +3,12 @@
 
 use super::{check_name, Deployment, OpError};
 use ipxe_edge_core::domain::clock::rfc3339_now;
-use ipxe_edge_core::domain::model::Channel;
+use ipxe_edge_core::domain::model::{Channel, SigningCertificate};
 use ipxe_edge_core::storage::keys;
-use ipxe_edge_core::storage::records::{Change, RecordError};
+use ipxe_edge_core::storage::records::{Change, Promotion, RecordError};
 use ipxe_edge_core::storage::StoreError;
+use sha2::Digest;
+use std::path::Path;
 
 /// Refuses a release that cannot boot every gateway following the channel.
 async fn check_followers(ctx: &Deployment, channel: &str, release: &str) -> Result<(), OpError> {
@@ -26,26 +28,56 @@ async fn check_followers(ctx: &Deployment, channel: &str, release: &str) -> Resu
 }
 
 /// Points `channel` at `release` in one conditional write; returns the release it pointed at
-/// before (`None` for a new channel).
+/// before (`None` for a new channel). `require_signed` sets the channel's signer requirement
+/// (`Some(None)` drops it; `None` keeps it); the release must meet the requirement the channel
+/// holds after the write.
 pub async fn promote(
     ctx: &Deployment,
     channel: &str,
     release: &str,
     fallback_after: Option<u32>,
+    require_signed: Option<Option<SigningCertificate>>,
 ) -> Result<Option<String>, OpError> {
     check_name("channel name", channel)?;
     check_name("release id", release)?;
-    if !ctx.records.release_exists(release).await? {
+    let Some(manifest) = ctx.records.release(release).await? else {
         return Err(OpError::Refused(format!("unknown release {release:?} (see: ipxe-edge release list)")));
-    }
+    };
     check_followers(ctx, channel, release).await?;
-    match ctx.records.promote(channel, release, &rfc3339_now(), fallback_after).await {
+    let check = |ch: &Channel| match &ch.require_signed {
+        Some(required) => super::release::check_signed_by(&manifest, required)
+            .map_err(|e| format!("channel {channel} requires signed kernels: {e}")),
+        None => Ok(()),
+    };
+    let promotion = Promotion { fallback_after, require_signed, check: Some(&check) };
+    match ctx.records.promote(channel, release, &rfc3339_now(), &promotion).await {
         Ok(ch) => Ok(ch.history.last().map(|e| e.release.clone())),
         Err(RecordError::Store(StoreError::Conflict(_))) => {
             Err(OpError::Refused(format!("channel {channel} keeps changing under us; try again")))
         }
+        Err(RecordError::Refused(e)) => Err(OpError::Refused(e)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The certificate a channel's kernels must be signed by, from a PEM or DER file; a file that
+/// is not one is a usage error.
+pub fn signing_certificate_file(path: &Path) -> Result<SigningCertificate, OpError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| OpError::Invalid(format!("--require-signed {}: {e}", path.display())))?;
+    let der = match x509_parser::pem::parse_x509_pem(&bytes) {
+        Ok((_, pem)) if pem.label == "CERTIFICATE" => pem.contents,
+        _ => bytes,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+        OpError::Invalid(format!("--require-signed {}: not an X.509 certificate (PEM or DER): {e}", path.display()))
+    })?;
+    Ok(super::release::signing_certificate(&ipxe_edge_pki::authenticode::Signer {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sha256: hex::encode(sha2::Sha256::digest(&der)),
+        der: der.clone(),
+    }))
 }
 
 /// Points `channel` back at the release it had before, once (never retried: the operator decides
@@ -60,6 +92,11 @@ pub async fn rollback(ctx: &Deployment, channel: &str) -> Result<(String, String
         .cloned()
         .ok_or_else(|| OpError::Refused(format!("channel {channel} has no earlier release to roll back to")))?;
     check_followers(ctx, channel, &previous.release).await?;
+    let previous_manifest = ctx
+        .records
+        .release(&previous.release)
+        .await?
+        .ok_or_else(|| OpError::Refused(format!("release {} is gone; not rolled back", previous.release)))?;
     let changed = || {
         OpError::Refused(format!(
             "channel {channel} changed while rolling back; check `ipxe-edge channel history {channel}` and retry"
@@ -71,6 +108,11 @@ pub async fn rollback(ctx: &Deployment, channel: &str) -> Result<(String, String
         .records
         .update(&keys::channel(channel), 1, |now: Option<Channel>| match now {
             Some(mut ch) if ch == current => {
+                if let Some(required) = &ch.require_signed {
+                    super::release::check_signed_by(&previous_manifest, required).map_err(|e| {
+                        OpError::Refused(format!("channel {channel} requires signed kernels: {e}; not rolled back"))
+                    })?;
+                }
                 ch.history.pop();
                 ch.release = previous.release.clone();
                 Ok(Change::Write(ch))

@@ -41,6 +41,14 @@ impl EfiArch {
         }
     }
 
+    /// The name `--arch` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "x86_64",
+            EfiArch::Arm64 => "arm64",
+        }
+    }
+
     /// The PE machine type of this architecture's binaries.
     fn pe_machine(self) -> u16 {
         match self {
@@ -50,19 +58,11 @@ impl EfiArch {
     }
 }
 
-/// The PE machine type of an EFI binary (COFF header after the `PE\0\0` signature the DOS
-/// header points at), or `None` when it is not a PE file.
+/// The PE machine type of an EFI binary, or `None` when it is not a PE file.
 pub fn pe_machine(binary: &[u8]) -> Option<u16> {
-    if !binary.starts_with(b"MZ") {
-        return None;
-    }
-    let at = u32::from_le_bytes(binary.get(0x3c..0x40)?.try_into().ok()?) as usize;
-    if binary.get(at..at.checked_add(4)?)? != b"PE\0\0" {
-        return None;
-    }
-    let machine = binary.get(at + 4..at + 6)?;
-    Some(u16::from_le_bytes([machine[0], machine[1]]))
+    ipxe_edge_pki::authenticode::pe_machine(binary)
 }
+
 const SECTOR: u64 = 512;
 /// 64 MiB disk: FAT32 needs at least 65525 clusters, i.e. ~33 MiB with 512-byte clusters.
 const DISK_BYTES: u64 = 64 * 1024 * 1024;
@@ -279,9 +279,9 @@ pub async fn build(
             None => return Err(OpError::Invalid(format!("{} is not an EFI binary (no PE header)", path.display()))),
             Some(machine) if machine != binaries.arch.pe_machine() => {
                 return Err(OpError::Invalid(format!(
-                    "{} is not an {:?} EFI binary (PE machine type {machine:#06x}); pass --arch to match it",
+                    "{} is not an {} EFI binary (PE machine type {machine:#06x}); pass --arch to match it",
                     path.display(),
-                    binaries.arch
+                    binaries.arch.name()
                 )))
             }
             Some(_) => {}

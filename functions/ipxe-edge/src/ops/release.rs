@@ -4,9 +4,10 @@ use super::upload::Progress;
 use super::{check_name, file_error, Deployment, OpError};
 use ipxe_edge_core::domain::clock::rfc3339_now;
 use ipxe_edge_core::domain::journal::HealthGate;
-use ipxe_edge_core::domain::model::{ArchAssets, ReleaseManifest};
+use ipxe_edge_core::domain::model::{ArchAssets, KernelSignature, ReleaseManifest, SigningCertificate};
 use ipxe_edge_core::domain::query::{KNOWN_ARCHES, KNOWN_PLATFORMS};
 use ipxe_edge_core::storage::records::RecordError;
+use ipxe_edge_pki::authenticode::{self, PeSignature};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -87,13 +88,17 @@ pub async fn create(
             sha256: "0".repeat(64),
             size: 0,
         };
-        draft.arches.insert(arch.clone(), ArchAssets { kernel: placeholder.clone(), initrd: placeholder });
+        draft.arches.insert(
+            arch.clone(),
+            ArchAssets { kernel: placeholder.clone(), initrd: placeholder, kernel_signature: None },
+        );
     }
     draft.validate().map_err(|e| OpError::Invalid(format!("release {}: {e}", request.id)))?;
-    for (arch, kernel, initrd) in &request.arches {
-        let kernel = super::upload::upload(ctx, kernel, progress).await?;
+    for (arch, kernel_path, initrd) in &request.arches {
+        let kernel = super::upload::upload(ctx, kernel_path, progress).await?;
         let initrd = super::upload::upload(ctx, initrd, progress).await?;
-        if manifest.arches.insert(arch.clone(), ArchAssets { kernel, initrd }).is_some() {
+        let kernel_signature = Some(kernel_signature(&std::fs::read(kernel_path).map_err(file_error(kernel_path))?));
+        if manifest.arches.insert(arch.clone(), ArchAssets { kernel, initrd, kernel_signature }).is_some() {
             return Err(OpError::Invalid(format!("architecture {arch} is given twice")));
         }
     }
@@ -106,4 +111,56 @@ pub async fn create(
         other => other?,
     }
     Ok(manifest)
+}
+
+/// What a kernel's Authenticode certificate table holds, each signature checked.
+pub fn kernel_signature(kernel: &[u8]) -> KernelSignature {
+    match authenticode::examine(kernel) {
+        PeSignature::NotPe(reason) => KernelSignature::NotPe { reason },
+        PeSignature::Unsigned => KernelSignature::Unsigned,
+        PeSignature::Invalid(reason) => KernelSignature::Invalid { reason },
+        PeSignature::Signed(signers) => {
+            KernelSignature::Signed { signers: signers.iter().map(signing_certificate).collect() }
+        }
+    }
+}
+
+pub fn signing_certificate(signer: &authenticode::Signer) -> SigningCertificate {
+    use base64::Engine;
+    SigningCertificate {
+        subject: signer.subject.clone(),
+        issuer: signer.issuer.clone(),
+        sha256: signer.sha256.clone(),
+        der: base64::engine::general_purpose::STANDARD.encode(&signer.der),
+    }
+}
+
+/// Refuses a release whose kernels, for some architecture, are not signed by `required` (that
+/// certificate or one it issued); the error names the release, the architecture and what the
+/// kernel carries.
+pub fn check_signed_by(manifest: &ReleaseManifest, required: &SigningCertificate) -> Result<(), String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let required_der = b64.decode(&required.der).unwrap_or_default();
+    for (arch, assets) in &manifest.arches {
+        let release = &manifest.id;
+        let found = match &assets.kernel_signature {
+            None => "was created before kernel signatures were recorded (create it again)".to_string(),
+            Some(KernelSignature::NotPe { reason }) => format!("is not a PE image ({reason})"),
+            Some(KernelSignature::Unsigned) => "is unsigned".to_string(),
+            Some(KernelSignature::Invalid { reason }) => format!("has a signature that does not hold: {reason}"),
+            Some(KernelSignature::Signed { signers }) => {
+                if signers
+                    .iter()
+                    .any(|s| b64.decode(&s.der).is_ok_and(|der| authenticode::issued_by(&der, &required_der)))
+                {
+                    continue;
+                }
+                let names: Vec<_> = signers.iter().map(|s| s.to_string()).collect();
+                format!("is signed by {}", names.join(", "))
+            }
+        };
+        return Err(format!("release {release}'s {arch} kernel {found}, not by {required}"));
+    }
+    Ok(())
 }

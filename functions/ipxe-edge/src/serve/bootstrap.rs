@@ -146,7 +146,7 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
                 .await
                 .map_err(record_err)?;
             let mut arches = BTreeMap::new();
-            arches.insert(model::DEFAULT_ARCH.to_string(), ArchAssets { kernel, initrd });
+            arches.insert(model::DEFAULT_ARCH.to_string(), ArchAssets { kernel, initrd, kernel_signature: None });
             let manifest = ReleaseManifest {
                 id: DEMO_RELEASE.into(),
                 cmdline: DEMO_CMDLINE.into(),
@@ -161,7 +161,10 @@ pub async fn ensure(dir: &DataDir, records: &Records, public_host: &str) -> Resu
             };
             records.put_release(&manifest).await.map_err(record_err)?;
         }
-        records.promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now(), None).await.map_err(record_err)?;
+        records
+            .promote(model::DEFAULT_CHANNEL, DEMO_RELEASE, &rfc3339_now(), &Default::default())
+            .await
+            .map_err(record_err)?;
         outcome
             .created
             .push(format!("demo release {DEMO_RELEASE} (placeholder assets) on channel {}", model::DEFAULT_CHANNEL));
