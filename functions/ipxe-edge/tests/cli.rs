@@ -502,6 +502,10 @@ fn image_build_for_arm64_writes_bootaa64_and_refuses_a_binary_of_the_other_archi
     std::fs::write(&x86, minimal_pe(0x8664)).unwrap();
     std::fs::write(&arm, minimal_pe(0xaa64)).unwrap();
     std::fs::write(dir.join("not-pe.efi"), b"MZ but nothing after").unwrap();
+    // An iPXE build with its own bzImage loader (its image type's name in the binary).
+    let mut own_loader = minimal_pe(0x8664);
+    own_loader.extend_from_slice(b"bzImage\0");
+    std::fs::write(dir.join("own-loader.efi"), own_loader).unwrap();
     let image = dir.join("gw-arm.img");
     let build = |arch: &str, efi: &Path| {
         t.run(&[
@@ -535,6 +539,14 @@ fn image_build_for_arm64_writes_bootaa64_and_refuses_a_binary_of_the_other_archi
         assert!(!out.status.success() && err.contains(says), "{arch} {}: {err}", efi.display());
         assert!(!image.exists(), "nothing written for a refused binary");
     }
+    let loader_warning =
+        "carries iPXE's own bzImage loader, which starts a kernel without the firmware's signature check";
+    let out = build("x86_64", &x86);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"));
+    let out = build("x86_64", &dir.join("own-loader.efi"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.starts_with("warning: ") && err.contains(loader_warning), "{err}");
+    std::fs::remove_file(&image).unwrap();
     let out = build("sparc", &x86);
     assert_eq!(out.status.code(), Some(2), "an unknown --arch is a usage error");
     let _ = std::fs::remove_dir_all(&dir);

@@ -51,8 +51,12 @@ pub async fn run(ctx: &Deployment, command: ImageCommand) -> Result<(), OpError>
         ImageCommand::Build { name, boot_url, out, arch, efi, shim, script } => {
             let efi = efi.unwrap_or_else(|| PathBuf::from(arch.debian_ipxe()));
             let binaries = EfiBinaries { arch, efi, shim };
-            let size = image::build(ctx, &name, &boot_url, &out, &binaries, &script.options()).await?;
-            println!("wrote {} ({} MiB): boots gateway {name} from {boot_url}", out.display(), size / (1024 * 1024));
+            let built = image::build(ctx, &name, &boot_url, &out, &binaries, &script.options()).await?;
+            for warning in &built.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let mib = built.bytes / (1024 * 1024);
+            println!("wrote {} ({mib} MiB): boots gateway {name} from {boot_url}", out.display());
             println!(
                 "it holds the gateway's private key: it is written 0600; treat it, and any copy of it, as a secret"
             );

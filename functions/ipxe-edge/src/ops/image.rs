@@ -262,7 +262,7 @@ pub async fn build(
     out: &Path,
     binaries: &EfiBinaries,
     options: &ScriptOptions,
-) -> Result<u64, OpError> {
+) -> Result<Built, OpError> {
     let script = script(deployment, name, boot_url, options).await?;
     let efi = std::fs::read(&binaries.efi).map_err(|e| {
         OpError::Refused(format!(
@@ -290,7 +290,28 @@ pub async fn build(
     let layout = esp_layout(binaries.arch, &efi, shim.as_deref(), script.as_bytes());
     let image = disk_image(&layout).map_err(file_error(out))?;
     write_atomic(out, &image, 0o600)?;
-    Ok(image.len() as u64)
+    let mut warnings = Vec::new();
+    if has_own_kernel_loader(&efi) {
+        warnings.push(format!(
+            "{} carries iPXE's own bzImage loader, which starts a kernel without the firmware's signature \
+             check: under Secure Boot it boots unsigned kernels (Debian's ipxe builds do not carry it)",
+            binaries.efi.display()
+        ));
+    }
+    Ok(Built { bytes: image.len() as u64, warnings })
+}
+
+/// A disk image written, and what its operator should know about it.
+pub struct Built {
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Whether an iPXE EFI binary has iPXE's bzImage image type (its name, NUL-terminated, is in
+/// every build that has it): such a build loads Linux itself instead of through the firmware's
+/// LoadImage, so Secure Boot's signature check never sees the kernel.
+pub fn has_own_kernel_loader(efi: &[u8]) -> bool {
+    efi.windows(8).any(|w| w == b"bzImage\0")
 }
 
 #[cfg(test)]
