@@ -79,6 +79,8 @@ command -v openssl >/dev/null 2>&1 || debs+=(openssl)
 command -v mmove >/dev/null 2>&1 || debs+=(mtools)
 command -v pebble-challtestsrv >/dev/null 2>&1 || debs+=(pebble)
 command -v sbsign >/dev/null 2>&1 || debs+=(sbsigntool)
+# promtool (Prometheus's rule checker and rule unit tests) for scripts/check-monitoring.sh.
+command -v promtool >/dev/null 2>&1 || debs+=(prometheus)
 if [ ${#debs[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi

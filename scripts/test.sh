@@ -2,7 +2,8 @@
 # The full test suite: installs the pinned test servers if needed, builds the Lambda zips,
 # starts the servers on loopback, runs every test of the workspace (the shipped zips included) (server-backed ones included: here a missing server fails
 # instead of skipping), checks that the Lambda functions link nothing they do not run, lints the
-# deployment template and checks the deploy script's dry run, boots real iPXE clients in QEMU
+# deployment template, checks and unit-tests the alert rules and dashboard (promtool), checks the
+# deploy script's dry run, boots real iPXE clients in QEMU
 # (x86_64 and arm64, with and without Secure Boot),
 # and stops the servers whatever happens.
 set -euo pipefail
@@ -23,6 +24,7 @@ export IPXE_EDGE_REQUIRE_TEST_SERVERS=1
 cargo test --workspace --locked "$@"
 scripts/check-function-deps.sh
 scripts/lint-infra.sh
+scripts/check-monitoring.sh
 scripts/test-deploy.sh
 # Both iPXE generations gateways run, Debian trixie's 1.21.1 and forky's 2.0.0, side by side with
 # the platform suite (arm64 gateways, Secure Boot): each QEMU emulates on one core, and each

@@ -330,4 +330,37 @@ mod tests {
         }
         assert!(text.contains("# TYPE ipxe_edge_request_duration_seconds histogram"));
     }
+
+    /// The shipped alert rules and dashboard name only metrics `serve` exposes (a renamed
+    /// metric would silence an alert).
+    #[test]
+    fn shipped_rules_and_dashboard_name_exposed_metrics() {
+        // Families show in the text once they have a sample.
+        let m = ServeMetrics::new(vec![("boot", Arc::new(ListenerStats::default()))]);
+        m.record("ok", &[CoreCounter::Boots, CoreCounter::Redemptions, CoreCounter::Checkins, CoreCounter::Renewals]);
+        m.tls_refused("boot");
+        m.observe("boot", Duration::from_micros(300));
+        let text = m.render();
+        let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let shipped = [
+            ("ipxe-edge.rules.yml", include_str!("../../../../infra/monitoring/ipxe-edge.rules.yml")),
+            ("grafana-dashboard.json", include_str!("../../../../infra/monitoring/grafana-dashboard.json")),
+        ];
+        for (file, body) in shipped {
+            let mut named = 0;
+            for (at, _) in body.match_indices("ipxe_edge_") {
+                let name: String = body[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                let family = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(families.contains(&family), "{file} names {name}, which serve does not expose");
+                named += 1;
+            }
+            assert!(named >= 10, "{file} names only {named} metrics");
+        }
+    }
 }
