@@ -388,14 +388,37 @@ pub struct ServeProcess {
     stderr_path: PathBuf,
 }
 
+/// A port free at this moment on every address of both families (a dual-stack wildcard bind),
+/// so that a server may take it on `[::]` as well as on a loopback address; IPv4 only on a
+/// machine without IPv6. Another process can still take it before the server binds it: see
+/// [`ServeProcess::start`].
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("[::]:0")
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a server failed to start only because a port picked free was taken meanwhile.
+pub fn port_taken(error: &str) -> bool {
+    error.contains("Address already in use")
 }
 
 impl ServeProcess {
     /// Starts `binary serve` and waits until it prints its boot URL (or exits).
+    /// A port taken by another test between its pick and serve's bind is picked again (a few
+    /// times).
     pub fn start(binary: &str, data: &std::path::Path, extra: &[&str]) -> Result<Self, String> {
-        Self::start_on(binary, data, (free_port(), free_port(), free_port()), extra)
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::start_on(binary, data, (free_port(), free_port(), free_port()), extra) {
+                Err(e) if port_taken(&e) && attempts < 5 => continue,
+                other => return other,
+            }
+        }
     }
 
     pub fn start_on(

@@ -690,6 +690,15 @@ fn kernel_signatures_are_recorded_and_a_channel_can_require_them() {
     assert!(err.contains("r-unsigned's x86_64 kernel is unsigned"), "{err}");
     let err = t.fails(&["channel", "rollback", "sb"]);
     assert!(err.contains("r-notpe's x86_64 kernel is not a PE image") && err.contains("not rolled back"), "{err}");
+    // A pin cannot hand a gateway of that channel what its firmware would refuse.
+    t.ok(&["ca", "init"]);
+    t.ok(&["gateway", "enroll", "sb-gw", "--channel", "sb"]);
+    let err = t.fails(&["gateway", "pin", "sb-gw", "r-unsigned"]);
+    assert!(
+        err.contains("gateway sb-gw follows channel sb, which requires signed kernels") && err.contains("is unsigned"),
+        "{err}"
+    );
+    t.ok(&["gateway", "pin", "sb-gw", "r-signed"]);
     // A certificate a CA in db issued is accepted under that CA; the CA's own key is not needed.
     t.ok(&["channel", "promote", "farm", "r-leaf", "--require-signed", &p("ca.crt")]);
     assert!(t.fails(&["channel", "promote", "farm", "r-signed"]).contains("is signed by CN=Farm db"));

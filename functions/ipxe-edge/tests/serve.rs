@@ -406,12 +406,20 @@ async fn gateways_sending_an_intermediate_boot() {
 #[tokio::test]
 async fn boots_and_redeems_over_ipv6() {
     let data = temp_dir("serve-ipv6");
-    let ports = (free_port(), free_port(), free_port());
-    let (boot_v6, secrets_v6) = (format!("[::1]:{}", ports.0), format!("[::1]:{}", ports.1));
-    // The S3 endpoint takes one address: `[::]` takes IPv4 connections too.
-    let s3_any = format!("[::]:{}", ports.2);
-    let extra = ["--listen", &boot_v6, "--secrets-listen", &secrets_v6, "--public-host", "::1", "--s3-listen", &s3_any];
-    let serve = ServeProcess::start_on(BIN, &data, ports, &extra).expect("serve starts on both families");
+    let mut attempts = 0;
+    let (serve, ports) = loop {
+        attempts += 1;
+        let ports = (free_port(), free_port(), free_port());
+        let (boot_v6, secrets_v6) = (format!("[::1]:{}", ports.0), format!("[::1]:{}", ports.1));
+        // The S3 endpoint takes one address: `[::]` takes IPv4 connections too.
+        let s3_any = format!("[::]:{}", ports.2);
+        let extra =
+            ["--listen", &boot_v6, "--secrets-listen", &secrets_v6, "--public-host", "::1", "--s3-listen", &s3_any];
+        match ServeProcess::start_on(BIN, &data, ports, &extra) {
+            Err(e) if port_taken(&e) && attempts < 5 => continue,
+            started => break (started.expect("serve starts on both families"), ports),
+        }
+    };
 
     let client = demo_client(&data);
     let (status, script) = boot(&client, &format!("https://[::1]:{}/boot.ipxe", ports.0)).await;

@@ -204,6 +204,18 @@ pub async fn pin(ctx: &Deployment, name: &str, release: Option<&str>) -> Result<
     let record = ctx.gateway(name).await?;
     if let Some(release) = release {
         release_serves(ctx, release, record.arch()).await?;
+        // A gateway of a channel that requires signed kernels is one whose firmware enforces
+        // Secure Boot: a pin must not hand it what it would refuse.
+        let channel = record.channel();
+        if let Some(required) = ctx.records.channel(channel).await?.and_then(|c| c.require_signed) {
+            if let Some(manifest) = ctx.records.release(release).await? {
+                super::release::check_signed_by(&manifest, &required).map_err(|e| {
+                    OpError::Refused(format!(
+                        "gateway {name} follows channel {channel}, which requires signed kernels: {e}"
+                    ))
+                })?;
+            }
+        }
     }
     update(ctx, name, |r| {
         r.pinned_release = release.map(str::to_string);
