@@ -2,7 +2,7 @@
 # Runs a fuzz target (or all of them) for a number of seconds and prints how many inputs it
 # executed without a crash.
 # Usage: scripts/fuzz.sh TARGET|all SECONDS
-#   targets: cert_chain token render boot_query valve_template serve_front
+#   targets: cert_chain token render boot_query valve_template serve_front s3_location pe_signature
 # Seeds live in fuzz/seeds/TARGET (committed); the growing corpus in fuzz/corpus/TARGET (not).
 # A crash stops the run, leaves the input in fuzz/artifacts/TARGET and exits non-zero.
 set -euo pipefail
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 TOOLS="${IPXE_EDGE_TOOLS:-$HOME/.cache/ipxe-edge-tools}"
 export PATH="$TOOLS/bin:$PATH"
 FUZZ_TARGET_DIR="${IPXE_EDGE_FUZZ_TARGET_DIR:-$HOME/.cache/ipxe-edge-fuzz-target}"
-TARGETS=(cert_chain token render boot_query valve_template serve_front s3_location)
+TARGETS=(cert_chain token render boot_query valve_template serve_front s3_location pe_signature)
 
 target="${1:?usage: scripts/fuzz.sh TARGET|all SECONDS}"
 seconds="${2:?usage: scripts/fuzz.sh TARGET|all SECONDS}"
