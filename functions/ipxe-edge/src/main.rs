@@ -2,7 +2,8 @@
 //! commands manage certificates, gateways, releases and channels in the embedded store
 //! (`--data DIR`) or a real bucket (`--bucket NAME`). This file only parses and dispatches.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use ipxe_edge::commands::config_file::{self, ConfigFile};
 use ipxe_edge::commands::{ca, channel, gateway, image, import, preview, release, Cli, Command};
 use ipxe_edge::ops::{BackendArgs, Deployment, OpError};
 use ipxe_edge::serve;
@@ -83,7 +84,31 @@ async fn operate(data: PathBuf, backends: &BackendArgs, command: Command) -> Res
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    // `serve --config FILE`: the file's values become the flags' defaults, checked before
+    // anything else happens.
+    let file = match config_file::config_path(&args).map(|path| ConfigFile::read(&path, &cmd)) {
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) => {
+            eprintln!("ipxe-edge: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    if let Some(file) = &file {
+        cmd = file.apply(cmd);
+    }
+    let matches = cmd.try_get_matches_from_mut(&args).unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Serve(serve) = &cli.command {
+        if serve.print_config {
+            let mut declared = Cli::command();
+            declared.build();
+            print!("{}", config_file::print_config(&declared, &matches, file.as_ref()));
+            return ExitCode::SUCCESS;
+        }
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         // An operator command whose reader went away (`gateway list | head`) ends quietly, as
         // other command-line tools do, instead of failing on its next write. `serve` keeps the

@@ -715,3 +715,80 @@ fn kernel_signatures_are_recorded_and_a_channel_can_require_them() {
     assert_eq!(current("sb"), "r-unsigned");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_reads_a_config_file_below_flags_and_refuses_a_bad_one_before_touching_disk() {
+    let dir = temp_dir("cli-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let config = dir.join("serve.toml");
+    let run = |args: &[&str]| {
+        Command::new(BIN).args(["serve", "--config", s(&config)]).args(args).stdin(Stdio::null()).output().unwrap()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "# a farm's serve settings\nmax-connections = 300\nlisten = [\"127.0.0.1:18443\", \"[::1]:18443\"]\n\nsecrets-http = true\nfallback-after = 4\ndata = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["--print-config", "--fallback-after", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let at = |line: usize| format!("# {}:{line}", config.display());
+    for want in [
+        format!("max-connections = 300  {}", at(2)),
+        format!("listen = [\"127.0.0.1:18443\", \"[::1]:18443\"]  {}", at(3)),
+        format!("secrets-http = true  {}", at(5)),
+        // A flag wins over the file.
+        "fallback-after = 5  # flag".to_string(),
+        "presign-ttl = 300  # default".to_string(),
+        format!("data = \"{}\"  {}", data.display(), at(7)),
+    ] {
+        assert!(printed.lines().any(|l| l == want), "missing {want:?} in\n{printed}");
+    }
+    // The environment wins over the file too.
+    let env = run(&["--print-config"]);
+    assert!(String::from_utf8_lossy(&env.stdout).contains(&format!("data = \"{}\"  {}", data.display(), at(7))));
+    let env = Command::new(BIN)
+        .env("IPXE_EDGE_DATA", "/srv/elsewhere")
+        .args(["serve", "--config", s(&config), "--print-config"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&env.stdout).lines().any(|l| l == "data = \"/srv/elsewhere\"  # environment"));
+    // The printout is itself a config file serve takes.
+    std::fs::write(dir.join("printed.toml"), &printed).unwrap();
+    let again =
+        Command::new(BIN).args(["serve", "--config", s(&dir.join("printed.toml")), "--print-config"]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("fallback-after = 5  # "));
+
+    for (body, says) in [
+        ("max-conections = 3\n", "serve.toml:1: unknown key \"max-conections\""),
+        ("\nmax-connections = 0\n", "serve.toml:2: max-connections: invalid value '0'"),
+        ("listen = \"not an address\"\n", "serve.toml:1: listen: invalid value 'not an address'"),
+        ("secrets-http = \"yes\"\n", "serve.toml:1: secrets-http: expected true or false, found string"),
+        ("presign-ttl = [1, 2]\n", "serve.toml:1: presign-ttl: takes one value, not a list"),
+        ("config = \"other.toml\"\n", "serve.toml:1: unknown key \"config\""),
+        ("max-connections = \n", "serve.toml: TOML parse error at line 1"),
+    ] {
+        std::fs::write(&config, body).unwrap();
+        let out = run(&[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body:?}: {err}");
+        assert!(err.lines().count() == 1 && err.contains(says), "{body:?}: {err}");
+        assert!(!data.exists(), "nothing is written for a refused config");
+    }
+    // The shipped example lists every setting at its default, commented out.
+    let defaults = Command::new(BIN).args(["serve", "--print-config"]).output().unwrap();
+    let example = include_str!("../../../infra/serve.toml");
+    for line in String::from_utf8_lossy(&defaults.stdout).lines() {
+        let line = line.trim_end_matches("  # default").trim_start_matches("# ");
+        assert!(example.lines().any(|l| l == format!("# {line}")), "infra/serve.toml lacks {line:?}");
+    }
+    let out = Command::new(BIN).args(["serve", "--config", s(&dir.join("missing.toml"))]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,7 @@
 
 pub mod ca;
 pub mod channel;
+pub mod config_file;
 pub mod gateway;
 pub mod image;
 pub mod import;

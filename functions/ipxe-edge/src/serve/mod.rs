@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// the first one's port.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: Vec<SocketAddr>,
+    /// A TOML file of settings, keyed by these flags' names (`max-connections = 300`,
+    /// `listen = ["0.0.0.0:8443", "[::]:8443"]`); a flag given on the command line (or its
+    /// environment variable) wins over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print every setting's effective value and where it came from (flag, environment, the
+    /// config file's line, default), as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Secrets listener (HTTPS, no client certificate, like the production split); repeatable
     /// like --listen.
     #[arg(long, default_value = "127.0.0.1:8444")]
