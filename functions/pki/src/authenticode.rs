@@ -47,6 +47,20 @@ pub struct Signer {
     pub der: Vec<u8>,
 }
 
+impl Signer {
+    /// A signing certificate from its DER (an image's signer, or the certificate a channel
+    /// requires).
+    pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| e.to_string())?;
+        Ok(Signer {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            sha256: hex(&Sha256::digest(&der)),
+            der,
+        })
+    }
+}
+
 /// The PE machine type of an image (`IMAGE_FILE_MACHINE_*`), or `None` when it is not PE.
 pub fn pe_machine(image: &[u8]) -> Option<u16> {
     let dos = pe::ImageDosHeader::parse(image).ok()?;
@@ -248,13 +262,7 @@ fn check_signed_data(der: &[u8], image_digest: &[u8; 32]) -> Result<Vec<Signer>,
             .ok_or("the signer's certificate is not in the signature")?;
         let cert_der = cert.to_der().map_err(|e| format!("signer certificate: {e}"))?;
         check_signer(signer, econtent.value(), &cert_der)?;
-        let (_, parsed) = X509Certificate::from_der(&cert_der).map_err(|e| format!("signer certificate: {e}"))?;
-        signers.push(Signer {
-            subject: parsed.subject().to_string(),
-            issuer: parsed.issuer().to_string(),
-            sha256: hex(&Sha256::digest(&cert_der)),
-            der: cert_der,
-        });
+        signers.push(Signer::from_der(cert_der).map_err(|e| format!("signer certificate: {e}"))?);
     }
     Ok(signers)
 }

@@ -7,7 +7,6 @@ use ipxe_edge_core::domain::model::{Channel, SigningCertificate};
 use ipxe_edge_core::storage::keys;
 use ipxe_edge_core::storage::records::{Change, Promotion, RecordError};
 use ipxe_edge_core::storage::StoreError;
-use sha2::Digest;
 use std::path::Path;
 
 /// Refuses a release that cannot boot every gateway following the channel.
@@ -69,15 +68,10 @@ pub fn signing_certificate_file(path: &Path) -> Result<SigningCertificate, OpErr
         Ok((_, pem)) if pem.label == "CERTIFICATE" => pem.contents,
         _ => bytes,
     };
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+    let signer = ipxe_edge_pki::authenticode::Signer::from_der(der).map_err(|e| {
         OpError::Invalid(format!("--require-signed {}: not an X.509 certificate (PEM or DER): {e}", path.display()))
     })?;
-    Ok(super::release::signing_certificate(&ipxe_edge_pki::authenticode::Signer {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        sha256: hex::encode(sha2::Sha256::digest(&der)),
-        der: der.clone(),
-    }))
+    Ok(super::release::signing_certificate(&signer))
 }
 
 /// Points `channel` back at the release it had before, once (never retried: the operator decides
