@@ -101,15 +101,8 @@ fn main() -> ExitCode {
     }
     let matches = cmd.try_get_matches_from_mut(&args).unwrap_or_else(|e| e.exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Command::Serve(serve) = &cli.command {
-        if serve.print_config {
-            let mut declared = Cli::command();
-            declared.build();
-            print!("{}", config_file::print_config(&declared, &matches, file.as_ref()));
-            return ExitCode::SUCCESS;
-        }
-    }
-    if !matches!(cli.command, Command::Serve(_)) {
+    let print_config = matches!(&cli.command, Command::Serve(serve) if serve.print_config);
+    if print_config || !matches!(cli.command, Command::Serve(_)) {
         // An operator command whose reader went away (`gateway list | head`) ends quietly, as
         // other command-line tools do, instead of failing on its next write. `serve` keeps the
         // default of ignoring the signal: its sockets report a closed peer as an error.
@@ -117,6 +110,12 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    }
+    if print_config {
+        let mut declared = Cli::command();
+        declared.build();
+        print!("{}", config_file::print_config(&declared, &matches, file.as_ref()));
+        return ExitCode::SUCCESS;
     }
     // Everything this process creates (data directory, embedded bucket, ledger, journal, files
     // the embedded S3 endpoint writes) is for its owner only; files meant to be shared are

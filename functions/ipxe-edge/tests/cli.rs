@@ -470,6 +470,7 @@ fn no_input_panics_and_a_closed_stdout_ends_quietly() {
         &["--help"],
         &["gateway", "--help"],
         &["serve", "--help"],
+        &["serve", "--print-config"],
         &["--version"],
     ];
     for args in readers {
